@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make figures` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: figures figures-quick test lint readme clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]"
+	touch $(STAMP)
+
+figures: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m paper_figures.run_all --out paper_figures/out
+
+figures-quick: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m paper_figures.run_all --out paper_figures/out --quick
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check ttr_stats tests paper_figures benchmarks experiments
+	$(BIN)/ruff format --check ttr_stats
+
+readme: $(STAMP)
+	$(BIN)/python -m ttr_stats.recipes --update-readme README.md
+
+clean:
+	rm -rf $(VENV) paper_figures/out .pytest_cache
