@@ -1,0 +1,164 @@
+"""Array namespace, dtype policy and the few operations outside the array API standard.
+
+This module is the one place that knows about concrete array libraries. Everything else asks for
+``xp`` (an array-API namespace from :mod:`array_api_compat`) and calls standard functions on it; the
+non-standard operations used by the toolkit (``einsum``) live here with one explicit branch each.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+
+__all__ = ["namespace", "as_float_arrays", "einsum", "segsum", "psd_solve", "is_array"]
+
+
+def is_array(x) -> bool:
+    """True for an array of any library that array-api-compat recognises (NumPy, CuPy, torch, ...)."""
+    return array_api_compat.is_array_api_obj(x)
+
+
+def namespace(*arrays):
+    """Array-API namespace shared by ``arrays`` (``None`` and Python scalars are ignored).
+
+    Raises
+    ------
+    TypeError
+        If the arrays come from different libraries (for example NumPy and CuPy).
+    """
+    arrs = [a for a in arrays if a is not None and is_array(a)]
+    if not arrs:
+        return array_api_compat.array_namespace(np.empty(0))
+    try:
+        return array_api_compat.array_namespace(*arrs)
+    except TypeError as exc:  # pragma: no cover - message depends on the libraries mixed
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrs})
+        raise TypeError(
+            f"all arrays must come from one array library, got {', '.join(kinds)}; "
+            "move them to one library (e.g. cupy.asarray or .get()) first"
+        ) from exc
+
+
+def as_float_arrays(named: dict, *, dtype=None):
+    """Convert a mapping ``name -> array-like or None`` to arrays of one floating dtype.
+
+    Arrays keep their library; lists and scalars become NumPy arrays. The common dtype is the
+    promotion of the floating inputs (float32 stays float32, anything integer or Python becomes
+    float64), unless ``dtype`` is given.
+
+    Returns
+    -------
+    xp, dict, dtype
+    """
+    present = {k: v for k, v in named.items() if v is not None}
+    xp = namespace(*present.values())
+    out = {}
+    for name, value in named.items():
+        if value is None:
+            out[name] = None
+            continue
+        if not is_array(value):
+            try:
+                value = xp.asarray(np.asarray(value, dtype=np.float64))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
+        out[name] = value
+    if dtype is None:
+        floats = [
+            v.dtype
+            for v in out.values()
+            if v is not None and xp.isdtype(v.dtype, "real floating") and v.ndim > 0
+        ]
+        dtype = xp.result_type(*floats) if floats else xp.float64
+    for name, value in out.items():
+        if value is None:
+            continue
+        if xp.isdtype(value.dtype, "complex floating"):
+            raise ValueError(f"{name} must be real-valued, got dtype {value.dtype}")
+        if not (xp.isdtype(value.dtype, "numeric") or value.dtype == xp.bool):
+            raise ValueError(f"{name} must be a numeric array, got dtype {value.dtype}")
+        out[name] = xp.astype(value, dtype, copy=False)
+    return xp, out, dtype
+
+
+def _backend(xp):
+    if array_api_compat.is_numpy_namespace(xp):
+        return np
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import cupy
+
+        return cupy
+    if array_api_compat.is_torch_namespace(xp):  # pragma: no cover - optional
+        import torch
+
+        return torch
+    raise TypeError(f"einsum is not available for the array namespace {xp.__name__}")
+
+
+def einsum(xp, subscripts: str, *operands):
+    """``einsum`` for NumPy, CuPy and torch (not in the array API standard)."""
+    lib = _backend(xp)
+    if lib is np:
+        return lib.einsum(subscripts, *operands, optimize=True)
+    return lib.einsum(subscripts, *operands)
+
+
+def segsum(xp, g):
+    """Segment sums of log-decays: ``out[..., t, i] = sum_{j=i+1}^{t} g[..., j]`` for ``i <= t``.
+
+    Entries above the diagonal are ``-inf`` so that ``exp(segsum(g))`` is the causal decay matrix
+    ``Gamma[t, i] = prod_{j=i+1}^t alpha_j``. Computed by masked cumulative sums, not as the difference
+    of two cumulative sums, so it stays exact for very negative gates and never forms ``-inf - -inf``.
+
+    Parameters
+    ----------
+    g : array of shape (..., T)
+        Log-decays (``<= 0``, ``-inf`` allowed for a hard reset).
+
+    Returns
+    -------
+    array of shape (..., T, T)
+    """
+    T = g.shape[-1]
+    idx = xp.arange(T)
+    strict = idx[:, None] > idx[None, :]  # row j (summand index) strictly after column i
+    x = xp.broadcast_to(g[..., :, None], g.shape + (T,))
+    x = xp.where(strict, x, xp.zeros((), dtype=g.dtype))
+    s = xp.cumulative_sum(x, axis=-2)
+    lower = idx[:, None] >= idx[None, :]
+    return xp.where(lower, s, xp.asarray(-math.inf, dtype=g.dtype))
+
+
+def psd_solve(xp, R, b, *, rtol=None):
+    """Minimum-norm solution of ``R x = b`` for symmetric positive semi-definite ``R``.
+
+    Uses the eigendecomposition of ``R`` and drops eigenvalues below ``rtol * max eigenvalue``
+    (pseudo-inverse). ``rtol`` defaults to ``100 * d * eps``: rounding in a sum of ``t < d`` outer
+    products leaves null-space eigenvalues of order ``t * eps * max eigenvalue``.
+
+    Parameters
+    ----------
+    R : array of shape (..., d, d)
+    b : array of shape (..., d, m)
+    """
+    d = R.shape[-1]
+    if rtol is None:
+        rtol = 100.0 * d * float(xp.finfo(R.dtype).eps)
+    lam, U = xp.linalg.eigh(R)
+    lam_max = xp.max(lam, axis=-1, keepdims=True)
+    keep = lam > rtol * xp.maximum(lam_max, xp.zeros((), dtype=lam.dtype))
+    safe = xp.where(keep, lam, xp.ones((), dtype=lam.dtype))
+    inv = xp.where(keep, 1.0 / safe, xp.zeros((), dtype=lam.dtype))
+    Ut_b = xp.matmul(xp.matrix_transpose(U), b)
+    return xp.matmul(U, inv[..., :, None] * Ut_b)
+
+
+def pd_solve(xp, R, b):
+    """Solve ``R x = b`` for symmetric positive definite ``R`` of shape (..., d, d), ``b`` (..., d, m)."""
+    return xp.linalg.solve(R, b)
+
+
+def eye_like(xp, d, dtype, device=None):
+    return xp.eye(d, dtype=dtype, device=device)

@@ -1,0 +1,92 @@
+r"""Recursive least squares (Sherman-Morrison), the sequential form of the exact solution."""
+
+from __future__ import annotations
+
+from .. import _array
+from .._validation import check_scalar
+from .base import Optimizer, RLSState, matvec, outer
+
+__all__ = ["RecursiveLeastSquares"]
+
+
+class RecursiveLeastSquares(Optimizer):
+    r"""Recursive least squares with forgetting factor (the Mesa layer's recursion).
+
+    With the combined per-step decay :math:`\gamma_t` (weights' ``alpha`` times ``forgetting``) and
+    write strength :math:`\beta_t`:
+
+    .. math::
+
+        g_t &= P_{t-1} k_t / (\gamma_t/\beta_t + k_t^\top P_{t-1} k_t) \\
+        M_t &= M_{t-1} + (v_t - M_{t-1} k_t)\, g_t^\top \\
+        P_t &= (P_{t-1} - g_t k_t^\top P_{t-1}) / \gamma_t,\qquad P_0 = I/\rho,\ M_0 = 0.
+
+    P is re-symmetrised every step (the unsymmetrised update lets skew rounding error grow like
+    :math:`\gamma^{-t}`). This is *exactly* :math:`M_t = S_t (R_t + \rho\,\Pi_{j\le t}\gamma_j\, I)^{-1}`: the
+    prior decays with the forgetting factor, unlike :class:`ClosedForm`, whose ridge stays fixed. The direct
+    method solves that closed form on every prefix.
+
+    Parameters
+    ----------
+    ridge : float > 0
+        :math:`\rho` (the prior precision, ``P_0 = I / ridge``).
+    forgetting : float in (0, 1]
+        Constant forgetting factor, multiplied with any decay from the weights or call-time gates.
+
+    Notes
+    -----
+    Under decay, key directions that are never excited wind up (:math:`P` grows like
+    :math:`\gamma^{-t}`, theory §5.2). The layer raises ``FloatingPointError`` if the state stops being
+    finite rather than returning overflowed outputs; :class:`ClosedForm` (``mesa``) with a fixed ridge has
+    no such failure.
+
+    References
+    ----------
+    Wang, Shi & Fox (2025), §3; von Oswald et al. (2023), the Mesa layer.
+    """
+
+    State = RLSState
+    methods = ("recurrent", "direct")
+    exact = True
+    needs_positive_decay = True
+
+    def __init__(self, ridge=1e-6, forgetting=1.0):
+        self.ridge = ridge
+        self.forgetting = forgetting
+
+    def _validate(self):
+        check_scalar("ridge", self.ridge, low=0.0, low_inclusive=False)
+        check_scalar("forgetting", self.forgetting, low=0.0, high=1.0, low_inclusive=False)
+
+    def log_forgetting(self) -> float:
+        import math
+
+        return math.log(float(self.forgetting))
+
+    def init(self, xp, batch_shape, d_k, d_v, dtype, device=None):
+        P = xp.eye(d_k, dtype=dtype, device=device) / float(self.ridge)
+        return RLSState(
+            xp.zeros(tuple(batch_shape) + (d_v, d_k), dtype=dtype, device=device),
+            xp.broadcast_to(P, tuple(batch_shape) + (d_k, d_k)),
+        )
+
+    def update(self, state, k, v, a, b):
+        xp = _array.namespace(k)
+        gamma = a[..., 0]
+        M, P = state
+        Pk = matvec(xp, P, k)
+        denom = gamma / b + xp.sum(k * Pk, axis=-1)
+        g = Pk / denom[..., None]
+        M = M + outer(v - matvec(xp, M, k), g)
+        P = (P - outer(g, Pk)) / gamma[..., None, None]
+        P = 0.5 * (P + xp.matrix_transpose(P))
+        return RLSState(M, P)
+
+    def memory(self, state):
+        return state.M
+
+    def prior_precision(self, state):
+        """R_0 = P_0^{-1} (the prior in closed form), shape (..., d_k, d_k)."""
+        xp = _array.namespace(state.P)
+        d = state.P.shape[-1]
+        return xp.linalg.solve(state.P, xp.broadcast_to(xp.eye(d, dtype=state.P.dtype), state.P.shape))

@@ -1,0 +1,266 @@
+r"""Named layers as (weights, regressor, optimizer) recipes -- the rows of the paper's taxonomy (§2).
+
+Each recipe is a few lines of composition and returns a :class:`~ttr_stats.TestTimeRegression`.
+:func:`registry` lists them; the README's catalogue is generated from it (``make readme``).
+
+Conventions (shared by every recipe): the memory is :math:`M \in \mathbb{R}^{d_v\times d_k}`, the output is
+read after step t's update, :math:`y_t = M_t q_t` with no implicit query scaling; data-dependent gates
+``alpha`` (decay, in [0, 1]) and ``beta`` (write strength / step, > 0) are passed at call time.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+from . import optimizers as opt
+from . import weights as w
+from .layer import TestTimeRegression
+from .regressors import Linear
+
+__all__ = [
+    "linear_attention",
+    "retnet",
+    "mamba2",
+    "gla",
+    "least_squares",
+    "rls",
+    "mesa",
+    "batch_gd",
+    "deltanet",
+    "gated_deltanet",
+    "leaky_lms",
+    "longhorn",
+    "nlms",
+    "delta_product",
+    "registry",
+    "registry_markdown",
+]
+
+
+def _layer(weights, optimizer, regressor=None):
+    return TestTimeRegression(weights=weights, regressor=regressor or Linear(), optimizer=optimizer)
+
+
+def linear_attention(normalize=None):
+    r"""Linear attention: :math:`M_t = M_{t-1} + v_t k_t^\top`, :math:`y_t = M_t q_t`.
+
+    Paper row: weights 1, linear class, exact solution with :math:`K^\top K \approx I` (one batch GD
+    step from 0 with step 1). ``normalize="sum"`` divides by :math:`q_t^\top \sum_i k_i` (Nadaraya-Watson
+    with the linear kernel); ``normalize="output"`` rescales :math:`y_t` to unit norm (Figure 2).
+    """
+    return _layer(w.Uniform(), opt.IdentityCovariance(normalize=normalize))
+
+
+def retnet(gamma=0.9):
+    r"""RetNet retention: :math:`M_t = \gamma M_{t-1} + v_t k_t^\top`.
+
+    Paper row: gated LA with constant decay, weights :math:`\gamma^{t-i}`, identity covariance.
+    A call-time ``alpha`` overrides ``gamma``.
+    """
+    return _layer(w.ExponentialDecay(gamma), opt.IdentityCovariance())
+
+
+def mamba2():
+    r"""Mamba-2 / simple GLA: :math:`M_t = \alpha_t M_{t-1} + \beta_t v_t k_t^\top`, scalar ``alpha`` per step.
+
+    Paper row: gated LA / SSM with data-dependent scalar decay, weights :math:`\prod_{j>i}\alpha_j`.
+    ``alpha`` (or ``log_alpha``) of shape (..., T) is required at call time.
+    """
+    return _layer(w.Gated(), opt.IdentityCovariance())
+
+
+def gla():
+    r"""GLA (diagonal gates): :math:`M_t = M_{t-1}\mathrm{Diag}(\alpha_t) + v_t k_t^\top`.
+
+    Paper row: per-key-dimension decay (RWKV-6 style); not a scalar-weighted least squares.
+    ``alpha`` of shape (..., T, d_k) is required at call time.
+    """
+    return _layer(w.Gated(per_dimension=True), opt.IdentityCovariance())
+
+
+def least_squares(ridge=0.0):
+    r"""Exact (ridge) least squares on every prefix: :math:`M_t = V_t^\top K_t (K_t^\top K_t + \rho I)^{-1}`.
+
+    Paper row: OLS, weights 1, exact = one Newton step; minimum-norm (pseudo-inverse) when ``t < d_k`` and
+    ``ridge = 0``.
+    """
+    return _layer(w.Uniform(), opt.ClosedForm(ridge=ridge))
+
+
+def rls(ridge=1e-6, forgetting=1.0):
+    r"""Recursive least squares (Sherman-Morrison), the Mesa layer's recursion.
+
+    :math:`g = Pk/(\lambda + k^\top P k)`, :math:`M \leftarrow M + (v - Mk)g^\top`,
+    :math:`P \leftarrow (P - g k^\top P)/\lambda`, :math:`P_0 = I/\rho`. Paper row: OLS / RLS, exact.
+    With ``forgetting < 1`` the prior decays too (unlike :func:`mesa`).
+    """
+    return _layer(w.Uniform(), opt.RecursiveLeastSquares(ridge=ridge, forgetting=forgetting))
+
+
+def mesa(ridge=1.0):
+    r"""MesaNet: :math:`H_t = \alpha_t H_{t-1} + \beta_t k k^\top`, :math:`G_t = \alpha_t G_{t-1} + \beta_t v k^\top`,
+    :math:`y_t = G_t (H_t + \rho I)^{-1} q_t`.
+
+    Paper row: weighted RLS (gated Mesa), exact with a fixed ridge. Gates default to 1 (then it is
+    :func:`least_squares` with ``ridge``).
+    """
+    return _layer(w.Gated(alpha=1.0), opt.ClosedForm(ridge=ridge))
+
+
+def batch_gd(steps=1, lr=1.0):
+    r"""``steps`` full-batch GD steps from 0 on each prefix: :math:`M \leftarrow M(I - \eta R_t) + \eta S_t`.
+
+    Paper row: batch GD, weights 1; one step with ``lr=1`` is linear attention.
+    """
+    return _layer(w.Uniform(), opt.BatchGradientDescent(steps=steps, lr=lr))
+
+
+def deltanet(beta=1.0):
+    r"""DeltaNet (LMS, Widrow-Hoff): :math:`M_t = M_{t-1}(I - \beta_t k_t k_t^\top) + \beta_t v_t k_t^\top`.
+
+    Paper row: one SGD step per token from a warm start (implicit recency weights).
+    """
+    return _layer(w.Uniform(), opt.LMS(beta=beta))
+
+
+def gated_deltanet(alpha=1.0, beta=1.0):
+    r"""Gated DeltaNet: :math:`M_t = \alpha_t M_{t-1}(I - \beta_t k_t k_t^\top) + \beta_t v_t k_t^\top`.
+
+    The decay is applied before the delta read. Paper row: leaky LMS reparameterised
+    (:func:`ttr_stats.optimizers.leaky_lms_to_gated_deltanet`). Call-time ``alpha``/``beta`` override.
+    """
+    return _layer(w.Gated(alpha=alpha), opt.LMS(beta=beta))
+
+
+def leaky_lms(beta=1.0, decay=0.01):
+    r"""Leaky LMS: :math:`M_t = (1 - \beta\lambda) M_{t-1} + \beta (v_t - M_{t-1} k_t) k_t^\top`.
+
+    Paper row: SGD on the L2-regularised loss (``decay`` = :math:`\lambda`).
+    """
+    return _layer(w.Uniform(), opt.LeakyLMS(beta=beta, decay=decay))
+
+
+def longhorn(delta=1.0):
+    r"""Longhorn: the implicit step, a delta rule with :math:`\beta_t = \delta_t/(1 + \delta_t\|k_t\|^2)`.
+
+    Paper row: implicit (proximal) online update; a call-time ``beta`` array gives :math:`\delta_t`.
+    """
+    return _layer(w.Uniform(), opt.Implicit(delta=delta))
+
+
+def nlms():
+    r"""Normalised LMS / Kaczmarz: delta rule with :math:`\beta_t = 1/\|k_t\|^2` (stores :math:`M_t k_t = v_t`).
+
+    Paper row: the :math:`\delta \to \infty` limit of Longhorn.
+    """
+    return _layer(w.Uniform(), opt.NLMS())
+
+
+def delta_product(n_householder=2, beta=1.0):
+    r"""DeltaProduct: ``n_householder`` delta steps per token before the read.
+
+    K, V and ``beta`` carry ``n_householder`` pairs per token, interleaved along time (length
+    ``T * n_householder``); Q has length T. Paper row: several SGD steps per token.
+    """
+    return _layer(w.Uniform(), opt.LMS(beta=beta, steps_per_token=n_householder))
+
+
+_RECIPES = (
+    linear_attention,
+    retnet,
+    mamba2,
+    gla,
+    least_squares,
+    rls,
+    mesa,
+    batch_gd,
+    deltanet,
+    gated_deltanet,
+    leaky_lms,
+    longhorn,
+    nlms,
+    delta_product,
+)
+
+
+class RecipeInfo(NamedTuple):
+    """One row of the catalogue."""
+
+    name: str
+    factory: object
+    weights: object
+    regressor: object
+    optimizer: object
+    methods: tuple
+    summary: str
+
+
+def registry():
+    """The catalogue of recipes, built by calling each with its defaults.
+
+    Returns
+    -------
+    list of RecipeInfo
+        ``(name, factory, weights, regressor, optimizer, methods, summary)`` per recipe.
+    """
+    rows = []
+    for f in _RECIPES:
+        layer = f()
+        summary = " ".join((f.__doc__ or "").strip().split("\n\n")[0].split())
+        rows.append(
+            RecipeInfo(
+                f.__name__,
+                f,
+                layer.weights,
+                layer.regressor,
+                layer.optimizer,
+                layer.supported_methods,
+                summary,
+            )
+        )
+    return rows
+
+
+def registry_markdown() -> str:
+    """The catalogue as a Markdown table (what the README shows)."""
+    lines = [
+        "| recipe | weights | regressor | optimizer | methods |",
+        "|---|---|---|---|---|",
+    ]
+    for r in registry():
+        lines.append(
+            f"| `{r.name}()` | `{r.weights!r}` | `{r.regressor!r}` | `{r.optimizer!r}` | "
+            f"{', '.join(r.methods)} |"
+        )
+    return "\n".join(lines)
+
+
+BEGIN, END = "<!-- recipes:begin (generated by `make readme`) -->", "<!-- recipes:end -->"
+
+
+def render_readme(text: str) -> str:
+    """Return ``text`` with the block between the recipe markers replaced by :func:`registry_markdown`."""
+    head, sep, rest = text.partition(BEGIN)
+    if not sep:
+        raise ValueError("README has no recipe catalogue markers")
+    _, sep2, tail = rest.partition(END)
+    if not sep2:
+        raise ValueError("README has no closing recipe catalogue marker")
+    return f"{head}{BEGIN}\n{registry_markdown()}\n{END}{tail}"
+
+
+def _main(argv):
+    if len(argv) >= 2 and argv[0] == "--update-readme":
+        path = argv[1]
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(render_readme(text))
+        return 0
+    print(registry_markdown())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(_main(sys.argv[1:]))

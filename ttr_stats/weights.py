@@ -1,0 +1,242 @@
+r"""Weights :math:`\gamma_i^{(t)}`: how much the pair :math:`(k_i, v_i)` counts in the regression at time t.
+
+Every weighting here factors as
+
+.. math:: \gamma_i^{(t)} = \beta_i \prod_{j=i+1}^{t} \alpha_j \; \mathbb{1}[t - i < w],
+
+a per-step decay :math:`\alpha_j \in [0, 1]` (kept in log space, :math:`g_j = \log \alpha_j \le 0`),
+a write strength :math:`\beta_i > 0` and an optional window :math:`w`. A weights object holds the
+hyperparameters only; data-dependent gates (``alpha``/``log_alpha``) are passed when the layer is called,
+like ``sample_weight`` in scikit-learn. ``beta`` is resolved by the layer, since for gradient optimizers it
+is a step size rather than a sample weight.
+
+References
+----------
+Wang, Shi & Fox (2025), *Test-time regression*, arXiv 2501.12352, §2 (the weights column of the taxonomy).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sklearn.base import BaseEstimator
+
+from . import _array
+from ._validation import check_scalar
+
+__all__ = ["Weights", "Uniform", "ExponentialDecay", "Gated", "SlidingWindow", "decay_matrix"]
+
+
+class Weights(BaseEstimator):
+    """Base class of the weighting schemes.
+
+    Subclasses define :meth:`constant_log_decay` (``None`` when the decay must come from call-time gates).
+    """
+
+    #: whether call-time gates are per key dimension, shape (..., T, d_k)
+    per_dimension = False
+    #: whether call-time ``alpha``/``log_alpha`` are accepted
+    accepts_gates = True
+
+    @property
+    def window(self):
+        """Window width w, or ``None`` for no window."""
+        return None
+
+    def constant_log_decay(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate(self):
+        """Check the hyperparameters (called by the layer before any computation)."""
+
+    def resolve(self, xp, log_alpha, *, T, d_k, dtype):
+        """Per-step log-decay ``g`` of shape (..., T, 1), or (..., T, d_k) for per-dimension decay.
+
+        Parameters
+        ----------
+        log_alpha : array of shape (..., T) or (..., T, d_k), or None
+            Call-time log-gates (already checked to be finite and ``<= 0``). Overrides the constant.
+        """
+        self._validate()
+        if log_alpha is None:
+            c = self.constant_log_decay()
+            if c is None:
+                raise ValueError(
+                    f"alpha: {type(self).__name__} weights are data-dependent; pass alpha (or log_alpha) "
+                    "of shape (..., T) when calling the layer"
+                    + (", (..., T, d_k) for per-dimension decay" if self.per_dimension else "")
+                )
+            return xp.full((T, d_k if self.per_dimension else 1), c, dtype=dtype)
+        if not self.accepts_gates:
+            raise ValueError(f"alpha: {type(self).__name__} weights take no decay gates (alpha/log_alpha)")
+        name = "alpha"
+        if self.per_dimension:
+            if log_alpha.ndim < 2 or log_alpha.shape[-2:] != (T, d_k):
+                raise ValueError(
+                    f"{name} must have shape (..., T, d_k) = (..., {T}, {d_k}) for per-dimension decay, "
+                    f"got {tuple(log_alpha.shape)}"
+                )
+            return log_alpha
+        if log_alpha.ndim < 1 or log_alpha.shape[-1] != T:
+            raise ValueError(
+                f"{name} must have shape (..., T) = (..., {T}) for scalar decay"
+                + (" (per-dimension decay needs Gated(per_dimension=True))" if log_alpha.ndim >= 2 else "")
+                + f", got {tuple(log_alpha.shape)}"
+            )
+        return log_alpha[..., None]
+
+    def gamma(self, T, *, alpha=None, log_alpha=None, beta=None, dtype=None):
+        r"""Dense causal weight matrix :math:`\Gamma_{ti} = \gamma_i^{(t)}`.
+
+        Parameters
+        ----------
+        T : int
+            Sequence length.
+        alpha, log_alpha : array of shape (..., T), optional
+            Call-time decay gates (exactly one, or neither to use the constant).
+        beta : array of shape (..., T), optional
+            Write strengths; 1 when omitted.
+
+        Returns
+        -------
+        array of shape (..., T, T)
+            Lower triangular: zero for ``i > t``.
+        """
+        from ._gates import resolve_log_alpha
+
+        xp, arrs, dtype = _array.as_float_arrays({"alpha": alpha, "log_alpha": log_alpha, "beta": beta})
+        la = resolve_log_alpha(xp, arrs["alpha"], arrs["log_alpha"])
+        if self.per_dimension:
+            raise ValueError("alpha: per-dimension decay has no scalar weight matrix Gamma")
+        g = self.resolve(xp, la, T=int(T), d_k=1, dtype=dtype)[..., 0]
+        b = arrs["beta"]
+        return decay_matrix(xp, g, b, self.window)
+
+
+def decay_matrix(xp, g, b=None, window=None):
+    r"""Dense :math:`\Gamma_{ti} = \beta_i \exp(\sum_{j=i+1}^t g_j) \mathbb{1}[t-i<w]`, shape (..., T, T).
+
+    Parameters
+    ----------
+    g : array of shape (..., T)
+        Log-decays.
+    b : array of shape (..., T), optional
+        Write strengths.
+    window : int, optional
+    """
+    G = xp.exp(_array.segsum(xp, g))
+    T = g.shape[-1]
+    if window is not None and window < T:
+        idx = xp.arange(T)
+        inside = (idx[:, None] - idx[None, :]) < window
+        G = xp.where(inside, G, xp.zeros((), dtype=G.dtype))
+    if b is not None:
+        G = G * b[..., None, :]
+    return G
+
+
+class Uniform(Weights):
+    r"""Equal weights :math:`\gamma_i^{(t)} = 1` (linear attention, OLS).
+
+    Call-time ``alpha`` gates, if passed, override the constant 1.
+
+    Examples
+    --------
+    >>> import ttr_stats as tt
+    >>> tt.weights.Uniform().gamma(3)
+    array([[1., 0., 0.],
+           [1., 1., 0.],
+           [1., 1., 1.]])
+    """
+
+    def __init__(self):
+        pass
+
+    def constant_log_decay(self):
+        return 0.0
+
+
+class ExponentialDecay(Weights):
+    r"""Constant decay :math:`\gamma_i^{(t)} = \gamma^{t-i}` (RetNet, forgetting-factor RLS).
+
+    Parameters
+    ----------
+    gamma : float in [0, 1]
+        Per-step decay. ``ExponentialDecay(1.0)`` equals :class:`Uniform`.
+
+    Notes
+    -----
+    Effective memory :math:`\sum_j \gamma^j = 1/(1-\gamma)` steps. Call-time ``alpha`` overrides ``gamma``.
+    """
+
+    def __init__(self, gamma=0.9):
+        self.gamma = gamma
+
+    def _validate(self):
+        check_scalar("gamma", self.gamma, low=0.0, high=1.0)
+
+    def constant_log_decay(self):
+        g = float(self.gamma)
+        return math.log(g) if g > 0 else -math.inf
+
+
+class Gated(Weights):
+    r"""Data-dependent decay from call-time gates (Mamba-2, GLA, Gated DeltaNet, MesaNet).
+
+    :math:`\gamma_i^{(t)} = \beta_i \prod_{j=i+1}^t \alpha_j`, with ``alpha`` (or ``log_alpha``) passed when
+    the layer is called.
+
+    Parameters
+    ----------
+    alpha : float in [0, 1] or None
+        Constant used when the call passes no gates; ``None`` makes the gates mandatory.
+    per_dimension : bool
+        Gates of shape (..., T, d_k), one decay per key dimension (GLA, RWKV-6):
+        :math:`M_t = M_{t-1}\,\mathrm{Diag}(\alpha_t) + v_t k_t^\top`. This is not a scalar-weighted
+        regression, so only the identity-covariance optimizer supports it.
+    """
+
+    def __init__(self, alpha=None, per_dimension=False):
+        self.alpha = alpha
+        self.per_dimension = per_dimension
+
+    def _validate(self):
+        if self.alpha is not None:
+            check_scalar("alpha", self.alpha, low=0.0, high=1.0)
+        if not isinstance(self.per_dimension, bool):
+            raise ValueError(f"per_dimension must be a bool, got {self.per_dimension!r}")
+
+    def constant_log_decay(self):
+        if self.alpha is None:
+            return None
+        a = float(self.alpha)
+        return math.log(a) if a > 0 else -math.inf
+
+
+class SlidingWindow(Weights):
+    r"""Window weights :math:`\gamma_i^{(t)} = \mathbb{1}[t - i < w]`: only the last ``width`` pairs count.
+
+    Parameters
+    ----------
+    width : int >= 1
+
+    Notes
+    -----
+    The recurrent method adds the new pair and removes the one leaving the window (a rank-one downdate),
+    so only optimizers with additive sufficient statistics support it. No decay gates.
+    """
+
+    accepts_gates = False
+
+    def __init__(self, width=64):
+        self.width = width
+
+    def _validate(self):
+        check_scalar("width", self.width, low=1, integer=True)
+
+    @property
+    def window(self):
+        return int(self.width)
+
+    def constant_log_decay(self):
+        return 0.0
