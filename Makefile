@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ttr_stats
 
 readme: $(STAMP)
-	$(BIN)/python -m ttr_stats.recipes --update-readme README.md
+	$(BIN)/python -c "from ttr_stats.recipes import _main; _main(['--update-readme', 'README.md'])"
 
 clean:
 	rm -rf $(VENV) paper_figures/out .pytest_cache

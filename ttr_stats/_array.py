@@ -7,6 +7,7 @@ non-standard operations used by the toolkit (``einsum``) live here with one expl
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import array_api_compat
@@ -160,5 +161,12 @@ def pd_solve(xp, R, b):
     return xp.linalg.solve(R, b)
 
 
-def eye_like(xp, d, dtype, device=None):
-    return xp.eye(d, dtype=dtype, device=device)
+def quiet_overflow(xp):
+    """Context that silences NumPy's floating-point warnings (overflow, invalid, divide).
+
+    Used around a layer's computation, whose output is then checked for finiteness and reported as one
+    error that explains the cause; other libraries do not warn, so this is a no-op for them.
+    """
+    if array_api_compat.is_numpy_namespace(xp):
+        return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+    return contextlib.nullcontext()

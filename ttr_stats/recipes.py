@@ -62,7 +62,7 @@ def retnet(gamma=0.9):
 
 
 def mamba2():
-    r"""Mamba-2 / simple GLA: :math:`M_t = \alpha_t M_{t-1} + \beta_t v_t k_t^\top`, scalar ``alpha`` per step.
+    r"""Mamba-2 / simple GLA: :math:`M_t = \alpha_t M_{t-1} + \beta_t v_t k_t^\top`, scalar ``alpha`` a step.
 
     Paper row: gated LA / SSM with data-dependent scalar decay, weights :math:`\prod_{j>i}\alpha_j`.
     ``alpha`` (or ``log_alpha``) of shape (..., T) is required at call time.
@@ -99,8 +99,8 @@ def rls(ridge=1e-6, forgetting=1.0):
 
 
 def mesa(ridge=1.0):
-    r"""MesaNet: :math:`H_t = \alpha_t H_{t-1} + \beta_t k k^\top`, :math:`G_t = \alpha_t G_{t-1} + \beta_t v k^\top`,
-    :math:`y_t = G_t (H_t + \rho I)^{-1} q_t`.
+    r"""MesaNet: :math:`H_t = \alpha_t H_{t-1} + \beta_t k k^\top`,
+    :math:`G_t = \alpha_t G_{t-1} + \beta_t v k^\top`, :math:`y_t = G_t (H_t + \rho I)^{-1} q_t`.
 
     Paper row: weighted RLS (gated Mesa), exact with a fixed ridge. Gates default to 1 (then it is
     :func:`least_squares` with ``ridge``).
@@ -150,7 +150,7 @@ def longhorn(delta=1.0):
 
 
 def nlms():
-    r"""Normalised LMS / Kaczmarz: delta rule with :math:`\beta_t = 1/\|k_t\|^2` (stores :math:`M_t k_t = v_t`).
+    r"""Normalised LMS / Kaczmarz: delta rule with :math:`\beta_t = 1/\|k_t\|^2` (so :math:`M_t k_t = v_t`).
 
     Paper row: the :math:`\delta \to \infty` limit of Longhorn.
     """
@@ -161,7 +161,8 @@ def delta_product(n_householder=2, beta=1.0):
     r"""DeltaProduct: ``n_householder`` delta steps per token before the read.
 
     K, V and ``beta`` carry ``n_householder`` pairs per token, interleaved along time (length
-    ``T * n_householder``); Q has length T. Paper row: several SGD steps per token.
+    ``T * n_householder``); Q has length T. Paper row: DeltaProduct, several SGD steps per token,
+    :math:`M \leftarrow M(I - \beta k k^\top) + \beta v k^\top` repeated.
     """
     return _layer(w.Uniform(), opt.LMS(beta=beta, steps_per_token=n_householder))
 
@@ -224,15 +225,18 @@ def registry():
 
 def registry_markdown() -> str:
     """The catalogue as a Markdown table (what the README shows)."""
+    from sklearn import config_context
+
     lines = [
         "| recipe | weights | regressor | optimizer | methods |",
         "|---|---|---|---|---|",
     ]
-    for r in registry():
-        lines.append(
-            f"| `{r.name}()` | `{r.weights!r}` | `{r.regressor!r}` | `{r.optimizer!r}` | "
-            f"{', '.join(r.methods)} |"
-        )
+    with config_context(print_changed_only=False):  # show every default hyperparameter
+        for r in registry():
+            lines.append(
+                f"| `{r.name}()` | `{r.weights!r}` | `{r.regressor!r}` | `{r.optimizer!r}` | "
+                f"{', '.join(r.methods)} |"
+            )
     return "\n".join(lines)
 
 

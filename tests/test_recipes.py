@@ -1,0 +1,38 @@
+"""The recipe registry, its docstrings, and the README catalogue generated from it."""
+
+import pathlib
+
+import pytest
+
+import ttr_stats as tt
+from ttr_stats.recipes import registry, registry_markdown, render_readme
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+EXPECTED = {
+    "linear_attention", "retnet", "mamba2", "gla", "least_squares", "rls", "mesa", "batch_gd", "deltanet",
+    "gated_deltanet", "leaky_lms", "longhorn", "nlms", "delta_product",
+}
+
+
+def test_registry_lists_every_recipe_with_its_components():
+    rows = registry()
+    assert {r.name for r in rows} == EXPECTED
+    for r in rows:
+        assert isinstance(r.factory(), tt.TestTimeRegression)
+        assert isinstance(r.weights, tt.weights.Weights)
+        assert isinstance(r.regressor, tt.regressors.Regressor)
+        assert isinstance(r.optimizer, tt.optimizers.Optimizer)
+        assert "recurrent" in r.methods
+
+
+@pytest.mark.parametrize("info", registry(), ids=lambda r: r.name)
+def test_recipe_docstrings_give_update_rule_and_paper_row(info):
+    doc = info.factory.__doc__
+    assert "Paper row" in doc and ":math:" in doc, info.name
+
+
+def test_readme_catalogue_is_generated_from_the_registry():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert registry_markdown() in text
+    assert render_readme(text) == text, "README catalogue is stale: run `make readme`"
