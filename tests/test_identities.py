@@ -207,12 +207,12 @@ def test_gla_per_dimension_update_rule(rng):
 
 def test_gamma_matrix_is_the_product_of_gates(rng):
     a, b = rng.uniform(0, 1, 6), rng.uniform(0.5, 2, 6)
-    G = w.Gated().gamma(6, alpha=a, beta=b)
+    G = w.Gated().matrix(6, alpha=a, beta=b)
     for t in range(6):
         for i in range(6):
             expect = b[i] * np.prod(a[i + 1 : t + 1]) if i <= t else 0.0
             assert abs(G[t, i] - expect) < 1e-15
-    Wn = w.SlidingWindow(2).gamma(4)
+    Wn = w.SlidingWindow(2).matrix(4)
     np.testing.assert_array_equal(Wn, [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]])
 
 

@@ -6,7 +6,7 @@ Every weighting here factors as
 
 a per-step decay :math:`\alpha_j \in [0, 1]` (kept in log space, :math:`g_j = \log \alpha_j \le 0`),
 a write strength :math:`\beta_i > 0` and an optional window :math:`w`. A weights object holds the
-hyperparameters only; data-dependent gates (``alpha``/``log_alpha``) are passed when the layer is called,
+hyperparameters only (``matrix(T)`` gives the dense weights); data-dependent gates (``alpha``/``log_alpha``) are passed when the layer is called,
 like ``sample_weight`` in scikit-learn. ``beta`` is resolved by the layer, since for gradient optimizers it
 is a step size rather than a sample weight.
 
@@ -85,7 +85,7 @@ class Weights(BaseEstimator):
             )
         return log_alpha[..., None]
 
-    def gamma(self, T, *, alpha=None, log_alpha=None, beta=None, dtype=None):
+    def matrix(self, T, *, alpha=None, log_alpha=None, beta=None):
         r"""Dense causal weight matrix :math:`\Gamma_{ti} = \gamma_i^{(t)}`.
 
         Parameters
@@ -143,7 +143,7 @@ class Uniform(Weights):
     Examples
     --------
     >>> import ttr_stats as tt
-    >>> tt.weights.Uniform().gamma(3)
+    >>> tt.weights.Uniform().matrix(3)
     array([[1., 0., 0.],
            [1., 1., 0.],
            [1., 1., 1.]])
