@@ -161,6 +161,30 @@ def pd_solve(xp, R, b):
     return xp.linalg.solve(R, b)
 
 
+def solve_triangular(xp, L, b, *, lower=True):
+    """Solve ``L x = b`` for triangular ``L`` (..., n, n), ``b`` (..., n, m), batch dims broadcast.
+
+    SciPy for NumPy, cupyx for CuPy; otherwise a general solve (correct, slower).
+    """
+    if array_api_compat.is_numpy_namespace(xp):
+        import scipy.linalg
+
+        batch = np.broadcast_shapes(L.shape[:-2], b.shape[:-2])
+        L_ = np.broadcast_to(L, batch + L.shape[-2:])
+        b_ = np.broadcast_to(b, batch + b.shape[-2:])
+        return scipy.linalg.solve_triangular(L_, b_, lower=lower, check_finite=False)
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import cupyx.scipy.linalg
+
+        return cupyx.scipy.linalg.solve_triangular(L, b, lower=lower)
+    return xp.linalg.solve(L, b)
+
+
+def cholesky(xp, A):
+    """Lower Cholesky factor of symmetric positive definite ``A`` (..., n, n)."""
+    return xp.linalg.cholesky(A)
+
+
 def quiet_overflow(xp):
     """Context that silences NumPy's floating-point warnings (overflow, invalid, divide).
 

@@ -12,6 +12,7 @@ from ._validation import check_finite
 from .methods import AUTO_MEMORY_BUDGET, METHODS, Problem, estimate_bytes, support_table
 from .optimizers import ClosedForm, Optimizer
 from .regressors import Linear, Regressor
+from .regressors.nonparametric import CacheState, last_log_weights
 from .weights import Uniform, Weights
 
 __all__ = ["TestTimeRegression"]
@@ -96,7 +97,8 @@ class TestTimeRegression(BaseEstimator):
         if not isinstance(o, Optimizer):
             raise TypeError(f"optimizer must be a ttr_stats.optimizers.Optimizer, got {type(o).__name__}")
         if not r.linear_in_features:
-            raise ValueError(f"{type(r).__name__} is not linear in features; {type(o).__name__} needs one")
+            self._check_nonparametric(w, r, o)
+            return
         if w.window is not None and not o.supports_window:
             raise ValueError(
                 f"weights: {type(w).__name__} needs an optimizer with additive statistics; "
@@ -108,17 +110,47 @@ class TestTimeRegression(BaseEstimator):
                 f"IdentityCovariance supports it, not {type(o).__name__}.\n{support_table()}"
             )
 
+    @staticmethod
+    def _check_nonparametric(w, r, o):
+        name = type(r).__name__
+        if not isinstance(o, ClosedForm):
+            raise ValueError(
+                f"optimizer: {name} is a nonparametric regressor, solved exactly; use ClosedForm() (the "
+                f"default), not {type(o).__name__}"
+            )
+        if isinstance(o.ridge, (int, float)) and o.ridge != 0:
+            raise ValueError(
+                f"optimizer: the ridge of a {name} layer belongs to the regressor ({name}(ridge=...)); "
+                "leave ClosedForm's ridge at 0"
+            )
+        if w.per_dimension:
+            raise ValueError(f"weights: per-dimension decay has no meaning for {name}")
+        if not r.supports_gates and not isinstance(w, Uniform):
+            raise ValueError(f"weights: {name} supports Uniform() weights only, got {type(w).__name__}")
+        if w.window is not None and not r.supports_window:
+            raise ValueError(f"weights: {name} does not support {type(w).__name__}")
+
+    @property
+    def nonparametric(self) -> bool:
+        """True when the regressor keeps every pair (its state is a :class:`CacheState`)."""
+        return not self.regressor.linear_in_features
+
     @property
     def supported_methods(self):
         """Methods this layer supports, in the order ``method="auto"`` prefers them."""
-        return tuple(self.optimizer.methods)
+        return tuple(self.regressor.methods if self.nonparametric else self.optimizer.methods)
 
     # ------------------------------------------------------------------------------------------------
-    def _prepare(self, Q, K, V, alpha, log_alpha, beta, initial_state):
+    def _prepare(self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True):
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
+        self.regressor._validate()
         opt = self.optimizer
+        if self.nonparametric and not self.regressor.supports_gates:
+            for name, gate in (("alpha", alpha), ("log_alpha", log_alpha), ("beta", beta)):
+                if gate is not None:
+                    raise ValueError(f"{name}: {type(self.regressor).__name__} supports uniform weights only")
         xp, a, dtype = _array.as_float_arrays(
             {"Q": Q, "K": K, "V": V, "alpha": alpha, "log_alpha": log_alpha, "beta": beta}
         )
@@ -128,18 +160,19 @@ class TestTimeRegression(BaseEstimator):
                 raise ValueError(f"{name} must have shape (..., T, {last}), got shape {tuple(x.shape)}")
         for name, x in (("Q", Q), ("K", K), ("V", V)):
             check_finite(xp, name, x)
-        T, d_k = Q.shape[-2], Q.shape[-1]
+        T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:
             raise ValueError(f"Q and K must share d_k: Q has d_k = {d_k}, K has d_k = {K.shape[-1]}")
         n_sub = int(opt.steps_per_token)
         T_k = K.shape[-2]
-        if T_k != n_sub * T:
+        T = T_k // n_sub  # steps of the gates
+        if causal and T_k != n_sub * T_q:
             extra = f" ({n_sub} writes per query)" if n_sub > 1 else ""
-            raise ValueError(f"K must have {n_sub * T} time steps{extra} to match Q's T = {T}, got {T_k}")
+            raise ValueError(f"K must have {n_sub * T_q} time steps{extra} to match Q's T = {T_q}, got {T_k}")
         if V.shape[-2] != T_k:
             raise ValueError(f"V must have the same number of time steps as K ({T_k}), got {V.shape[-2]}")
         d_v = V.shape[-1]
-        d_f = self.regressor.n_features(d_k)
+        d_f = self.regressor.output_dim(d_k)
 
         la = resolve_log_alpha(xp, a["alpha"], a["log_alpha"])
         gate_name = "alpha" if a["alpha"] is not None else "log_alpha"
@@ -181,13 +214,28 @@ class TestTimeRegression(BaseEstimator):
         Kf = self.regressor.features(xp, K)
         state0 = None
         if initial_state is not None:
+            if self.nonparametric:
+                raise ValueError(
+                    "initial_state: a nonparametric layer's state is its cache of pairs; concatenate the earlier "
+                    "keys and values to K and V instead (memorize accepts a CacheState to continue)"
+                )
             state0 = opt.check_state(xp, initial_state, batch, d_f, d_v, dtype)
-        return Problem(xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T, d_f, d_v, dtype, n_sub)
+        return Problem(xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype, n_sub)
 
     def _choose(self, method, P):
         opt = self.optimizer
         if method not in _METHOD_NAMES:
             raise ValueError(f"method must be one of {_METHOD_NAMES}, got {method!r}")
+        if self.nonparametric:
+            methods = self.supported_methods
+            if method == "auto":
+                return methods[0]
+            if method not in methods:
+                raise ValueError(
+                    f"method={method!r} is not supported by {type(self.regressor).__name__}; supported: "
+                    f"{', '.join(map(repr, methods))}"
+                )
+            return method
         if method == "auto":
             for m in opt.methods:
                 if m == "recurrent" or estimate_bytes(m, P) <= AUTO_MEMORY_BUDGET:
@@ -221,13 +269,14 @@ class TestTimeRegression(BaseEstimator):
         method="auto",
         initial_state=None,
         return_state=False,
+        causal=True,
     ):
-        """Run the layer causally.
+        """Run the layer.
 
         Parameters
         ----------
         Q : array of shape (..., T, d_k)
-            Queries.
+            Queries (any number T_q of them when ``causal=False``).
         K : array of shape (..., T, d_k)
             Keys (``T * steps_per_token`` rows for DeltaProduct).
         V : array of shape (..., T, d_v)
@@ -238,27 +287,40 @@ class TestTimeRegression(BaseEstimator):
         log_alpha : array, optional
             ``log(alpha) <= 0``, the stable alternative; pass at most one of alpha and log_alpha.
         beta : array of shape (..., T), optional
-            Write strengths (sample weights for exact/identity-covariance optimizers) or step sizes
-            (delta-rule family), > 0; override the optimizer's constant.
+            Write strengths (sample weights for exact, identity-covariance and nonparametric layers) or
+            step sizes (delta-rule family), > 0; override the optimizer's constant.
         method : {"auto", "recurrent", "direct", "parallel"}
             See :attr:`supported_methods`; ``"auto"`` records its choice in ``method_``.
         initial_state : optimizer state, optional
             The state before step 1 (a ``NamedTuple`` of the optimizer's state type), broadcast over
-            batch dims.
+            batch dims. Linear-class layers only.
         return_state : bool
             Also return the final state.
+        causal : bool
+            ``True``: the output at t is read from the memory after step t. ``False``: every query is
+            read from the memory after the last step (the set regression, T_q free).
 
         Returns
         -------
         Y : array of shape (..., T, d_v)
             ``Y[..., t, :] = m_t(q_t)``, read after step t's update. Same array library as the inputs.
         state : optimizer state
-            Only with ``return_state=True``.
+            Only with ``return_state=True``: the memory after the last step.
         """
-        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state)
+        if not causal and not self.nonparametric:
+            state = self.memorize(
+                K, V, alpha=alpha, log_alpha=log_alpha, beta=beta, initial_state=initial_state
+            )
+            Y = self.read(state, Q)
+            self.method_ = "recurrent"
+            return (Y, state) if return_state else Y
+        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal)
         m = self._choose(method, P)
         with _array.quiet_overflow(P.xp):  # overflow is reported below as one clear error
-            Y, state = METHODS[m](self.optimizer, P)
+            if self.nonparametric:
+                Y, state = self.regressor.run(m, P, causal=causal)
+            else:
+                Y, state = METHODS[m](self.optimizer, P)
         self._check_output(P.xp, Y)
         self.method_ = m
         return (Y, state) if return_state else Y
@@ -270,12 +332,15 @@ class TestTimeRegression(BaseEstimator):
         ----------
         K : array of shape (..., T, d_k)
         V : array of shape (..., T, d_v)
-        alpha, log_alpha, beta, initial_state
+        alpha, log_alpha, beta
             As in :meth:`__call__`.
+        initial_state : state, optional
+            The memory to continue (for a nonparametric layer, a :class:`CacheState`: the new pairs are
+            appended and the old weights decay by the new steps' gates).
 
         Returns
         -------
-        state : optimizer state after step T
+        state : the memory after step T
         """
         xp, a, _ = _array.as_float_arrays({"K": K})
         Kx = a["K"]
@@ -284,6 +349,9 @@ class TestTimeRegression(BaseEstimator):
         n_sub = int(self.optimizer.steps_per_token)
         T = Kx.shape[-2] // n_sub
         Q = Kx[..., ::n_sub, :][..., :T, :]  # placeholder queries: never read
+        if self.nonparametric:
+            P = self._prepare(Q, K, V, alpha, log_alpha, beta, None)
+            return self._extend_cache(P, initial_state)
         P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state)
         with _array.quiet_overflow(P.xp):
             _, state = METHODS["recurrent"](self.optimizer, P, read=False)
@@ -291,20 +359,61 @@ class TestTimeRegression(BaseEstimator):
             self._check_output(P.xp, field, what="state")
         return state
 
+    def _extend_cache(self, P, old):
+        xp = P.xp
+        lw = last_log_weights(xp, P)
+        K, V = P.K, P.V
+        if old is not None:
+            if not isinstance(old, CacheState):
+                raise ValueError(f"initial_state must be a CacheState, got {type(old).__name__}")
+            if old.K.shape[-1] != K.shape[-1] or old.V.shape[-1] != V.shape[-1]:
+                raise ValueError(
+                    f"initial_state holds pairs of dimensions ({old.K.shape[-1]}, {old.V.shape[-1]}), "
+                    f"the new ones have ({K.shape[-1]}, {V.shape[-1]})"
+                )
+            batch = broadcast_shapes({"initial_state": old.K.shape[:-2], "K": K.shape[:-2]})
+            grow = lambda x, n: xp.broadcast_to(x, batch + x.shape[n:])  # noqa: E731
+            total = xp.sum(P.g[..., 0], axis=-1, keepdims=True)  # old pairs decay through every new step
+            K = xp.concat([grow(old.K, -2), grow(K, -2)], axis=-2)
+            V = xp.concat([grow(old.V, -2), grow(V, -2)], axis=-2)
+            lw = xp.concat([grow(old.log_weight + total, -1), grow(lw, -1)], axis=-1)
+            w = self.weights.window
+            if w is not None and lw.shape[-1] > w:
+                keep = xp.arange(lw.shape[-1]) >= lw.shape[-1] - w
+                lw = xp.where(keep, lw, xp.asarray(-math.inf, dtype=lw.dtype))
+        return CacheState(K, V, lw)
+
     def read(self, state, Q):
         """Evaluate the memory ``state`` at queries ``Q`` without writing.
 
         Parameters
         ----------
-        state : optimizer state with batch dims ``batch``
-        Q : array of shape (..., d_k)
-            Batch dims broadcast against the state's (e.g. many queries against one memory).
+        state : the layer's state (batch dims ``B``)
+        Q : array of shape (..., n_q, d_k), or (d_k,) for one query
+            The leading dims broadcast against ``B`` (many queries against one memory).
 
         Returns
         -------
-        array of shape (..., d_v)
+        array of shape (..., n_q, d_v), or (d_v,) for one query
         """
         xp, a, _ = _array.as_float_arrays({"Q": Q})
         Q = a["Q"]
         check_finite(xp, "Q", Q)
-        return self.optimizer.read(state, self.regressor.features(xp, Q))
+        single = Q.ndim == 1
+        if single:
+            Q = Q[None, :]
+        d_k = (state.K if self.nonparametric else self._state_keys(state)).shape[-1]
+        if self.regressor.output_dim(Q.shape[-1]) != d_k:
+            raise ValueError(f"Q must have d_k matching the memory's keys, got {Q.shape[-1]}")
+        if self.nonparametric:
+            Y = self.regressor.read(xp, state, Q)
+        else:
+            ranks = [f.ndim for f in self.optimizer.init(xp, (), 1, 1, Q.dtype)]
+            batch_nd = state[0].ndim - ranks[0]
+            expanded = type(state)(*(xp.expand_dims(f, axis=batch_nd) for f in state))
+            Y = self.optimizer.read(expanded, self.regressor.features(xp, Q))
+        return Y[0] if single else Y
+
+    def _state_keys(self, state):
+        """A field of the state whose last axis is the (mapped) key dimension."""
+        return state[0]

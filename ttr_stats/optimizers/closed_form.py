@@ -6,6 +6,8 @@ r"""Exact and covariance-free solutions of the weighted linear least-squares pro
 
 from __future__ import annotations
 
+import math
+
 from .. import _array
 from .._validation import check_scalar
 from .base import LinearAttentionState, Optimizer, SufficientStatistics, matvec, outer
@@ -83,9 +85,9 @@ class ClosedForm(Optimizer):
     def read(self, state, q):
         xp = _array.namespace(q)
         R = state.R
-        if q.ndim > 1 and R.ndim == 2:
-            # many queries against one state (the scikit-learn facade): factor once
-            return xp.matmul(q, xp.matrix_transpose(self.memory(state)))
+        if math.prod(R.shape[:-2]) < math.prod(q.shape[:-1]):
+            # more queries than memories (the scikit-learn facade): factor each memory once
+            return matvec(xp, self.memory(state), q)
         x = self.solve(xp, R, q[..., None])
         return xp.matmul(state.S, x)[..., 0]
 

@@ -18,11 +18,14 @@ class Regressor(BaseEstimator):
     #: whether the class is linear in (possibly mapped) features, so linear-family optimizers apply
     linear_in_features = True
 
+    def _validate(self):
+        """Check hyperparameters (called by the layer before computing)."""
+
     def features(self, xp, x):
         """Feature map phi applied to the last axis of ``x`` of shape (..., d_k). Identity here."""
         return x
 
-    def n_features(self, d_k: int) -> int:
+    def output_dim(self, d_k: int) -> int:
         """Dimension of ``features`` for keys of dimension ``d_k``."""
         return d_k
 

@@ -1,0 +1,128 @@
+r"""Similarities :math:`s(q, k)` that weight the pairs of a nonparametric regression (P§4).
+
+Every similarity here is used in log space: :meth:`Similarity.log_weights` returns
+:math:`\log s(q_t, k_i)` for all pairs, so that softmax-style normalisation subtracts the row maximum
+before exponentiating and never overflows or underflows to an all-zero row.
+
+* :class:`ExpDot` -- :math:`s = \exp(\tau\, q^\top k)`, softmax attention's weights.
+* :class:`Gaussian` -- :math:`s = \exp(-\|q - k\|^2 / (2h^2))`, the Nadaraya-Watson kernel.
+
+With ``qk_norm=True`` queries and keys are L2-normalised first. On the unit sphere
+:math:`\exp(\tau q^\top k) = e^{\tau}\exp(-\|q-k\|^2 \tau / 2)`: softmax attention with QKNorm **is** NW with
+a Gaussian kernel of bandwidth :math:`h = \tau^{-1/2}` (:func:`scale_to_bandwidth`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from sklearn.base import BaseEstimator
+
+from ._validation import check_scalar
+
+__all__ = [
+    "Similarity",
+    "ExpDot",
+    "Gaussian",
+    "scale_to_bandwidth",
+    "bandwidth_to_scale",
+    "l2_normalize",
+]
+
+
+def scale_to_bandwidth(scale):
+    r"""Gaussian bandwidth equivalent to logit scale :math:`\tau` on unit vectors: :math:`h = \tau^{-1/2}`.
+
+    Examples
+    --------
+    >>> scale_to_bandwidth(1 / 8.0)   # tau = 1/sqrt(64): the paper's B = 2 sqrt(d) = h^2
+    2.8284271247461903
+    """
+    return scale**-0.5
+
+
+def bandwidth_to_scale(bandwidth):
+    r"""Logit scale equivalent to Gaussian bandwidth ``h`` on unit vectors: :math:`\tau = h^{-2}`."""
+    return bandwidth**-2.0
+
+
+def l2_normalize(xp, x):
+    """Rows of ``x`` (..., d) scaled to unit L2 norm; a zero row stays zero."""
+    n = xp.linalg.vector_norm(x, axis=-1, keepdims=True)
+    return x / xp.where(n > 0, n, xp.ones((), dtype=x.dtype))
+
+
+class Similarity(BaseEstimator):
+    """Base class: ``log_weights(xp, Q, K, d_k)`` -> log s(q_t, k_i) of shape (..., T_q, T_k)."""
+
+    def _validate(self):
+        pass
+
+    def prepare(self, xp, x):
+        """Transform applied to queries and keys before comparing them (QKNorm)."""
+        return l2_normalize(xp, x) if self.qk_norm else x
+
+    def log_weights(self, xp, Q, K):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def log_weight_pairs(self, xp, q, K):
+        """``log s(q, k_i)`` for one query per batch element: q (..., d), K (..., n, d) -> (..., n)."""
+        return self.log_weights(xp, q[..., None, :], K)[..., 0, :]
+
+
+class ExpDot(Similarity):
+    r"""Softmax weights :math:`s(q, k) = \exp(\tau\, q^\top k)`.
+
+    Parameters
+    ----------
+    scale : float > 0 or None
+        Logit scale :math:`\tau`; ``None`` means :math:`d_k^{-1/2}` (resolved when called).
+    qk_norm : bool
+        L2-normalise q and k first (QKNorm), making the weights a Gaussian kernel of the distance.
+
+    Notes
+    -----
+    Without QKNorm, :math:`\exp(\tau k^\top q) = \exp(-\tau\|k - q\|^2/2)\exp(\tau\|k\|^2/2)\exp(\tau\|q\|^2/2)`:
+    the query factor cancels in the normalisation, the per-key factor :math:`\exp(\tau\|k\|^2/2)` stays
+    (a non-local weight favouring large-norm keys, P§4).
+    """
+
+    def __init__(self, scale=None, qk_norm=False):
+        self.scale = scale
+        self.qk_norm = qk_norm
+
+    def _validate(self):
+        if self.scale is not None:
+            check_scalar("scale", self.scale, low=0.0, low_inclusive=False)
+
+    def resolved_scale(self, d_k):
+        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(d_k)
+
+    def log_weights(self, xp, Q, K):
+        tau = self.resolved_scale(Q.shape[-1])
+        return tau * xp.matmul(Q, xp.matrix_transpose(K))
+
+
+class Gaussian(Similarity):
+    r"""Gaussian kernel :math:`s(q, k) = \exp(-\|q - k\|^2 / (2h^2))`.
+
+    Parameters
+    ----------
+    bandwidth : float > 0
+        :math:`h` (isotropic: the same in every dimension).
+    qk_norm : bool
+        L2-normalise q and k first.
+    """
+
+    def __init__(self, bandwidth=1.0, qk_norm=False):
+        self.bandwidth = bandwidth
+        self.qk_norm = qk_norm
+
+    def _validate(self):
+        check_scalar("bandwidth", self.bandwidth, low=0.0, low_inclusive=False)
+
+    def log_weights(self, xp, Q, K):
+        h2 = float(self.bandwidth) ** 2
+        # ||q - k||^2 from the difference, not q.q + k.k - 2 q.k, which cancels for nearby points
+        diff = Q[..., :, None, :] - K[..., None, :, :]
+        return -xp.sum(diff * diff, axis=-1) / (2.0 * h2)
