@@ -216,8 +216,8 @@ class TestTimeRegression(BaseEstimator):
         if initial_state is not None:
             if self.nonparametric:
                 raise ValueError(
-                    "initial_state: a nonparametric layer's state is its cache of pairs; concatenate the earlier "
-                    "keys and values to K and V instead (memorize accepts a CacheState to continue)"
+                    "initial_state: a nonparametric layer's state is its cache of pairs; concatenate the "
+                    "earlier keys and values to K and V instead (memorize accepts a CacheState to continue)"
                 )
             state0 = opt.check_state(xp, initial_state, batch, d_f, d_v, dtype)
         return Problem(xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype, n_sub)

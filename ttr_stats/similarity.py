@@ -82,7 +82,8 @@ class ExpDot(Similarity):
 
     Notes
     -----
-    Without QKNorm, :math:`\exp(\tau k^\top q) = \exp(-\tau\|k - q\|^2/2)\exp(\tau\|k\|^2/2)\exp(\tau\|q\|^2/2)`:
+    Without QKNorm,
+    :math:`\exp(\tau k^\top q) = \exp(-\tau\|k - q\|^2/2)\exp(\tau\|k\|^2/2)\exp(\tau\|q\|^2/2)`:
     the query factor cancels in the normalisation, the per-key factor :math:`\exp(\tau\|k\|^2/2)` stays
     (a non-local weight favouring large-norm keys, P§4).
     """

@@ -6,9 +6,9 @@ Every weighting here factors as
 
 a per-step decay :math:`\alpha_j \in [0, 1]` (kept in log space, :math:`g_j = \log \alpha_j \le 0`),
 a write strength :math:`\beta_i > 0` and an optional window :math:`w`. A weights object holds the
-hyperparameters only (``matrix(T)`` gives the dense weights); data-dependent gates (``alpha``/``log_alpha``) are passed when the layer is called,
-like ``sample_weight`` in scikit-learn. ``beta`` is resolved by the layer, since for gradient optimizers it
-is a step size rather than a sample weight.
+hyperparameters only (``matrix(T)`` gives the dense weights); data-dependent gates (``alpha`` /
+``log_alpha``) are passed when the layer is called, like ``sample_weight`` in scikit-learn. ``beta`` is
+resolved by the layer, since for gradient optimizers it is a step size rather than a sample weight.
 
 References
 ----------

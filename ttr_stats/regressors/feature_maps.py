@@ -1,4 +1,5 @@
-r"""Feature maps :math:`\phi` for the linear class :math:`m(k) = M\phi(k)` (feature-map linear attention, P§2).
+r"""Feature maps :math:`\phi` for the linear class :math:`m(k) = M\phi(k)` (feature-map linear attention,
+P§2).
 
 With ``normalize="sum"`` linear attention on :math:`\phi` is Nadaraya-Watson with the kernel
 :math:`\phi(q)^\top\phi(k)`; random features make that kernel an unbiased estimate of a Gaussian
@@ -20,7 +21,8 @@ FEATURE_MAPS = ("elu_plus_one", "relu", "taylor", "random_fourier", "positive_ra
 
 
 class FeatureMap(Regressor):
-    r"""Linear memory on mapped keys and queries: :math:`y_t = M_t\phi(q_t)`, :math:`M_t = \sum v\phi(k)^\top`.
+    r"""Linear memory on mapped keys and queries: :math:`y_t = M_t\phi(q_t)`,
+    :math:`M_t = \sum v\phi(k)^\top`.
 
     Parameters
     ----------

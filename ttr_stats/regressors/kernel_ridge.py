@@ -1,4 +1,5 @@
-r"""Kernel ridge regression at test time: :math:`m(q) = V^\top (\kappa(K,K) + \lambda I)^{-1}\kappa(K, q)` (P§2).
+r"""Kernel ridge regression at test time (P§2):
+:math:`m(q) = V^\top (\kappa(K,K) + \lambda I)^{-1}\kappa(K, q)`.
 
 The infinite-feature-map member of the taxonomy (kernel regression, Skyformer, SOFT). With
 :math:`\kappa(K, K) \approx I` and :math:`\kappa = \exp(k^\top q/\sqrt d)` it becomes *unnormalised* softmax
@@ -94,8 +95,8 @@ class KernelRidge(NonparametricRegressor):
     def _check_pd(self, xp, L):
         if not bool(xp.all(xp.isfinite(L))):
             raise FloatingPointError(
-                f"ridge: the Gram matrix of the {self.kernel!r} kernel plus ridge={self.ridge} is not numerically "
-                "positive definite (Cholesky failed); increase ridge"
+                f"ridge: the Gram matrix of the {self.kernel!r} kernel plus ridge={self.ridge} is not "
+                "numerically positive definite (Cholesky failed); increase ridge"
             )
 
     def run(self, method, P, *, causal=True):
