@@ -20,6 +20,9 @@ def test_float32_in_float32_out_and_close_to_float64(info, rng):
         gates = {"alpha": rng.uniform(0.5, 1, (2, T, 4))}
     if info.name in ("rls", "least_squares"):
         layer.set_params(optimizer__ridge=1e-2)  # float32 cannot resolve ridge 0 / 1e-6 below t < d_k
+    if info.name in ("local_linear_attention", "local_polynomial_attention"):
+        # ridge 0 below t = P + 1 is a singular design whose pseudo-inverse cut depends on the precision
+        layer.set_params(regressor__ridge=1e-2)
     for m in layer.supported_methods:
         Y64 = layer(Q, K, V, method=m, **gates)
         Y32 = layer(
@@ -66,7 +69,10 @@ def test_empty_sequence(info):
     for m in layer.supported_methods:
         Y, state = layer(Q, Q, np.zeros((2, 0, 3)), method=m, return_state=True, **gates)
         assert Y.shape == (2, 0, 3)
-        ref = layer.optimizer.init(np, (2,), 4, 3, np.float64)
+        if layer.nonparametric:  # an empty cache
+            assert [f.shape for f in state] == [(2, 0, 4), (2, 0, 3), (2, 0)]
+            continue
+        ref = layer.optimizer.init(np, (2,), layer.regressor.output_dim(4), 3, np.float64)
         for a, b in zip(state, ref, strict=True):
             np.testing.assert_array_equal(a, b)
 

@@ -16,7 +16,8 @@ from typing import NamedTuple
 from . import optimizers as opt
 from . import weights as w
 from .layer import TestTimeRegression
-from .regressors import Linear
+from .regressors import FeatureMap, KernelRidge, Linear, LocalPolynomial
+from .similarity import ExpDot
 
 __all__ = [
     "linear_attention",
@@ -33,6 +34,14 @@ __all__ = [
     "longhorn",
     "nlms",
     "delta_product",
+    "softmax_attention",
+    "qknorm_attention",
+    "sliding_window_attention",
+    "local_linear_attention",
+    "local_polynomial_attention",
+    "kernel_regression",
+    "performer",
+    "based",
     "registry",
     "registry_markdown",
 ]
@@ -42,14 +51,18 @@ def _layer(weights, optimizer, regressor=None):
     return TestTimeRegression(weights=weights, regressor=regressor or Linear(), optimizer=optimizer)
 
 
-def linear_attention(normalize=None):
-    r"""Linear attention: :math:`M_t = M_{t-1} + v_t k_t^\top`, :math:`y_t = M_t q_t`.
+def linear_attention(normalize=None, feature_map=None):
+    r"""Linear attention: :math:`M_t = M_{t-1} + v_t \phi(k_t)^\top`, :math:`y_t = M_t \phi(q_t)`.
 
     Paper row: weights 1, linear class, exact solution with :math:`K^\top K \approx I` (one batch GD
-    step from 0 with step 1). ``normalize="sum"`` divides by :math:`q_t^\top \sum_i k_i` (Nadaraya-Watson
-    with the linear kernel); ``normalize="output"`` rescales :math:`y_t` to unit norm (Figure 2).
+    step from 0 with step 1). ``normalize="sum"`` divides by :math:`\phi(q_t)^\top \sum_i \phi(k_i)`:
+    Nadaraya-Watson with the kernel :math:`\phi(q)^\top\phi(k)`; ``normalize="output"`` rescales
+    :math:`y_t` to unit norm (Figure 2). ``feature_map``: a :class:`~ttr_stats.regressors.FeatureMap` or
+    the name of one (``"elu_plus_one"``, ``"relu"``, ``"taylor"``, ...); ``None`` is the identity.
     """
-    return _layer(w.Uniform(), opt.IdentityCovariance(normalize=normalize))
+    if isinstance(feature_map, str):
+        feature_map = FeatureMap(feature_map)
+    return _layer(w.Uniform(), opt.IdentityCovariance(normalize=normalize), regressor=feature_map)
 
 
 def retnet(gamma=0.9):
@@ -167,6 +180,84 @@ def delta_product(n_householder=2, beta=1.0):
     return _layer(w.Uniform(), opt.LMS(beta=beta, steps_per_token=n_householder))
 
 
+def softmax_attention(scale=None):
+    r"""Causal softmax attention: :math:`y_t = \sum_{i\le t} s_i v_i / \sum_j s_j`,
+    :math:`s_i = \exp(\tau q_t^\top k_i)`.
+
+    Paper row: weights :math:`s(k_i, q)`, local constant (p = 0), exact: Nadaraya-Watson. ``scale``
+    :math:`\tau` defaults to :math:`d_k^{-1/2}`.
+    """
+    return _layer(w.Uniform(), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
+
+
+def qknorm_attention(scale=10.0):
+    r"""Softmax attention on L2-normalised queries and keys (QKNorm): logits :math:`\tau\cos(q, k)`.
+
+    Paper row: softmax attention = NW with a Gaussian kernel of bandwidth :math:`h = \tau^{-1/2}` once
+    :math:`\|q\| = \|k\| = 1` (P§4). ``scale`` is the (learned, in practice) logit scale g.
+    """
+    return _layer(w.Uniform(), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale, qk_norm=True)))
+
+
+def sliding_window_attention(window=64, scale=None):
+    r"""Softmax attention over the last ``window`` pairs: weights :math:`s(k_i, q)\,\mathbb{1}[t - i < w]`.
+
+    Paper row: sliding-window attention, local constant, exact (windowed NW).
+    """
+    return _layer(w.SlidingWindow(window), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
+
+
+def local_linear_attention(scale=None, ridge=0.0, qk_norm=False):
+    r"""Local linear attention (p = 1): the intercept of a softmax-weighted linear fit in :math:`k - q`.
+
+    :math:`[a, B] = \arg\min \sum_i s_i\|v_i - a - B(k_i - q)\|^2 + \lambda\omega\|B\|^2`,
+    :math:`y = a = \bar v - B(\bar k - q)`. Paper row: local linear (P§5). ``ridge`` :math:`\lambda`:
+    :math:`\lambda\to\infty` is softmax attention; with ``qk_norm`` the local covariance is nearly
+    singular along q, so a ridge is needed.
+    """
+    return _layer(
+        w.Uniform(), opt.ClosedForm(), regressor=LocalPolynomial(1, ExpDot(scale, qk_norm=qk_norm), ridge)
+    )
+
+
+def local_polynomial_attention(order=2, scale=None, ridge=0.0):
+    r"""Local polynomial attention of degree ``order``: the intercept of a softmax-weighted polynomial fit.
+
+    Paper row: local polynomial (p >= 2), exact (P§5). Cost grows with :math:`\binom{d+p}{p}`.
+    """
+    return _layer(w.Uniform(), opt.ClosedForm(), regressor=LocalPolynomial(order, ExpDot(scale), ridge))
+
+
+def kernel_regression(kernel="rbf", ridge=1e-3, **kernel_params):
+    r"""Kernel ridge regression on every prefix:
+    :math:`y_t = V_t^\top(\kappa_t + \lambda I)^{-1}\kappa(K_t, q_t)`.
+
+    Paper row: kernel regression (kernel ridge, Skyformer, SOFT), infinite feature map, exact.
+    ``kernel_params``: ``gamma``, ``degree``, ``coef0`` as in scikit-learn.
+    """
+    return _layer(w.Uniform(), opt.ClosedForm(), regressor=KernelRidge(kernel, ridge, **kernel_params))
+
+
+def performer(n_features=256, seed=0, scale=None):
+    r"""Performer (FAVOR+): normalised linear attention on positive random features of the softmax kernel.
+
+    :math:`y_t = \sum_i \phi(q_t)^\top\phi(k_i) v_i / \sum_j \phi(q_t)^\top\phi(k_j)` with
+    :math:`E\,\phi(q)^\top\phi(k) = \exp(\tau q^\top k)`. Paper row: feature-map linear attention that
+    approximates softmax attention (NW) as ``n_features`` grows.
+    """
+    fm = FeatureMap("positive_random", n_features=n_features, scale=scale, seed=seed)
+    return linear_attention(normalize="sum", feature_map=fm)
+
+
+def based(scale=None):
+    r"""Based: normalised linear attention on the second-order Taylor features of :math:`\exp(\tau q^\top k)`.
+
+    :math:`\phi(q)^\top\phi(k) = 1 + \tau q^\top k + (\tau q^\top k)^2/2`. Paper row: feature-map linear
+    attention (polynomial / Taylor).
+    """
+    return linear_attention(normalize="sum", feature_map=FeatureMap("taylor", scale=scale))
+
+
 _RECIPES = (
     linear_attention,
     retnet,
@@ -182,6 +273,14 @@ _RECIPES = (
     longhorn,
     nlms,
     delta_product,
+    softmax_attention,
+    qknorm_attention,
+    sliding_window_attention,
+    local_linear_attention,
+    local_polynomial_attention,
+    kernel_regression,
+    performer,
+    based,
 )
 
 

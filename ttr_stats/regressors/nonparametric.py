@@ -83,6 +83,8 @@ def log_gamma(xp, P, *, causal=True):
 
 def normalised_weights(xp, logW):
     """Row-normalised weights exp(logW - max) / sum, shape unchanged (rows always have a finite entry)."""
+    if logW.shape[-1] == 0:  # no pairs (an empty sequence): nothing to weight
+        return logW
     mx = xp.max(logW, axis=-1, keepdims=True)
     W = xp.exp(logW - mx)
     return W / xp.sum(W, axis=-1, keepdims=True)
