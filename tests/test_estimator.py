@@ -48,12 +48,29 @@ ESTIMATORS = [
     tt.TestTimeRegressor(tt.recipes.nlms()),
     tt.TestTimeRegressor(tt.recipes.deltanet(beta=0.01)),
     tt.TestTimeRegressor(tt.recipes.linear_attention()),
+    # nonparametric layers: the state is the cache of pairs, predict uses every stored pair
+    tt.TestTimeRegressor(
+        tt.TestTimeRegression(
+            regressor=tt.regressors.LocalPolynomial(1, tt.similarity.Gaussian(1.0), ridge=1e-3)
+        )
+    ),
+    tt.TestTimeRegressor(tt.recipes.softmax_attention()),
+    tt.TestTimeRegressor(tt.recipes.kernel_regression()),
+    tt.TestTimeRegressor(tt.recipes.based()),
 ]
 
 
 def expected_failed_checks(estimator):
     """Checks that legitimately fail, with the reason (xfail, strict: they must keep failing)."""
     layer = estimator.layer
+    if layer is not None and isinstance(layer.regressor, tt.regressors.FeatureMap):
+        return {
+            "check_regressors_train": (
+                "Based is Nadaraya-Watson with the Taylor kernel 1 + tau q.k + (tau q.k)^2 / 2, which is not "
+                "local: it grows with |q.k| instead of decaying away from the query, so on the check's "
+                "unnormalised features distant points dominate and R^2 < 0.5"
+            )
+        }
     if layer is not None and isinstance(layer.optimizer, tt.optimizers.IdentityCovariance):
         return {
             "check_regressors_train": (
@@ -223,3 +240,13 @@ def test_alpha_gates_are_decayed_sample_weights_for_mesa(rng):
     for sl in (slice(0, 11), slice(11, n)):
         chunked.partial_fit(X[sl], y[sl], alpha=alpha[sl], beta=beta[sl])
     assert rel(chunked.coef_, ref.coef_) < EXACT_RTOL
+
+
+def test_coef_only_for_linear_memories(rng):
+    X, y = _data(rng)
+    assert tt.TestTimeRegressor(tt.recipes.rls(ridge=1e-3)).fit(X, y).coef_.shape == (4,)
+    for layer in (tt.recipes.softmax_attention(), tt.recipes.linear_attention(normalize="sum")):
+        est = tt.TestTimeRegressor(layer).fit(X, y)
+        assert not hasattr(est, "coef_")
+        with pytest.raises(AttributeError, match="^coef_: "):
+            est.coef_

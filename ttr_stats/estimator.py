@@ -138,7 +138,15 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
     @property
     def coef_(self):
         check_is_fitted(self, "state_")
-        M = self.layer_.optimizer.memory(self.state_)
+        if self.layer_.nonparametric:
+            raise AttributeError(
+                f"coef_: a {type(self.layer_.regressor).__name__} layer keeps every pair (state_ is a "
+                "CacheState), it has no coefficient matrix"
+            )
+        try:
+            M = self.layer_.optimizer.memory(self.state_)
+        except ValueError as exc:  # e.g. sum-normalised linear attention: the read is nonlinear in q
+            raise AttributeError(f"coef_: {exc}") from exc
         return M[0] if self._single_output else M
 
     def __sklearn_tags__(self):
