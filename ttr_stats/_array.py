@@ -95,15 +95,46 @@ def _backend(xp):
         import torch
 
         return torch
-    raise TypeError(f"einsum is not available for the array namespace {xp.__name__}")
+    return None
 
 
 def einsum(xp, subscripts: str, *operands):
-    """``einsum`` for NumPy, CuPy and torch (not in the array API standard)."""
+    """``einsum`` (not in the array API standard): NumPy, CuPy and torch natively, any other
+    namespace by broadcasting and summing (exact, but it forms the full product: meant for
+    ``array_api_strict`` in the tests, not for speed)."""
     lib = _backend(xp)
     if lib is np:
         return lib.einsum(subscripts, *operands, optimize=True)
-    return lib.einsum(subscripts, *operands)
+    if lib is not None:  # pragma: no cover - needs CuPy or torch
+        return lib.einsum(subscripts, *operands)
+    return _einsum_broadcast(xp, subscripts, *operands)
+
+
+def _einsum_broadcast(xp, subscripts, *operands):
+    """Generic einsum for lowercase labels and ``...``: align every operand on the union of labels
+    (output labels first), multiply with broadcasting, sum the contracted labels."""
+    lhs, out = subscripts.replace(" ", "").split("->")
+    ins = lhs.split(",")
+    n_ell = max((op.ndim - len(s.replace("...", "")) for s, op in zip(ins, operands, strict=True)), default=0)
+    ell = "".join(chr(ord("A") + i) for i in range(n_ell))
+    labels_in = []
+    for s, op in zip(ins, operands, strict=True):
+        k = op.ndim - len(s.replace("...", ""))
+        labels_in.append(s.replace("...", ell[n_ell - k :]))
+    out = out.replace("...", ell)
+    order = list(out) + sorted({c for s in labels_in for c in s} - set(out))
+    prod = None
+    for s, op in zip(labels_in, operands, strict=True):
+        perm = sorted(range(len(s)), key=lambda i: order.index(s[i]))
+        x = xp.permute_dims(op, tuple(perm)) if perm != list(range(len(s))) else op
+        present = [s[i] for i in perm]
+        shape = [1] * len(order)
+        for c, n in zip(present, x.shape, strict=True):
+            shape[order.index(c)] = n
+        x = xp.reshape(x, tuple(shape))
+        prod = x if prod is None else prod * x
+    summed = tuple(range(len(out), len(order)))
+    return xp.sum(prod, axis=summed) if summed else prod
 
 
 def segsum(xp, g):
@@ -173,16 +204,36 @@ def solve_triangular(xp, L, b, *, lower=True):
         L_ = np.broadcast_to(L, batch + L.shape[-2:])
         b_ = np.broadcast_to(b, batch + b.shape[-2:])
         return scipy.linalg.solve_triangular(L_, b_, lower=lower, check_finite=False)
-    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+    if array_api_compat.is_cupy_namespace(xp) and L.ndim == 2 and b.ndim == 2:  # pragma: no cover - GPU
         import cupyx.scipy.linalg
 
         return cupyx.scipy.linalg.solve_triangular(L, b, lower=lower)
-    return xp.linalg.solve(L, b)
+    return xp.linalg.solve(L, b)  # batched: a general solve (cupyx's triangular solve is 2-D only)
 
 
 def cholesky(xp, A):
     """Lower Cholesky factor of symmetric positive definite ``A`` (..., n, n)."""
     return xp.linalg.cholesky(A)
+
+
+def free_device_bytes(xp):
+    """Free memory on the current CUDA device for CuPy, ``None`` for host libraries."""
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import cupy
+
+        free, _ = cupy.cuda.runtime.memGetInfo()
+        return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+    return None
+
+
+def is_out_of_memory(exc) -> bool:
+    """True for a device allocation failure (CuPy's ``OutOfMemoryError`` and friends)."""
+    name = type(exc).__name__
+    return (
+        isinstance(exc, MemoryError)
+        or name in ("OutOfMemoryError", "CUDARuntimeError")
+        and ("memory" in str(exc).lower())
+    )
 
 
 def quiet_overflow(xp):

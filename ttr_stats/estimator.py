@@ -68,17 +68,51 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
             raise TypeError(f"layer must be a TestTimeRegression, got {type(self.layer).__name__}")
         return clone(self.layer)
 
+    def _validate_device(self, X, y=None, *, reset):
+        """Checks for arrays of another library (CuPy): what validate_data checks, without moving them."""
+        from . import _array
+        from ._validation import check_finite
+
+        xp, a, _ = _array.as_float_arrays({"X": X, "y": y})
+        X, y = a["X"], a["y"]
+        if X.ndim != 2:
+            raise ValueError(f"Expected 2D array, got {X.ndim}D array instead")
+        if X.shape[0] < 1:
+            raise ValueError(
+                f"Found array with 0 sample(s) (shape={tuple(X.shape)}) while a minimum of 1 is required."
+            )
+        check_finite(xp, "X", X)
+        if y is not None:
+            if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"y must have shape (n,) or (n, d_v) with n = {X.shape[0]}, got {tuple(y.shape)}"
+                )
+            check_finite(xp, "y", y)
+        if reset:
+            self.n_features_in_ = X.shape[1]
+        elif X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
+                "features as input"
+            )
+        return xp, X, y
+
     def _write(self, X, y, gates, *, reset):
-        X, y = validate_data(
-            self,
-            X,
-            y,
-            reset=reset,
-            multi_output=True,
-            y_numeric=True,
-            dtype=[np.float64, np.float32],
-        )
-        y = np.asarray(y, dtype=X.dtype)
+        from ._array import is_array
+
+        if is_array(X) and not isinstance(X, np.ndarray):
+            xp, X, y = self._validate_device(X, y, reset=reset)
+        else:
+            X, y = validate_data(
+                self,
+                X,
+                y,
+                reset=reset,
+                multi_output=True,
+                y_numeric=True,
+                dtype=[np.float64, np.float32],
+            )
+            y = np.asarray(y, dtype=X.dtype)
         single = y.ndim == 1
         V = y[:, None] if single else y
         if reset:
@@ -130,8 +164,13 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         -------
         ndarray of shape (n,) or (n, d_v)
         """
+        from ._array import is_array
+
         check_is_fitted(self, "state_")
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if is_array(X) and not isinstance(X, np.ndarray):
+            _, X, _ = self._validate_device(X, reset=False)
+        else:
+            X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
         Y = self.layer_.read(self.state_, X)
         return Y[:, 0] if self._single_output else Y
 
@@ -147,7 +186,7 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
             M = self.layer_.optimizer.memory(self.state_)
         except ValueError as exc:  # e.g. sum-normalised linear attention: the read is nonlinear in q
             raise AttributeError(f"coef_: {exc}") from exc
-        return M[0] if self._single_output else M
+        return M[0, ...] if self._single_output else M
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -248,6 +248,21 @@ class TestTimeRegression(BaseEstimator):
             )
         return method
 
+    def _memory_advice(self, P, method, detail=""):
+        others = [m for m in self.supported_methods if m != method]
+        return (
+            f"method={method!r} needs about {estimate_bytes(method, P) / 2**30:.2f} GiB for batch shape "
+            f"{P.batch_shape}, T = {P.T}, d_k = {P.d_k}; split the batch into smaller calls"
+            + (f" or use method={others[-1]!r}" if others else "")
+            + (f" ({detail})" if detail else "")
+        )
+
+    def _check_device_memory(self, P, method):
+        """Fail early, and clearly, when a dense method cannot fit in free device memory."""
+        free = _array.free_device_bytes(P.xp)
+        if free is not None and method != "recurrent" and estimate_bytes(method, P) > free:
+            raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
+
     def _check_output(self, xp, Y, what="output"):
         if math.prod(Y.shape) and not bool(xp.all(xp.isfinite(Y))):
             raise FloatingPointError(
@@ -316,11 +331,17 @@ class TestTimeRegression(BaseEstimator):
             return (Y, state) if return_state else Y
         P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal)
         m = self._choose(method, P)
-        with _array.quiet_overflow(P.xp):  # overflow is reported below as one clear error
-            if self.nonparametric:
-                Y, state = self.regressor.run(m, P, causal=causal)
-            else:
-                Y, state = METHODS[m](self.optimizer, P)
+        self._check_device_memory(P, m)
+        try:
+            with _array.quiet_overflow(P.xp):  # overflow is reported below as one clear error
+                if self.nonparametric:
+                    Y, state = self.regressor.run(m, P, causal=causal)
+                else:
+                    Y, state = METHODS[m](self.optimizer, P)
+        except Exception as exc:
+            if _array.is_out_of_memory(exc):
+                raise MemoryError(self._memory_advice(P, m, str(exc))) from exc
+            raise
         self._check_output(P.xp, Y)
         self.method_ = m
         return (Y, state) if return_state else Y
@@ -412,7 +433,7 @@ class TestTimeRegression(BaseEstimator):
             batch_nd = state[0].ndim - ranks[0]
             expanded = type(state)(*(xp.expand_dims(f, axis=batch_nd) for f in state))
             Y = self.optimizer.read(expanded, self.regressor.features(xp, Q))
-        return Y[0] if single else Y
+        return Y[0, ...] if single else Y
 
     def _state_keys(self, state):
         """A field of the state whose last axis is the (mapped) key dimension."""

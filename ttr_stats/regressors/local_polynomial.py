@@ -104,8 +104,8 @@ class LocalPolynomial(NonparametricRegressor):
                 cols.append(c)
         return xp.stack(cols, axis=-1)
 
-    def _blocks(self, Tq, n, P, itemsize):
-        per_query = max(1, n * (P + 1) * itemsize * 3)
+    def _blocks(self, Tq, n, P, itemsize, batch=1):
+        per_query = max(1, batch * n * (P + 1) * itemsize * 3)
         size = max(1, BLOCK_BYTES // per_query)
         return [(s, min(Tq, s + size)) for s in range(0, Tq, size)] or [(0, 0)]
 
@@ -116,9 +116,10 @@ class LocalPolynomial(NonparametricRegressor):
         Tq, n, d = Q.shape[-2], K.shape[-2], K.shape[-1]
         P = n_coefficients(d, order)
         itemsize = 8 if Q.dtype == xp.float64 else 4
+        batch = math.prod(logW.shape[:-2])
         out = [
             fn(xp, Q[..., a:b, :], K, V, logW[..., a:b, :])
-            for a, b in self._blocks(Tq, n, P, itemsize)
+            for a, b in self._blocks(Tq, n, P, itemsize, batch)
             if b > a
         ]
         if not out:
