@@ -248,11 +248,16 @@ class TestTimeRegression(BaseEstimator):
             )
         return method
 
+    def _estimate_bytes(self, method, P):
+        if self.nonparametric:
+            return self.regressor.estimate_bytes(method, P)
+        return estimate_bytes(method, P)
+
     def _memory_advice(self, P, method, detail=""):
         others = [m for m in self.supported_methods if m != method]
         return (
-            f"method={method!r} needs about {estimate_bytes(method, P) / 2**30:.2f} GiB for batch shape "
-            f"{P.batch_shape}, T = {P.T}, d_k = {P.d_k}; split the batch into smaller calls"
+            f"method={method!r} needs about {self._estimate_bytes(method, P) / 2**30:.2f} GiB for batch "
+            f"shape {P.batch_shape}, T = {P.T}, d_k = {P.d_k}; split the batch into smaller calls"
             + (f" or use method={others[-1]!r}" if others else "")
             + (f" ({detail})" if detail else "")
         )
@@ -260,7 +265,7 @@ class TestTimeRegression(BaseEstimator):
     def _check_device_memory(self, P, method):
         """Fail early, and clearly, when a dense method cannot fit in free device memory."""
         free = _array.free_device_bytes(P.xp)
-        if free is not None and method != "recurrent" and estimate_bytes(method, P) > free:
+        if free is not None and method != "recurrent" and self._estimate_bytes(method, P) > free:
             raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
 
     def _check_output(self, xp, Y, what="output"):

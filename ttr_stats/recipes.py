@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 from . import optimizers as opt
 from . import weights as w
+from ._validation import check_scalar
 from .layer import TestTimeRegression
 from .regressors import FeatureMap, KernelRidge, Linear, LocalPolynomial
 from .similarity import ExpDot
@@ -204,6 +205,7 @@ def sliding_window_attention(window=64, scale=None):
 
     Paper row: sliding-window attention, local constant, exact (windowed NW).
     """
+    check_scalar("window", window, low=1, integer=True)
     return _layer(w.SlidingWindow(window), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
 
 

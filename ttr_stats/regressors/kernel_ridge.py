@@ -13,6 +13,7 @@ import math
 
 from .. import _array
 from .._validation import check_scalar
+from ..similarity import sq_distances
 from .nonparametric import CacheState, NonparametricRegressor
 
 __all__ = ["KernelRidge", "KERNELS", "kernel_matrix"]
@@ -29,11 +30,12 @@ def kernel_matrix(xp, X, Y, kernel, *, gamma=None, degree=3, coef0=1.0):
     ``gamma=None`` means 1/d except for exp-dot.
     """
     d = X.shape[-1]
-    if kernel in ("rbf", "gaussian", "laplacian"):
+    if kernel in ("rbf", "gaussian"):
         g = 1.0 / d if gamma is None else float(gamma)
-        diff = X[..., :, None, :] - Y[..., None, :, :]
-        dist = xp.sum(diff * diff, axis=-1) if kernel != "laplacian" else xp.sum(xp.abs(diff), axis=-1)
-        return xp.exp(-g * dist)
+        return xp.exp(-g * sq_distances(xp, X, Y))
+    if kernel == "laplacian":  # L1 distances need the explicit differences: O(n_x n_y d) memory
+        g = 1.0 / d if gamma is None else float(gamma)
+        return xp.exp(-g * xp.sum(xp.abs(X[..., :, None, :] - Y[..., None, :, :]), axis=-1))
     dot = xp.matmul(X, xp.matrix_transpose(Y))
     if kernel == "exp-dot":
         return xp.exp((1.0 / math.sqrt(d) if gamma is None else float(gamma)) * dot)

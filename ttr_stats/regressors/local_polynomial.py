@@ -104,9 +104,9 @@ class LocalPolynomial(NonparametricRegressor):
                 cols.append(c)
         return xp.stack(cols, axis=-1)
 
-    def _blocks(self, Tq, n, P, itemsize, batch=1):
+    def _blocks(self, Tq, n, P, itemsize, batch=1, budget=BLOCK_BYTES):
         per_query = max(1, batch * n * (P + 1) * itemsize * 3)
-        size = max(1, BLOCK_BYTES // per_query)
+        size = max(1, budget // per_query)
         return [(s, min(Tq, s + size)) for s in range(0, Tq, size)] or [(0, 0)]
 
     def _blockwise(self, xp, fn, Q, K, V, logW):
@@ -117,9 +117,11 @@ class LocalPolynomial(NonparametricRegressor):
         P = n_coefficients(d, order)
         itemsize = 8 if Q.dtype == xp.float64 else 4
         batch = math.prod(logW.shape[:-2])
+        free = _array.free_device_bytes(xp)  # on a GPU, blocks of up to 1/8 of free memory
+        budget = max(BLOCK_BYTES, free // 8) if free is not None else BLOCK_BYTES
         out = [
             fn(xp, Q[..., a:b, :], K, V, logW[..., a:b, :])
-            for a, b in self._blocks(Tq, n, P, itemsize, batch)
+            for a, b in self._blocks(Tq, n, P, itemsize, batch, budget)
             if b > a
         ]
         if not out:

@@ -112,6 +112,16 @@ class NonparametricRegressor(Regressor):
         sim = self.similarity_of()
         return sim.prepare(xp, x) if sim is not None else x
 
+    def features(self, xp, x):
+        """What the layer stores and compares: the prepared (e.g. L2-normalised) keys and queries."""
+        return self.prepare(xp, x)
+
+    def estimate_bytes(self, method, P):
+        """Rough size of the largest intermediates (the T_q x T_k weights and a few copies)."""
+        item = 8 if P.dtype == P.xp.float64 else 4
+        B = math.prod(P.batch_shape) if P.batch_shape else 1
+        return 4 * B * P.Q.shape[-2] * P.K.shape[-2] * item if method != "recurrent" else 0
+
     def log_similarity(self, xp, Q, K):  # pragma: no cover - abstract
         raise NotImplementedError
 
