@@ -1,6 +1,7 @@
 """Run every figure script: ``python -m paper_figures.run_all --out DIR [--quick]``.
 
-Figures are the modules ``paper_figures/fig_*.py``, discovered with :mod:`pkgutil` (a new figure is picked
+Figures are the modules ``paper_figures/fig*.py`` (``figNN_<slug>`` for the paper's figure NN,
+``fig_<slug>`` for the theory's), discovered with :mod:`pkgutil` (a new figure is picked
 up by adding such a module with ``main(out_dir, quick=False)``). Every figure runs even if an earlier one
 fails; the exit status is 1 if any failed.
 """
@@ -19,8 +20,8 @@ import paper_figures
 
 
 def discover():
-    """Names of the figure modules (``fig_*``) in this package, sorted."""
-    return sorted(m.name for m in pkgutil.iter_modules(paper_figures.__path__) if m.name.startswith("fig_"))
+    """Names of the figure modules (``fig*``: ``fig02_...``, ``fig_...``) in this package, sorted."""
+    return sorted(m.name for m in pkgutil.iter_modules(paper_figures.__path__) if m.name.startswith("fig"))
 
 
 def run(out_dir, quick=False, names=None):

@@ -163,8 +163,8 @@ def test_linear_attention_pays_for_correlated_keys(penalty):
 # run_all
 def test_run_all_discovers_figures():
     names = run_all.discover()
-    assert "fig_identities" in names and "fig_covariance_penalty" in names
-    assert all(n.startswith("fig_") for n in names)
+    assert {"fig_identities", "fig_covariance_penalty", "fig02_nonstationary"} <= set(names)
+    assert all(n.startswith("fig") for n in names) and "run_all" not in names and "_common" not in names
 
 
 def test_run_all_keeps_going_after_a_failure(tmp_path, capsys):
@@ -173,3 +173,91 @@ def test_run_all_keeps_going_after_a_failure(tmp_path, capsys):
     assert (tmp_path / "identities.csv").exists()
     out = capsys.readouterr().out
     assert "FAILED" in out and "fig_identities" in out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Figure 2: non-stationary online regression
+@pytest.fixture(scope="module")
+def nonstationary(tmp_path_factory):
+    from paper_figures import fig02_nonstationary as f  # imported here to keep this section self-contained
+
+    out = tmp_path_factory.mktemp("nonstationary")
+    late = f.main(out, quick=True)
+    errs = f.errors(**f.QUICK)  # the same seed: the per-seed errors behind `late`
+    return f, out, late, errs
+
+
+def clearly_lower(errs, a, b, lo, z=3.0, ratio=1.25):
+    """Whether method ``a``'s late-phase error is clearly below ``b``'s: both significant and visible.
+
+    Significant: the mean over seeds of the paired difference (b - a) of each seed's late-phase average
+    exceeds ``z`` standard errors (the methods run on the same sequences, so the spread they share -- a seed
+    whose key wanders is hard for every method -- cancels). Visible: b's mean is at least ``ratio`` times a's.
+    Significance alone is not enough: with paired seeds a difference of 1e-6 can be "significant".
+    """
+    la, lb = errs[a][:, lo:].mean(axis=1), errs[b][:, lo:].mean(axis=1)
+    d = lb - la
+    zval = float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
+    return zval > z and lb.mean() > ratio * la.mean()
+
+
+def test_nonstationary_files(nonstationary):
+    f, out, late, errs = nonstationary
+    assert (out / "nonstationary.png").stat().st_size > 10_000
+    rows = read_csv(out / "nonstationary.csv")
+    methods = [m for m, _ in f.METHODS]
+    assert list(rows[0]) == ["t", *(f"{m}_{s}" for m in methods for s in ("mean", "se"))]
+    T = f.QUICK["T"]
+    assert [int(r["t"]) for r in rows] == list(range(T))
+    lo = f.late_start(T)
+    assert lo == 150
+    for m in methods:
+        # the returned late-phase numbers are the CSV's curve averaged over t >= 150, and the per-seed errors'
+        assert np.mean([float(r[f"{m}_mean"]) for r in rows[lo:]]) == pytest.approx(late[m], rel=1e-12)
+        assert errs[m][:, lo:].mean() == pytest.approx(late[m], rel=1e-12)
+        assert all(0 <= float(r[f"{m}_mean"]) <= 4 for r in rows)  # unit-norm targets
+    sweep = read_csv(out / "nonstationary_temperature.csv")
+    assert list(sweep[0]) == ["order", "tau", "late_mean", "late_se", "peak_mean", "peak_se"]
+    assert len(sweep) == 2 * len(f.TAUS)
+    at = {(int(r["order"]), float(r["tau"])): float(r["late_mean"]) for r in sweep}
+    assert at[(0, f.TAU)] == pytest.approx(late["softmax_p0"], rel=1e-12)
+    assert at[(1, f.TAU)] == pytest.approx(late["local_linear_p1"], rel=1e-12)
+
+
+def test_nonstationary_late_phase_ordering(nonstationary):
+    # Paper Fig. 2, late phase: local linear (p = 1) lowest among the learners, linear attention the worst.
+    # Each ordering must hold by more than 3 paired standard errors over the quick run's 12 seeds (a t-statistic
+    # with 11 degrees of freedom; 3 is p < 0.01 one-sided) and by a factor 1.25. Over 30 base seeds the
+    # smallest t was 3.2 (linear attention vs RLS), the others above 6 (p = 0 vs p = 1 above 20); the smallest
+    # ratios were 1.6 (p = 0 / p = 1, median 1.9; linear attention / RLS, median 2.9).
+    f, _, late, errs = nonstationary
+    lo = f.late_start(f.QUICK["T"])
+    p1, la = "local_linear_p1", "linear_attention"
+    for other in ("linear_attention", "rls", "softmax_p0"):
+        assert clearly_lower(errs, p1, other, lo), (other, late)
+    for other in ("rls", "softmax_p0", "local_linear_p1"):
+        assert clearly_lower(errs, other, la, lo), (other, late)
+    # and the paper's levels, loosely: LA 0.2-0.4 (ours ~0.2), p = 0 ~0.03, p = 1 0.02-0.05 (ours ~0.01)
+    assert 0.1 < late[la] < 0.5
+    assert late["softmax_p0"] < 0.05 and late[p1] < 0.05
+
+
+def test_nonstationary_ordering_check_can_fail(nonstationary):
+    # The criterion is not vacuous: as the slope ridge grows, local linear attention tends to softmax attention
+    # (P§5); with ridge 1 its late error is within ~1% of p = 0's, and the "p = 1 below p = 0" check must fail.
+    f, _, _, errs = nonstationary
+    Q, K, V, target = f.simulate(**f.QUICK)
+    errs = dict(errs, p1_ridge_1=f.sq_error(f.run_softmax(1, f.TAU, Q, K, V, ridge=1.0), target))
+    lo = f.late_start(f.QUICK["T"])
+    assert not clearly_lower(errs, "p1_ridge_1", "softmax_p0", lo)
+    assert clearly_lower(errs, "local_linear_p1", "softmax_p0", lo)  # the figure's ridge, 1e-3
+
+
+def test_nonstationary_p0_needs_a_sharp_kernel(nonstationary):
+    # Paper §7: p = 0 reaches its late-phase level only with a sharp kernel; at the standard 1/sqrt(d) it is
+    # an order of magnitude worse (here ~0.34 vs ~0.02), far beyond the standard errors (~0.05 and ~0.001).
+    f, out, _, _ = nonstationary
+    rows = {(int(r["order"]), float(r["tau"])): r for r in read_csv(out / "nonstationary_temperature.csv")}
+    wide, sharp = rows[(0, 1 / math.sqrt(f.QUICK["d"]))], rows[(0, f.TAU)]
+    gap = float(wide["late_mean"]) - 5 * float(sharp["late_mean"])
+    assert gap > 3 * (float(wide["late_se"]) + 5 * float(sharp["late_se"])), (wide, sharp)

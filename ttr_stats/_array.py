@@ -180,7 +180,10 @@ def psd_solve(xp, R, b, *, rtol=None):
         rtol = 100.0 * d * float(xp.finfo(R.dtype).eps)
     lam, U = xp.linalg.eigh(R)
     lam_max = xp.max(lam, axis=-1, keepdims=True)
-    keep = lam > rtol * xp.maximum(lam_max, xp.zeros((), dtype=lam.dtype))
+    # below the smallest normal number 1/lam overflows: such eigenvalues count as zero even when the
+    # relative cut rtol * lam_max has itself underflowed (a matrix of subnormals is numerically zero)
+    tiny = float(xp.finfo(R.dtype).smallest_normal)
+    keep = (lam > rtol * xp.maximum(lam_max, xp.zeros((), dtype=lam.dtype))) & (lam >= tiny)
     safe = xp.where(keep, lam, xp.ones((), dtype=lam.dtype))
     inv = xp.where(keep, 1.0 / safe, xp.zeros((), dtype=lam.dtype))
     Ut_b = xp.matmul(xp.matrix_transpose(U), b)

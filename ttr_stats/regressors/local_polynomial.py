@@ -140,26 +140,27 @@ class LocalPolynomial(NonparametricRegressor):
         return self._blockwise(xp, self._normal_equations, Q, K, V, logW)
 
     def _normal_equations(self, xp, Q, K, V, logW):
-        ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
         W = normalised_weights(xp, logW)  # (..., q, n); omega = 1 after normalising
         Z = self.design(xp, K[..., None, :, :] - Q[..., :, None, :])  # (..., q, n, P)
         X = xp.concat([xp.ones(Z.shape[:-1] + (1,), dtype=Z.dtype), Z], axis=-1)
-        A = ein("...qn,...qna,...qnb->...qab", W, X, X)
-        Bv = ein("...qn,...qna,...nv->...qav", W, X, V)
+        # X^T W X and X^T W V as batched matmuls (an einsum may materialise (..., q, n, P, P) on some
+        # libraries)
+        XtW = xp.matrix_transpose(X * W[..., None])  # (..., q, P+1, n)
+        A = xp.matmul(XtW, X)
+        Bv = xp.matmul(XtW, V[..., None, :, :])
         A11 = A[..., 0, 0]
         A12 = A[..., 0, 1:]
         # eliminate the intercept: Schur complement of A11 (the centred normal equations)
         S = A[..., 1:, 1:] - A12[..., :, None] * A12[..., None, :] / A11[..., None, None]
         rhs = Bv[..., 1:, :] - A12[..., :, None] * Bv[..., 0:1, :] / A11[..., None, None]
         coef = self._coef_solve(xp, S, rhs)  # (..., q, P, d_v)
-        return (Bv[..., 0, :] - ein("...qp,...qpv->...qv", A12, coef)) / A11[..., None]
+        return (Bv[..., 0, :] - xp.matmul(A12[..., None, :], coef)[..., 0, :]) / A11[..., None]
 
     # --- the fast form: offset softmax, centred two-pass moments -------------------------------------
     def fast(self, xp, Q, K, V, logW):
         return self._blockwise(xp, self._offset_softmax, Q, K, V, logW)
 
     def _centred(self, xp, Q, K, logW):
-        ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
         W = normalised_weights(xp, logW)
         if int(self.order) == 1:
             kbar = xp.matmul(W, K)  # the offsets' mean is kbar - q; centred offsets are k - kbar
@@ -167,18 +168,18 @@ class LocalPolynomial(NonparametricRegressor):
             Zc = K[..., None, :, :] - kbar[..., :, None, :]
         else:
             Z = self.design(xp, K[..., None, :, :] - Q[..., :, None, :])
-            zbar = ein("...qn,...qnp->...qp", W, Z)
+            zbar = xp.matmul(W[..., None, :], Z)[..., 0, :]
             Zc = Z - zbar[..., :, None, :]
-        C = ein("...qn,...qnp,...qnr->...qpr", W, Zc, Zc)
-        return W, zbar, Zc, C
+        ZcW_t = xp.matrix_transpose(Zc * W[..., None])  # (..., q, P, n)
+        C = xp.matmul(ZcW_t, Zc)  # the W-weighted covariance, (..., q, P, P)
+        return W, zbar, Zc, C, ZcW_t
 
     def _offset_softmax(self, xp, Q, K, V, logW):
-        ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
-        W, zbar, Zc, C = self._centred(xp, Q, K, logW)
+        W, zbar, Zc, C, ZcW_t = self._centred(xp, Q, K, logW)
         vbar = xp.matmul(W, V)
-        Cvz_t = ein("...qn,...nv,...qnp->...qpv", W, V, Zc)  # C_vz^T, (..., q, P, d_v)
+        Cvz_t = xp.matmul(ZcW_t, V[..., None, :, :])  # C_vz^T, (..., q, P, d_v)
         B_t = self._coef_solve(xp, C, Cvz_t)
-        return vbar - ein("...qp,...qpv->...qv", zbar, B_t)
+        return vbar - xp.matmul(zbar[..., None, :], B_t)[..., 0, :]
 
     # --- the equivalent kernel (smoother rows) -------------------------------------------------------
     def equivalent_kernel(self, xp, Q, K, logW):
@@ -193,7 +194,6 @@ class LocalPolynomial(NonparametricRegressor):
         """
         if int(self.order) == 0:
             return normalised_weights(xp, logW)
-        ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
-        W, zbar, Zc, C = self._centred(xp, Q, K, logW)
-        rho = self._coef_solve(xp, C, zbar[..., None])[..., 0]
-        return W * (1.0 - ein("...qnp,...qp->...qn", Zc, rho))
+        W, zbar, Zc, C, _ = self._centred(xp, Q, K, logW)
+        rho = self._coef_solve(xp, C, zbar[..., None])  # (..., q, P, 1)
+        return W * (1.0 - xp.matmul(Zc, rho)[..., 0])
