@@ -2,7 +2,9 @@
 
 This module is the one place that knows about concrete array libraries. Everything else asks for
 ``xp`` (an array-API namespace from :mod:`array_api_compat`) and calls standard functions on it; the
-non-standard operations used by the toolkit (``einsum``) live here with one explicit branch each.
+operations outside the standard (triangular solves, device memory) live here with one explicit branch
+each. Contractions are written as batched ``matmul`` (not ``einsum``, which is outside the standard and
+whose memory use differs between libraries).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "as_float_arrays", "einsum", "segsum", "psd_solve", "is_array"]
+__all__ = ["namespace", "as_float_arrays", "segsum", "psd_solve", "pd_solve", "solve_triangular", "is_array"]
 
 
 def is_array(x) -> bool:
@@ -82,59 +84,6 @@ def as_float_arrays(named: dict, *, dtype=None):
             raise ValueError(f"{name} must be a numeric array, got dtype {value.dtype}")
         out[name] = xp.astype(value, dtype, copy=False)
     return xp, out, dtype
-
-
-def _backend(xp):
-    if array_api_compat.is_numpy_namespace(xp):
-        return np
-    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
-        import cupy
-
-        return cupy
-    if array_api_compat.is_torch_namespace(xp):  # pragma: no cover - optional
-        import torch
-
-        return torch
-    return None
-
-
-def einsum(xp, subscripts: str, *operands):
-    """``einsum`` (not in the array API standard): NumPy, CuPy and torch natively, any other
-    namespace by broadcasting and summing (exact, but it forms the full product: meant for
-    ``array_api_strict`` in the tests, not for speed)."""
-    lib = _backend(xp)
-    if lib is np:
-        return lib.einsum(subscripts, *operands, optimize=True)
-    if lib is not None:  # pragma: no cover - needs CuPy or torch
-        return lib.einsum(subscripts, *operands)
-    return _einsum_broadcast(xp, subscripts, *operands)
-
-
-def _einsum_broadcast(xp, subscripts, *operands):
-    """Generic einsum for lowercase labels and ``...``: align every operand on the union of labels
-    (output labels first), multiply with broadcasting, sum the contracted labels."""
-    lhs, out = subscripts.replace(" ", "").split("->")
-    ins = lhs.split(",")
-    n_ell = max((op.ndim - len(s.replace("...", "")) for s, op in zip(ins, operands, strict=True)), default=0)
-    ell = "".join(chr(ord("A") + i) for i in range(n_ell))
-    labels_in = []
-    for s, op in zip(ins, operands, strict=True):
-        k = op.ndim - len(s.replace("...", ""))
-        labels_in.append(s.replace("...", ell[n_ell - k :]))
-    out = out.replace("...", ell)
-    order = list(out) + sorted({c for s in labels_in for c in s} - set(out))
-    prod = None
-    for s, op in zip(labels_in, operands, strict=True):
-        perm = sorted(range(len(s)), key=lambda i: order.index(s[i]))
-        x = xp.permute_dims(op, tuple(perm)) if perm != list(range(len(s))) else op
-        present = [s[i] for i in perm]
-        shape = [1] * len(order)
-        for c, n in zip(present, x.shape, strict=True):
-            shape[order.index(c)] = n
-        x = xp.reshape(x, tuple(shape))
-        prod = x if prod is None else prod * x
-    summed = tuple(range(len(out), len(order)))
-    return xp.sum(prod, axis=summed) if summed else prod
 
 
 def segsum(xp, g):

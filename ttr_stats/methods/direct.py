@@ -50,32 +50,44 @@ def initial_decay(xp, P):
     return xp.exp(xp.cumulative_sum(P.g, axis=-2))
 
 
+def _pair_sums(xp, W, A, B):
+    r"""``out[..., t] = sum_i W[..., t, i] A_i B_i^T`` for A (..., T, m), B (..., T, n): (..., T, m, n).
+
+    One matmul of W with the flattened outer products (memory O(T m n), no T x T x m x n product).
+    """
+    T, m, n = A.shape[-2], A.shape[-1], B.shape[-1]
+    outer = xp.reshape(A[..., :, :, None] * B[..., :, None, :], A.shape[:-2] + (T, m * n))
+    out = xp.matmul(W, outer)
+    return xp.reshape(out, out.shape[:-1] + (m, n))
+
+
 def direct(opt, P):
     """Return ``(Y, final_state)`` by solving each prefix. Y: (*batch, T, d_v)."""
     xp = P.xp
-    ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
     s0 = initial_state(opt, P)
     c = initial_decay(xp, P)
+    q = P.Q[..., None]
     if isinstance(opt, IdentityCovariance):
         if P.g.shape[-1] > 1:
-            E = per_dimension_decay(xp, P)
-            M = ein("...tid,...iv,...id->...tvd", E, P.V, P.K)
-            z = ein("...tid,...id->...td", E, P.K)
+            E = per_dimension_decay(xp, P)  # (..., T, T, d)
+            Ed = xp.moveaxis(E, -1, -3)  # (..., d, T, T)
+            VK = P.V[..., None, :, :] * xp.moveaxis(P.K, -1, -2)[..., :, :, None]  # (..., d, T, d_v)
+            M = xp.moveaxis(xp.matmul(Ed, VK), -3, -1)  # (..., T, d_v, d)
+            z = xp.sum(E * P.K[..., None, :, :], axis=-2)
         else:
             W = scalar_decay(xp, P)
-            M = ein("...ti,...iv,...ik->...tvk", W, P.V, P.K)
-            z = ein("...ti,...ik->...tk", W, P.K)
+            M = _pair_sums(xp, W, P.V, P.K)
+            z = xp.matmul(W, P.K)
         M = M + c[..., :, None, :] * s0.M[..., None, :, :]
         z = z + c * s0.z[..., None, :]
-        y = ein("...tvk,...tk->...tv", M, P.Q)
+        y = xp.matmul(M, q)[..., 0]
         y = opt.finish(xp, y, xp.sum(z * P.Q, axis=-1))
         return y, LinearAttentionState(M[..., -1, :, :], z[..., -1, :]) if P.T else s0
 
     W = scalar_decay(xp, P)
-    R = ein("...ti,...ik,...il->...tkl", W, P.K, P.K)
-    S = ein("...ti,...iv,...ik->...tvk", W, P.V, P.K)
+    R = _pair_sums(xp, W, P.K, P.K)
+    S = _pair_sums(xp, W, P.V, P.K)
     c2 = c[..., :, :, None]  # (..., T, 1, 1)
-    q = P.Q[..., None]
     if isinstance(opt, RecursiveLeastSquares):
         R0 = opt.prior_precision(s0)
         R = R + c2 * R0[..., None, :, :]

@@ -10,7 +10,6 @@ and strong decay cannot overflow.
 
 from __future__ import annotations
 
-from .. import _array
 from ..optimizers import IdentityCovariance, LinearAttentionState
 from .direct import initial_decay, per_dimension_decay, scalar_decay
 from .recurrent import initial_state
@@ -21,25 +20,24 @@ def parallel(opt, P):
     if not isinstance(opt, IdentityCovariance):  # pragma: no cover - guarded by Optimizer.methods
         raise NotImplementedError(f"no parallel method for {type(opt).__name__}")
     xp = P.xp
-    ein = lambda s, *ops: _array.einsum(xp, s, *ops)  # noqa: E731
     s0 = initial_state(opt, P)
     c = initial_decay(xp, P)
     if P.g.shape[-1] > 1:
-        E = per_dimension_decay(xp, P)
-        A = ein("...td,...id,...tid->...ti", P.Q, P.K, E)
+        E = per_dimension_decay(xp, P)  # (..., T, T, d)
+        A = xp.sum(P.Q[..., :, None, :] * P.K[..., None, :, :] * E, axis=-1)
         last = E[..., -1, :, :] if P.T else None
     else:
         W = scalar_decay(xp, P)
         A = xp.matmul(P.Q, xp.matrix_transpose(P.K)) * W
-        # the scalar weights of the last row, repeated over d_k (einsum does not broadcast labels)
+        # the scalar weights of the last row, repeated over d_k
         last = xp.broadcast_to(W[..., -1, :, None], P.K.shape) if P.T else None
     Qc = P.Q * c
-    y = xp.matmul(A, P.V) + ein("...vk,...tk->...tv", s0.M, Qc)
+    y = xp.matmul(A, P.V) + xp.matmul(Qc, xp.matrix_transpose(s0.M))
     denom = xp.sum(A, axis=-1) + xp.sum(Qc * s0.z[..., None, :], axis=-1)
     y = opt.finish(xp, y, denom)
     if not P.T:
         return y, s0
     cT = c[..., -1, :]
-    M = ein("...id,...iv,...id->...vd", last, P.V, P.K) + s0.M * cT[..., None, :]
+    M = xp.matmul(xp.matrix_transpose(P.V), last * P.K) + s0.M * cT[..., None, :]
     z = xp.sum(last * P.K, axis=-2) + s0.z * cT
     return y, LinearAttentionState(M, z)
