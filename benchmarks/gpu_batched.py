@@ -35,6 +35,7 @@ def families():
         "gla": (tt.recipes.gla, "recurrent", "vector", (1024, 4096)),
         "mesa": (lambda: tt.recipes.mesa(ridge=1.0), "recurrent", "scalar", (1024, 4096)),
         "rls": (lambda: tt.recipes.rls(ridge=1e-2), "recurrent", None, (1024, 4096)),
+        "least_squares": (lambda: tt.recipes.least_squares(ridge=1e-3), "direct", None, (1024,)),
         "deltanet": (lambda: tt.recipes.deltanet(beta=0.5), "recurrent", None, (1024, 4096)),
         "softmax_attention": (tt.recipes.softmax_attention, "parallel", None, (1024, 4096)),
         "local_linear_attention": (lambda: tt.recipes.local_linear_attention(ridge=0.1), "parallel", None, (1024,)),
