@@ -3,7 +3,7 @@
 A layer is weights x regressor x optimizer; :mod:`ttr_stats.recipes` names the known ones.
 """
 
-from . import optimizers, recipes, regressors, weights
+from . import diagnostics, optimizers, recipes, regressors, similarity, weights
 from ._config import show_config
 from .estimator import TestTimeRegressor
 from .layer import TestTimeRegression
@@ -15,6 +15,8 @@ __all__ = [
     "regressors",
     "optimizers",
     "recipes",
+    "similarity",
+    "diagnostics",
     "show_config",
 ]
 __version__ = "0.1.0"
