@@ -15,7 +15,16 @@ import math
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "as_float_arrays", "segsum", "psd_solve", "pd_solve", "solve_triangular", "is_array"]
+__all__ = [
+    "namespace",
+    "as_float_arrays",
+    "segsum",
+    "psd_solve",
+    "pd_solve",
+    "ridge_solve",
+    "solve_triangular",
+    "is_array",
+]
 
 
 def is_array(x) -> bool:
@@ -137,6 +146,17 @@ def psd_solve(xp, R, b, *, rtol=None):
     inv = xp.where(keep, 1.0 / safe, xp.zeros((), dtype=lam.dtype))
     Ut_b = xp.matmul(xp.matrix_transpose(U), b)
     return xp.matmul(U, inv[..., :, None] * Ut_b)
+
+
+def ridge_solve(xp, R, b, ridge):
+    """``(R + ridge I)^{-1} b`` for symmetric PSD ``R`` (..., d, d), ``b`` (..., d, m).
+
+    ``ridge > 0``: a definite solve; ``ridge = 0``: the minimum-norm solution (:func:`psd_solve`).
+    """
+    ridge = float(ridge)
+    if ridge > 0:
+        return pd_solve(xp, R + ridge * xp.eye(R.shape[-1], dtype=R.dtype), b)
+    return psd_solve(xp, R, b)
 
 
 def pd_solve(xp, R, b):

@@ -19,7 +19,15 @@ import importlib
 _SUBMODULES = ("smoother", "conditioning", "bias_variance", "capacity", "memory")
 _REEXPORTS = {
     name: "smoother"
-    for name in ("smoother_matrix", "effective_dof", "loo_residuals", "gcv", "cp", "prequential_error", "select")
+    for name in (
+        "smoother_matrix",
+        "effective_dof",
+        "loo_residuals",
+        "gcv",
+        "cp",
+        "prequential_error",
+        "select",
+    )
 }
 
 __all__ = list(_SUBMODULES) + list(_REEXPORTS)

@@ -71,11 +71,7 @@ class ClosedForm(Optimizer):
 
     def solve(self, xp, R, rhs):
         """``(R + ridge I)^{-1} rhs`` (minimum-norm when ridge = 0); R (..., d, d), rhs (..., d, m)."""
-        rho = float(self.ridge)
-        if rho > 0:
-            d = R.shape[-1]
-            return _array.pd_solve(xp, R + rho * xp.eye(d, dtype=R.dtype), rhs)
-        return _array.psd_solve(xp, R, rhs)
+        return _array.ridge_solve(xp, R, rhs, self.ridge)
 
     def memory(self, state):
         xp = _array.namespace(state.R)

@@ -129,11 +129,7 @@ class LocalPolynomial(NonparametricRegressor):
         return xp.concat(out, axis=-2) if len(out) > 1 else out[0]
 
     def _coef_solve(self, xp, C, rhs):
-        lam = float(self.ridge)
-        if lam > 0:
-            p = C.shape[-1]
-            return _array.pd_solve(xp, C + lam * xp.eye(p, dtype=C.dtype), rhs)
-        return _array.psd_solve(xp, C, rhs)
+        return _array.ridge_solve(xp, C, rhs, self.ridge)
 
     # --- the definition: normal equations of the explicit design ------------------------------------
     def solve(self, xp, Q, K, V, logW):
