@@ -38,7 +38,12 @@ def families():
         "least_squares": (lambda: tt.recipes.least_squares(ridge=1e-3), "direct", None, (1024,)),
         "deltanet": (lambda: tt.recipes.deltanet(beta=0.5), "recurrent", None, (1024, 4096)),
         "softmax_attention": (tt.recipes.softmax_attention, "parallel", None, (1024, 4096)),
-        "local_linear_attention": (lambda: tt.recipes.local_linear_attention(ridge=0.1), "parallel", None, (1024,)),
+        "local_linear_attention": (
+            lambda: tt.recipes.local_linear_attention(ridge=0.1),
+            "parallel",
+            None,
+            (1024,),
+        ),
         "kernel_regression": (lambda: tt.recipes.kernel_regression(ridge=1e-1), "parallel", None, (1024,)),
     }
 
@@ -73,6 +78,24 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
+def measure(cp, layer, method, arrays, gates, repeats, cpu_heads, n_heads):
+    """(GPU seconds, CPU seconds scaled to n_heads, peak GiB, relative difference) for one case."""
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    gQ, gK, gV = (cp.asarray(a) for a in arrays)
+    gg = {k: cp.asarray(v) for k, v in gates.items()}
+    base = pool.total_bytes()
+    t_gpu, out = timed(lambda: layer(gQ, gK, gV, method=method, **gg), repeats, cp.cuda.Device().synchronize)
+    peak = (pool.total_bytes() - base) / 2**30
+    H = arrays[0].shape[1]
+    h = max(1, min(cpu_heads, H))
+    cpu_in = [a[:1, :h] for a in arrays]
+    cpu_g = {k: v[:1, :h] for k, v in gates.items()}
+    t_cpu, ref = timed(lambda: layer(*cpu_in, method=method, **cpu_g), 1)
+    diff = rel(cp.asnumpy(out[:1, :h]), ref)
+    return t_gpu, t_cpu * n_heads / h, peak, diff  # device arrays are freed when this frame ends
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="B=2, H=2, T=256: a smoke run")
@@ -84,48 +107,42 @@ def main(argv=None):
 
     import cupy as cp
 
-    sync = cp.cuda.Device().synchronize
-    pool = cp.get_default_memory_pool()
     props = cp.cuda.runtime.getDeviceProperties(0)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    print(f"# device: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB; CuPy {cp.__version__}; "
-          f"NumPy {np.__version__}; CPU: {platform.processor() or platform.machine()}")
+    print(
+        f"# device: {name}, {props['totalGlobalMem'] / 2**30:.1f} GiB; CuPy {cp.__version__}; "
+        f"NumPy {np.__version__}; CPU: {platform.processor() or platform.machine()}"
+    )
     B, H, d = (2, 2, 64) if args.quick else (8, 16, 64)
     fams = families()
     if args.families:
         fams = {k: fams[k] for k in args.families.split(",")}
     Ts_override = [int(t) for t in args.T.split(",")] if args.T else None
-    print(f"# B = {B}, H = {H} ({B * H} heads), d = {d}; CPU time measured on {args.cpu_heads} heads and "
-          f"scaled x{B * H / args.cpu_heads:g}")
+    print(
+        f"# B = {B}, H = {H} ({B * H} heads), d = {d}; CPU time measured on {args.cpu_heads} heads and "
+        f"scaled x{B * H / args.cpu_heads:g}"
+    )
     print("| family | method | T | dtype | GPU s | CPU s (scaled) | CPU/GPU | peak GiB | max rel diff |")
     print("|---|---|---|---|---|---|---|---|---|")
     for fam, (factory, method, gate, Ts) in fams.items():
-        for T in ([256] if args.quick else (Ts_override or Ts)):
+        for T in [256] if args.quick else (Ts_override or Ts):
             for dtype in (np.float32, np.float64):
                 layer = factory()
                 (Q, K, V), gates = make_inputs(B, H, T, d, gate, dtype)
                 row = f"| {fam} | {method} | {T} | {np.dtype(dtype).name} |"
                 try:
-                    pool.free_all_blocks()
-                    gQ, gK, gV = (cp.asarray(a) for a in (Q, K, V))
-                    gg = {k: cp.asarray(v) for k, v in gates.items()}
-                    base = pool.total_bytes()
-                    t_gpu, out = timed(lambda: layer(gQ, gK, gV, method=method, **gg), args.repeats, sync)  # noqa: B023
-                    peak = (pool.total_bytes() - base) / 2**30
-                    h = max(1, min(args.cpu_heads, H))
-                    cpu_in = [a[:1, :h] for a in (Q, K, V)]
-                    cpu_g = {k: v[:1, :h] for k, v in gates.items()}
-                    t_cpu, ref = timed(lambda: layer(*cpu_in, method=method, **cpu_g), 1)  # noqa: B023
-                    t_cpu_scaled = t_cpu * (B * H) / h
-                    diff = rel(cp.asnumpy(out[:1, :h]), ref)
-                    print(f"{row} {t_gpu:.4f} | {t_cpu_scaled:.2f} | {t_cpu_scaled / t_gpu:.1f} | {peak:.2f} | "
-                          f"{diff:.1e} |", flush=True)
-                    del out, gQ, gK, gV, gg
+                    t_gpu, t_cpu, peak, diff = measure(
+                        cp, layer, method, (Q, K, V), gates, args.repeats, args.cpu_heads, B * H
+                    )
+                    print(
+                        f"{row} {t_gpu:.4f} | {t_cpu:.2f} | {t_cpu / t_gpu:.1f} | {peak:.2f} | {diff:.1e} |",
+                        flush=True,
+                    )
                 except MemoryError as exc:
                     print(f"{row} MemoryError: {str(exc)[:120]} | | | | |", flush=True)
                 except Exception as exc:  # noqa: BLE001 - report the failure in the table, go on
                     print(f"{row} {type(exc).__name__}: {str(exc)[:120]} | | | | |", flush=True)
-                pool.free_all_blocks()
+                cp.get_default_memory_pool().free_all_blocks()
     return 0
 
 

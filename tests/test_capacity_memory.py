@@ -176,7 +176,7 @@ def test_sphere_mgf_matches_quadrature():
         )[0]
         den = integrate.quad(w, -1, 1, epsabs=0, epsrel=1e-12)[0]
         log_m = math.log(num / den) + beta
-        assert cap._log_sphere_mgf(d, beta) == pytest.approx(log_m, rel=1e-8, abs=1e-10)
+        assert cap.log_sphere_moment(d, beta) == pytest.approx(log_m, rel=1e-8, abs=1e-10)
     # the half-weight load of theory §4 (d = 64, beta = 8: about 1800) and the self weights of §3
     assert 1700 < cap.hopfield_half_weight(64, 8.0) < 1900
     assert cap.hopfield_self_weight(cap.hopfield_half_weight(64, 8.0), 64, 8.0) == pytest.approx(

@@ -188,6 +188,19 @@ def cholesky(xp, A):
     return xp.linalg.cholesky(A)
 
 
+def to_numpy(x):
+    """A NumPy copy (or view) of an array of any library: ``.get()`` for CuPy, DLPack or the buffer
+    protocol otherwise. Used for tables and plots, never inside a computation."""
+    if array_api_compat.is_cupy_array(x):  # pragma: no cover - needs a GPU
+        return x.get()
+    if isinstance(x, np.ndarray) or not is_array(x):
+        return np.asarray(x)
+    try:
+        return np.asarray(np.from_dlpack(x))
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
 def free_device_bytes(xp):
     """Free memory on the current CUDA device for CuPy, ``None`` for host libraries."""
     if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU

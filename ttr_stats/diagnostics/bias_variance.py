@@ -446,14 +446,6 @@ def _default_factory(order):
     return make
 
 
-def _to_numpy(x):
-    import array_api_compat
-
-    if array_api_compat.is_cupy_array(x):  # pragma: no cover - needs a GPU
-        return x.get()
-    return np.asarray(x)
-
-
 def _check_estimators(estimators, d):
     if not isinstance(estimators, Mapping) or not estimators:
         raise ValueError("estimators must be a non-empty mapping name -> order p (int) or factory(bandwidth)")
@@ -507,7 +499,7 @@ def _simulate(layers, reads, design, target, xp, Q, n, d, sigma, n_rep, chunk, d
         V = ns.concat([mK + float(sigma) * eps, mK], axis=-1)  # columns: noisy, noise-free
         for key, layer in layers.items():
             Y = layer(Q, K, V, causal=False)  # (c, m, 2)
-            reads[key][start : start + c] = _to_numpy(Y)
+            reads[key][start : start + c] = _array.to_numpy(Y)
 
 
 def monte_carlo(
@@ -618,7 +610,7 @@ def monte_carlo(
     chunk = max(1, min(n_rep, int(chunk_bytes) // per_rep))
     design_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     Q = xp.asarray(x0[None])  # (1, m, d): broadcast over the replications
-    truth = _to_numpy(target(xp.asarray(x0))).reshape(m_pts)
+    truth = _array.to_numpy(target(xp.asarray(x0))).reshape(m_pts)
     layers = {(name, b): make(b) for name, (make, _) in specs.items() for b in bws}
     reads = {key: np.empty((n_rep, m_pts, 2)) for key in layers}
 

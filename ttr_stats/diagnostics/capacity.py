@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import array_api_compat
 import numpy as np
 
 from .. import _array
 from .._validation import check_scalar
 from ..datasets import mqar, random_pairs
+from .conditioning import log_sphere_moment
 
 __all__ = [
     "recall_error",
@@ -136,21 +136,6 @@ def least_squares_excess_risk(n, d, sigma):
     return float(sigma) ** 2 * d / (n - d - 1)
 
 
-def _log_sphere_mgf(d, beta):
-    r"""Private helper: :math:`\log M_d(\beta) = \log E e^{\beta q^\top k}`, q, k uniform on the sphere.
-
-    :math:`M_d(\beta) = \Gamma(d/2)(2/\beta)^{d/2-1} I_{d/2-1}(\beta)`, evaluated with the exponentially
-    scaled Bessel function (``ive(nu, b) = iv(nu, b) e^{-b}``) so large beta does not overflow.
-    """
-    from scipy.special import gammaln, ive
-
-    nu = d / 2.0 - 1.0
-    beta = float(beta)
-    if beta == 0:
-        return 0.0
-    return float(gammaln(d / 2.0) + nu * math.log(2.0 / beta) + math.log(ive(nu, beta)) + beta)
-
-
 def hopfield_self_weight(n, d, beta):
     r"""Softmax weight of a stored pair under an exact-match query: :math:`1/(1 + (n-1)M_d(\beta)e^{-\beta})`.
 
@@ -176,7 +161,7 @@ def hopfield_self_weight(n, d, beta):
     theory.md §3-4.
     """
     n = np.asarray(n, dtype=np.float64)
-    out = 1.0 / (1.0 + (n - 1.0) * np.exp(_log_sphere_mgf(d, beta) - beta))
+    out = 1.0 / (1.0 + (n - 1.0) * np.exp(log_sphere_moment(d, beta) - beta))
     return out[()] if out.ndim == 0 else out
 
 
@@ -199,7 +184,7 @@ def hopfield_half_weight(d, beta):
     """
     check_scalar("d", d, low=1, integer=True)
     check_scalar("beta", beta, low=0.0)
-    return 1.0 + math.exp(float(beta) - _log_sphere_mgf(d, beta))
+    return 1.0 + math.exp(float(beta) - log_sphere_moment(d, beta))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -361,12 +346,6 @@ class MQARAccuracy(NamedTuple):
     n_queries: int
 
 
-def _to_numpy(xp, x):
-    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
-        return x.get()
-    return np.asarray(x)
-
-
 def mqar_accuracy(
     layer, n_pairs, d, *, embedding="orthonormal", n_batch=16, seed=None, vocab=None, seq_len=None, xp=None
 ):
@@ -414,7 +393,7 @@ def mqar_accuracy(
     E = data.embedding
     E = E / ns.linalg.vector_norm(E, axis=-1, keepdims=True)
     # cosine argmax = dot argmax with unit embeddings (the output's own norm does not change the argmax)
-    pred = _to_numpy(ns, ns.argmax(ns.matmul(Y, ns.matrix_transpose(E)), axis=-1))
+    pred = _array.to_numpy(ns.argmax(ns.matmul(Y, ns.matrix_transpose(E)), axis=-1))
     got = np.take_along_axis(pred, data.query_positions, axis=1)
     per_seq = np.mean(got == data.targets, axis=1)
     se = float(np.std(per_seq, ddof=1) / math.sqrt(B)) if B > 1 else float("nan")

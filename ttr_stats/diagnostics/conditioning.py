@@ -24,7 +24,6 @@ import functools
 import math
 import numbers
 
-import array_api_compat
 import numpy as np
 from scipy import special
 
@@ -319,15 +318,6 @@ def _mp_limit_array(xp, n, d):
 
 
 # ------------------------------------------------------------------------------------ Gram conditioning
-def _to_numpy(x):
-    if array_api_compat.is_cupy_array(x):  # pragma: no cover - GPU
-        return x.get()
-    try:
-        return np.asarray(np.from_dlpack(x))
-    except (TypeError, RuntimeError, BufferError, AttributeError):
-        return np.asarray(x)
-
-
 class GramConditioning:
     r"""Conditioning of the weighted key Gram matrices :math:`G_t = \sum_i \Gamma_{ti} k_i k_i^\top` (lazy).
 
@@ -454,9 +444,9 @@ class GramConditioning:
             fig = Figure(figsize=(6, 4), layout="constrained")
             ax = fig.subplots()
         t = np.asarray(self.t)
-        kap = _to_numpy(self.kappa).reshape(-1, len(t))
+        kap = _array.to_numpy(self.kappa).reshape(-1, len(t))
         kap = np.where(np.isfinite(kap), kap, np.nan)
-        mp = _to_numpy(self.mp_limit)
+        mp = _array.to_numpy(self.mp_limit)
         mp = np.broadcast_to(mp, kap.shape[:0] + mp.shape).reshape(-1, len(t))[0]
         with np.errstate(all="ignore"):
             import warnings
@@ -731,14 +721,14 @@ class QKNormReport:
         import pandas as pd
 
         def mean(x):
-            return float(np.mean(_to_numpy(x)))
+            return float(np.mean(_array.to_numpy(x)))
 
         rows = {}
         for name, v in self.variants.items():
             row = {
                 "scale": v.scale,
                 "bandwidth": v.bandwidth,
-                "log_nonlocal_sd": float(np.mean(np.std(_to_numpy(v.log_nonlocal_factor), axis=-1))),
+                "log_nonlocal_sd": float(np.mean(np.std(_array.to_numpy(v.log_nonlocal_factor), axis=-1))),
                 "rank_correlation": mean(v.rank_correlation),
                 "n_eff": mean(v.n_eff),
                 "entropy": mean(v.entropy),
@@ -758,16 +748,16 @@ class QKNormReport:
         fig = Figure(figsize=(11, 3.6), layout="constrained")
         axes = fig.subplots(1, 3)
         for ax, (name, v) in zip(axes[:2], self.variants.items(), strict=True):
-            dist = _to_numpy(v.distances).reshape((-1,) + tuple(v.distances.shape[-2:]))[0, query]
-            w = _to_numpy(v.weights).reshape((-1,) + tuple(v.weights.shape[-2:]))[0, query]
-            rho = _to_numpy(v.rank_correlation).reshape(-1, v.rank_correlation.shape[-1])[0, query]
+            dist = _array.to_numpy(v.distances).reshape((-1,) + tuple(v.distances.shape[-2:]))[0, query]
+            w = _array.to_numpy(v.weights).reshape((-1,) + tuple(v.weights.shape[-2:]))[0, query]
+            rho = _array.to_numpy(v.rank_correlation).reshape(-1, v.rank_correlation.shape[-1])[0, query]
             ax.scatter(dist, np.maximum(w, 1e-300), s=6, alpha=0.6)
             ax.set_yscale("log")
             ax.set_xlabel("‖q − k‖")
             ax.set_ylabel("softmax weight")
             ax.set_title(f"{name}: Spearman(weight, −distance) = {rho:.3f}", fontsize=9)
         for name, v in self.variants.items():
-            axes[2].hist(_to_numpy(v.n_eff).ravel(), bins=30, alpha=0.5, label=name)
+            axes[2].hist(_array.to_numpy(v.n_eff).ravel(), bins=30, alpha=0.5, label=name)
         axes[2].set_xlabel("n_eff = 1/Σ s²")
         axes[2].set_ylabel("queries")
         axes[2].legend(fontsize=8)
