@@ -139,16 +139,37 @@ def test_initial_state_rls_and_friends(name, rng):
 
 
 def test_auto_records_choice_and_prefers_fast_paths(rng):
+    """Host rule (docs/benchmarks.md): parallel for short T, else the loop; direct never on the host."""
     Q, K, V = make_qkv(rng, T=8)
     la = tt.recipes.linear_attention()
     la(Q, K, V)
     assert la.method_ == "parallel"
+    Ql, Kl, Vl = make_qkv(rng, batch=(), T=300, d_k=2, d_v=1)
+    la(Ql, Kl, Vl)
+    assert la.method_ == "recurrent"  # T > HOST_PARALLEL_MAX_T
     ls = tt.recipes.least_squares()
     ls(Q, K, V)
-    assert ls.method_ == "direct"
+    assert ls.method_ == "recurrent"
     dn = tt.recipes.deltanet()
     dn(Q, K, V)
     assert dn.method_ == "recurrent"
+    sm = tt.recipes.softmax_attention()
+    sm(Q, K, V)
+    assert sm.method_ == "parallel"
+
+
+def test_auto_on_a_device_prefers_dense_forms_that_fit(rng, monkeypatch):
+    import ttr_stats.layer as L
+
+    Q, K, V = make_qkv(rng, T=300)
+    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp: 2**34)  # pretend: a 16 GiB device
+    la, ls = tt.recipes.linear_attention(), tt.recipes.least_squares()
+    la(Q, K, V)
+    ls(Q, K, V)
+    assert (la.method_, ls.method_) == ("parallel", "direct")
+    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp: 10**5)  # a nearly full device
+    la(Q, K, V, method="auto")
+    assert la.method_ == "recurrent"
 
 
 def test_auto_falls_back_when_dense_forms_exceed_the_memory_budget(rng, monkeypatch):

@@ -19,6 +19,10 @@ __all__ = ["TestTimeRegression"]
 
 _METHOD_NAMES = ("auto", "recurrent", "direct", "parallel")
 
+#: on the host, ``method="auto"`` uses the T x T parallel form up to this length (docs/benchmarks.md: it
+#: ties or wins at T = 256 and is 1.5-5x slower than the loop at T = 1024)
+HOST_PARALLEL_MAX_T = 256
+
 
 def broadcast_shapes(named):
     """Broadcast batch shapes given as ``{name: shape}``; the error names every argument."""
@@ -237,10 +241,7 @@ class TestTimeRegression(BaseEstimator):
                 )
             return method
         if method == "auto":
-            for m in opt.methods:
-                if m == "recurrent" or estimate_bytes(m, P) <= AUTO_MEMORY_BUDGET:
-                    return m
-            return "recurrent"
+            return self._auto(P)
         if method not in opt.methods:
             raise ValueError(
                 f"method={method!r} is not supported by {type(opt).__name__}; supported: "
@@ -252,6 +253,29 @@ class TestTimeRegression(BaseEstimator):
         if self.nonparametric:
             return self.regressor.estimate_bytes(method, P)
         return estimate_bytes(method, P)
+
+    def _auto(self, P):
+        """What ``method="auto"`` picks for the linear family (measured in docs/benchmarks.md).
+
+        On a device (CuPy) the dense forms win by 5-20x over the Python loop: the first supported method
+        whose intermediates fit in a quarter of free memory. On the host the loop's O(T d^2) beats the dense
+        O(T^2 d) forms except for the parallel form at short T (<= ``HOST_PARALLEL_MAX_T``); the direct
+        prefix solve is never the fastest there.
+        """
+        methods = self.optimizer.methods
+        free = _array.free_device_bytes(P.xp)
+        if free is not None:
+            for m in methods:
+                if m == "recurrent" or estimate_bytes(m, P) <= free // 4:
+                    return m
+            return "recurrent"
+        if (
+            "parallel" in methods
+            and P.T <= HOST_PARALLEL_MAX_T
+            and estimate_bytes("parallel", P) <= AUTO_MEMORY_BUDGET
+        ):
+            return "parallel"
+        return "recurrent"
 
     def _memory_advice(self, P, method, detail=""):
         others = [m for m in self.supported_methods if m != method]
