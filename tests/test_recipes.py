@@ -13,7 +13,7 @@ EXPECTED = {
     "linear_attention", "retnet", "mamba2", "gla", "least_squares", "rls", "mesa", "batch_gd", "deltanet",
     "gated_deltanet", "leaky_lms", "longhorn", "nlms", "delta_product", "softmax_attention",
     "qknorm_attention", "sliding_window_attention", "local_linear_attention", "local_polynomial_attention",
-    "kernel_regression", "performer", "based",
+    "kernel_regression", "performer", "based", "ttt_linear", "ttt_mlp", "titans",
 }
 
 

@@ -10,7 +10,7 @@ from . import _array
 from ._gates import check_beta, resolve_log_alpha
 from ._validation import check_finite
 from .methods import AUTO_MEMORY_BUDGET, METHODS, Problem, estimate_bytes, support_table
-from .optimizers import ClosedForm, Optimizer
+from .optimizers import ClosedForm, GradientOptimizer, Optimizer
 from .regressors import Linear, Regressor
 from .regressors.nonparametric import CacheState, last_log_weights
 from .weights import Uniform, Weights
@@ -100,7 +100,10 @@ class TestTimeRegression(BaseEstimator):
             raise TypeError(f"regressor must be a ttr_stats.regressors.Regressor, got {type(r).__name__}")
         if not isinstance(o, Optimizer):
             raise TypeError(f"optimizer must be a ttr_stats.optimizers.Optimizer, got {type(o).__name__}")
-        if not r.linear_in_features:
+        if isinstance(o, GradientOptimizer) or not (r.linear_in_features or r.nonparametric):
+            self._check_neural(w, r, o)
+            return
+        if r.nonparametric:
             self._check_nonparametric(w, r, o)
             return
         if w.window is not None and not o.supports_window:
@@ -112,6 +115,25 @@ class TestTimeRegression(BaseEstimator):
             raise ValueError(
                 f"weights: per-dimension decay is not a scalar-weighted regression; only "
                 f"IdentityCovariance supports it, not {type(o).__name__}.\n{support_table()}"
+            )
+
+    @staticmethod
+    def _check_neural(w, r, o):
+        name = type(r).__name__
+        if not isinstance(o, GradientOptimizer):
+            raise ValueError(
+                f"optimizer: {name} is not linear in its parameters (a neural memory); train it with a "
+                f"gradient optimizer (MiniBatchGD, Momentum), not {type(o).__name__}"
+            )
+        if not callable(getattr(r, "loss_grad", None)):
+            raise ValueError(
+                f"regressor: {type(o).__name__} trains a parametric regressor with analytic gradients "
+                f"(Linear, MLP), not {name}"
+            )
+        if w.per_dimension or w.window is not None:
+            raise ValueError(
+                f"weights: {type(o).__name__} supports scalar decay gates only, not {type(w).__name__}"
+                + ("(per_dimension=True)" if w.per_dimension else "")
             )
 
     @staticmethod
@@ -137,7 +159,17 @@ class TestTimeRegression(BaseEstimator):
     @property
     def nonparametric(self) -> bool:
         """True when the regressor keeps every pair (its state is a :class:`CacheState`)."""
-        return not self.regressor.linear_in_features
+        return bool(self.regressor.nonparametric)
+
+    @property
+    def neural(self) -> bool:
+        """True when a gradient optimizer trains the regressor's parameters (TTT, Titans)."""
+        return isinstance(self.optimizer, GradientOptimizer)
+
+    def _solver(self):
+        """The optimizer's pure functions on this layer's regressor (the optimizer itself for the linear
+        family; bound to the regressor's parameters for gradient optimizers)."""
+        return self.optimizer.bind(self.regressor)
 
     @property
     def supported_methods(self):
@@ -223,7 +255,7 @@ class TestTimeRegression(BaseEstimator):
                     "initial_state: a nonparametric layer's state is its cache of pairs; concatenate the "
                     "earlier keys and values to K and V instead (memorize accepts a CacheState to continue)"
                 )
-            state0 = opt.check_state(xp, initial_state, batch, d_f, d_v, dtype)
+            state0 = self._solver().check_state(xp, initial_state, batch, d_f, d_v, dtype)
         return Problem(xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype, n_sub)
 
     def _choose(self, method, P):
@@ -337,7 +369,7 @@ class TestTimeRegression(BaseEstimator):
             See :attr:`supported_methods`; ``"auto"`` records its choice in ``method_``.
         initial_state : optimizer state, optional
             The state before step 1 (a ``NamedTuple`` of the optimizer's state type), broadcast over
-            batch dims. Linear-class layers only.
+            batch dims. Parametric layers only (linear and neural).
         return_state : bool
             Also return the final state.
         causal : bool
@@ -366,7 +398,7 @@ class TestTimeRegression(BaseEstimator):
                 if self.nonparametric:
                     Y, state = self.regressor.run(m, P, causal=causal)
                 else:
-                    Y, state = METHODS[m](self.optimizer, P)
+                    Y, state = METHODS[m](self._solver(), P)
         except Exception as exc:
             if _array.is_out_of_memory(exc):
                 raise MemoryError(self._memory_advice(P, m, str(exc))) from exc
@@ -404,7 +436,7 @@ class TestTimeRegression(BaseEstimator):
             return self._extend_cache(P, initial_state)
         P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state)
         with _array.quiet_overflow(P.xp):
-            _, state = METHODS["recurrent"](self.optimizer, P, read=False)
+            _, state = METHODS["recurrent"](self._solver(), P, read=False)
         for field in state:
             self._check_output(P.xp, field, what="state")
         return state
@@ -458,10 +490,11 @@ class TestTimeRegression(BaseEstimator):
         if self.nonparametric:
             Y = self.regressor.read(xp, state, Q)
         else:
-            ranks = [f.ndim for f in self.optimizer.init(xp, (), 1, 1, Q.dtype)]
+            solver = self._solver()
+            ranks = [f.ndim for f in solver.init(xp, (), 1, 1, Q.dtype)]
             batch_nd = state[0].ndim - ranks[0]
             expanded = type(state)(*(xp.expand_dims(f, axis=batch_nd) for f in state))
-            Y = self.optimizer.read(expanded, self.regressor.features(xp, Q))
+            Y = solver.read(expanded, self.regressor.features(xp, Q))
         return Y[0, ...] if single else Y
 
     def _state_keys(self, state):

@@ -17,7 +17,7 @@ from . import optimizers as opt
 from . import weights as w
 from ._validation import check_scalar
 from .layer import TestTimeRegression
-from .regressors import FeatureMap, KernelRidge, Linear, LocalPolynomial
+from .regressors import MLP, FeatureMap, KernelRidge, Linear, LocalPolynomial
 from .similarity import ExpDot
 
 __all__ = [
@@ -43,6 +43,9 @@ __all__ = [
     "kernel_regression",
     "performer",
     "based",
+    "ttt_linear",
+    "ttt_mlp",
+    "titans",
     "registry",
     "registry_markdown",
 ]
@@ -260,6 +263,59 @@ def based(scale=None):
     return linear_attention(normalize="sum", feature_map=FeatureMap("taylor", scale=scale))
 
 
+def ttt_linear(lr=1.0, mini_batch=16, layer_norm=True):
+    r"""TTT-Linear: mini-batch GD on :math:`\tfrac12\|v_t - \mathrm{LN}(M k_t + b)\|^2`.
+
+    Within a mini-batch of ``mini_batch`` tokens every gradient is taken at the mini-batch's start and
+    :math:`y_t` is read after the gradients so far (TTT's dual form,
+    :class:`~ttr_stats.optimizers.MiniBatchGD`).
+    Paper row: DeltaNet / TTT-linear (one SGD step per token when ``mini_batch=1``; with
+    ``layer_norm=False`` that is :func:`deltanet` with ``beta=lr``). The memory starts at zero.
+    """
+    check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    check_scalar("mini_batch", mini_batch, low=1, integer=True)
+    return _layer(w.Uniform(), opt.MiniBatchGD(lr, mini_batch), regressor=Linear(layer_norm=layer_norm))
+
+
+def _check_hidden(hidden):
+    if hidden is not None:
+        check_scalar("hidden", hidden, low=1, integer=True)
+
+
+def ttt_mlp(hidden=None, lr=0.1, mini_batch=16, seed=0):
+    r"""TTT-MLP: mini-batch GD on :math:`\tfrac12\|v_t - m_\theta(k_t)\|^2`, a two-layer GELU MLP.
+
+    :math:`\theta_t = \theta_{t_0} - \sum_{s=t_0+1}^t \beta_s\nabla\ell_s(\theta_{t_0})` within a mini-batch
+    (TTT's dual form). Paper row: TTT-MLP, MLP class, SGD. ``hidden`` defaults to :math:`4 d_k`; the initial
+    weights are drawn from ``seed`` (:class:`~ttr_stats.regressors.MLP`).
+    """
+    _check_hidden(hidden)
+    check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    check_scalar("mini_batch", mini_batch, low=1, integer=True)
+    return _layer(w.Uniform(), opt.MiniBatchGD(lr, mini_batch), regressor=MLP(hidden, "gelu", seed=seed))
+
+
+def titans(lr=0.1, momentum=0.9, decay=0.01, hidden=None, seed=0):
+    r"""Titans' neural memory: :math:`S_t = \eta S_{t-1} - \beta_t\nabla\ell(\theta_{t-1}; k_t, v_t)`,
+    :math:`\theta_t = (1 - \lambda)\alpha_t\theta_{t-1} + S_t`.
+
+    Paper row: Titans (memory MLP), SGD with momentum and weight decay. The same two-layer GELU MLP as
+    :func:`ttt_mlp` (``hidden`` defaults to :math:`4 d_k`, initial weights from ``seed``), so
+    ``titans(momentum=0, decay=0)`` is ``ttt_mlp(mini_batch=1)``; ``set_params(regressor__activation="silu")``
+    gives Titans' SiLU. Call-time ``beta`` is the step :math:`\theta_t`, ``alpha`` a retention multiplying
+    :math:`1 - \lambda` (Titans' forgetting gate is :math:`1 - (1 - \lambda)\alpha_t`); the momentum is
+    constant. The effective step is about ``lr / (1 - momentum)``: keys of norm about 1 keep the defaults
+    stable (Titans L2-normalises keys and queries).
+    """
+    _check_hidden(hidden)
+    check_scalar("lr", lr, low=0.0, low_inclusive=False)
+    check_scalar("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+    check_scalar("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+    return _layer(
+        w.Gated(alpha=1.0), opt.Momentum(lr, momentum, decay), regressor=MLP(hidden, "gelu", seed=seed)
+    )
+
+
 _RECIPES = (
     linear_attention,
     retnet,
@@ -283,6 +339,9 @@ _RECIPES = (
     kernel_regression,
     performer,
     based,
+    ttt_linear,
+    ttt_mlp,
+    titans,
 )
 
 

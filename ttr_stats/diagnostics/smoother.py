@@ -1,6 +1,7 @@
 r"""Smoother matrices, degrees of freedom, LOO / GCV / Cp / prequential errors, selection (theory §2).
 
-Every layer of the toolkit except ``linear_attention(normalize="output")`` is linear in its values:
+Every layer of the toolkit except ``linear_attention(normalize="output")`` and the neural memories (TTT-MLP,
+Titans, TTT-Linear with layer norm) is linear in its values:
 :math:`Y = S V` with a smoother matrix :math:`S` that depends on the queries, the keys and the gates only.
 Classical linear-smoother statistics follow from S: the degrees of freedom :math:`\operatorname{tr} S` and
 :math:`\operatorname{tr} S^\top S`, the leave-one-out residuals by the shortcut
@@ -42,6 +43,13 @@ _CRITERIA = ("loo", "gcv", "prequential")
 
 def _check_linear(layer):
     opt = getattr(layer, "optimizer", None)
+    reg = getattr(layer, "regressor", None)
+    if getattr(layer, "neural", False) and not reg.linear_in_features:
+        raise ValueError(
+            f"layer: a {type(reg).__name__} memory trained by {type(opt).__name__} (TTT-MLP, Titans, "
+            "TTT-Linear with layer norm) is not linear in the values V: its gradient steps depend on V "
+            "through a nonlinear model, so there is no smoother matrix (Y = S V fails)"
+        )
     if isinstance(opt, IdentityCovariance) and opt.normalize == "output":
         raise ValueError(
             "layer: linear_attention(normalize='output') rescales every output to unit norm, so Y is not "

@@ -38,6 +38,8 @@ def support_table() -> str:
         o.LeakyLMS,
         o.Implicit,
         o.NLMS,
+        o.MiniBatchGD,
+        o.Momentum,
     ):
         rows.append(
             f"{cls.__name__:<25} {', '.join(cls.methods):<32} {'yes' if cls.supports_window else 'no':<7} "

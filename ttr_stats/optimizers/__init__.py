@@ -17,6 +17,7 @@ from .gradient import (
     leaky_lms_to_gated_deltanet,
 )
 from .implicit import NLMS, Implicit
+from .neural import GradientOptimizer, MiniBatchGD, Momentum
 from .rls import RecursiveLeastSquares
 
 __all__ = [
@@ -30,6 +31,9 @@ __all__ = [
     "LeakyLMS",
     "Implicit",
     "NLMS",
+    "GradientOptimizer",
+    "MiniBatchGD",
+    "Momentum",
     "leaky_lms_to_gated_deltanet",
     "gated_deltanet_to_leaky_lms",
     "MemoryState",

@@ -101,6 +101,14 @@ class Optimizer(BaseEstimator):
         """Extra per-step log-decay owned by the optimizer (RLS forgetting factor); 0 for none."""
         return 0.0
 
+    def bind(self, regressor):
+        """The object whose ``init`` / ``update`` / ``read`` the methods run on ``regressor``'s features.
+
+        The linear family works on features and is its own; gradient optimizers over a regressor's
+        parameters return a bound copy (:class:`~ttr_stats.optimizers.neural.BoundOptimizer`).
+        """
+        return self
+
     # --- the pure functions -------------------------------------------------------------------------
     def init(self, xp, batch_shape, d_k, d_v, dtype, device=None):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -99,6 +99,7 @@ class NonparametricRegressor(Regressor):
     """
 
     linear_in_features = False
+    nonparametric = True
     methods = ("parallel", "direct", "recurrent")
     #: whether decay / write gates are supported (kernel ridge needs uniform weights)
     supports_gates = True
