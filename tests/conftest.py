@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pytest
 
@@ -24,3 +26,52 @@ def make_qkv(rng, batch=(2,), T=24, d_k=5, d_v=3, dtype=np.float64, unit=False):
         Q /= np.linalg.norm(Q, axis=-1, keepdims=True)
         K /= np.linalg.norm(K, axis=-1, keepdims=True)
     return Q.astype(dtype), K.astype(dtype), V.astype(dtype)
+
+
+# --- array namespaces: numpy, array_api_strict (CPU, catches non-standard calls) and cupy (GPU only) --------
+def _cupy_available():
+    try:
+        cp = importlib.import_module("cupy")
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver or no device all mean: skip
+        return False
+
+
+BACKENDS = [
+    "numpy",
+    pytest.param(
+        "array_api_strict",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("array_api_strict") is None, reason="array_api_strict not installed"
+        ),
+    ),
+    pytest.param(
+        "cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")]
+    ),
+]
+
+
+class Backend:
+    """An array library under test: ``put`` NumPy data there, ``get`` results back, ``is_native`` checks."""
+
+    def __init__(self, name):
+        self.name = name
+        self.mod = importlib.import_module(name)
+
+    def put(self, a):
+        return None if a is None else self.mod.asarray(a)
+
+    def get(self, a):
+        if self.name == "cupy":
+            return a.get()
+        return np.asarray(a)
+
+    def is_native(self, a):
+        if self.name == "numpy":
+            return isinstance(a, np.ndarray)
+        return type(a).__module__.split(".")[0] == self.name
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return Backend(request.param)

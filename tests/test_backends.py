@@ -8,7 +8,6 @@ designs cut their pseudo-inverse at 100 P eps, so 1e-11 leaves margin; float32 5
 times the same conditioning and the T-step accumulation (measured ~1e-6).
 """
 
-import importlib
 
 import numpy as np
 import pytest
@@ -16,46 +15,6 @@ from conftest import rel_err
 
 import ttr_stats as tt
 from ttr_stats import _array
-
-
-def _cupy_available():
-    try:
-        cp = importlib.import_module("cupy")
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no CuPy, no driver or no device all mean: skip
-        return False
-
-
-BACKENDS = [
-    "numpy",
-    pytest.param("array_api_strict", marks=pytest.mark.skipif(
-        importlib.util.find_spec("array_api_strict") is None, reason="array_api_strict not installed")),
-    pytest.param("cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")]),
-]
-
-
-class Backend:
-    def __init__(self, name):
-        self.name = name
-        self.mod = importlib.import_module(name)
-
-    def put(self, a):
-        return None if a is None else self.mod.asarray(a)
-
-    def get(self, a):
-        if self.name == "cupy":
-            return a.get()
-        return np.asarray(a)
-
-    def is_native(self, a):
-        if self.name == "numpy":
-            return isinstance(a, np.ndarray)
-        return type(a).__module__.split(".")[0] == self.name
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return Backend(request.param)
 
 
 def _case(info, rng, dtype=np.float64, B=2, T=14, d=4, d_v=3):

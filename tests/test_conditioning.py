@@ -11,7 +11,6 @@ target q^T k) depends on the keys only through these cosines. One test cross-che
 full vectors through the library's own attention layer.
 """
 
-import importlib
 import math
 
 import numpy as np
@@ -24,51 +23,6 @@ from ttr_stats.diagnostics import conditioning as C
 
 Z = 4.0  # standard errors per Monte Carlo check (two-sided p ~ 6e-5)
 
-
-def _cupy_available():
-    try:
-        cp = importlib.import_module("cupy")
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - no CuPy, no driver or no device all mean: skip
-        return False
-
-
-BACKENDS = [
-    "numpy",
-    pytest.param(
-        "array_api_strict",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("array_api_strict") is None, reason="array_api_strict not installed"
-        ),
-    ),
-    pytest.param(
-        "cupy", marks=[pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")]
-    ),
-]
-
-
-class Backend:
-    def __init__(self, name):
-        self.name = name
-        self.mod = importlib.import_module(name)
-
-    def put(self, a):
-        return None if a is None else self.mod.asarray(a)
-
-    def get(self, a):
-        if self.name == "cupy":
-            return a.get()
-        return np.asarray(np.from_dlpack(a)) if self.name != "numpy" else np.asarray(a)
-
-    def is_native(self, a):
-        if self.name == "numpy":
-            return isinstance(a, np.ndarray)
-        return type(a).__module__.split(".")[0] == self.name
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return Backend(request.param)
 
 
 # ------------------------------------------------------------------------------------------ helpers
