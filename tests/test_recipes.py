@@ -38,3 +38,10 @@ def test_readme_catalogue_is_generated_from_the_registry():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert registry_markdown() in text
     assert render_readme(text) == text, "README catalogue is stale: run `make readme`"
+
+
+def test_catalogue_rows_are_single_markdown_lines():
+    """scikit-learn wraps long reprs over lines; a wrapped repr would split the table's rows."""
+    lines = registry_markdown().splitlines()
+    assert len(lines) == 2 + len(registry())
+    assert all(line.startswith("| ") and line.endswith(" |") and line.count("|") == 6 for line in lines)

@@ -393,9 +393,10 @@ def registry_markdown() -> str:
     ]
     with config_context(print_changed_only=False):  # show every default hyperparameter
         for r in registry():
+            one_line = lambda obj: " ".join(repr(obj).split())  # noqa: E731 - sklearn wraps long reprs
             lines.append(
-                f"| `{r.name}()` | `{r.weights!r}` | `{r.regressor!r}` | `{r.optimizer!r}` | "
-                f"{', '.join(r.methods)} |"
+                f"| `{r.name}()` | `{one_line(r.weights)}` | `{one_line(r.regressor)}` | "
+                f"`{one_line(r.optimizer)}` | {', '.join(r.methods)} |"
             )
     return "\n".join(lines)
 
