@@ -44,4 +44,4 @@ def test_catalogue_rows_are_single_markdown_lines():
     """scikit-learn wraps long reprs over lines; a wrapped repr would split the table's rows."""
     lines = registry_markdown().splitlines()
     assert len(lines) == 2 + len(registry())
-    assert all(line.startswith("| ") and line.endswith(" |") and line.count("|") == 6 for line in lines)
+    assert all(line.startswith("|") and line.endswith("|") and line.count("|") == 6 for line in lines)
