@@ -17,6 +17,7 @@ the reference) and each one says where it comes from:
 import numpy as np
 import pytest
 import statsmodels.api as sm
+from conftest import rel_err as rel
 from sklearn.linear_model import LinearRegression, Ridge, SGDRegressor
 
 import ttr_stats as tt
@@ -28,13 +29,6 @@ EXACT_RTOL = 1e-10  # float64 exact-solver agreement; justified per test by asse
 # ---------------------------------------------------------------------------------------------------------
 # helpers (independent of ttr_stats)
 # ---------------------------------------------------------------------------------------------------------
-def rel(a, b):
-    """||a - b|| / ||b|| (Frobenius), the absolute difference when the reference vanishes."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    den = np.linalg.norm(b)
-    num = np.linalg.norm(a - b)
-    return float(num / den) if den > 0 else float(num)
 
 
 def gamma_reference(T, alpha=None, beta=None, window=None):

@@ -7,6 +7,7 @@ recursion (fit vs partial_fit) uses 1e-12 (identical arithmetic in identical ord
 
 import numpy as np
 import pytest
+from conftest import rel_err as rel
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression, Ridge
@@ -19,11 +20,6 @@ EPS = np.finfo(np.float64).eps
 EXACT_RTOL = 1e-10
 
 
-def rel(a, b):
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    den = np.linalg.norm(b)
-    return float(np.linalg.norm(a - b) / den) if den > 0 else float(np.linalg.norm(a - b))
 
 
 def assert_well_conditioned(R, bound=1e-11):

@@ -20,6 +20,7 @@ import math
 import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
+from conftest import rel_err as rel
 from sklearn.kernel_ridge import KernelRidge as SkKernelRidge
 from sklearn.linear_model import LinearRegression
 from sklearn.metrics.pairwise import pairwise_kernels
@@ -37,13 +38,6 @@ METHODS = ("parallel", "direct", "recurrent")
 # ---------------------------------------------------------------------------------------------------------
 # helpers (independent of ttr_stats)
 # ---------------------------------------------------------------------------------------------------------
-def rel(a, b):
-    """||a - b|| / ||b|| (Frobenius); the absolute difference when the reference vanishes."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    den = np.linalg.norm(b)
-    num = np.linalg.norm(a - b)
-    return float(num / den) if den > 0 else float(num)
 
 
 def assert_well_conditioned(cond, bound=1e-11):
