@@ -175,7 +175,7 @@ def test_auto_on_a_device_prefers_dense_forms_that_fit(rng, monkeypatch):
 def test_auto_falls_back_when_dense_forms_exceed_the_memory_budget(rng, monkeypatch):
     import ttr_stats.layer as L
 
-    monkeypatch.setattr(L, "AUTO_MEMORY_BUDGET", 1000)  # bytes: any T x T form is too big
+    monkeypatch.setattr(L.registry, "AUTO_MEMORY_BUDGET", 1000)  # bytes: any T x T form is too big
     Q, K, V = make_qkv(rng, T=30)
     la = tt.recipes.linear_attention()
     la(Q, K, V)

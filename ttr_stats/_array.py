@@ -24,12 +24,19 @@ __all__ = [
     "ridge_solve",
     "solve_triangular",
     "is_array",
+    "device",
 ]
 
 
 def is_array(x) -> bool:
     """True for an array of any library that array-api-compat recognises (NumPy, CuPy, torch, ...)."""
     return array_api_compat.is_array_api_obj(x)
+
+
+def device(x):
+    """The device of array ``x`` (``array_api_compat.device``): ``"cpu"`` for NumPy, a CUDA device for
+    CuPy and torch CUDA tensors. Pass it to every array creation so outputs stay where the inputs are."""
+    return array_api_compat.device(x)
 
 
 def namespace(*arrays):

@@ -38,3 +38,60 @@ def check_beta(xp, beta):
     if math.prod(beta.shape) and bool(xp.any(beta <= 0)):
         raise ValueError(f"beta must be > 0, got a minimum of {float(xp.min(beta)):g}")
     return beta
+
+
+def check_lengths(xp, lengths, batch_shape, T, device=None):
+    """``lengths`` as an integer array of the batch shape with values in [0, T]; errors name it."""
+    import numpy as np
+
+    from . import _array
+
+    host = _array.to_numpy(lengths) if _array.is_array(lengths) else np.asarray(lengths)
+    if host.dtype.kind not in "iu" and not (
+        host.dtype.kind == "f" and host.size and np.all(np.isfinite(host)) and np.all(host == np.round(host))
+    ):
+        raise ValueError(f"lengths must hold integers (valid tokens per sequence), got dtype {host.dtype}")
+    try:
+        host = np.broadcast_to(host.astype(np.int64), tuple(batch_shape))
+    except ValueError as exc:
+        raise ValueError(
+            f"lengths must have the batch shape {tuple(batch_shape)} (one length per sequence), got shape "
+            f"{tuple(host.shape)}"
+        ) from exc
+    if host.size and (host.min() < 0 or host.max() > T):
+        raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got values in [{host.min()}, {host.max()}]")
+    return xp.asarray(np.ascontiguousarray(host), device=device)
+
+
+def _token_mask(xp, lengths, T, steps):
+    """valid[..., i] for the T * steps written pairs (pair i belongs to token i // steps)."""
+    pos = xp.arange(T * steps, device=_device_of(lengths)) // steps
+    return pos < lengths[..., None]
+
+
+def _device_of(x):
+    from . import _array
+
+    return _array.device(x)
+
+
+def mask_padding(xp, lengths, K, V, g, b, steps, *, nonparametric=False):
+    """Make the padded steps identities: zero keys, values and log-decays (exact for every linear family:
+    a zero pair writes nothing, and a zero log-decay keeps the state). For nonparametric layers the padded
+    pairs get write strength 0 (log-weight -inf: excluded). Returns ``(K, V, g, b)``."""
+    T = g.shape[-2]
+    valid = _token_mask(xp, lengths, T, steps)  # (..., T * steps)
+    zero = xp.zeros((), dtype=K.dtype)
+    K = xp.where(valid[..., None], K, zero)
+    V = xp.where(valid[..., None], V, zero)
+    tok = xp.arange(T, device=_device_of(lengths)) < lengths[..., None]  # (..., T)
+    g = xp.where(tok[..., None], g, zero)
+    if nonparametric:
+        b = xp.where(valid, b, zero)
+    return K, V, g, b
+
+
+def zero_padding(xp, Y, lengths):
+    """Outputs at padded positions set to 0: Y (..., T, d_v)."""
+    tok = xp.arange(Y.shape[-2], device=_device_of(lengths)) < lengths[..., None]
+    return xp.where(tok[..., None], Y, xp.zeros((), dtype=Y.dtype))

@@ -7,9 +7,9 @@ import math
 from sklearn.base import BaseEstimator
 
 from . import _array
-from ._gates import check_beta, resolve_log_alpha
+from ._gates import check_beta, check_lengths, mask_padding, resolve_log_alpha, zero_padding
 from ._validation import check_finite
-from .methods import AUTO_MEMORY_BUDGET, METHODS, Problem, estimate_bytes, support_table
+from .methods import Problem, loop, registry, support_table
 from .optimizers import ClosedForm, GradientOptimizer, Optimizer
 from .regressors import Linear, Regressor
 from .regressors.nonparametric import CacheState, last_log_weights
@@ -17,11 +17,9 @@ from .weights import Uniform, Weights
 
 __all__ = ["TestTimeRegression"]
 
-_METHOD_NAMES = ("auto", "recurrent", "direct", "parallel")
-
-#: on the host, ``method="auto"`` uses the T x T parallel form up to this length (docs/benchmarks.md: it
-#: ties or wins at T = 256 and is 1.5-5x slower than the loop at T = 1024)
-HOST_PARALLEL_MAX_T = 256
+#: on the host, ``method="auto"`` uses a T x T parallel form up to this length (kept here for backwards
+#: compatibility; the rule lives in :mod:`ttr_stats.methods.registry`)
+HOST_PARALLEL_MAX_T = registry.HOST_PARALLEL_MAX_T
 
 
 def broadcast_shapes(named):
@@ -106,12 +104,13 @@ class TestTimeRegression(BaseEstimator):
         if r.nonparametric:
             self._check_nonparametric(w, r, o)
             return
-        if w.window is not None and not o.supports_window:
+        ref = registry.reference(o.family)
+        if w.window is not None and not ref.window:
             raise ValueError(
                 f"weights: {type(w).__name__} needs an optimizer with additive statistics; "
                 f"{type(o).__name__} has none.\n{support_table()}"
             )
-        if w.per_dimension and not o.supports_per_dimension:
+        if w.per_dimension and not ref.per_dimension:
             raise ValueError(
                 f"weights: per-dimension decay is not a scalar-weighted regression; only "
                 f"IdentityCovariance supports it, not {type(o).__name__}.\n{support_table()}"
@@ -153,7 +152,7 @@ class TestTimeRegression(BaseEstimator):
             raise ValueError(f"weights: per-dimension decay has no meaning for {name}")
         if not r.supports_gates and not isinstance(w, Uniform):
             raise ValueError(f"weights: {name} supports Uniform() weights only, got {type(w).__name__}")
-        if w.window is not None and not r.supports_window:
+        if w.window is not None and not registry.reference(r.family).window:
             raise ValueError(f"weights: {name} does not support {type(w).__name__}")
 
     @property
@@ -172,12 +171,17 @@ class TestTimeRegression(BaseEstimator):
         return self.optimizer.bind(self.regressor)
 
     @property
+    def family(self) -> str:
+        """The family of methods that compute this layer (:mod:`ttr_stats.methods.registry`)."""
+        return registry.family_of(self)
+
+    @property
     def supported_methods(self):
-        """Methods this layer supports, in the order ``method="auto"`` prefers them."""
-        return tuple(self.regressor.methods if self.nonparametric else self.optimizer.methods)
+        """Methods this layer supports, in the order ``method="auto"`` prefers them (from the registry)."""
+        return tuple(m.name for m in registry.supported(self))
 
     # ------------------------------------------------------------------------------------------------
-    def _prepare(self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True):
+    def _prepare(self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None):
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
@@ -196,15 +200,16 @@ class TestTimeRegression(BaseEstimator):
                 raise ValueError(f"{name} must have shape (..., T, {last}), got shape {tuple(x.shape)}")
         for name, x in (("Q", Q), ("K", K), ("V", V)):
             check_finite(xp, name, x)
+        device = _array.device(K)
         T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:
             raise ValueError(f"Q and K must share d_k: Q has d_k = {d_k}, K has d_k = {K.shape[-1]}")
-        n_sub = int(opt.steps_per_token)
+        steps = int(opt.steps_per_token)
         T_k = K.shape[-2]
-        T = T_k // n_sub  # steps of the gates
-        if causal and T_k != n_sub * T_q:
-            extra = f" ({n_sub} writes per query)" if n_sub > 1 else ""
-            raise ValueError(f"K must have {n_sub * T_q} time steps{extra} to match Q's T = {T_q}, got {T_k}")
+        T = T_k // steps  # steps of the gates
+        if causal and T_k != steps * T_q:
+            extra = f" ({steps} writes per query)" if steps > 1 else ""
+            raise ValueError(f"K must have {steps * T_q} time steps{extra} to match Q's T = {T_q}, got {T_k}")
         if V.shape[-2] != T_k:
             raise ValueError(f"V must have the same number of time steps as K ({T_k}), got {V.shape[-2]}")
         d_v = V.shape[-1]
@@ -224,7 +229,7 @@ class TestTimeRegression(BaseEstimator):
         b = check_beta(xp, a["beta"])
         if b is None:
             const = opt.default_beta()
-            b = xp.full((T_k,), 1.0 if const is None else const, dtype=dtype)
+            b = xp.full((T_k,), 1.0 if const is None else const, dtype=dtype, device=device)
         elif b.ndim == 0:
             b = xp.broadcast_to(b, (T_k,))
         elif b.shape[-1] != T_k:
@@ -232,20 +237,22 @@ class TestTimeRegression(BaseEstimator):
                 f"beta must have shape (..., {T_k}) (one value per written pair), got {tuple(b.shape)}"
             )
 
-        batch = broadcast_shapes(
-            {
-                "Q": Q.shape[:-2],
-                "K": K.shape[:-2],
-                "V": V.shape[:-2],
-                gate_name: g.shape[:-2],
-                "beta": b.shape[:-1],
-            }
-        )
+        named = {
+            "Q": Q.shape[:-2],
+            "K": K.shape[:-2],
+            "V": V.shape[:-2],
+            gate_name: g.shape[:-2],
+            "beta": b.shape[:-1],
+        }
+        batch = broadcast_shapes(named)
         Q = xp.broadcast_to(Q, batch + Q.shape[-2:])
         K = xp.broadcast_to(K, batch + K.shape[-2:])
         V = xp.broadcast_to(V, batch + V.shape[-2:])
         g = xp.broadcast_to(g, batch + g.shape[-2:])
         b = xp.broadcast_to(b, batch + b.shape[-1:])
+        if lengths is not None:
+            lengths = check_lengths(xp, lengths, batch, T, device)
+            K, V, g, b = mask_padding(xp, lengths, K, V, g, b, steps, nonparametric=self.nonparametric)
         Qf = self.regressor.features(xp, Q)
         Kf = self.regressor.features(xp, K)
         state0 = None
@@ -256,72 +263,31 @@ class TestTimeRegression(BaseEstimator):
                     "earlier keys and values to K and V instead (memorize accepts a CacheState to continue)"
                 )
             state0 = self._solver().check_state(xp, initial_state, batch, d_f, d_v, dtype)
-        return Problem(xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype, n_sub)
+        return Problem(
+            xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype,
+            steps_per_token=steps, device=device, causal=causal, lengths=lengths,
+        )  # fmt: skip
 
     def _choose(self, method, P):
-        opt = self.optimizer
-        if method not in _METHOD_NAMES:
-            raise ValueError(f"method must be one of {_METHOD_NAMES}, got {method!r}")
-        if self.nonparametric:
-            methods = self.supported_methods
-            if method == "auto":
-                return methods[0]
-            if method not in methods:
-                raise ValueError(
-                    f"method={method!r} is not supported by {type(self.regressor).__name__}; supported: "
-                    f"{', '.join(map(repr, methods))}"
-                )
-            return method
+        """The registered method to run: ``method`` itself (checked), or what ``"auto"`` picks."""
         if method == "auto":
-            return self._auto(P)
-        if method not in opt.methods:
-            raise ValueError(
-                f"method={method!r} is not supported by {type(opt).__name__}; supported: "
-                f"{', '.join(map(repr, opt.methods))}\n{support_table()}"
-            )
-        return method
-
-    def _estimate_bytes(self, method, P):
-        if self.nonparametric:
-            return self.regressor.estimate_bytes(method, P)
-        return estimate_bytes(method, P)
-
-    def _auto(self, P):
-        """What ``method="auto"`` picks for the linear family (measured in docs/benchmarks.md).
-
-        On a device (CuPy) the dense forms win by 5-20x over the Python loop: the first supported method
-        whose intermediates fit in a quarter of free memory. On the host the loop's O(T d^2) beats the dense
-        O(T^2 d) forms except for the parallel form at short T (<= ``HOST_PARALLEL_MAX_T``); the direct
-        prefix solve is never the fastest there.
-        """
-        methods = self.optimizer.methods
-        free = _array.free_device_bytes(P.xp)
-        if free is not None:
-            for m in methods:
-                if m == "recurrent" or estimate_bytes(m, P) <= free // 4:
-                    return m
-            return "recurrent"
-        if (
-            "parallel" in methods
-            and P.T <= HOST_PARALLEL_MAX_T
-            and estimate_bytes("parallel", P) <= AUTO_MEMORY_BUDGET
-        ):
-            return "parallel"
-        return "recurrent"
+            return registry.choose_auto(self, P, _array.free_device_bytes(P.xp))
+        return registry.lookup(self, method)
 
     def _memory_advice(self, P, method, detail=""):
-        others = [m for m in self.supported_methods if m != method]
+        others = [m for m in registry.supported(self) if m.name != method.name]
+        lean = min(others, key=lambda m: m.memory(P), default=None)
         return (
-            f"method={method!r} needs about {self._estimate_bytes(method, P) / 2**30:.2f} GiB for batch "
+            f"method={method.name!r} needs about {method.memory(P) / 2**30:.2f} GiB for batch "
             f"shape {P.batch_shape}, T = {P.T}, d_k = {P.d_k}; split the batch into smaller calls"
-            + (f" or use method={others[-1]!r}" if others else "")
+            + (f" or use method={lean.name!r}" if lean is not None else "")
             + (f" ({detail})" if detail else "")
         )
 
     def _check_device_memory(self, P, method):
-        """Fail early, and clearly, when a dense method cannot fit in free device memory."""
+        """Fail early, and clearly, when a method's intermediates cannot fit in free device memory."""
         free = _array.free_device_bytes(P.xp)
-        if free is not None and method != "recurrent" and self._estimate_bytes(method, P) > free:
+        if free is not None and not method.reference and method.memory(P) > free:
             raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
 
     def _check_output(self, xp, Y, what="output"):
@@ -346,6 +312,7 @@ class TestTimeRegression(BaseEstimator):
         initial_state=None,
         return_state=False,
         causal=True,
+        lengths=None,
     ):
         """Run the layer.
 
@@ -365,8 +332,9 @@ class TestTimeRegression(BaseEstimator):
         beta : array of shape (..., T), optional
             Write strengths (sample weights for exact, identity-covariance and nonparametric layers) or
             step sizes (delta-rule family), > 0; override the optimizer's constant.
-        method : {"auto", "recurrent", "direct", "parallel"}
-            See :attr:`supported_methods`; ``"auto"`` records its choice in ``method_``.
+        method : {"auto", "recurrent", "chunked", "direct", "parallel"}
+            See :attr:`supported_methods` and :func:`ttr_stats.methods.support_table`; ``"auto"`` picks
+            the fastest registered method that fits and records its choice in ``method_``.
         initial_state : optimizer state, optional
             The state before step 1 (a ``NamedTuple`` of the optimizer's state type), broadcast over
             batch dims. Parametric layers only (linear and neural).
@@ -375,6 +343,10 @@ class TestTimeRegression(BaseEstimator):
         causal : bool
             ``True``: the output at t is read from the memory after step t. ``False``: every query is
             read from the memory after the last step (the set regression, T_q free).
+        lengths : array of ints of shape (...,) (the batch shape), optional
+            Valid tokens of each sequence of a right-padded batch: the padded positions never touch a
+            sequence's outputs (they are 0 there) or its final state (the state after ``lengths``
+            tokens).
 
         Returns
         -------
@@ -384,30 +356,39 @@ class TestTimeRegression(BaseEstimator):
             Only with ``return_state=True``: the memory after the last step.
         """
         if not causal and not self.nonparametric:
+            if lengths is not None:
+                raise ValueError(
+                    "lengths: a non-causal call reads every query after the last pair; pass "
+                    "each sequence's valid pairs only"
+                )
             state = self.memorize(
                 K, V, alpha=alpha, log_alpha=log_alpha, beta=beta, initial_state=initial_state
             )
             Y = self.read(state, Q)
             self.method_ = "recurrent"
             return (Y, state) if return_state else Y
-        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal)
+        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths)
         m = self._choose(method, P)
+        Y, state = self._run(m, P)
+        self.method_ = m.name
+        return (Y, state) if return_state else Y
+
+    def _run(self, m, P):
+        """Run registered method ``m`` on problem ``P``: memory check, overflow as one clear error."""
         self._check_device_memory(P, m)
         try:
             with _array.quiet_overflow(P.xp):  # overflow is reported below as one clear error
-                if self.nonparametric:
-                    Y, state = self.regressor.run(m, P, causal=causal)
-                else:
-                    Y, state = METHODS[m](self._solver(), P)
+                Y, state = m.run(self, P)
         except Exception as exc:
             if _array.is_out_of_memory(exc):
                 raise MemoryError(self._memory_advice(P, m, str(exc))) from exc
             raise
         self._check_output(P.xp, Y)
-        self.method_ = m
-        return (Y, state) if return_state else Y
+        if P.lengths is not None:
+            Y = zero_padding(P.xp, Y, P.lengths)
+        return Y, state
 
-    def memorize(self, K, V, *, alpha=None, log_alpha=None, beta=None, initial_state=None):
+    def memorize(self, K, V, *, alpha=None, log_alpha=None, beta=None, initial_state=None, lengths=None):
         """Write a whole sequence into the memory and return the final state (no reads).
 
         Parameters
@@ -419,6 +400,8 @@ class TestTimeRegression(BaseEstimator):
         initial_state : state, optional
             The memory to continue (for a nonparametric layer, a :class:`CacheState`: the new pairs are
             appended and the old weights decay by the new steps' gates).
+        lengths : array of ints of shape (...,), optional
+            Valid pairs (tokens) of each sequence of a right-padded batch, as in :meth:`__call__`.
 
         Returns
         -------
@@ -428,15 +411,16 @@ class TestTimeRegression(BaseEstimator):
         Kx = a["K"]
         if Kx.ndim < 2:
             raise ValueError(f"K must have shape (..., T, d_k), got shape {tuple(Kx.shape)}")
-        n_sub = int(self.optimizer.steps_per_token)
-        T = Kx.shape[-2] // n_sub
-        Q = Kx[..., ::n_sub, :][..., :T, :]  # placeholder queries: never read
+        steps = int(self.optimizer.steps_per_token)
+        T = Kx.shape[-2] // steps
+        Q = Kx[..., ::steps, :][..., :T, :]  # placeholder queries: never read
         if self.nonparametric:
-            P = self._prepare(Q, K, V, alpha, log_alpha, beta, None)
-            return self._extend_cache(P, initial_state)
-        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state)
+            P = self._prepare(Q, K, V, alpha, log_alpha, beta, None, lengths=lengths)
+            with _array.quiet_overflow(P.xp):
+                return self._extend_cache(P, initial_state)
+        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, lengths=lengths)
         with _array.quiet_overflow(P.xp):
-            _, state = METHODS["recurrent"](self._solver(), P, read=False)
+            _, state = loop(self._solver(), P, read=False)
         for field in state:
             self._check_output(P.xp, field, what="state")
         return state

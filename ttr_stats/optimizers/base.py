@@ -74,16 +74,12 @@ class Optimizer(BaseEstimator):
 
     #: the state type
     State = MemoryState
-    #: the methods this optimizer supports, in the order ``method="auto"`` prefers them
-    methods = ("recurrent",)
+    #: the family of methods that compute this optimizer (``ttr_stats.methods.registry``)
+    family = None
     #: whether the optimizer solves the weighted regression exactly (the direct method is its definition)
     exact = False
     #: whether ``beta`` multiplies the sample weight ("weight") or is a step size ("step")
     beta_role = "weight"
-    #: whether sliding windows are supported (needs ``downdate``)
-    supports_window = False
-    #: whether per-dimension decay is supported
-    supports_per_dimension = False
     #: whether decay gates must be strictly positive (the state is divided by alpha)
     needs_positive_decay = False
 

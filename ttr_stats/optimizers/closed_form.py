@@ -44,9 +44,8 @@ class ClosedForm(Optimizer):
     """
 
     State = SufficientStatistics
-    methods = ("direct", "recurrent")
+    family = "least_squares"
     exact = True
-    supports_window = True
 
     def __init__(self, ridge=0.0):
         self.ridge = ridge
@@ -110,9 +109,7 @@ class IdentityCovariance(Optimizer):
     """
 
     State = LinearAttentionState
-    methods = ("parallel", "direct", "recurrent")
-    supports_window = True
-    supports_per_dimension = True
+    family = "identity"
 
     def __init__(self, normalize=None):
         self.normalize = normalize

@@ -45,8 +45,7 @@ class BatchGradientDescent(Optimizer):
     """
 
     State = SufficientStatistics
-    methods = ("direct", "recurrent")
-    supports_window = True
+    family = "batch_gd"
 
     def __init__(self, steps=1, lr=1.0):
         self.steps = steps
@@ -77,6 +76,7 @@ class DeltaRule(Optimizer):
     """Base of the delta-rule family (one online gradient step per written pair, warm start)."""
 
     State = MemoryState
+    family = "delta"
 
     def init(self, xp, batch_shape, d_k, d_v, dtype, device=None):
         return MemoryState(xp.zeros(tuple(batch_shape) + (d_v, d_k), dtype=dtype, device=device))

@@ -60,7 +60,7 @@ def _expand(x, like):
 class GradientOptimizer(Optimizer):
     """Base of the optimizers that train a regressor's parameters by per-token gradients."""
 
-    methods = ("recurrent",)
+    family = "neural"
     beta_role = "step"
 
     #: names of the buffers kept beside the parameters: ``"{p}"`` is formatted with each parameter name
@@ -100,7 +100,7 @@ class BoundOptimizer:
     Its state type is built from the regressor's parameter names (a flat ``NamedTuple`` of arrays).
     """
 
-    methods = ("recurrent",)
+    family = "neural"
     steps_per_token = 1
     check_state = Optimizer.check_state
 

@@ -46,7 +46,7 @@ class RecursiveLeastSquares(Optimizer):
     """
 
     State = RLSState
-    methods = ("recurrent", "direct")
+    family = "rls"
     exact = True
     needs_positive_decay = True
 

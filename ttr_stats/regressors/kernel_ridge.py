@@ -14,7 +14,7 @@ import math
 from .. import _array
 from .._validation import check_scalar
 from ..similarity import sq_distances
-from .nonparametric import CacheState, NonparametricRegressor
+from .nonparametric import NonparametricRegressor
 
 __all__ = ["KernelRidge", "KERNELS", "kernel_matrix"]
 
@@ -69,7 +69,7 @@ class KernelRidge(NonparametricRegressor):
     """
 
     supports_gates = False
-    supports_window = False
+    family = "kernel_ridge"
 
     def __init__(self, kernel="rbf", ridge=1e-3, gamma=None, degree=3, coef0=1.0):
         self.kernel = kernel
@@ -100,75 +100,6 @@ class KernelRidge(NonparametricRegressor):
                 f"ridge: the Gram matrix of the {self.kernel!r} kernel plus ridge={self.ridge} is not "
                 "numerically positive definite (Cholesky failed); increase ridge"
             )
-
-    def run(self, method, P, *, causal=True):
-        xp = P.xp
-        if not causal:
-            Y = self.read(xp, CacheState(P.K, P.V, None), P.Q)
-        elif method == "parallel":
-            Y = self._parallel(xp, P)
-        elif method == "direct":
-            Y = self._direct(xp, P)
-        else:
-            Y = self._recurrent(xp, P)
-        return Y, CacheState(P.K, P.V, xp.zeros(P.K.shape[:-1], dtype=P.dtype))
-
-    def _parallel(self, xp, P):
-        T = P.T
-        if T == 0:
-            return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype)
-        with _array.quiet_overflow(xp):
-            L = _array.cholesky(xp, self._gram(xp, P.K))
-        self._check_pd(xp, L)
-        Z = _array.solve_triangular(xp, L, P.V)  # L^{-1} V: its first t rows are L_t^{-1} V_t
-        idx = xp.arange(T)
-        causal = idx[:, None] <= idx[None, :]  # [i, t]: pair i is visible to query t
-        zero = xp.zeros((), dtype=P.dtype)
-        C = xp.where(causal, self.kern(xp, P.K, P.Q), zero)  # column t = kappa(K, q_t), rows i <= t
-        U = xp.where(causal, _array.solve_triangular(xp, L, C), zero)
-        return xp.matmul(xp.matrix_transpose(U), Z)
-
-    def _direct(self, xp, P):
-        G = self._gram(xp, P.K)
-        ys = []
-        for t in range(P.T):
-            Gt = G[..., : t + 1, : t + 1]
-            alpha = _array.pd_solve(xp, Gt, P.V[..., : t + 1, :])
-            c = self.kern(xp, P.Q[..., t : t + 1, :], P.K[..., : t + 1, :])  # (..., 1, t+1)
-            ys.append(xp.matmul(c, alpha)[..., 0, :])
-        if not ys:
-            return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype)
-        return xp.stack(ys, axis=-2)
-
-    def _recurrent(self, xp, P):
-        T, lam = P.T, float(self.ridge)
-        L = xp.zeros(P.batch_shape + (T, T), dtype=P.dtype)
-        Z = xp.zeros(P.batch_shape + (T, P.d_v), dtype=P.dtype)
-        ys = []
-        for t in range(T):
-            k = P.K[..., t : t + 1, :]
-            ktt = self.kern(xp, k, k)[..., 0, 0] + lam
-            if t:
-                c = self.kern(xp, P.K[..., :t, :], k)  # (..., t, 1)
-                ell = _array.solve_triangular(xp, L[..., :t, :t], c)[..., 0]
-                d2 = ktt - xp.sum(ell * ell, axis=-1)
-                L[..., t, :t] = ell
-                zt = P.V[..., t, :] - xp.matmul(ell[..., None, :], Z[..., :t, :])[..., 0, :]
-            else:
-                d2 = ktt
-                zt = P.V[..., t, :]
-            if not bool(xp.all(d2 > 0)):
-                self._check_pd(xp, xp.asarray(math.nan))
-            diag = xp.sqrt(d2)
-            L[..., t, t] = diag
-            Z[..., t, :] = zt / diag[..., None]
-            u = _array.solve_triangular(
-                xp, L[..., : t + 1, : t + 1], self.kern(xp, P.K[..., : t + 1, :], P.Q[..., t : t + 1, :])
-            )
-            ys.append(xp.matmul(xp.matrix_transpose(u), Z[..., : t + 1, :])[..., 0, :])
-        if not ys:
-            return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype)
-        return xp.stack(ys, axis=-2)
 
     def read(self, xp, state, Q):
         """All queries against all cached pairs: :math:`\\kappa(Q, K)(\\kappa(K,K) + \\lambda I)^{-1} V`."""

@@ -73,6 +73,8 @@ class LocalPolynomial(NonparametricRegressor):
     Local Linear Attention, arXiv 2510.01450.
     """
 
+    family = "kernel_smoother"
+
     def __init__(self, order=1, similarity=None, ridge=0.0):
         self.order = order
         self.similarity = ExpDot() if similarity is None else similarity
@@ -153,7 +155,7 @@ class LocalPolynomial(NonparametricRegressor):
         return (Bv[..., 0, :] - xp.matmul(A12[..., None, :], coef)[..., 0, :]) / A11[..., None]
 
     # --- the fast form: offset softmax, centred two-pass moments -------------------------------------
-    def fast(self, xp, Q, K, V, logW):
+    def parallel(self, xp, Q, K, V, logW):
         return self._blockwise(xp, self._offset_softmax, Q, K, V, logW)
 
     def _centred(self, xp, Q, K, logW):

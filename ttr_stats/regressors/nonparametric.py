@@ -6,15 +6,9 @@ The weight of pair i for the query at t is :math:`w_{ti} = \Gamma_{ti}\, s(q_t, 
 exponentiating, so huge logit scales and far-apart keys never overflow and never give an all-zero row
 (P§4; the log-sum-exp trick).
 
-Methods (the same three names as the linear family):
-
-* ``"recurrent"`` -- the growing cache: at step t decay the cached log-weights by :math:`g_t`, append
-  :math:`(k_t, v_t, \log\beta_t)`, drop what leaves a window, then solve the weighted regression for
-  :math:`q_t` from its definition. The reference.
-* ``"direct"`` -- the same per-query weighted least squares from its definition, for all queries at once
-  with the dense T x T weights.
-* ``"parallel"`` -- the fast masked form (for local polynomials the offset-softmax / weighted-covariance
-  form; for kernel ridge one Cholesky factor of the whole Gram matrix).
+The methods that run them live in :mod:`ttr_stats.methods` (``kernel_smoother/`` and ``kernel_ridge/``):
+the growing cache (``"recurrent"``, the reference), the per-query definition with dense weights
+(``"direct"``) and the fast dense form (``"parallel"``).
 
 With ``causal=False`` every query sees every pair, weighted as at the last step (the set regression that
 diagnostics and the scikit-learn facade use).
@@ -94,16 +88,16 @@ class NonparametricRegressor(Regressor):
     """Base class of regressors that keep the (weighted) cache of pairs.
 
     Subclasses implement :meth:`solve` (the per-query weighted regression from its definition, used by
-    ``"recurrent"`` and ``"direct"``) and :meth:`fast` (the ``"parallel"`` form); both take the full
+    ``"recurrent"`` and ``"direct"``) and :meth:`parallel` (the fast form); both take the full
     log-weights ``logW`` (..., T_q, T_k).
     """
 
     linear_in_features = False
     nonparametric = True
-    methods = ("parallel", "direct", "recurrent")
+    #: the family of methods that compute this regressor (``ttr_stats.methods.registry``)
+    family = None
     #: whether decay / write gates are supported (kernel ridge needs uniform weights)
     supports_gates = True
-    supports_window = True
 
     def similarity_of(self):
         return getattr(self, "similarity", None)
@@ -117,50 +111,15 @@ class NonparametricRegressor(Regressor):
         """What the layer stores and compares: the prepared (e.g. L2-normalised) keys and queries."""
         return self.prepare(xp, x)
 
-    def estimate_bytes(self, method, P):
-        """Rough size of the largest intermediates (the T_q x T_k weights and a few copies)."""
-        item = 8 if P.dtype == P.xp.float64 else 4
-        B = math.prod(P.batch_shape) if P.batch_shape else 1
-        return 4 * B * P.Q.shape[-2] * P.K.shape[-2] * item if method != "recurrent" else 0
-
     def log_similarity(self, xp, Q, K):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def solve(self, xp, Q, K, V, logW):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def fast(self, xp, Q, K, V, logW):
+    def parallel(self, xp, Q, K, V, logW):
+        """The fast dense form (the ``"parallel"`` method); the definition unless a subclass has one."""
         return self.solve(xp, Q, K, V, logW)
-
-    # --- the three methods ------------------------------------------------------------------------
-    def run(self, method, P, *, causal=True):
-        """Return ``(Y, CacheState)`` for a prepared problem (``P.Q``/``P.K`` already prepared)."""
-        xp = P.xp
-        if method == "recurrent" and causal:
-            Y = self._recurrent(xp, P)
-        else:
-            logW = log_gamma(xp, P, causal=causal) + self.log_similarity(xp, P.Q, P.K)
-            Y = (self.fast if method == "parallel" else self.solve)(xp, P.Q, P.K, P.V, logW)
-        return Y, CacheState(P.K, P.V, last_log_weights(xp, P))
-
-    def _recurrent(self, xp, P):
-        """The growing cache, one query at a time (the reference)."""
-        T = P.T
-        ys = []
-        logw = xp.zeros(P.batch_shape + (0,), dtype=P.dtype)
-        logb = xp.log(P.b)
-        for t in range(T):
-            g = P.g[..., t, 0]
-            logw = xp.concat([logw + g[..., None], logb[..., t : t + 1]], axis=-1)
-            lo = 0 if P.window is None else max(0, t + 1 - P.window)
-            Kc, Vc = P.K[..., lo : t + 1, :], P.V[..., lo : t + 1, :]
-            lw = logw[..., lo : t + 1]
-            q = P.Q[..., t : t + 1, :]
-            logW = lw[..., None, :] + self.log_similarity(xp, q, Kc)
-            ys.append(self.solve(xp, q, Kc, Vc, logW)[..., 0, :])
-        if not ys:
-            return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype)
-        return xp.stack(ys, axis=-2)
 
     def read(self, xp, state, Q):
         """Evaluate the cached memory at queries Q of shape (..., n_q, d_k) (every pair, last weights)."""

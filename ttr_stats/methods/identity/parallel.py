@@ -5,20 +5,21 @@ r"""The parallel (T x T masked) form of the identity-covariance family.
 
 (per-dimension decay: :math:`A_{ti} = \sum_d q_{td} k_{id} \beta_i \prod_{j=i+1}^t \alpha_{jd}`).
 The decays are exponentiated segment sums of log-gates, so no factor :math:`e^{+\sum g}` is ever formed
-and strong decay cannot overflow.
+and strong decay cannot overflow. Memory O(T^2).
 """
 
 from __future__ import annotations
 
-from ..optimizers import IdentityCovariance, LinearAttentionState
-from .direct import initial_decay, per_dimension_decay, scalar_decay
-from .recurrent import initial_state
+from ...optimizers import LinearAttentionState
+from .._dense import initial_decay, parallel_bytes, per_dimension_decay, scalar_decay
+from .._rules import parallel_rule
+from ..problem import initial_state
+from ..registry import register
 
 
-def parallel(opt, P):
+def parallel(layer, P):
     """Return ``(Y, final_state)``; Y of shape (*batch, T, d_v)."""
-    if not isinstance(opt, IdentityCovariance):  # pragma: no cover - guarded by Optimizer.methods
-        raise NotImplementedError(f"no parallel method for {type(opt).__name__}")
+    opt = layer.optimizer
     xp = P.xp
     s0 = initial_state(opt, P)
     c = initial_decay(xp, P)
@@ -41,3 +42,16 @@ def parallel(opt, P):
     M = xp.matmul(xp.matrix_transpose(P.V), last * P.K) + s0.M * cT[..., None, :]
     z = xp.sum(last * P.K, axis=-2) + s0.z * cT
     return y, LinearAttentionState(M, z)
+
+
+register(
+    "parallel",
+    "identity",
+    run=parallel,
+    memory=parallel_bytes,
+    auto=parallel_rule(parallel_bytes),
+    rank=10,
+    window=True,
+    per_dimension=True,
+    summary="(Q K^T o Gamma) V, O(T^2) memory",
+)

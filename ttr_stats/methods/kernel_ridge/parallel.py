@@ -1,0 +1,43 @@
+"""Kernel ridge on every prefix from one Cholesky factor of the whole Gram matrix.
+
+The factor of a leading block is the leading block of the factor, so with :math:`L` the factor of
+:math:`\\kappa(K, K) + \\lambda I`, :math:`Z = L^{-1} V` and :math:`U = L^{-1} C` (C the masked cross-kernel,
+column t = :math:`\\kappa(K_{\\le t}, q_t)`), :math:`y_t = U_{:,t}^\\top Z`.
+"""
+
+from __future__ import annotations
+
+from ... import _array
+from ..registry import register
+from ._common import empty, final_cache, gram_bytes
+
+
+def parallel(layer, P):
+    """Return ``(Y, CacheState)``."""
+    xp, reg = P.xp, layer.regressor
+    if not P.causal:
+        return reg.read(xp, final_cache(xp, P), P.Q), final_cache(xp, P)
+    T = P.T
+    if T == 0:
+        return empty(xp, P), final_cache(xp, P)
+    with _array.quiet_overflow(xp):
+        L = _array.cholesky(xp, reg._gram(xp, P.K))
+    reg._check_pd(xp, L)
+    Z = _array.solve_triangular(xp, L, P.V)  # L^{-1} V: its first t rows are L_t^{-1} V_t
+    idx = xp.arange(T, device=P.device)
+    causal = idx[:, None] <= idx[None, :]  # [i, t]: pair i is visible to query t
+    zero = xp.zeros((), dtype=P.dtype, device=P.device)
+    C = xp.where(causal, reg.kern(xp, P.K, P.Q), zero)  # column t = kappa(K, q_t), rows i <= t
+    U = xp.where(causal, _array.solve_triangular(xp, L, C), zero)
+    return xp.matmul(xp.matrix_transpose(U), Z), final_cache(xp, P)
+
+
+register(
+    "parallel",
+    "kernel_ridge",
+    run=parallel,
+    memory=gram_bytes,
+    auto=lambda P, free: True,
+    rank=10,
+    summary="one Cholesky factor of the whole Gram matrix",
+)

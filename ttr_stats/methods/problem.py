@@ -1,0 +1,79 @@
+"""``Problem``: a validated layer call, the one input every method receives."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Problem", "initial_state"]
+
+
+class Problem(NamedTuple):
+    """A validated call, ready for a method.
+
+    It carries the array namespace, the device and the per-position log-gates; no method receives a dense
+    T x T weight matrix (the dense methods build Gamma themselves, :mod:`ttr_stats.methods._dense`).
+
+    Attributes
+    ----------
+    xp : array-API namespace
+    Q : array of shape (*batch_shape, T_q, d_k)
+        Queries after the regressor's feature map (prepared, e.g. L2-normalised, for nonparametric ones).
+    K : array of shape (*batch_shape, T * steps_per_token, d_k)
+    V : array of shape (*batch_shape, T * steps_per_token, d_v)
+    g : array of shape (*batch_shape, T, 1) or (*batch_shape, T, d_k)
+        Per-token log-decay (the weights' decay plus the optimizer's forgetting factor), ``<= 0``;
+        ``-inf`` is a hard reset.
+    b : array of shape (*batch_shape, T * steps_per_token)
+        Write strengths / step sizes.
+    window : int or None
+    state0 : optimizer state or None
+    batch_shape : tuple
+    T : int
+        Number of tokens (queries of a causal call).
+    d_k, d_v : int
+    dtype : the floating dtype of every array
+    steps_per_token : int
+        Pairs written per token (DeltaProduct writes several; K, V and b are then interleaved).
+    device : the arrays' device (``array_api_compat.device``)
+    causal : bool
+        ``False``: every query reads the memory after the last pair (nonparametric set regression).
+    lengths : array of shape batch_shape (integers) or None
+        Valid tokens of each sequence (right padding). The layer has already made the padded steps
+        identities for the linear families (zero keys and values, zero log-decay); the generic loop also
+        freezes the state there, so every family's final state is the state after ``lengths`` tokens.
+    """
+
+    xp: object
+    Q: object
+    K: object
+    V: object
+    g: object
+    b: object
+    window: object
+    state0: object
+    batch_shape: tuple
+    T: int
+    d_k: int
+    d_v: int
+    dtype: object
+    steps_per_token: int = 1
+    device: object = None
+    causal: bool = True
+    lengths: object = None
+
+    @property
+    def itemsize(self) -> int:
+        return 8 if self.dtype == self.xp.float64 else 4
+
+    @property
+    def n_batch(self) -> int:
+        import math
+
+        return math.prod(self.batch_shape) if self.batch_shape else 1
+
+
+def initial_state(opt, P: Problem):
+    """The state before step 1: the call's ``initial_state`` or the optimizer's ``init``."""
+    if P.state0 is not None:
+        return P.state0
+    return opt.init(P.xp, P.batch_shape, P.d_k, P.d_v, P.dtype, device=P.device)

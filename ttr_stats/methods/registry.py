@@ -1,0 +1,248 @@
+"""The method registry: every computation strategy of every family, with what it supports.
+
+A *method* is one way to compute a layer's outputs (the recurrent loop, the direct prefix solve, the T x T
+parallel form, the chunked form, ...). Each lives in its own file under ``ttr_stats/methods/<family>/``,
+beside the reference it must match, and registers itself here with:
+
+* the *family* it computes (a layer's family is declared by its optimizer, or by its regressor for the
+  nonparametric ones: ``"identity"``, ``"least_squares"``, ``"rls"``, ``"batch_gd"``, ``"delta"``,
+  ``"neural"``, ``"kernel_smoother"``, ``"kernel_ridge"``);
+* ``supports(layer)``: ``None`` when it can run that layer, else the reason it cannot (windows, per-
+  dimension decay, several writes per token, ...);
+* ``memory(P)``: the bytes of its largest intermediates for a problem (what ``auto`` and the memory
+  checks compare with what is free);
+* ``auto(P, free)``: whether ``method="auto"`` may pick it at this size (``free`` is the free device memory,
+  ``None`` on the host); candidates are tried in ``rank`` order and the family's reference is the fallback;
+* the dtypes it computes in.
+
+``method="auto"`` is a lookup over what is registered, supported and fits; the supported-methods table
+(:func:`support_table`) and the README catalogue's ``methods`` column are generated from the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "Method",
+    "register",
+    "methods_for",
+    "method_names",
+    "family_of",
+    "supported",
+    "choose_auto",
+    "support_table",
+    "AUTO_MEMORY_BUDGET",
+    "HOST_PARALLEL_MAX_T",
+]
+
+#: bytes of intermediate arrays above which ``method="auto"`` avoids a method on the host
+AUTO_MEMORY_BUDGET = 256 * 2**20
+
+#: on the host, ``method="auto"`` uses a T x T parallel form up to this length (docs/benchmarks.md: it
+#: ties or wins at T = 256 and is 1.5-5x slower than the loop at T = 1024)
+HOST_PARALLEL_MAX_T = 256
+
+
+def _always(layer):
+    return None
+
+
+def _never(P, free):
+    return False
+
+
+def _no_memory(P):
+    return 0
+
+
+@dataclass(frozen=True)
+class Method:
+    """One registered computation strategy of one family.
+
+    Attributes
+    ----------
+    name : str
+        What users pass as ``method=``.
+    family : str
+    run : callable ``(layer, P) -> (Y, state)``
+    supports : callable ``(layer) -> str | None``
+        ``None`` if the method runs ``layer``, else why not.
+    memory : callable ``(P) -> int``
+        Bytes of the largest intermediates.
+    auto : callable ``(P, free) -> bool``
+        Whether ``method="auto"`` may choose it (``free``: free device bytes, ``None`` on the host).
+    rank : int
+        Preference of ``auto`` within the family (lower first); also the order of ``supported_methods``.
+    reference : bool
+        The family's definition (the fallback of ``auto``, and what every other method is tested against).
+    window : bool
+        Runs sliding-window weights.
+    per_dimension : bool
+        Runs per-dimension decay (GLA).
+    multi_write : bool
+        Runs several writes per token (DeltaProduct).
+    dtypes : tuple of str
+    summary : str
+        One line for the tables.
+    """
+
+    name: str
+    family: str
+    run: Callable
+    supports: Callable = _always
+    memory: Callable = _no_memory
+    auto: Callable = _never
+    rank: int = 100
+    reference: bool = False
+    window: bool = False
+    per_dimension: bool = False
+    multi_write: bool = False
+    dtypes: tuple = ("float32", "float64")
+    summary: str = ""
+    module: str = field(default="", compare=False)
+
+    def check(self, layer):
+        """``None`` if this method runs ``layer``; else the reason it cannot."""
+        w = layer.weights
+        if w.window is not None and not self.window:
+            return f"{self.name} does not run sliding windows ({type(w).__name__})"
+        if w.per_dimension and not self.per_dimension:
+            return f"{self.name} does not run per-dimension decay"
+        if int(getattr(layer.optimizer, "steps_per_token", 1)) > 1 and not self.multi_write:
+            return f"{self.name} writes one pair per token (steps_per_token = 1)"
+        return self.supports(layer)
+
+
+_REGISTRY: dict[str, dict[str, Method]] = {}
+
+#: the families in the order the tables list them
+FAMILIES = (
+    "identity",
+    "least_squares",
+    "rls",
+    "batch_gd",
+    "delta",
+    "neural",
+    "kernel_smoother",
+    "kernel_ridge",
+)
+
+
+def register(name, family, *, run=None, **kwargs):
+    """Register ``run`` as method ``name`` of ``family`` (usable as a decorator when ``run`` is None)."""
+
+    def deco(fn):
+        families = (family,) if isinstance(family, str) else tuple(family)
+        for fam in families:
+            if fam not in FAMILIES:
+                raise ValueError(f"unknown family {fam!r}; known: {FAMILIES}")
+            _REGISTRY.setdefault(fam, {})[name] = Method(
+                name, fam, fn, module=getattr(fn, "__module__", ""), **kwargs
+            )
+        return fn
+
+    return deco(run) if run is not None else deco
+
+
+def _load():
+    """Import every method module once (each registers itself)."""
+    from . import _catalogue  # noqa: F401
+
+
+def family_of(layer) -> str:
+    """The family of a layer: its regressor's for nonparametric ones, else its optimizer's."""
+    if layer.regressor.nonparametric:
+        return layer.regressor.family
+    return layer.optimizer.family
+
+
+def methods_for(family) -> list[Method]:
+    """Every method registered for ``family``, in ``rank`` order."""
+    _load()
+    return sorted(_REGISTRY.get(family, {}).values(), key=lambda m: m.rank)
+
+
+def method_names() -> tuple:
+    """Every method name that any family registers, plus ``"auto"``."""
+    _load()
+    names = {m for fam in _REGISTRY.values() for m in fam}
+    order = ("recurrent", "chunked", "direct", "parallel")
+    return ("auto",) + tuple(sorted(names, key=lambda n: (order.index(n) if n in order else 99, n)))
+
+
+def supported(layer) -> list[Method]:
+    """The methods that can run ``layer``, in the order ``auto`` prefers them."""
+    return [m for m in methods_for(family_of(layer)) if m.check(layer) is None]
+
+
+def reference(family) -> Method:
+    """The reference method of ``family`` (its definition)."""
+    for m in methods_for(family):
+        if m.reference:
+            return m
+    raise ValueError(f"family {family!r} has no registered reference method")
+
+
+def lookup(layer, name) -> Method:
+    """The method ``name`` for ``layer``, or a ValueError that says why not and lists what is."""
+    names = method_names()
+    if name not in names:
+        raise ValueError(f"method must be one of {names}, got {name!r}")
+    family = family_of(layer)
+    registered = {m.name: m for m in methods_for(family)}
+    ok = supported(layer)
+    owner = type(layer.regressor if layer.regressor.nonparametric else layer.optimizer).__name__
+    if name not in registered or registered[name] not in ok:
+        why = registered[name].check(layer) if name in registered else None
+        raise ValueError(
+            f"method={name!r} is not supported by {owner}"
+            + (f" ({why})" if why else "")
+            + f"; supported: {', '.join(repr(m.name) for m in ok)}\n{support_table()}"
+        )
+    return registered[name]
+
+
+def choose_auto(layer, P, free) -> Method:
+    """What ``method="auto"`` picks: the first supported method (rank order) that allows itself at this
+    size, else the family's reference."""
+    ok = supported(layer)
+    for m in ok:
+        if not m.reference and m.auto(P, free):
+            return m
+    for m in ok:
+        if m.reference:
+            return m
+    return ok[-1]
+
+
+def fits_host(P, method_memory):
+    """The host rule shared by dense methods: intermediates within :data:`AUTO_MEMORY_BUDGET`."""
+    return method_memory(P) <= AUTO_MEMORY_BUDGET
+
+
+def fits_device(P, method_memory, free):
+    """The device rule: intermediates within a quarter of free device memory."""
+    return method_memory(P) <= free // 4
+
+
+def support_table() -> str:
+    """A readable table generated from the registry: family -> components, methods (first = preferred by
+    ``auto``), and whether the family's reference runs windows and per-dimension decay."""
+    from ._catalogue import FAMILY_OWNERS
+
+    _load()
+    rows = [f"{'family':<17}{'optimizer or regressor':<38}{'methods':<38}{'window':<8}per-dim decay"]
+    for fam in FAMILIES:
+        ms = methods_for(fam)
+        if not ms:
+            continue
+        owners = ", ".join(c.__name__ for c in FAMILY_OWNERS.get(fam, ()))
+        ref = next((m for m in ms if m.reference), ms[-1])
+        yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+        rows.append(
+            f"{fam:<17}{owners:<38}{', '.join(m.name for m in ms):<38}{yes(ref.window):<8}"
+            f"{yes(ref.per_dimension)}"
+        )
+    return "\n".join(rows)
