@@ -22,6 +22,15 @@ __all__ = ["TestTimeRegression"]
 HOST_PARALLEL_MAX_T = registry.HOST_PARALLEL_MAX_T
 
 
+def check_chunk_size(chunk_size):
+    """``None`` or a positive integer; the error names the argument."""
+    if chunk_size is None:
+        return None
+    from ._validation import check_scalar
+
+    return check_scalar("chunk_size", chunk_size, low=1, integer=True)
+
+
 def broadcast_shapes(named):
     """Broadcast batch shapes given as ``{name: shape}``; the error names every argument."""
     out = ()
@@ -181,7 +190,9 @@ class TestTimeRegression(BaseEstimator):
         return tuple(m.name for m in registry.supported(self))
 
     # ------------------------------------------------------------------------------------------------
-    def _prepare(self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None):
+    def _prepare(
+        self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None, chunk_size=None
+    ):
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
@@ -266,6 +277,7 @@ class TestTimeRegression(BaseEstimator):
         return Problem(
             xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype,
             steps_per_token=steps, device=device, causal=causal, lengths=lengths,
+            chunk_size=check_chunk_size(chunk_size),
         )  # fmt: skip
 
     def _choose(self, method, P):
@@ -313,6 +325,7 @@ class TestTimeRegression(BaseEstimator):
         return_state=False,
         causal=True,
         lengths=None,
+        chunk_size=None,
     ):
         """Run the layer.
 
@@ -347,6 +360,9 @@ class TestTimeRegression(BaseEstimator):
             Valid tokens of each sequence of a right-padded batch: the padded positions never touch a
             sequence's outputs (they are 0 there) or its final state (the state after ``lengths``
             tokens).
+        chunk_size : int >= 1, optional
+            Chunk length of ``method="chunked"`` (default: the method's own, 64 for most); any value
+            gives the same outputs up to rounding, it only trades parallelism for work.
 
         Returns
         -------
@@ -367,7 +383,10 @@ class TestTimeRegression(BaseEstimator):
             Y = self.read(state, Q)
             self.method_ = "recurrent"
             return (Y, state) if return_state else Y
-        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths)
+        P = self._prepare(
+            Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths,
+            chunk_size=chunk_size,
+        )  # fmt: skip
         m = self._choose(method, P)
         Y, state = self._run(m, P)
         self.method_ = m.name

@@ -1,19 +1,27 @@
-"""Imports every method module (each registers itself) and names the components of each family."""
+"""Imports every method module (each registers itself) and names the components of each family.
+
+Discovery is by walking the family folders: a new method is a new file ``methods/<family>/<name>.py`` that
+calls :func:`~ttr_stats.methods.registry.register`; nothing else needs to change.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from . import recurrent  # noqa: F401  (the reference of every parametric family)
-from .batch_gd import direct as _bgd_direct  # noqa: F401
-from .identity import direct as _id_direct  # noqa: F401
-from .identity import parallel as _id_parallel  # noqa: F401
-from .kernel_ridge import direct as _kr_direct  # noqa: F401
-from .kernel_ridge import parallel as _kr_parallel  # noqa: F401
-from .kernel_ridge import recurrent as _kr_recurrent  # noqa: F401
-from .kernel_smoother import direct as _ks_direct  # noqa: F401
-from .kernel_smoother import parallel as _ks_parallel  # noqa: F401
-from .kernel_smoother import recurrent as _ks_recurrent  # noqa: F401
-from .least_squares import direct as _ls_direct  # noqa: F401
-from .rls import direct as _rls_direct  # noqa: F401
+
+
+def _discover():
+    pkg = __name__.rpartition(".")[0]
+    here = importlib.import_module(pkg)
+    for info in pkgutil.iter_modules(here.__path__):
+        if not info.ispkg:
+            continue
+        family = importlib.import_module(f"{pkg}.{info.name}")
+        for mod in pkgutil.iter_modules(family.__path__):
+            if not mod.name.startswith("_"):
+                importlib.import_module(f"{pkg}.{info.name}.{mod.name}")
 
 
 def _owners():
@@ -32,4 +40,5 @@ def _owners():
     }
 
 
+_discover()
 FAMILY_OWNERS = _owners()

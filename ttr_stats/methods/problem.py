@@ -37,6 +37,8 @@ class Problem(NamedTuple):
     device : the arrays' device (``array_api_compat.device``)
     causal : bool
         ``False``: every query reads the memory after the last pair (nonparametric set regression).
+    chunk_size : int or None
+        The chunk length of chunked methods (``None``: the method's default).
     lengths : array of shape batch_shape (integers) or None
         Valid tokens of each sequence (right padding). The layer has already made the padded steps
         identities for the linear families (zero keys and values, zero log-decay); the generic loop also
@@ -60,6 +62,7 @@ class Problem(NamedTuple):
     device: object = None
     causal: bool = True
     lengths: object = None
+    chunk_size: object = None
 
     @property
     def itemsize(self) -> int:
