@@ -76,9 +76,35 @@ def _device_of(x):
 
 
 def mask_padding(xp, lengths, K, V, g, b, steps, *, nonparametric=False):
-    """Make the padded steps identities: zero keys, values and log-decays (exact for every linear family:
-    a zero pair writes nothing, and a zero log-decay keeps the state). For nonparametric layers the padded
-    pairs get write strength 0 (log-weight -inf: excluded). Returns ``(K, V, g, b)``."""
+    """Make the padded steps identities: zero keys, values, log-decays and write strengths.
+
+    Parameters
+    ----------
+    lengths : integer array of shape batch_shape
+    K : array of shape (..., T * steps, d_k)
+    V : array of shape (..., T * steps, d_v)
+    g : array of shape (..., T, 1) or (..., T, d_k)
+        Per-token log-decay.
+    b : array of shape (..., T * steps)
+        Write strengths / step sizes.
+    steps : int
+        Pairs written per token.
+    nonparametric : bool
+        Kept for the callers; the padded pairs get write strength 0 (log-weight -inf, excluded) for every
+        family.
+
+    Returns
+    -------
+    K, V, g, b : the same shapes, with the padded pairs and tokens replaced
+
+    Notes
+    -----
+    A zero log-decay keeps the state, and a pair written with strength 0 writes nothing. Zero keys and
+    values alone are not enough: the regressor's feature map runs after this and may send a zero key to a
+    nonzero feature (``elu_plus_one``, Taylor, positive random features), which a normalised layer would
+    add to its normaliser ``z``; the zero strength removes it. Replacing (``where``), not multiplying,
+    keeps huge garbage in the padding out of every sum (0 * 1e300 is 0, 1e300 * 1e300 is not).
+    """
     T = g.shape[-2]
     valid = _token_mask(xp, lengths, T, steps)  # (..., T * steps)
     zero = xp.zeros((), dtype=K.dtype)
@@ -86,9 +112,19 @@ def mask_padding(xp, lengths, K, V, g, b, steps, *, nonparametric=False):
     V = xp.where(valid[..., None], V, zero)
     tok = xp.arange(T, device=_device_of(lengths)) < lengths[..., None]  # (..., T)
     g = xp.where(tok[..., None], g, zero)
-    if nonparametric:
-        b = xp.where(valid, b, zero)
+    b = xp.where(valid, b, zero)
     return K, V, g, b
+
+
+def mask_queries(xp, lengths, Q):
+    """Queries at padded positions set to 0: Q (..., T, d_k).
+
+    Their outputs are padding (set to 0 by :func:`zero_padding`), but a huge or non-finite query there
+    would still overflow a feature map or a read, and the layer's finiteness check would then reject a
+    valid call; a zero query reads a finite value from any memory.
+    """
+    tok = xp.arange(Q.shape[-2], device=_device_of(lengths)) < lengths[..., None]
+    return xp.where(tok[..., None], Q, xp.zeros((), dtype=Q.dtype))
 
 
 def zero_padding(xp, Y, lengths):
