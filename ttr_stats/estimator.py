@@ -7,6 +7,9 @@ does, and keeps the final memory; ``predict(X)`` evaluates that memory at querie
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -14,6 +17,39 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .layer import TestTimeRegression
 
 __all__ = ["TestTimeRegressor"]
+
+
+#: the sum of every entry (``np.add.reduce(x, None)``: ``x.sum()`` without its Python-level dispatch)
+_total = np.add.reduce
+
+
+def _c_order(state):
+    """The state with its NumPy fields C-contiguous (other libraries' fields unchanged).
+
+    BLAS sums a matrix-vector product in an order that depends on the memory layout, so a state stored as
+    a strided view (the closed form's ``M`` is a transposed slice) would make the next one-row update
+    differ in the last bit from the general path, which copies the state first. One layout for every
+    stored state keeps the two paths bit-identical; for d x d fields the copy is free.
+    """
+    if all(not isinstance(f, np.ndarray) or f.flags.c_contiguous for f in state):
+        return state
+    return type(state)(*(np.ascontiguousarray(f) if isinstance(f, np.ndarray) else f for f in state))
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_gates(log_decay, log_forgetting, beta, width, dtype):
+    """The decay factor ``a`` (width,) and write strength ``b`` (0-d) of one step with constant gates,
+    computed as the layer computes them (``exp(log_decay + log_forgetting)``, ``beta`` or 1); None when
+    the weights have no constant (the call must pass gates). Cached: a one-row ``partial_fit`` would
+    otherwise spend a fifth of its time building them; ``a`` is read-only, since it is shared."""
+    if log_decay is None:
+        return None
+    g = np.full((1, width), log_decay, dtype=dtype)
+    if log_forgetting:
+        g = g + log_forgetting
+    a = np.exp(g)[0]
+    a.flags.writeable = False
+    return a, np.full((1,), 1.0 if beta is None else beta, dtype=dtype)[0]  # a scalar, as the loop's b_t
 
 
 class TestTimeRegressor(RegressorMixin, BaseEstimator):
@@ -125,7 +161,7 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
                 )
             initial = self.state_
         state = self.layer_.memorize(X, V, initial_state=initial, **gates)
-        self.state_ = state
+        self.state_ = _c_order(state)
         self._single_output = single
         self.n_outputs_ = V.shape[1]
         return self
@@ -149,9 +185,96 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         return self._write(X, y, dict(alpha=alpha, log_alpha=log_alpha, beta=beta), reset=True)
 
     def partial_fit(self, X, y, *, alpha=None, log_alpha=None, beta=None):
-        """Continue the sequence with the rows of ``X``, ``y`` (each row one recurrent step)."""
+        """Continue the sequence with the rows of ``X``, ``y`` (each row one recurrent step).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, d_k)
+            Keys of the next n steps.
+        y : array-like of shape (n,) or (n, d_v)
+            Values, with the outputs of the first call.
+        alpha, log_alpha, beta : array-like of shape (n,), optional
+            Call-time gates, as for the layer.
+
+        Returns
+        -------
+        self
+
+        Notes
+        -----
+        On a fitted linear-family estimator, NumPy rows of the fitted dtype take a lean path (the same
+        state as the general one, which still runs, and raises its errors, for anything else): one row
+        without gates is one ``optimizer.update``; several rows, or gates, one ``memorize`` from the
+        current state (the closed form of the last state where the family has one). With sliding-window
+        weights the rows of earlier calls are never removed (the state does not keep them; the loop
+        does not downdate an initial state either).
+        """
+        gates = (
+            None
+            if alpha is None and log_alpha is None and beta is None
+            else dict(alpha=alpha, log_alpha=log_alpha, beta=beta)
+        )
+        if hasattr(self, "state_"):
+            # overflow in the checks' sums or a diverging update is detected and sent to the general path,
+            # which raises its own error: no NumPy warnings on the way
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                if self._lean_write(X, y, gates):
+                    return self
         first = not hasattr(self, "state_")
-        return self._write(X, y, dict(alpha=alpha, log_alpha=log_alpha, beta=beta), reset=first)
+        return self._write(X, y, gates or {}, reset=first)
+
+    def _lean_write(self, X, y, gates):
+        """Write the rows without the general validation (``gates``: a dict of call-time gates, or None);
+        False (nothing changed) when the call needs the general path: another library or dtype, a data
+        frame, any invalid input (so that the general path raises its own error), a nonparametric or
+        neural layer, or several writes per token."""
+        layer = self.layer_
+        if type(X) is not np.ndarray or type(y) is not np.ndarray or hasattr(self, "feature_names_in_"):
+            return False
+        if layer.nonparametric or layer.neural or layer.optimizer.steps_per_token != 1:
+            return False
+        state = self.state_
+        dtype = state[0].dtype
+        if X.ndim != 2 or X.dtype != dtype or y.dtype != dtype or X.shape[1] != self.n_features_in_:
+            return False
+        n = X.shape[0]
+        single = self._single_output
+        if n < 1 or y.ndim != (1 if single else 2) or y.shape[0] != n:
+            return False
+        if not single and y.shape[1] != self.n_outputs_:
+            return False
+        # a finite sum means finite entries; an overflowing sum only sends the call to the general path
+        if not math.isfinite(_total(X, None) + _total(y, None)):
+            return False
+        V = y[:, None] if single else y
+        if n > 1 or gates is not None:
+            # what the general path does after validate_data (which returns these arrays unchanged)
+            self.state_ = _c_order(layer.memorize(X, V, initial_state=state, **(gates or {})))
+            return True
+        new = self._write_row(layer, state, X, V)
+        if new is None:
+            return False
+        self.state_ = _c_order(new)
+        return True
+
+    @staticmethod
+    def _write_row(layer, state, X, V):
+        """One ``update`` with the constant gates, as the loop does it; None where the general path must
+        run (gates the call must pass, a zero decay RLS would divide by, a state that is not finite)."""
+        opt = layer.optimizer
+        width = layer.regressor.output_dim(X.shape[1]) if layer.weights.per_dimension else 1
+        gates = _constant_gates(
+            layer.weights.constant_log_decay(), opt.log_forgetting(), opt.default_beta(), width, X.dtype
+        )
+        if gates is None or (opt.needs_positive_decay and gates[0][0] == 0):
+            return None
+        a, b = gates
+        k = layer.regressor.features(np, X)
+        new = opt.update(state, k[0], V[0], a, b)
+        # a finite sum means finite entries; an overflowing sum only sends the call to the general path
+        if not math.isfinite(sum([_total(field, None) for field in new])):
+            return None
+        return new
 
     def predict(self, X):
         """Evaluate the fitted memory at the queries ``X`` (no writes).
