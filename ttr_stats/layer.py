@@ -438,6 +438,10 @@ class TestTimeRegression(BaseEstimator):
             P = self._prepare(Q, K, V, alpha, log_alpha, beta, None, lengths=lengths)
             with _array.quiet_overflow(P.xp):
                 return self._extend_cache(P, initial_state)
+        # zero placeholders: never read, and a feature map must not overflow on garbage in the padding
+        Q = xp.broadcast_to(
+            xp.zeros((1, Kx.shape[-1]), dtype=Kx.dtype, device=_array.device(Kx)), Q.shape[-2:]
+        )
         P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, lengths=lengths)
         with _array.quiet_overflow(P.xp):
             state = final_state(self, P)  # the closed form where the family has one, else the loop
