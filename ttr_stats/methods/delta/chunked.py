@@ -1,0 +1,213 @@
+r"""The chunked (WY / UT-transform) form of the delta-rule family.
+
+The definition (:meth:`ttr_stats.optimizers.DeltaRule.update`, one write):
+
+.. math:: M' = \alpha_t M_{t-1},\quad M_t = \ell_t M' + \eta_t (v_t - M' k_t) k_t^\top,\quad y_t = M_t q_t
+
+with the step :math:`\eta_t` = ``opt.step_size(b, k)`` (LMS / Gated DeltaNet / DeltaProduct: b; Longhorn:
+:math:`b/(1 + b\|k\|^2)`; NLMS: :math:`b/\|k\|^2`) and the leak :math:`\ell_t` = ``opt.leak(b)`` (leaky
+LMS: :math:`1 - b\lambda`; else 1). In a chunk of C writes with state :math:`M_0` at its start, the
+corrections :math:`\delta_j = \eta_j (v_j - \alpha_j M_{j-1} k_j)` solve one unit lower-triangular system
+
+.. math:: (I + \operatorname{tril}(\operatorname{diag}(\eta)(R \circ K K^\top), -1))\,\Delta
+          = \operatorname{diag}(\eta) V - \operatorname{diag}(\eta \rho) K M_0^\top
+
+(:math:`R_{jl}` the decay from write l to the read at j, :math:`\rho_j` from the chunk start to the read at
+j), so :math:`\Delta = U - W M_0^\top` with :math:`U, W` the solves of the two right-hand sides (the UT
+transform), and
+
+.. math:: Y = \operatorname{diag}(\gamma) Q M_0^\top + (\Gamma \circ Q K^\top) \Delta,\qquad
+          M_C = M_0 \underbrace{(\gamma_C I - W^\top D K)}_{A_n} + \underbrace{U^\top D K}_{B_n}
+
+(:math:`\Gamma_{ij} = \prod_{m=j+1}^i \alpha_m\ell_m`, :math:`\gamma_i = \Gamma_{i0}`,
+:math:`D = \operatorname{diag}(\Gamma_{C,:})`). Every decay is ``exp`` of a log-space segment sum relative
+to the chunk start (<= 1, exact for log alpha = -50 a step and for hard resets). The leak enters in log
+space as :math:`\log\alpha + \log\ell` for the state and plain :math:`\log\alpha` for the read (the
+reparameterisation :math:`\alpha' = \ell\alpha`, :math:`\eta' = \eta/\ell`, :math:`v' = \ell v` of
+Gated DeltaNet, without ever dividing by :math:`\ell`). A call with some :math:`\ell_t \le 0`
+(:math:`b\lambda \ge 1`: the leak flips or zeroes the memory, no logarithm) runs the recurrent loop
+instead, so the answer is right, not fast.
+
+DeltaProduct (``steps_per_token = n``) is the same form on the T n writes: the token's log-decay at its
+first write, 0 at the others, and token t's query read at write ``t n + n - 1``; ``chunk_size`` counts
+tokens (default ``64 // n``, about 64 writes a chunk).
+
+The inter-chunk recurrence :math:`S_n = S_{n-1} A_n + B_n` runs as a Python loop over chunks on the host
+(NumPy, array_api_strict: one d_v x d_k x d_k matmul a chunk, negligible next to the batched chunk work)
+and as an associative scan on a device (CuPy, torch CUDA: ceil(log2 N) levels of batched matmuls, so no
+loop of N tiny kernel launches; O(N log N d^3) flops instead of O(N d^3), which a GPU absorbs at the
+d <= 256 of these layers). See :func:`ttr_stats.methods.delta._wy.inter_chunk`.
+
+Exact causality: the triangular inverse is computed by recursive 2 x 2 blocking with explicit zeros
+above the diagonal (:func:`~ttr_stats.methods.delta._wy.unit_lower_inverse`), every intra-chunk matrix
+is zero above the diagonal (``exp(-inf)``), and chunk n's start state depends on chunks < n only, so
+changing inputs at positions >= s leaves the outputs before s bit-for-bit unchanged (the leak fallback
+is chosen per call, so it is the one exception: a future ``b lambda >= 1`` switches the whole call to
+the loop, whose outputs agree to rounding).
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+
+from ...optimizers.gradient import DeltaRule
+from ..problem import Problem, initial_state
+from ..recurrent import loop
+from ..registry import register
+from ._wy import chunk_outputs, chunk_terms, inter_chunk, transpose_copy
+
+__all__ = ["chunked", "chunked_bytes", "DEFAULT_CHUNK_WRITES", "HOST_MIN_T"]
+
+#: writes per chunk by default on the host (measured on 2 CPU cores, d = 64: 32 is 1.2-1.4x faster than
+#: 16 or 64) and on a device (fla's choice: bigger matmuls feed a GPU better)
+DEFAULT_CHUNK_WRITES = {"host": 32, "device": 64}
+
+#: on the host ``auto`` takes the chunked form from this many tokens on (measured: docstring of _auto)
+HOST_MIN_T = 16
+
+#: bytes of C x C matrices a host group of chunks holds (measured: 2 MiB is as fast as 0.5-8 MiB)
+HOST_GROUP_BYTES = 2 * 2**20
+
+#: the inter-chunk recurrence: ``"auto"`` (scan on a device, loop on the host), ``"scan"`` or ``"loop"``
+INTER_CHUNK = "auto"
+
+
+def _on_device(xp, device) -> bool:
+    """True for CuPy and CUDA torch tensors (where a loop of tiny kernels costs launches)."""
+    if array_api_compat.is_cupy_namespace(xp):
+        return True
+    return array_api_compat.is_torch_namespace(xp) and getattr(device, "type", "cpu") != "cpu"
+
+
+def _chunk_tokens(P: Problem) -> int:
+    """Tokens per chunk: ``P.chunk_size``, else about ``DEFAULT_CHUNK_WRITES`` writes."""
+    if P.chunk_size is not None:
+        return int(P.chunk_size)
+    writes = DEFAULT_CHUNK_WRITES["device" if _on_device(P.xp, P.device) else "host"]
+    return max(1, writes // P.steps_per_token)
+
+
+def _pad(xp, x, n, axis, device):
+    """Append ``n`` zero rows along ``axis`` (-1 or -2): identity writes (k = v = 0, eta = 0, g = 0)."""
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = n
+    return xp.concat([x, xp.zeros(tuple(shape), dtype=x.dtype, device=device)], axis=axis)
+
+
+def chunked(layer, P: Problem):
+    """Run the chunked delta rule.
+
+    Parameters
+    ----------
+    layer : TestTimeRegressionLayer
+        A delta-family layer (its solver is a :class:`~ttr_stats.optimizers.DeltaRule`).
+    P : Problem
+        Q (..., T, d_k), K (..., T n, d_k), V (..., T n, d_v), g (..., T, 1), b (..., T n).
+
+    Returns
+    -------
+    Y : array of shape (*batch_shape, T, d_v)
+    state : MemoryState
+        ``M`` of shape (*batch_shape, d_v, d_k) after the last write.
+    """
+    xp, dev, opt = P.xp, P.device, layer._solver()
+    S0 = initial_state(opt, P)
+    if P.T == 0:
+        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), S0
+    n = P.steps_per_token
+    eta = opt.step_size(xp, P.b, P.K)  # (..., T n): per position, before any chunking
+    leak = opt.leak(xp, P.b)
+    if leak is not None and bool(xp.any(leak <= 0)):
+        return loop(opt, P)  # a sign flip or a zeroed memory has no log-space gate: the definition
+    g_read = P.g[..., 0]  # (..., T) scalar decay (per-dimension decay is not supported)
+    if n > 1:  # the token's decay at its first write, none at the others
+        rest = xp.zeros(P.batch_shape + (P.T, n - 1), dtype=P.dtype, device=dev)
+        g_read = xp.reshape(xp.concat([g_read[..., None], rest], axis=-1), P.batch_shape + (P.T * n,))
+    g_state = g_read if leak is None else g_read + xp.log(leak)
+
+    c = _chunk_tokens(P)
+    N = -(-P.T // c)
+    C, pad = c * n, (N * c - P.T) * n
+    bs = P.batch_shape
+    K = xp.reshape(_pad(xp, P.K, pad, -2, dev), bs + (N, C, P.d_k))
+    V = xp.reshape(_pad(xp, P.V, pad, -2, dev), bs + (N, C, P.d_v))
+    Q = xp.reshape(_pad(xp, P.Q, N * c - P.T, -2, dev), bs + (N, c, P.d_k))
+    eta = xp.reshape(_pad(xp, eta, pad, -1, dev), bs + (N, C))
+    gs = xp.reshape(_pad(xp, g_state, pad, -1, dev), bs + (N, C))
+    gr = None if leak is None else xp.reshape(_pad(xp, g_read, pad, -1, dev), bs + (N, C))
+
+    scan = _on_device(xp, dev) if INTER_CHUNK == "auto" else INTER_CHUNK == "scan"
+    if scan:  # the device: every chunk at once, the state recurrence as a scan
+        t = chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
+        An = t.gamC[..., None, None] * xp.eye(P.d_k, dtype=P.dtype, device=dev)
+        An = An - xp.matmul(xp.matrix_transpose(t.W), t.DK)
+        Bn = xp.matmul(xp.matrix_transpose(t.U), t.DK)
+        starts, S = inter_chunk(xp, An, Bn, S0.M, scan=True)
+        St = xp.matrix_transpose(starts)
+        Y = chunk_outputs(xp, t, St, t.U - xp.matmul(t.W, St))
+    else:  # the host: groups of chunks small enough to stay in cache, the state carried in a loop
+        G = _group(P, C)
+        St, Ys = transpose_copy(xp, S0.M), []  # the state carried as M^T: no transposed BLAS operand
+        for a in range(0, N, G):
+            sl = slice(a, min(a + G, N))
+            t = chunk_terms(xp, K[..., sl, :, :], V[..., sl, :, :], Q[..., sl, :, :], eta[..., sl, :],
+                            gs[..., sl, :], None if gr is None else gr[..., sl, :], n, dev)  # fmt: skip
+            sts, deltas = [], []
+            for j in range(sl.stop - a):
+                D = t.U[..., j, :, :] - xp.matmul(t.W[..., j, :, :], St)
+                sts.append(St)
+                deltas.append(D)
+                St = t.gamC[..., j, None, None] * St + xp.matmul(xp.matrix_transpose(t.DK[..., j, :, :]), D)
+            Ys.append(chunk_outputs(xp, t, xp.stack(sts, axis=-3), xp.stack(deltas, axis=-3)))
+        Y = Ys[0] if len(Ys) == 1 else xp.concat(Ys, axis=-3)
+        S = transpose_copy(xp, St)
+    Y = xp.reshape(Y, bs + (N * c, P.d_v))[..., : P.T, :]
+    return Y, type(S0)(S)
+
+
+def _group(P, C):
+    """Chunks per host group: about ``HOST_GROUP_BYTES`` of C x C matrices (all batch elements)."""
+    per_chunk = P.n_batch * C * C * P.itemsize
+    return max(1, HOST_GROUP_BYTES // per_chunk)
+
+
+def chunked_bytes(P: Problem) -> int:
+    """Largest intermediates: a few C x C matrices per chunk, the UT-transform outputs and the N chunk
+    transitions and states (O(T (C + d) + N d^2) a batch element)."""
+    C = _chunk_tokens(P) * P.steps_per_token
+    writes = max(P.T, 1) * P.steps_per_token
+    N = -(-max(P.T, 1) // _chunk_tokens(P))
+    per = writes * (6 * C + 3 * (P.d_k + P.d_v)) + 3 * N * P.d_k * (P.d_k + P.d_v)
+    return P.n_batch * per * P.itemsize
+
+
+def _auto(P: Problem, free) -> bool:
+    """Device: whenever it fits in a quarter of free memory. Host: from ``HOST_MIN_T`` tokens on, within
+    ``AUTO_MEMORY_BUDGET`` (measured on 2 CPU cores, B = 1, H = 16, d = 64, float64: the chunked form is
+    faster than the loop from T = 16 on, and the ratio grows with T; docs/derivations/delta_chunked.md)."""
+    if free is not None:
+        return chunked_bytes(P) <= free // 4
+    from .. import registry  # read at call time: tests and users may lower the budget
+
+    return P.T >= HOST_MIN_T and chunked_bytes(P) <= registry.AUTO_MEMORY_BUDGET
+
+
+def _supports(layer):
+    if not isinstance(layer._solver(), DeltaRule):
+        return f"chunked runs the delta rule (DeltaRule optimizers), not {type(layer.optimizer).__name__}"
+    return None
+
+
+register(
+    "chunked",
+    "delta",
+    run=chunked,
+    memory=chunked_bytes,
+    auto=_auto,
+    rank=5,
+    multi_write=True,
+    supports=_supports,
+    summary="WY/UT chunk form: triangular solve per chunk, state recurrence over chunks",
+)
