@@ -312,15 +312,20 @@ def test_chunked_method_is_used_when_registered(rng, monkeypatch):
         calls.append(P.T)
         return None, loop(layer._solver(), P, read=False)[1]
 
-    name = "chunked"
-    monkeypatch.setitem(
-        registry._REGISTRY.setdefault("delta", {}), name, registry.Method(name, "delta", fake)
-    )
+    def register(allowed):
+        auto = lambda P, free: allowed  # noqa: E731
+        m = registry.Method("chunked", "delta", fake, auto=auto, rank=5)
+        monkeypatch.setitem(registry._REGISTRY.setdefault("delta", {}), "chunked", m)
+
+    register(True)
     layer = tt.recipes.deltanet()
     K, V = data(rng, layer, (), 20, 4, 2)
     layer.memorize(K, V)
     assert calls == [20]
     tt.recipes.ttt_linear().memorize(K, V)  # neural: the loop, never a chunked method
+    assert calls == [20]
+    register(False)  # its auto rule declines this size: the loop
+    layer.memorize(K, V)
     assert calls == [20]
 
 

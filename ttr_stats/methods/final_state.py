@@ -14,11 +14,12 @@ state decays by :math:`c_T = \exp(\sum_{j\le T} g_j)`:
   (:math:`R_0 = P_0^{-1}`) and the state :math:`(M, P) = (S_T R_T^{-1}, R_T^{-1})` from one solve.
 
 The log-weights are suffix sums of the log-gates (never :math:`e^{+\sum g}`, and a hard reset
-:math:`g = -\infty` stays exact). The other families use a registered ``"chunked"`` method where one
-runs the layer and fits in memory, else the loop; the neural family always uses the loop (it freezes its
-state on padding, and has no closed form). Very short sequences also use the loop: a few updates cost less
-than the closed form's setup, and they are the definition itself (one-row ``partial_fit`` stays bitwise the
-same as writing that row by hand).
+:math:`g = -\infty` stays exact). The other families use a registered ``"chunked"`` method where one runs
+the layer and its own ``auto`` rule allows it at that size (its author measured it faster than the loop
+there, within memory), else the loop; the neural family always uses the loop (it freezes its state on
+padding, and has no closed form). Very short sequences also use the loop: a few updates cost less than the
+closed form's setup, and they are the definition itself (one-row ``partial_fit`` stays bitwise the same as
+writing that row by hand).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from .recurrent import loop
 
 __all__ = ["final_state", "last_row_weights", "LOOP_MAX_T"]
 
-#: up to this many written pairs the loop is used (measured on the host, d = 16: one update costs
-#: 5-20 us, the closed form's setup 40-80 us)
-LOOP_MAX_T = 4
+#: up to this many written pairs the loop is used (measured on the host, 2 cores, d = 16: one update
+#: costs 9 (identity) to 22 us (RLS), a closed form 17 to 115 us (RLS from an initial state inverts P_0);
+#: the loop is faster up to T = 2 and slower from T = 4 on)
+LOOP_MAX_T = 2
 
 #: the recursive-least-squares closed form is used while cond(R_T) * eps stays below this
 RLS_MAX_COND_EPS = 1e-6
@@ -145,14 +147,11 @@ CLOSED_FORMS = {
 
 
 def _chunked(layer, P):
-    """The registered ``"chunked"`` method that runs ``layer`` and fits in memory, or None."""
+    """The registered ``"chunked"`` method that runs ``layer`` and that its own ``auto`` rule allows at
+    this size (where it measured itself faster than the loop, within memory), or None."""
     for m in registry.supported(layer):
         if m.name == "chunked":
-            free = _array.free_device_bytes(P.xp)
-            fits = (
-                registry.fits_host(P, m.memory) if free is None else registry.fits_device(P, m.memory, free)
-            )
-            return m if fits else None
+            return m if m.auto(P, _array.free_device_bytes(P.xp)) else None
     return None
 
 
