@@ -1,0 +1,362 @@
+r"""Shared pieces of the exact chunked methods of ``least_squares`` (ClosedForm) and ``rls``.
+
+Within a chunk of ``C`` tokens that starts from the statistics :math:`(R_0, S_0)` of the tokens before it,
+
+.. math:: R_t = c_t R_0 + \sum_{j \le t} W_{tj}\, k_j k_j^\top,\qquad
+          S_t = c_t S_0 + \sum_{j \le t} W_{tj}\, v_j k_j^\top,
+
+with :math:`c_t = e^{G_t}`, :math:`G_t = \sum_{i \le t} g_i` and :math:`W_{tj} = \beta_j e^{G_t - G_j}`, all
+relative to the chunk start and formed as exponentials of segment sums (never :math:`e^{+\sum g}`), so a
+log-decay of -50 per step underflows to 0 instead of overflowing. The methods run in three steps, each
+batched over all chunks at once (docs/derivations/exact_chunked.md):
+
+1. :class:`Layout` cuts the sequence into chunks (padding with identity steps) and
+   :func:`chunk_weights` forms ``c`` and ``W`` of every chunk;
+2. :func:`chunk_starts` accumulates the statistics at every chunk start (a scan over chunks of d x d
+   matrices: the only sequential part);
+3. every prefix of every chunk is read from its chunk-start statistics, either by forming each
+   :math:`R_t` and solving (:func:`prefix_systems`, :func:`read_outputs`) or, when the base of the system
+   decays with the samples (RLS, or no decay), with one C x C Cholesky factor per chunk
+   (:func:`woodbury_chunk`).
+
+An output at t only ever combines rows ``<= t`` of its chunk (masked lower-triangular weights, leading
+blocks of a Cholesky factor, triangular inverses) and statistics of earlier chunks, so outputs before s do
+not change, bit for bit, when anything at s or later does.
+"""
+
+from __future__ import annotations
+
+import array_api_compat
+import numpy as np
+
+from ... import _array
+
+__all__ = [
+    "Layout",
+    "Singular",
+    "COND_LIMIT",
+    "work_dtype",
+    "as_work",
+    "chunk_weights",
+    "chunk_sums",
+    "groups",
+    "chunk_starts",
+    "masked_apply",
+    "prefix_systems",
+    "read_outputs",
+    "woodbury_chunk",
+    "tril_inverse",
+    "pd_inverse",
+    "too_ill",
+    "singular_error",
+]
+
+#: a system whose condition number estimate times the working precision exceeds this is refused: its
+#: solution has kept fewer than 3 digits (float64 working precision: cond > ~4.5e12)
+COND_LIMIT = 1e-3
+
+
+class Singular(Exception):
+    """A system is numerically singular (raised inside a method, reported as a FloatingPointError)."""
+
+    def __init__(self, detail):
+        super().__init__(detail)
+        self.detail = detail
+
+
+def work_dtype(P):
+    """The dtype the chunked methods compute in: float64, for float32 inputs too (the prefix systems of RLS
+    at the default ridge 1e-6 have cond ~1e7, beyond float32's 6e-8 resolution); outputs are cast back."""
+    return P.xp.float64
+
+
+def as_work(xp, x, dtype):
+    """``x`` in the working dtype (a no-op when it already is)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
+
+
+class Layout:
+    """The chunk grid: a first chunk of ``first`` tokens, then chunks of ``C``; every chunk is padded to
+    ``C`` rows with identity steps (zero key, value, query and write strength, log-decay 0), which change
+    no statistic and whose outputs are dropped.
+
+    Attributes
+    ----------
+    C, first, n : int
+        Chunk length, length of the first chunk, number of chunks.
+    starts : list of int
+        Position of each chunk's first token.
+    """
+
+    def __init__(self, P, C, first=None):
+        self.T = P.T
+        self.C = int(C)
+        self.first = min(self.C if first is None else int(first), P.T)
+        rest = P.T - self.first
+        self.n = 1 + -(-rest // self.C)
+        self.tail = (self.n - 1) * self.C - rest  # padding after the last token
+        self.starts = [0] + [self.first + i * self.C for i in range(self.n - 1)]
+
+    def split(self, xp, x, time_axis_last=False):
+        """(..., T, m) -> (..., n, C, m) (or (..., T) -> (..., n, C) with ``time_axis_last``)."""
+        if time_axis_last:
+            return self.split(xp, x[..., None])[..., 0]
+        batch, m = x.shape[:-2], x.shape[-1]
+        dev = _array.device(x)
+        zeros = lambda k: xp.zeros(batch + (k, m), dtype=x.dtype, device=dev)  # noqa: E731
+        parts = [
+            x[..., : self.first, :],
+            zeros(self.C - self.first),
+            x[..., self.first :, :],
+            zeros(self.tail),
+        ]
+        x = xp.concat([p for p in parts if p.shape[-2]], axis=-2)
+        return xp.reshape(x, batch + (self.n, self.C, m))
+
+    def join(self, xp, y):
+        """(..., n, C, m) -> (..., T, m): the inverse of :meth:`split` (padding rows dropped)."""
+        batch = y.shape[:-3]
+        y = xp.reshape(y, batch + (self.n * self.C, y.shape[-1]))
+        return xp.concat([y[..., : self.first, :], y[..., self.C : self.C + self.T - self.first, :]], axis=-2)
+
+    def chunk_of(self, i):
+        """``(start, stop)`` of the tokens of chunk i."""
+        return self.starts[i], (self.first if i == 0 else min(self.starts[i] + self.C, self.T))
+
+
+def chunk_weights(xp, g, b, full=True):
+    r"""Decays of every chunk relative to its start.
+
+    Parameters
+    ----------
+    g : array of shape (..., C)
+        Per-token log-decays (``<= 0``, ``-inf`` allowed).
+    b : array of shape (..., C)
+        Write strengths.
+    full : bool
+        Return every row of W; otherwise only its last row (all that chunk-end statistics need).
+
+    Returns
+    -------
+    c : array of shape (..., C)
+        :math:`c_t = e^{G_t}`, the weight of the chunk-start statistics at t.
+    W : array of shape (..., C, C), or (..., C) when not ``full``
+        :math:`W_{tj} = \beta_j e^{G_t - G_j}` for ``j <= t``, 0 above the diagonal.
+    """
+    c = xp.exp(xp.cumulative_sum(g, axis=-1))
+    if full:
+        return c, xp.exp(_array.segsum(xp, g)) * b[..., None, :]
+    # sum_{i > j} g_i as a suffix sum (a difference G_C - G_j would form -inf - -inf at a hard reset)
+    suffix = xp.flip(xp.cumulative_sum(xp.flip(g, axis=-1), axis=-1), axis=-1)
+    zero = xp.zeros(g.shape[:-1] + (1,), dtype=g.dtype, device=_array.device(g))
+    return c, xp.exp(xp.concat([suffix[..., 1:], zero], axis=-1)) * b
+
+
+def groups(n, per_chunk_bytes, budget=4 * 2**20):
+    """Slices of chunk indices, each group's intermediates about ``budget`` bytes (cache-sized: batching
+    every chunk at once made the RLS method 2x slower at B*H = 16, d = 64, from memory traffic)."""
+    g = max(1, int(budget // max(per_chunk_bytes, 1)))
+    return [slice(i, min(i + g, n)) for i in range(0, n, g)]
+
+
+def chunk_sums(xp, w, K, V):
+    """What a chunk adds to the statistics by its end: ``K^T diag(w) K`` (..., d_k, d_k) and
+    ``V^T diag(w) K`` (..., d_v, d_k), for the last-row weights w (..., C), K (..., C, d_k) and
+    V (..., C, d_v)."""
+    Kt = xp.matrix_transpose(w[..., :, None] * K)
+    dR = xp.matmul(Kt, K)
+    return 0.5 * (dR + xp.matrix_transpose(dR)), xp.matrix_transpose(xp.matmul(Kt, V))
+
+
+def chunk_starts(xp, R0, S0, c_end, dR, dS):
+    """The statistics at every chunk start and after the last chunk (the scan over chunks).
+
+    R0 (..., d_k, d_k), S0 (..., d_v, d_k): before the first chunk; c_end (..., n): each chunk's total
+    decay; dR (..., n, d_k, d_k), dS (..., n, d_v, d_k): :func:`chunk_sums`. Returns
+    ``(Rs, Ss, R_end, S_end)`` with Rs (..., n, d_k, d_k), Ss (..., n, d_v, d_k).
+    """
+    Rs, Ss = [], []
+    R, S = R0, S0
+    for i in range(c_end.shape[-1]):
+        Rs.append(R)
+        Ss.append(S)
+        a = c_end[..., i, None, None]
+        R = a * R + dR[..., i, :, :]
+        S = a * S + dS[..., i, :, :]
+    return xp.stack(Rs, axis=-3), xp.stack(Ss, axis=-3), R, S
+
+
+def masked_apply(xp, W, X, K, B):
+    r"""``out[t] = sum_{j<=t} W[t, j] (k_j . x_t) b_j`` for every row: ``(W o (X K^T)) B``.
+
+    X (..., C, d_k), K (..., C, d_k), B (..., C, m) -> (..., C, m). Row t uses x_t and rows ``<= t`` of K
+    and B only (W is zero above the diagonal).
+    """
+    return xp.matmul(W * xp.matmul(X, xp.matrix_transpose(K)), B)
+
+
+def prefix_systems(xp, R0, c, W, K):
+    r""":math:`R_t = c_t R_0 + \sum_{j\le t} W_{tj} k_j k_j^\top` of every prefix, shape (..., C, d, d).
+
+    One matmul of W with the flattened outer products; R0 (..., d, d), c (..., C), W (..., C, C),
+    K (..., C, d).
+    """
+    C, d = K.shape[-2], K.shape[-1]
+    outer = xp.reshape(K[..., :, :, None] * K[..., :, None, :], K.shape[:-2] + (C, d * d))
+    R = xp.reshape(xp.matmul(W, outer), K.shape[:-2] + (C, d, d))
+    return R + c[..., None, None] * R0[..., None, :, :]
+
+
+def read_outputs(xp, X, c, W, S0, K, V):
+    r"""``y_t = S_t x_t = c_t S_0 x_t + sum_{j<=t} W_tj (k_j . x_t) v_j`` for every row, without forming S_t.
+
+    X, K (..., C, d_k); c (..., C); W (..., C, C); S0 (..., d_v, d_k); V (..., C, d_v) -> (..., C, d_v).
+    """
+    return c[..., None] * xp.matmul(X, xp.matrix_transpose(S0)) + masked_apply(xp, W, X, K, V)
+
+
+def tril_inverse(xp, L):
+    r"""Inverse of lower-triangular L (..., n, n) by recursive 2 x 2 blocking, with matmuls only.
+
+    :math:`\begin{pmatrix} A & 0 \\ B & D \end{pmatrix}^{-1} = \begin{pmatrix} A^{-1} & 0 \\ -D^{-1} B A^{-1}
+    & D^{-1} \end{pmatrix}`, all diagonal blocks of one size at once (log2 n levels; L is padded with an
+    identity block to a power of two). Row i of the inverse combines rows ``<= i`` of L only (the upper
+    blocks are exact zeros), so it is as causal as forward substitution. Why not a triangular solve: SciPy's
+    batched ``solve_triangular`` loops over the batch in Python and multithreaded OpenBLAS ``trsm`` on
+    64 x 64 blocks took 7 ms each on the 2-core host (1.1 s of a 1.2 s run); array-API libraries have none.
+    For NumPy arrays LAPACK's ``trtri`` runs per matrix instead (27 us for 64 x 64, 5x faster than the
+    blocking here; its column sweep also combines rows ``<= i`` only for row i).
+    """
+    if array_api_compat.is_numpy_array(L) and L.dtype in (np.float32, np.float64):
+        return _trtri(L)
+    n = L.shape[-1]
+    N = 1 << max(n - 1, 0).bit_length()
+    batch = L.shape[:-2]
+    dev = _array.device(L)
+    if N > n:
+        z = xp.zeros(batch + (n, N - n), dtype=L.dtype, device=dev)
+        eye = xp.broadcast_to(xp.eye(N - n, dtype=L.dtype, device=dev), batch + (N - n, N - n))
+        L = xp.concat(
+            [xp.concat([L, z], axis=-1), xp.concat([xp.matrix_transpose(z), eye], axis=-1)], axis=-2
+        )
+    D = L[..., None, :, :]  # (..., blocks, size, size): the diagonal blocks of the current size
+    lower = []
+    size = N
+    while size > 1:
+        h = size // 2
+        lower.append(D[..., h:, :h])
+        D = xp.reshape(xp.stack([D[..., :h, :h], D[..., h:, h:]], axis=-3), batch + (-1, h, h))
+        size = h
+    X = 1.0 / D  # (..., N, 1, 1)
+    for B in reversed(lower):
+        Ai, Di = X[..., 0::2, :, :], X[..., 1::2, :, :]
+        C21 = -xp.matmul(Di, xp.matmul(B, Ai))
+        top = xp.concat([Ai, xp.zeros(Ai.shape, dtype=L.dtype, device=dev)], axis=-1)
+        X = xp.concat([top, xp.concat([C21, Di], axis=-1)], axis=-2)
+    return X[..., 0, :n, :n]
+
+
+def _trtri(L):
+    """LAPACK ``?trtri`` on each lower-triangular matrix of a NumPy stack (..., n, n)."""
+    from scipy.linalg import lapack
+
+    fn = lapack.dtrtri if L.dtype == np.float64 else lapack.strtri
+    flat = np.reshape(L, (-1,) + L.shape[-2:])
+    out = np.empty_like(flat)
+    for i in range(flat.shape[0]):
+        inv, info = fn(flat[i], lower=1)
+        if info != 0:
+            raise Singular("a zero pivot in its triangular factor")
+        out[i] = inv
+    return np.tril(np.reshape(out, L.shape))  # trtri leaves the strict upper triangle as it found it
+
+
+def cholesky(xp, A):
+    """Lower Cholesky factor; :class:`Singular` where the library reports a failed factorisation."""
+    try:
+        return _array.cholesky(xp, A)
+    except Exception as exc:
+        if isinstance(exc, np.linalg.LinAlgError) or "LinAlgError" in type(exc).__name__:
+            raise Singular("its Cholesky factorisation failed: not numerically positive definite") from exc
+        raise
+
+
+def pd_inverse(xp, R):
+    r"""``(R^{-1}, cond)`` of symmetric positive definite R (..., d, d) by Cholesky.
+
+    ``cond`` (...,) is :math:`\|R\|_F \|R^{-1}\|_F`, an upper bound of the 2-norm condition number (large
+    exactly when R is numerically singular).
+    """
+    Li = tril_inverse(xp, cholesky(xp, R))
+    Pm = xp.matmul(xp.matrix_transpose(Li), Li)
+    return Pm, xp.linalg.matrix_norm(R) * xp.linalg.matrix_norm(Pm)
+
+
+def too_ill(xp, cond):
+    """Boolean array: ``cond * eps`` above :data:`COND_LIMIT`, or not finite (NaN included)."""
+    eps = float(xp.finfo(cond.dtype).eps)
+    return ~(cond * eps <= COND_LIMIT)
+
+
+def woodbury_chunk(xp, P0, M0, K, V, Q, b, E):
+    r"""Exact outputs of chunks whose prefix systems share a decaying base.
+
+    For :math:`A_t = c_t A_0 + \sum_{j \le t} W_{tj} k_j k_j^\top` with :math:`A_0^{-1} = P_0` and
+    :math:`M_0 = S_0 P_0`, the outputs :math:`y_t = S_t A_t^{-1} q_t` are
+
+    .. math:: y_t = M_0 q_t + \sum_{i \le t} (b_i^\top q_t)\, \tilde v_i,\qquad
+              B = L^{-1} K P_0,\quad \tilde V = L^{-1} (V - K M_0^\top),
+
+    with :math:`L L^\top = \mathrm{diag}(e^{G_j}/\beta_j) + K P_0 K^\top` (C x C). The system of prefix t is
+    the leading t x t block, whose factor is the leading block of L, and row i of :math:`L^{-1}` uses rows
+    ``<= i``: one factorisation serves every prefix. No factor :math:`e^{+G}` appears (:math:`e^{G_j}\le 1`).
+    Pairs with :math:`\beta_j = 0` (padding) get a zero key and a unit diagonal, which decouples them.
+
+    Parameters
+    ----------
+    P0 : array of shape (..., d_k, d_k)
+    M0 : array of shape (..., d_v, d_k)
+    K, Q : arrays of shape (..., C, d_k)
+    V : array of shape (..., C, d_v)
+    b : array of shape (..., C)
+        Write strengths.
+    E : array of shape (..., C)
+        :math:`e^{G_j}` relative to the chunk start (``c`` of :func:`chunk_weights`).
+
+    Returns
+    -------
+    array of shape (..., C, d_v)
+    """
+    dk = K.shape[-1]
+    dev = _array.device(K)
+    zero = xp.zeros((), dtype=K.dtype, device=dev)
+    one = xp.ones((), dtype=K.dtype, device=dev)
+    live = b > 0
+    Kf = xp.where(live[..., None], K, zero)
+    Ediag = xp.where(live, E / xp.where(live, b, one), one)
+    KP = xp.matmul(Kf, xp.concat([P0, xp.matrix_transpose(M0)], axis=-1))  # [K P0 | K M0^T]
+    F = KP[..., :dk]  # row j is P0 k_j (P0 symmetric)
+    A = xp.matmul(F, xp.matrix_transpose(Kf))
+    A = 0.5 * (A + xp.matrix_transpose(A))  # exactly symmetric for the factorisation
+    idx = xp.arange(K.shape[-2], device=dev)
+    A = A + xp.where(idx[:, None] == idx[None, :], Ediag[..., :, None], zero)
+    Li = tril_inverse(xp, cholesky(xp, A))
+    X = xp.matmul(Li, xp.concat([F, V - KP[..., dk:]], axis=-1))
+    B, Vt = X[..., :dk], X[..., dk:]
+    QB = xp.matmul(Q, xp.concat([xp.matrix_transpose(B), xp.matrix_transpose(M0)], axis=-1))
+    scores = xp.where(idx[:, None] >= idx[None, :], QB[..., : K.shape[-2]], zero)  # b_i . q_t, i <= t
+    return QB[..., K.shape[-2] :] + xp.matmul(scores, Vt)
+
+
+def singular_error(layer, t, detail, remedy):
+    """The FloatingPointError of a numerically singular prefix system, naming the gate and the remedy."""
+    opt = layer.optimizer
+    forgetting = getattr(opt, "forgetting", 1.0)
+    gate = "The decay (alpha / log_alpha gates" + (
+        f" and forgetting={forgetting!r})" if float(forgetting) != 1.0 else ")"
+    )
+    return FloatingPointError(
+        f"{type(opt).__name__}: the prefix system R_t near t = {t} is numerically singular ({detail}). "
+        f"{gate} forgets the old pairs faster than the keys excite every direction (wind-up, theory "
+        f"§5.2), and its solution would be a finite wrong number. {remedy}"
+    )
