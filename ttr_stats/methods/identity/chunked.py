@@ -1,0 +1,446 @@
+r"""The chunked form of the identity-covariance family (linear attention, RetNet, Mamba-2, GLA, feature maps).
+
+The recurrence (:class:`~ttr_stats.optimizers.IdentityCovariance`, ``methods/recurrent.py``)
+
+.. math:: M_t = M_{t-1}\,\mathrm{Diag}(\alpha_t) + \beta_t v_t k_t^\top,\qquad
+          z_t = z_{t-1}\circ\alpha_t + \beta_t k_t,\qquad y_t = \mathrm{finish}(M_t q_t,\ q_t^\top z_t)
+
+is cut into chunks of ``C`` tokens. With :math:`G_i = \sum_{s=\text{start}}^{i} \log\alpha_s` the log-decay
+from the chunk start (``<= 0``) and :math:`S` the state before the chunk,
+
+.. math:: y_i = \sum_{j\le i,\ j\in\text{chunk}} \beta_j\,(q_i\circ e^{G_i-G_j})^\top k_j\; v_j
+          + S\,(q_i\circ e^{G_i}),
+
+          S' = S\,\mathrm{Diag}(e^{G_L})
+          + \sum_{j\in\text{chunk}} \beta_j v_j (k_j\circ e^{G_L-G_j})^\top
+
+with L the chunk's last position.
+
+Every exponent is a sum of log-gates over a forward range, ``<= 0``: no factor :math:`e^{+G}` is formed, so
+log-gates of -50 a step (or ``-inf``, a hard reset) cannot overflow. Derivation, stability argument and the
+tests that check them: ``docs/derivations/identity_chunked.md``.
+
+* Scalar decay: :math:`\Gamma_{ij} = \beta_j e^{G_i - G_j}` (``j <= i``), one (C, C) matrix per chunk, and
+  the intra-chunk term is :math:`(Q K^\top\circ\Gamma)V`. The log-decays are kept in float64 (also for
+  float32 data: a difference of two of them then loses nothing that float32 could show) and clamped at
+  :data:`LOG_FLOOR`, where ``exp`` is already exactly 0, so a difference is never ``-inf - -inf``.
+* Per-dimension decay (GLA): :math:`e^{G_{id}-G_{jd}}` has no bounded factorisation over a whole chunk
+  (``q e^{G}``, ``k e^{-G}`` overflows), and a (C, C, d) tensor costs ``O(T C d)`` exponentials. The
+  chunk (padded to a power of two) is halved recursively: the pairs (i, j) with i in the second half of a
+  block and j in the first are :math:`(q_i\circ F^q_i)^\top(k_j\circ F^k_j)` with :math:`F^q_i` the gates'
+  product from the second half's start to i and :math:`F^k_j` from j + 1 to the first half's end, both
+  ``<= 1`` (fla's GLA secondary chunking, at every level). Each pair belongs to one level; ``log2 C``
+  levels of small matmuls; the factors are products of gates, as in the recurrence (no logs at all).
+* The state pass. On the host a loop over chunks, and for scalar decay everything of one chunk at a time
+  while it is in cache (measured: 1.3-1.5x faster than whole-array passes; the all-at-once matrix form
+  below does N/2 times the state arithmetic, ~7x slower at T = 4096). On a device (CuPy, torch CUDA) a
+  loop of tiny ops is launch-bound, so the chunk states are formed :data:`DEVICE_GROUP` at a time,
+  :math:`S_n = \sum_{m\le n} e^{\bar G_n - \bar G_m}\,\Delta S_m + e^{\bar G_n} S_{\text{in}}`: one lower
+  triangular (64, 64) matmul per group, a loop over ``N / 64`` groups only, ``O(64^2)`` memory per batch
+  and dimension (not ``O(N^2)``), and the matmul's arithmetic (64 d^2 per chunk) is nothing to a GPU.
+* Sliding windows: the recurrence removes the pair leaving the window undecayed and lets the removal decay
+  from then on, i.e. it subtracts the same layer run on keys and values delayed by ``w`` steps (same gates,
+  zero initial state). Both runs go through the kernel at once, stacked on a leading axis.
+
+Memory ``O(T d + T C)`` on the host; on a device ``O(T d^2 / C + T C)``; never ``O(T^2)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+from ...optimizers import LinearAttentionState
+from ..problem import initial_state
+from ..registry import register
+
+__all__ = ["chunked", "chunked_bytes", "DEFAULT_CHUNK", "HOST_MIN_T", "LOG_FLOOR"]
+
+#: chunk length when ``chunk_size`` is None (host, B=1, H=16, d=64, T=4096: 32 is fastest, 16 and 64 are
+#: within ~20%; docs/derivations/identity_chunked.md)
+DEFAULT_CHUNK = 32
+
+#: on the host ``method="auto"`` takes the chunked form from this many tokens on (measured; below it the
+#: T x T parallel form is as fast or faster)
+HOST_MIN_T = 64
+
+#: tokens per block of the per-dimension halving on the host (see :func:`_block`)
+HOST_BLOCK_TOKENS = 128
+
+#: chunk states formed at once on a device
+DEVICE_GROUP = 64
+
+#: log-gates are clamped here: exp(-1000) is exactly 0 in float32 and float64, so the clamp changes no
+#: product of gates, and sums of clamped gates stay finite (their differences are never nan)
+LOG_FLOOR = -1000.0
+
+
+def _on_host(xp, device) -> bool:
+    """NumPy, array_api_strict and CPU tensors run the host loops; CUDA arrays the grouped matrix form."""
+    if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_array_api_strict_namespace(xp):
+        return True
+    return str(device) == "cpu"
+
+
+def _chunk(P):
+    """The chunk length used: ``chunk_size`` (default :data:`DEFAULT_CHUNK`), at most T."""
+    C = DEFAULT_CHUNK if P.chunk_size is None else int(P.chunk_size)
+    return max(1, min(C, P.T))
+
+
+def _ex(xp, x, dt):
+    """``exp(x)`` (float64 log-decays) in the working dtype."""
+    return xp.astype(xp.exp(x), dt, copy=False)
+
+
+def _pad_rows(xp, X, n, axis, device):
+    """``X`` with ``n`` zero rows appended along ``axis`` (identity steps: no write, no decay, no read)."""
+    if n == 0:
+        return X
+    shape = list(X.shape)
+    shape[axis] = n
+    return xp.concat([X, xp.zeros(tuple(shape), dtype=X.dtype, device=device)], axis=axis)
+
+
+def _chunks(xp, X, N, C, Cp, device):
+    """(..., T, d) -> (..., N, Cp, d): pad T to N*C, split, pad each chunk to Cp rows."""
+    X = _pad_rows(xp, X, N * C - X.shape[-2], -2, device)
+    X = xp.reshape(X, X.shape[:-2] + (N, C, X.shape[-1]))
+    return _pad_rows(xp, X, Cp - C, -2, device)
+
+
+def _delay(xp, X, w, axis, device):
+    """``X`` delayed by ``w`` steps along ``axis`` (-1 or -2): ``w`` zero rows, then all but the last w."""
+    n = X.shape[axis]
+    shape = list(X.shape)
+    shape[axis] = w
+    body = X[..., : n - w, :] if axis == -2 else X[..., : n - w]
+    return xp.concat([xp.zeros(tuple(shape), dtype=X.dtype, device=device), body], axis=axis)
+
+
+def chunked(layer, P):
+    """Return ``(Y, final_state)`` of an identity-covariance layer by the chunked form.
+
+    Parameters
+    ----------
+    layer : TestTimeRegression
+        Its optimizer is an :class:`~ttr_stats.optimizers.IdentityCovariance`.
+    P : Problem
+        Q (..., T, d_k), K (..., T, d_k), V (..., T, d_v), g (..., T, 1) or (..., T, d_k), b (..., T).
+
+    Returns
+    -------
+    Y : array of shape (*batch, T, d_v)
+    state : LinearAttentionState
+        M (*batch, d_v, d_k), z (*batch, d_k): the state after step T.
+    """
+    opt = layer.optimizer
+    xp, dev = P.xp, P.device
+    s0 = initial_state(opt, P)
+    if P.T == 0:
+        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), s0
+    need_den = getattr(opt, "normalize", None) == "sum"  # finish reads the denominator only then
+    Q, K, V, g, b, w = P.Q, P.K, P.V, P.g, P.b, P.window
+    M0 = xp.broadcast_to(s0.M, P.batch_shape + (P.d_v, P.d_k))
+    z0 = xp.broadcast_to(s0.z, P.batch_shape + (P.d_k,))
+    windowed = w is not None and w < P.T
+    if windowed:  # the run on the pairs delayed by w (the removals), stacked behind the run itself
+        K = xp.stack([K, _delay(xp, K, w, -2, dev)])
+        V = xp.stack([V, _delay(xp, V, w, -2, dev)])
+        b = xp.stack([b, _delay(xp, b, w, -1, dev)])
+        Q = xp.broadcast_to(Q, (2,) + Q.shape)
+        g = xp.broadcast_to(g, (2,) + g.shape)
+        M0 = xp.stack([M0, xp.zeros_like(M0)])
+        z0 = xp.stack([z0, xp.zeros_like(z0)])
+    y, den, M, z = _kernel(xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev)
+    if windowed:
+        y, M, z = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...], z[0, ...] - z[1, ...]
+        den = den[0, ...] - den[1, ...] if need_den else None
+    if den is None:
+        den = xp.zeros(y.shape[:-1], dtype=P.dtype, device=dev)
+    return opt.finish(xp, y, den), LinearAttentionState(M, z)
+
+
+def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
+    """The unwindowed chunked recurrence on raw outputs: ``(y, den, M, z)``.
+
+    ``y`` (..., T, d_v) = M_t q_t, ``den`` (..., T) = q_t^T z_t (None unless ``need_den``), ``M``, ``z``:
+    the state after step T.
+    """
+    T, dv, dt = Q.shape[-2], V.shape[-1], Q.dtype
+    per_dim = g.shape[-1] > 1
+    N = -(-T // C)
+    Cp = 1 << (C - 1).bit_length() if per_dim else C  # the halving needs a power of two
+    lead = Q.shape[:-2]
+    Qc, Kc, Vc = (_chunks(xp, X, N, C, Cp, dev) for X in (Q, K, V))
+    bc = _chunks(xp, b[..., None], N, C, Cp, dev)  # (..., N, Cp, 1)
+    g64 = None
+    if not (per_dim and host):  # log-gates in float64, clamped at LOG_FLOOR (module docstring)
+        f64 = xp.float64
+        g64 = xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
+        g64 = _chunks(xp, g64, N, C, Cp, dev)
+    # the host writes each block into preallocated outputs: fresh memory is the dearest thing there
+    # (first touch of a new 32 MB array costs more than two passes over it)
+    out = xp.zeros(lead + (N, Cp, dv), dtype=dt, device=dev) if host else None
+    dout = xp.zeros(lead + (N, Cp), dtype=dt, device=dev) if host and need_den else None
+    if not per_dim:
+        G = xp.cumulative_sum(g64[..., 0], axis=-1)  # (..., N, C): log-decay from the chunk start
+        if host:
+            M, z = _scalar_host(xp, Qc, Kc, Vc, G, bc[..., 0], M0, z0, out, dout, dev)
+            return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
+    else:
+        gc = _chunks(xp, g, N, C, Cp, dev)  # padded with log-gate 0: the padding does not decay
+    step = max(1, HOST_BLOCK_TOKENS // Cp) if host else N
+    M, z = M0, z0
+    for n0 in range(0, N, step):
+        n1 = min(N, n0 + step)
+        q, k, v = Qc[..., n0:n1, :, :], Kc[..., n0:n1, :, :], Vc[..., n0:n1, :, :]
+        if per_dim:  # the halving multiplies gates, as the recurrence does: no logs needed
+            kb = k * bc[..., n0:n1, :, :]
+            y, den, Qg, Kx, a = _intra_per_dim(xp, q, kb, v, xp.exp(gc[..., n0:n1, :, :]), need_den)
+        else:
+            y, den, Qg, Kx = _intra_scalar(xp, q, k, v, G[..., n0:n1, :], bc[..., n0:n1, :, 0], need_den, dev)
+        if host:
+            yS, dS, M, z = _inter_loop(xp, Qg, v, Kx, a, M, z, need_den)
+            out[..., n0:n1, :, :] = y + yS
+            if need_den:
+                dout[..., n0:n1, :] = den + dS
+        else:  # one block: every chunk at once
+            Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
+            yS, dS, M, z = _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den)
+            out, dout = y + yS, (den + dS if need_den else None)
+    return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
+
+
+def _unchunk(xp, y, den, lead, C, T, dv):
+    """(..., N, Cp, dv) -> (..., T, dv), and the denominators likewise: drop the padding rows."""
+    N = y.shape[-3]
+    y = xp.reshape(y[..., :C, :], lead + (N * C, dv))[..., :T, :]
+    if den is not None:
+        den = xp.reshape(den[..., :C], lead + (N * C,))[..., :T]
+    return y, den
+
+
+def _scalar_host(xp, Qc, Kc, Vc, G, b, M, z, out, dout, dev):
+    """Scalar decay on the host: one chunk at a time, all of its work while its arrays are in cache.
+
+    Qc, Kc (..., N, C, dk), Vc (..., N, C, dv), G (..., N, C) float64 log-decays from each chunk start,
+    b (..., N, C), (M, z) the initial state. Per chunk: ``A = (q k^T) o Gamma``,
+    ``y = A v + e^G o (q M^T)``, ``M <- a M + v^T (k o b e^{G_last - G})``. The outputs are written into
+    ``out`` (..., N, C, dv) and, unless it is None, ``dout`` (..., N, C); returns the final ``(M, z)``.
+    """
+    C, dt = G.shape[-1], Qc.dtype
+    idx = xp.arange(C, device=dev)
+    causal = idx[:, None] >= idx[None, :]
+    ninf = xp.asarray(-math.inf, dtype=G.dtype, device=dev)
+    Glast = G[..., -1:]
+    eG = _ex(xp, G, dt)[..., None]  # (..., N, C, 1): decay from the chunk start
+    fac = (_ex(xp, Glast - G, dt) * b)[..., None]  # (..., N, C, 1): write strength decayed to the end
+    a = _ex(xp, Glast, dt)[..., None]  # (..., N, 1, 1): the whole chunk's decay
+    for n in range(Qc.shape[-3]):
+        q, k, v = Qc[..., n, :, :], Kc[..., n, :, :], Vc[..., n, :, :]
+        Gn = G[..., n, :]
+        W = _ex(xp, xp.where(causal, Gn[..., :, None] - Gn[..., None, :], ninf), dt) * b[..., n, None, :]
+        A = (q @ xp.matrix_transpose(k)) * W
+        out[..., n, :, :] = A @ v + eG[..., n, :, :] * (q @ xp.matrix_transpose(M))
+        if dout is not None:
+            dout[..., n, :] = xp.sum(A, axis=-1) + eG[..., n, :, 0] * (q @ z[..., :, None])[..., 0]
+        kx = k * fac[..., n, :, :]
+        M = M * a[..., n, :, :] + xp.matrix_transpose(v) @ kx
+        z = z * a[..., n, 0, :] + xp.sum(kx, axis=-2)
+    return M, z
+
+
+def _intra_scalar(xp, q, k, v, G, b, need_den, dev):
+    """The intra-chunk term of scalar decay for a block of chunks, and the chunk factors (device).
+
+    q, k (..., n, C, dk), v (..., n, C, dv), G (..., n, C) float64, b (..., n, C).
+
+    Returns
+    -------
+    y (..., n, C, dv), den (..., n, C) or None, Qg = q e^G, Kx = k b e^{G_last - G}
+    """
+    C, dt = G.shape[-1], q.dtype
+    idx = xp.arange(C, device=dev)
+    ninf = xp.asarray(-math.inf, dtype=G.dtype, device=dev)
+    D = xp.where(idx[:, None] >= idx[None, :], G[..., :, None] - G[..., None, :], ninf)
+    A = (q @ xp.matrix_transpose(k)) * (_ex(xp, D, dt) * b[..., None, :])
+    Qg = q * _ex(xp, G, dt)[..., None]
+    Kx = k * (_ex(xp, G[..., -1:] - G, dt) * b)[..., None]
+    return A @ v, (xp.sum(A, axis=-1) if need_den else None), Qg, Kx
+
+
+def _intra_per_dim(xp, q, kb, v, alpha, need_den):
+    """The intra-chunk term of per-dimension decay by recursive halving, and the chunk factors.
+
+    q, kb (..., n, Cp, dk) (kb = k b), v (..., n, Cp, dv), alpha (..., n, Cp, dk) the gates; Cp a power
+    of two. Level h (blocks of 2h, halves of h) gives the pairs (i in the second half, j in the first)
+    ``O = (q o Fq) (kb o Fk)^T`` (module docstring); the next level's factors are this level's, one half
+    multiplied by the other half's whole product P. The levels' blocks are assembled into the (Cp, Cp)
+    intra-chunk matrix A; y = A v. The top level's factors are the chunk's.
+
+    Returns
+    -------
+    y (..., n, Cp, dv), den (..., n, Cp) or None, Qg = q o prod_{start..i} alpha,
+    Kx = kb o prod_{j+1..end} alpha, a (..., n, dk) = prod over the chunk
+    """
+    Cp, dk = q.shape[-2], q.shape[-1]
+    lead = q.shape[:-2]
+    A = xp.sum(q * kb, axis=-1)[..., None, None]  # (..., Cp, 1, 1): i = j, no decay
+    Qt, Kt, P = q * alpha, kb, alpha[..., None, :]  # level 1: Fq_i = alpha_i, Fk_j = 1; P (..., Cp, 1, dk)
+    h = 1
+    while h < Cp:
+        nb = Cp // (2 * h)
+        Qr = xp.reshape(Qt, lead + (nb, 2, h, dk))
+        Kr = xp.reshape(Kt, lead + (nb, 2, h, dk))
+        Pr = xp.reshape(P, lead + (nb, 2, 1, dk))
+        q2, k1 = Qr[..., 1, :, :], Kr[..., 0, :, :]
+        if h == 1:  # 1 x 1 blocks: an elementwise dot beats a stack of tiny matmuls
+            O = xp.sum(q2 * k1, axis=-1)[..., None]
+        else:
+            O = q2 @ xp.matrix_transpose(k1)  # (..., nb, h, h)
+        Ar = xp.reshape(A, lead + (nb, 2, h, h))
+        top = xp.concat([Ar[..., 0, :, :], xp.zeros_like(O)], axis=-1)
+        A = xp.concat([top, xp.concat([O, Ar[..., 1, :, :]], axis=-1)], axis=-2)  # (..., nb, 2h, 2h)
+        P0, P1 = Pr[..., 0:1, :, :], Pr[..., 1:2, :, :]  # (..., nb, 1, 1, dk): the halves' products
+        one = xp.ones_like(P0)
+        # next level: the second half's Fq and the first half's Fk extend over the other half
+        Qt = Qr * xp.concat([one, P0], axis=-3)
+        Kt = Kr * xp.concat([P1, one], axis=-3)
+        P = P0 * P1
+        h *= 2
+    A = xp.reshape(A, lead + (Cp, Cp))
+    Qt = xp.reshape(Qt, lead + (Cp, dk))
+    Kt = xp.reshape(Kt, lead + (Cp, dk))
+    den = xp.sum(A, axis=-1) if need_den else None
+    return A @ v, den, Qt, Kt, xp.reshape(P, lead + (dk,))
+
+
+def _inter_loop(xp, Qg, v, Kx, a, M, z, need_den):
+    """The state read and update by a loop over the chunks of a block (host).
+
+    Qg, Kx (..., n, C, dk), v (..., n, C, dv), a (..., n, dg) whole-chunk decays, (M, z) the state before
+    the block. Chunk by chunk: ``y = Qg M^T``, then ``M <- M Diag(a) + v^T Kx``.
+
+    Returns
+    -------
+    y (..., n, C, dv), den (..., n, C) or None, M, z
+    """
+    ys, dens = [], []
+    dz = xp.sum(Kx, axis=-2)  # (..., n, dk)
+    for n in range(Qg.shape[-3]):
+        q = Qg[..., n, :, :]
+        ys.append(q @ xp.matrix_transpose(M))
+        if need_den:
+            dens.append((q @ z[..., :, None])[..., 0])
+        an = a[..., n, :]
+        M = M * an[..., None, :] + xp.matrix_transpose(v[..., n, :, :]) @ Kx[..., n, :, :]
+        z = z * an + dz[..., n, :]
+    return xp.stack(ys, axis=-3), (xp.stack(dens, axis=-2) if need_den else None), M, z
+
+
+def _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den):
+    """The state read and update with the chunk states formed :data:`DEVICE_GROUP` at a time (device).
+
+    As :func:`_inter_loop`, but Gc (..., n, dg) are the chunks' float64 log-decays.
+    """
+    dS = xp.matrix_transpose(v) @ Kx  # (..., n, dv, dk): each chunk's writes, decayed to its end
+    Sp, zp, M, z = _states_grouped(xp, dS, xp.sum(Kx, axis=-2), Gc, M, z, Qg.dtype)
+    y = Qg @ xp.matrix_transpose(Sp)
+    den = xp.sum(Qg * zp[..., None, :], axis=-1) if need_den else None
+    return y, den, M, z
+
+
+def _segsum(xp, x, dev):
+    """``out[..., n, m] = sum_{l=m+1}^{n} x[..., l]`` for ``m <= n``, ``-inf`` above the diagonal.
+
+    Masked cumulative sums (a difference of two cumulative sums would lose small sums after a large
+    one); ``_array.segsum`` with the index arrays on ``x``'s device.
+    """
+    n = x.shape[-1]
+    idx = xp.arange(n, device=dev)
+    zero = xp.zeros((), dtype=x.dtype, device=dev)
+    S = xp.cumulative_sum(xp.where(idx[:, None] > idx[None, :], x[..., :, None], zero), axis=-2)
+    return xp.where(idx[:, None] >= idx[None, :], S, xp.asarray(-math.inf, dtype=x.dtype, device=dev))
+
+
+def _states_grouped(xp, dS, dz, Gc, M, z, dt, group=None):
+    """The states before each chunk, ``group`` (:data:`DEVICE_GROUP`) chunks at a time.
+
+    dS (..., N, dv, dk), dz (..., N, dk), Gc (..., N, dg) float64; (M, z) the state before chunk 0.
+    Within a group ``S_n = sum_{m<=n} L_nm dS_m + c_n S_in`` with ``L = exp(segsum(Gc))`` and
+    ``c_n = exp(Gc_0 + ... + Gc_n)`` (exact segment sums, exponents <= 0).
+
+    Returns
+    -------
+    the states before each chunk (..., N, dv, dk) and (..., N, dk), and the state after the last
+    """
+    group = DEVICE_GROUP if group is None else group
+    N, dv, dk = dS.shape[-3:]
+    dg, shape = Gc.shape[-1], dS.shape[:-3]
+    dev = array_api_compat.device(dS)
+    nb = len(shape)
+    M = xp.broadcast_to(M, shape + (dv, dk))
+    z = xp.broadcast_to(z, shape + (dk,))
+    Ms, zs = [], []
+    for n0 in range(0, N, group):
+        n1 = min(N, n0 + group)
+        n = n1 - n0
+        Gb = xp.moveaxis(Gc[..., n0:n1, :], -1, -2)  # (..., dg, n)
+        L = _ex(xp, _segsum(xp, Gb, dev), dt)  # (..., dg, n, n)
+        cin = xp.moveaxis(_ex(xp, xp.cumulative_sum(Gb, axis=-1), dt), -1, -2)  # (..., n, dg)
+        blk, zb = dS[..., n0:n1, :, :], dz[..., n0:n1, :]
+        if dg == 1:
+            Sb = xp.reshape(L[..., 0, :, :] @ xp.reshape(blk, shape + (n, dv * dk)), shape + (n, dv, dk))
+            zn = L[..., 0, :, :] @ zb
+        else:  # one (n, n) matrix per key dimension: (..., dk, n, n) @ (..., dk, n, dv)
+            batch = tuple(range(nb))
+            Sb = L @ xp.permute_dims(blk, batch + (nb + 2, nb, nb + 1))
+            Sb = xp.permute_dims(Sb, batch + (nb + 1, nb + 2, nb))
+            zn = xp.moveaxis((L @ xp.moveaxis(zb, -1, -2)[..., None])[..., 0], -2, -1)
+        Sb = Sb + cin[..., :, None, :] * M[..., None, :, :]
+        zn = zn + cin * z[..., None, :]
+        Ms += [M[..., None, :, :], Sb[..., :-1, :, :]]
+        zs += [z[..., None, :], zn[..., :-1, :]]
+        M, z = Sb[..., -1, :, :], zn[..., -1, :]
+    return xp.concat(Ms, axis=-3), xp.concat(zs, axis=-2), M, z
+
+
+def chunked_bytes(P):
+    """Bytes of the largest intermediates: a few padded copies of Q, K, V, the (C, C) weights or the
+    halving's blocks, the float64 log-gates and, on a device, every chunk's state; twice that with a
+    window (both runs are stacked)."""
+    C = _chunk(P) if P.T else 1
+    N = -(-P.T // C)
+    per_dim = P.g is not None and P.g.shape[-1] > 1
+    Cp = 1 << (C - 1).bit_length() if per_dim else C
+    Tp, it = N * Cp, P.itemsize
+    rows = 6 * Tp * (P.d_k + P.d_v) * it + 2 * Tp * (P.d_k if per_dim else 1) * 8
+    work = Tp * Cp * (8 + 2 * it)
+    states = 2 * N * P.d_v * P.d_k * it if not _on_host(P.xp, P.device) else 0
+    total = P.n_batch * (rows + work + states)
+    return total * (2 if P.window is not None and P.window < P.T else 1)
+
+
+def _auto(P, free):
+    """On a device whenever it fits a quarter of free memory; on the host from :data:`HOST_MIN_T` tokens
+    on, within the registry's memory budget."""
+    if free is not None:
+        return chunked_bytes(P) <= free // 4
+    from .. import registry  # read at call time: tests and users may lower the budget
+
+    return P.T >= HOST_MIN_T and chunked_bytes(P) <= registry.AUTO_MEMORY_BUDGET
+
+
+register(
+    "chunked",
+    "identity",
+    run=chunked,
+    memory=chunked_bytes,
+    auto=_auto,
+    rank=5,
+    window=True,
+    per_dimension=True,
+    summary="chunkwise (Q K^T o Gamma) V plus a state per chunk, O(T d + T C) memory",
+)
