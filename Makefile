@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: figures figures-quick test lint readme clean
+.PHONY: figures figures-quick test bench lint readme clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,9 @@ figures-quick: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.cpu_fast
 
 lint: $(STAMP)
 	$(BIN)/ruff check ttr_stats tests paper_figures benchmarks experiments
