@@ -218,17 +218,19 @@ def test_exact_causality(rng, monkeypatch, mode):
 
 
 def test_unit_lower_inverse(rng):
-    """The blocked inverse equals the inverse (any size, powers of two or not), reads only the strictly
-    lower part, and row i depends on rows <= i only (bit-for-bit)."""
-    for C in [1, 2, 5, 16, 33]:
+    """The blocked inverse of I - tril(N, -1) equals the inverse (any size, powers of two or not), reads
+    only the strictly lower part, and row i depends on rows <= i only (bit-for-bit)."""
+    for C in [1, 2, 3, 4, 5, 8, 9, 16, 33, 48]:
         # entries of size C^-1/2, as eta k_i.k_j of unit keys, so that the inverse stays O(1)
         N = np.tril(rng.standard_normal((3, C, C)), -1) / np.sqrt(C)
-        L = N + np.eye(C)
+        L = np.eye(C) - N
         inv = _wy.unit_lower_inverse(np, N + np.triu(rng.standard_normal((C, C))))  # junk on/above diag
         assert np.abs(inv @ L - np.eye(C)).max() < 1e-12, C  # O(1) entries: an eps-level residual
-        assert np.array_equal(inv, np.tril(inv))
+        assert np.array_equal(inv, np.tril(inv)) and np.all(np.diagonal(inv, axis1=-2, axis2=-1) == 1)
+        R = rng.standard_normal((3, C, 4))
+        assert np.abs(_wy.unit_lower_solve(np, N, R) - inv @ R).max() < 1e-12, C
         if C > 2:
-            M = L.copy()
+            M = N.copy()
             M[:, C // 2 :, :] += np.tril(rng.standard_normal((C - C // 2, C)), -1)[None, :, :]
             inv2 = _wy.unit_lower_inverse(np, M)
             assert np.array_equal(inv[:, : C // 2], inv2[:, : C // 2])
