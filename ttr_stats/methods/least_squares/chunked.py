@@ -131,11 +131,19 @@ def chunked_bytes(P):
 
 
 def auto(P, free):
-    """On the host from T = 32 on (measured, docs/derivations/exact_chunked.md); on a device whenever the
-    intermediates fit in a quarter of free memory."""
+    """On a device whenever the intermediates fit in a quarter of free memory. On the host only without
+    decay and from T = 64 on, where the Woodbury read runs (docs/derivations/exact_chunked.md: 5-9x the
+    loop at B = 1, H = 16, d = 64); under decay the prefix solves do the loop's d x d solve per token and
+    are no faster on the host (0.7x measured), so the loop stays the choice there. (``auto`` sees the
+    problem, not the optimizer: a ridge-0 layer without decay also gets the chunked prefix solves, measured
+    1.1-1.2x the loop.)"""
     if free is not None:
         return chunked_bytes(P) <= free // 4
-    return P.T >= 32
+    return P.T >= HOST_MIN_T and not bool(P.xp.any(P.g != 0))
+
+
+#: the host's shortest T for ``auto`` (measured: below it the loop's few steps cost less than the setup)
+HOST_MIN_T = 64
 
 
 register(

@@ -152,11 +152,15 @@ def chunked_bytes(P):
 
 
 def auto(P, free):
-    """On the host from T = 64 on (measured: 1.6x the loop at T = 64, 9x at T = 4096 with B = 1, H = 16,
-    d = 64); on a device whenever the intermediates fit in a quarter of free memory."""
+    """On a device whenever the intermediates fit in a quarter of free memory; on the host from T = 64
+    on (docs/derivations/exact_chunked.md: 2.4x the loop at T = 1024 and T = 4096, B = 1, H = 16, d = 64)."""
     if free is not None:
         return chunked_bytes(P) <= free // 4
-    return P.T >= 64
+    return P.T >= HOST_MIN_T
+
+
+#: the host's shortest T for ``auto``
+HOST_MIN_T = 64
 
 
 register(
