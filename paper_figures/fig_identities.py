@@ -135,7 +135,7 @@ def compute(T, seed=SEED):
     beta = rng.uniform(0.2, 0.8, size=T)
     lam = 0.25
     alpha, eta, vscale = tt.optimizers.leaky_lms_to_gated_deltanet(beta, lam)
-    Y_leaky = r.leaky_lms(beta=1.0, decay=lam)(Qu, Ku, V, beta=beta)
+    Y_leaky = r.leaky_lms(beta=1.0, l2=lam)(Qu, Ku, V, beta=beta)
     Y_gdn = r.gated_deltanet()(Qu, Ku, vscale[:, None] * V, alpha=alpha, beta=eta)
     out["c_gated_deltanet_vs_leaky_lms"] = step_error(Y_gdn, Y_leaky)
 

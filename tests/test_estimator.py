@@ -54,7 +54,7 @@ ESTIMATORS = [
     tt.TestTimeRegressor(tt.recipes.kernel_regression()),
     tt.TestTimeRegressor(tt.recipes.based()),
     # neural memories (one SGD pass at a step small enough for the checks' unscaled features)
-    tt.TestTimeRegressor(tt.recipes.ttt_mlp(lr=1e-3, mini_batch=1)),
+    tt.TestTimeRegressor(tt.recipes.ttt_mlp(lr=1e-3, batch_size=1)),
     tt.TestTimeRegressor(tt.recipes.titans(lr=1e-3, momentum=0.5)),
 ]
 

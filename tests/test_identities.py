@@ -55,7 +55,7 @@ def test_gated_deltanet_leaky_lms_mapping_round_trips(beta, decay, rng):
     b2, l2 = o.gated_deltanet_to_leaky_lms(alpha, eta)
     assert abs(b2 - beta) < 1e-15 and abs(l2 - decay) < 1e-13
     Q, K, V = make_qkv(rng, T=25, unit=True)
-    leaky = tt.recipes.leaky_lms(beta=beta, decay=decay)(Q, K, V)
+    leaky = tt.recipes.leaky_lms(beta=beta, l2=decay)(Q, K, V)
     gated = tt.recipes.gated_deltanet(alpha=alpha, beta=eta)(Q, K, scale * V)
     assert rel_err(gated, leaky) < 1e-12
 

@@ -139,26 +139,34 @@ def test_initial_state_rls_and_friends(name, rng):
 
 
 def test_auto_records_choice_and_prefers_fast_paths(rng):
-    """Host rule (docs/benchmarks.md): parallel for short T, else the loop; direct never on the host."""
+    """Host rule (docs/benchmarks.md): below the chunked forms' crossovers the parallel form (linear
+    attention) or the loop; from them on the chunked form; direct never on the host."""
+    from ttr_stats.methods.identity.chunked import HOST_MIN_T
+
     Q, K, V = make_qkv(rng, T=8)
+    assert 8 < HOST_MIN_T
     la = tt.recipes.linear_attention()
     la(Q, K, V)
     assert la.method_ == "parallel"
     Ql, Kl, Vl = make_qkv(rng, batch=(), T=300, d_k=2, d_v=1)
     la(Ql, Kl, Vl)
-    assert la.method_ == "recurrent"  # T > HOST_PARALLEL_MAX_T
+    assert la.method_ == "chunked"
     ls = tt.recipes.least_squares()
     ls(Q, K, V)
     assert ls.method_ == "recurrent"
+    ls(Ql, Kl, Vl)
+    assert ls.method_ == "chunked"
     dn = tt.recipes.deltanet()
     dn(Q, K, V)
     assert dn.method_ == "recurrent"
+    dn(Ql, Kl, Vl)
+    assert dn.method_ == "chunked"
     sm = tt.recipes.softmax_attention()
     sm(Q, K, V)
     assert sm.method_ == "parallel"
 
 
-def test_auto_on_a_device_prefers_dense_forms_that_fit(rng, monkeypatch):
+def test_auto_on_a_device_prefers_chunked_forms_that_fit(rng, monkeypatch):
     import ttr_stats.layer as L
 
     Q, K, V = make_qkv(rng, T=300)
@@ -166,7 +174,7 @@ def test_auto_on_a_device_prefers_dense_forms_that_fit(rng, monkeypatch):
     la, ls = tt.recipes.linear_attention(), tt.recipes.least_squares()
     la(Q, K, V)
     ls(Q, K, V)
-    assert (la.method_, ls.method_) == ("parallel", "direct")
+    assert (la.method_, ls.method_) == ("chunked", "chunked")
     monkeypatch.setattr(L._array, "free_device_bytes", lambda xp: 10**5)  # a nearly full device
     la(Q, K, V, method="auto")
     assert la.method_ == "recurrent"

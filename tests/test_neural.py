@@ -66,18 +66,18 @@ def test_ttt_linear_single_token_batches_is_deltanet(gated, rng):
     gates = {"beta": rng.uniform(0.2, 1.2, (2, 30))}
     if gated:
         gates["alpha"] = rng.uniform(0.6, 1.0, (2, 30))  # the gated delta rule: decay before the read
-    Y, st = tt.recipes.ttt_linear(lr=0.7, mini_batch=1, layer_norm=False)(Q, K, V, return_state=True, **gates)
+    Y, st = tt.recipes.ttt_linear(lr=0.7, batch_size=1, layer_norm=False)(Q, K, V, return_state=True, **gates)
     Yd, sd = tt.recipes.deltanet(beta=0.7)(Q, K, V, return_state=True, **gates)
     assert rel_err(Y, Yd) < 1e-12 and rel_err(st.M, sd.M) < 1e-12
-    Y = tt.recipes.ttt_linear(lr=0.7, mini_batch=1, layer_norm=False)(Q, K, V)
+    Y = tt.recipes.ttt_linear(lr=0.7, batch_size=1, layer_norm=False)(Q, K, V)
     assert rel_err(Y, tt.recipes.deltanet(beta=0.7)(Q, K, V)) < 1e-12
 
 
 def test_titans_without_momentum_and_decay_is_ttt_mlp(rng):
     Q, K, V = make_qkv(rng, T=25, d_k=4, d_v=4, unit=True)
     beta = rng.uniform(0.05, 0.3, (2, 25))
-    a = tt.recipes.titans(lr=0.2, momentum=0.0, decay=0.0, hidden=7, seed=3)(Q, K, V, beta=beta)
-    b = tt.recipes.ttt_mlp(hidden=7, lr=0.2, mini_batch=1, seed=3)(Q, K, V, beta=beta)
+    a = tt.recipes.titans(lr=0.2, momentum=0.0, weight_decay=0.0, hidden=7, seed=3)(Q, K, V, beta=beta)
+    b = tt.recipes.ttt_mlp(hidden=7, lr=0.2, batch_size=1, seed=3)(Q, K, V, beta=beta)
     assert rel_err(a, b) < 1e-12
 
 
@@ -85,7 +85,7 @@ def test_mini_batch_reads_after_the_gradients_so_far(rng):
     """Brute force on Linear(): theta_t = theta_{t0} - sum_{s in (t0, t]} beta_s grad_s(theta_{t0})."""
     T, b, lr = 11, 4, 0.3
     Q, K, V = make_qkv(rng, batch=(), T=T, d_k=3, d_v=2)
-    Y = tt.recipes.ttt_linear(lr=lr, mini_batch=b, layer_norm=False)(Q, K, V)
+    Y = tt.recipes.ttt_linear(lr=lr, batch_size=b, layer_norm=False)(Q, K, V)
     M0 = np.zeros((2, 3))
     ref = []
     for t in range(T):
@@ -117,8 +117,8 @@ def test_momentum_matches_titans_equations(rng):
     "make",
     [
         lambda: tt.recipes.ttt_linear(lr=0.5, layer_norm=False),
-        lambda: tt.recipes.ttt_mlp(lr=0.2, mini_batch=4),
-        lambda: tt.recipes.titans(lr=0.05, momentum=0.5, decay=0.0),
+        lambda: tt.recipes.ttt_mlp(lr=0.2, batch_size=4),
+        lambda: tt.recipes.titans(lr=0.05, momentum=0.5, weight_decay=0.0),
     ],
     ids=["ttt_linear", "ttt_mlp", "titans"],
 )
@@ -140,7 +140,7 @@ def test_test_time_loss_decreases_on_a_stationary_stream(make, rng):
 def test_initial_state_memorize_and_read_continue_a_sequence(rng):
     """Split inside a mini-batch: the state carries the position, so the continuation is exact."""
     Q, K, V = make_qkv(rng, T=21, d_k=4, d_v=4, unit=True)
-    for layer in (tt.recipes.ttt_mlp(mini_batch=4), tt.recipes.titans(), tt.recipes.ttt_linear()):
+    for layer in (tt.recipes.ttt_mlp(batch_size=4), tt.recipes.titans(), tt.recipes.ttt_linear()):
         full, st = layer(Q, K, V, return_state=True)
         s = 6
         st0 = layer.memorize(K[..., :s, :], V[..., :s, :])
@@ -171,7 +171,7 @@ def test_smoother_and_coef_for_neural_layers(rng):
     Q, K, V = make_qkv(rng, T=12, d_k=3, d_v=2, unit=True)
     with pytest.raises(ValueError, match="^layer: .*not linear in the values"):
         smoother_matrix(tt.recipes.ttt_mlp(), Q, K)
-    lin = tt.recipes.ttt_linear(lr=0.5, mini_batch=4, layer_norm=False)  # linear in V: S exists
+    lin = tt.recipes.ttt_linear(lr=0.5, batch_size=4, layer_norm=False)  # linear in V: S exists
     assert rel_err(smoother_matrix(lin, Q, K) @ V, lin(Q, K, V)) < 1e-12
     X = rng.standard_normal((30, 3))
     y = X @ rng.standard_normal((3, 2))
@@ -193,7 +193,7 @@ def test_smoother_and_coef_for_neural_layers(rng):
         (lambda: tt.recipes.titans(decay=1.0), "^decay must be < 1"),
         (lambda: tt.recipes.ttt_mlp(hidden=0), "^hidden must be >= 1"),
         (lambda: tt.recipes.titans(hidden=0), "^hidden must be >= 1"),
-        (lambda: tt.recipes.ttt_linear(mini_batch=0), "^mini_batch must be >= 1"),
+        (lambda: tt.recipes.ttt_linear(batch_size=0), "^batch_size must be >= 1"),
         (lambda: tt.recipes.ttt_mlp(mini_batch=0), "^mini_batch must be >= 1"),
         (lambda: tt.TestTimeRegression(regressor=r.MLP(4)), "^optimizer: MLP .*MiniBatchGD, Momentum"),
         (lambda: tt.TestTimeRegression(regressor=r.Linear(layer_norm=True), optimizer=o.LMS()), "^optimizer: Linear"),

@@ -22,8 +22,8 @@ RECIPES = {
     "deltanet": lambda: tt.recipes.deltanet(beta=0.5),
     "softmax_attention": tt.recipes.softmax_attention,
     "local_linear_attention": lambda: tt.recipes.local_linear_attention(ridge=0.1),
-    "ttt_linear": lambda: tt.recipes.ttt_linear(lr=0.5, mini_batch=4),
-    "ttt_mlp": lambda: tt.recipes.ttt_mlp(lr=0.1, mini_batch=4),
+    "ttt_linear": lambda: tt.recipes.ttt_linear(lr=0.5, batch_size=4),
+    "ttt_mlp": lambda: tt.recipes.ttt_mlp(lr=0.1, batch_size=4),
     "titans": lambda: tt.recipes.titans(lr=0.05),
 }
 

@@ -92,7 +92,7 @@ def test_shape_mismatches(qkv):
         (tt.recipes.batch_gd(steps=1.5), "^steps must be an integer"),
         (tt.recipes.batch_gd(lr=np.nan), "^lr must be finite"),
         (tt.recipes.longhorn(delta=-1), "^delta must be > 0"),
-        (tt.recipes.leaky_lms(decay=-0.1), "^decay must be >= 0"),
+        (tt.recipes.leaky_lms(l2=-0.1), "^l2 must be >= 0"),
         (tt.recipes.linear_attention(normalize="l2"), "^normalize must be None"),
         (tt.TestTimeRegression(w.SlidingWindow(0), optimizer=o.IdentityCovariance()), "^width must be >= 1"),
     ],
@@ -112,7 +112,7 @@ def test_unsupported_combinations_raise_at_construction():
 
 
 def test_unsupported_method_lists_the_supported_ones(qkv):
-    with pytest.raises(ValueError, match="(?s)method='parallel' is not supported by LMS; supported: 'recurrent'"):
+    with pytest.raises(ValueError, match="(?s)method='parallel' is not supported by LMS; supported: 'chunked', 'recurrent'"):
         tt.recipes.deltanet()(*qkv, method="parallel")
     with pytest.raises(ValueError, match="method must be one of"):
         tt.recipes.deltanet()(*qkv, method="chunky")

@@ -16,6 +16,22 @@ def check_finite(xp, name: str, x) -> None:
         raise ValueError(f"{name} contains {kind}; every entry must be finite")
 
 
+def renamed(name, value, old_name, old_value):
+    """The value of a renamed argument: ``old_value`` (with a ``FutureWarning``) when the caller used the
+    old spelling ``old_name``, else ``value``. Old spellings stay only where a public signature promised
+    them."""
+    if old_value is None:
+        return value
+    import warnings
+
+    warnings.warn(
+        f"{old_name}= is renamed {name}=; the old spelling will be removed in a future release",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return old_value
+
+
 def check_scalar(
     name: str,
     value,

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from . import optimizers as opt
 from . import weights as w
-from ._validation import check_scalar
+from ._validation import check_scalar, renamed
 from .layer import TestTimeRegression
 from .regressors import MLP, FeatureMap, KernelRidge, Linear, LocalPolynomial
 from .similarity import ExpDot
@@ -150,12 +150,13 @@ def gated_deltanet(alpha=1.0, beta=1.0):
     return _layer(w.Gated(alpha=alpha), opt.LMS(beta=beta))
 
 
-def leaky_lms(beta=1.0, decay=0.01):
+def leaky_lms(beta=1.0, l2=0.01, *, decay=None):
     r"""Leaky LMS: :math:`M_t = (1 - \beta\lambda) M_{t-1} + \beta (v_t - M_{t-1} k_t) k_t^\top`.
 
-    Paper row: SGD on the L2-regularised loss (``decay`` = :math:`\lambda`).
+    Paper row: SGD on the L2-regularised loss (``l2`` = :math:`\lambda`; ``decay`` is its deprecated
+    old name).
     """
-    return _layer(w.Uniform(), opt.LeakyLMS(beta=beta, decay=decay))
+    return _layer(w.Uniform(), opt.LeakyLMS(beta=beta, l2=l2, decay=decay))
 
 
 def longhorn(delta=1.0):
@@ -263,18 +264,26 @@ def based(scale=None):
     return linear_attention(normalize="sum", feature_map=FeatureMap("taylor", scale=scale))
 
 
-def ttt_linear(lr=1.0, mini_batch=16, layer_norm=True):
+def ttt_linear(lr=1.0, batch_size=16, layer_norm=True, *, mini_batch=None):
     r"""TTT-Linear: mini-batch GD on :math:`\tfrac12\|v_t - \mathrm{LN}(M k_t + b)\|^2`.
 
-    Within a mini-batch of ``mini_batch`` tokens every gradient is taken at the mini-batch's start and
+    Within a mini-batch of ``batch_size`` tokens (``mini_batch`` is the deprecated old name) every
+    gradient is taken at the mini-batch's start and
     :math:`y_t` is read after the gradients so far (TTT's dual form,
     :class:`~ttr_stats.optimizers.MiniBatchGD`).
-    Paper row: DeltaNet / TTT-linear (one SGD step per token when ``mini_batch=1``; with
+    Paper row: DeltaNet / TTT-linear (one SGD step per token when ``batch_size=1``; with
     ``layer_norm=False`` that is :func:`deltanet` with ``beta=lr``). The memory starts at zero.
     """
     check_scalar("lr", lr, low=0.0, low_inclusive=False)
-    check_scalar("mini_batch", mini_batch, low=1, integer=True)
-    return _layer(w.Uniform(), opt.MiniBatchGD(lr, mini_batch), regressor=Linear(layer_norm=layer_norm))
+    size = _batch_size(batch_size, mini_batch)
+    return _layer(w.Uniform(), opt.MiniBatchGD(lr, size), regressor=Linear(layer_norm=layer_norm))
+
+
+def _batch_size(batch_size, mini_batch):
+    name = "batch_size" if mini_batch is None else "mini_batch"
+    return check_scalar(
+        name, renamed("batch_size", batch_size, "mini_batch", mini_batch), low=1, integer=True
+    )
 
 
 def _check_hidden(hidden):
@@ -282,26 +291,29 @@ def _check_hidden(hidden):
         check_scalar("hidden", hidden, low=1, integer=True)
 
 
-def ttt_mlp(hidden=None, lr=0.1, mini_batch=16, seed=0):
+def ttt_mlp(hidden=None, lr=0.1, batch_size=16, seed=0, *, mini_batch=None):
     r"""TTT-MLP: mini-batch GD on :math:`\tfrac12\|v_t - m_\theta(k_t)\|^2`, a two-layer GELU MLP.
 
     :math:`\theta_t = \theta_{t_0} - \sum_{s=t_0+1}^t \beta_s\nabla\ell_s(\theta_{t_0})` within a mini-batch
     (TTT's dual form). Paper row: TTT-MLP, MLP class, SGD. ``hidden`` defaults to :math:`4 d_k`; the initial
-    weights are drawn from ``seed`` (:class:`~ttr_stats.regressors.MLP`).
+    weights are drawn from ``seed`` (:class:`~ttr_stats.regressors.MLP`); ``batch_size`` tokens a mini-batch
+    (``mini_batch`` is the deprecated old name).
     """
     _check_hidden(hidden)
     check_scalar("lr", lr, low=0.0, low_inclusive=False)
-    check_scalar("mini_batch", mini_batch, low=1, integer=True)
-    return _layer(w.Uniform(), opt.MiniBatchGD(lr, mini_batch), regressor=MLP(hidden, "gelu", seed=seed))
+    size = _batch_size(batch_size, mini_batch)
+    return _layer(w.Uniform(), opt.MiniBatchGD(lr, size), regressor=MLP(hidden, "gelu", seed=seed))
 
 
-def titans(lr=0.1, momentum=0.9, decay=0.01, hidden=None, seed=0):
+def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, decay=None):
     r"""Titans' neural memory: :math:`S_t = \eta S_{t-1} - \beta_t\nabla\ell(\theta_{t-1}; k_t, v_t)`,
     :math:`\theta_t = (1 - \lambda)\alpha_t\theta_{t-1} + S_t`.
 
     Paper row: Titans (memory MLP), SGD with momentum and weight decay. The same two-layer GELU MLP as
     :func:`ttt_mlp` (``hidden`` defaults to :math:`4 d_k`, initial weights from ``seed``), so
-    ``titans(momentum=0, decay=0)`` is ``ttt_mlp(mini_batch=1)``; ``set_params(regressor__activation="silu")``
+    ``titans(momentum=0, weight_decay=0)`` is ``ttt_mlp(batch_size=1)`` (``decay`` is the deprecated old
+    name of ``weight_decay``, the name :class:`~ttr_stats.optimizers.Momentum` uses);
+    ``set_params(regressor__activation="silu")``
     gives Titans' SiLU. Call-time ``beta`` is the step :math:`\theta_t`, ``alpha`` a retention multiplying
     :math:`1 - \lambda` (Titans' forgetting gate is :math:`1 - (1 - \lambda)\alpha_t`); the momentum is
     constant. The effective step is about ``lr / (1 - momentum)``: keys of norm about 1 keep the defaults
@@ -310,9 +322,11 @@ def titans(lr=0.1, momentum=0.9, decay=0.01, hidden=None, seed=0):
     _check_hidden(hidden)
     check_scalar("lr", lr, low=0.0, low_inclusive=False)
     check_scalar("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
-    check_scalar("decay", decay, low=0.0, high=1.0, high_inclusive=False)
+    name = "weight_decay" if decay is None else "decay"
+    wd = check_scalar(name, renamed("weight_decay", weight_decay, "decay", decay), low=0.0, high=1.0,
+                      high_inclusive=False)  # fmt: skip
     return _layer(
-        w.Gated(alpha=1.0), opt.Momentum(lr, momentum, decay), regressor=MLP(hidden, "gelu", seed=seed)
+        w.Gated(alpha=1.0), opt.Momentum(lr, momentum, wd), regressor=MLP(hidden, "gelu", seed=seed)
     )
 
 

@@ -11,7 +11,7 @@ rule), a step size :math:`\eta_t` and a leak :math:`\ell_t` that each member def
 from __future__ import annotations
 
 from .. import _array
-from .._validation import check_scalar
+from .._validation import check_scalar, renamed
 from .base import MemoryState, Optimizer, SufficientStatistics, matvec, outer
 from .closed_form import ClosedForm
 
@@ -86,7 +86,7 @@ class DeltaRule(Optimizer):
         return b
 
     def leak(self, xp, b):
-        """The leak multiplying the decayed memory (1: none)."""
+        """The leak multiplying the decayed memory (``None``: none)."""
         return None
 
     def update(self, state, k, v, a, b):
@@ -147,23 +147,31 @@ class LeakyLMS(DeltaRule):
     ----------
     beta : float > 0
         Step size (overridden by call-time ``beta``).
-    decay : float >= 0
-        :math:`\lambda`, the L2 penalty.
+    l2 : float >= 0
+        :math:`\lambda`, the L2 penalty (the memory leaks by :math:`1 - \beta_t\lambda` a step).
+    decay : float >= 0, optional
+        The old name of ``l2`` (it is an L2 penalty, not a forgetting decay); deprecated.
     """
 
-    def __init__(self, beta=1.0, decay=0.01):
+    def __init__(self, beta=1.0, l2=0.01, *, decay=None):
         self.beta = beta
-        self.decay = decay
+        # the old spelling warns once, here, and is folded into ``l2`` so that ``get_params``/``clone``
+        # carry the value under its one current name
+        self.l2 = renamed("l2", l2, "decay", decay)
+
+    @classmethod
+    def _get_param_names(cls):
+        return ["beta", "l2"]
 
     def _validate(self):
         check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
-        check_scalar("decay", self.decay, low=0.0)
+        check_scalar("l2", self.l2, low=0.0)
 
     def default_beta(self):
         return float(self.beta)
 
     def leak(self, xp, b):
-        return 1.0 - b * float(self.decay)
+        return 1.0 - b * float(self.l2)
 
 
 def leaky_lms_to_gated_deltanet(beta, decay):

@@ -42,7 +42,7 @@ class MLP(Regressor):
     Examples
     --------
     >>> import numpy as np, ttr_stats as tt
-    >>> layer = tt.recipes.ttt_mlp(hidden=16, mini_batch=1)
+    >>> layer = tt.recipes.ttt_mlp(hidden=16, batch_size=1)
     >>> Q, K, V = np.random.default_rng(0).standard_normal((3, 10, 4))
     >>> layer(Q, K, V).shape
     (10, 4)

@@ -63,7 +63,7 @@ DEFAULT_CHUNK = 32
 
 #: on the host ``method="auto"`` takes the chunked form from this many tokens on (measured; below it the
 #: T x T parallel form is as fast or faster)
-HOST_MIN_T = 64
+HOST_MIN_T = 16
 
 #: tokens per block of the per-dimension halving on the host (see :func:`_block`)
 HOST_BLOCK_TOKENS = 128
