@@ -7,7 +7,7 @@ import math
 from sklearn.base import BaseEstimator
 
 from . import _array
-from ._gates import check_beta, check_lengths, mask_padding, resolve_log_alpha, zero_padding
+from ._gates import check_beta, check_lengths, mask_padding, mask_queries, resolve_log_alpha, zero_padding
 from ._validation import check_finite
 from .methods import Problem, registry, support_table
 from .methods.final_state import final_state
@@ -265,6 +265,10 @@ class TestTimeRegression(BaseEstimator):
         if lengths is not None:
             lengths = check_lengths(xp, lengths, batch, T, device)
             K, V, g, b = mask_padding(xp, lengths, K, V, g, b, steps, nonparametric=self.nonparametric)
+            if causal:  # queries are tokens only in a causal call (non-causal ones read the final memory)
+                # zero queries in the padding: a feature map (performer, based) or a local polynomial
+                # solve must never see the garbage there; those outputs are padding (zeroed in _run)
+                Q = mask_queries(xp, lengths, Q)
         Qf = self.regressor.features(xp, Q)
         Kf = self.regressor.features(xp, K)
         state0 = None
@@ -403,9 +407,11 @@ class TestTimeRegression(BaseEstimator):
             if _array.is_out_of_memory(exc):
                 raise MemoryError(self._memory_advice(P, m, str(exc))) from exc
             raise
-        self._check_output(P.xp, Y)
-        if P.lengths is not None:
+        if P.lengths is not None and P.causal:
+            # padded outputs are 0 by definition: zero them before the finiteness check so that only
+            # the valid outputs are judged (a non-causal call has no padded queries: its T_q is free)
             Y = zero_padding(P.xp, Y, P.lengths)
+        self._check_output(P.xp, Y)
         return Y, state
 
     def memorize(self, K, V, *, alpha=None, log_alpha=None, beta=None, initial_state=None, lengths=None):
