@@ -102,8 +102,21 @@ class KernelRidge(NonparametricRegressor):
             )
 
     def read(self, xp, state, Q):
-        """All queries against all cached pairs: :math:`\\kappa(Q, K)(\\kappa(K,K) + \\lambda I)^{-1} V`."""
-        if state.K.shape[-2] == 0:
+        """All queries against the cached pairs: :math:`\\kappa(Q, K)(\\kappa(K,K) + \\lambda I)^{-1} V`.
+
+        Pairs of log-weight ``-inf`` (written with strength 0: the padding of ``lengths``) are left out:
+        their rows and columns of the Gram system become those of the identity and their values and
+        cross-kernel entries 0, so the system is block diagonal and the kept block is solved as if alone
+        (replaced with ``where``, so garbage in an excluded pair never enters a sum). No kept pair: 0.
+        """
+        n = state.K.shape[-2]
+        if n == 0:
             return xp.zeros(Q.shape[:-1] + (state.V.shape[-1],), dtype=Q.dtype)
-        alpha = _array.pd_solve(xp, self._gram(xp, state.K), state.V)
-        return xp.matmul(self.kern(xp, Q, state.K), alpha)
+        keep = state.log_weight > -math.inf  # (..., n)
+        zero = xp.zeros((), dtype=state.K.dtype)
+        both = keep[..., :, None] & keep[..., None, :]
+        eye = xp.eye(n, dtype=state.K.dtype, device=_array.device(state.K))
+        G = xp.where(both, self._gram(xp, state.K), eye)
+        alpha = _array.pd_solve(xp, G, xp.where(keep[..., None], state.V, zero))
+        C = xp.where(keep[..., None, :], self.kern(xp, Q, state.K), zero)
+        return xp.matmul(C, alpha)

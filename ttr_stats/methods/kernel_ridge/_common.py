@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ...regressors.nonparametric import CacheState
+from ...regressors.nonparametric import CacheState, last_log_weights
 
 
 def final_cache(xp, P):
-    """Kernel ridge keeps every pair with weight 1 (uniform weights only)."""
-    return CacheState(P.K, P.V, xp.zeros(P.K.shape[:-1], dtype=P.dtype, device=P.device))
+    """Every pair with its log-weight: 0 (weight 1, uniform weights only), ``-inf`` for a pair written
+    with strength 0 (the padding of ``lengths``), which :meth:`KernelRidge.read` leaves out."""
+    return CacheState(P.K, P.V, last_log_weights(xp, P))
 
 
 def empty(xp, P):
