@@ -146,13 +146,17 @@ class LocalPolynomial(NonparametricRegressor):
         XtW = xp.matrix_transpose(X * W[..., None])  # (..., q, P+1, n)
         A = xp.matmul(XtW, X)
         Bv = xp.matmul(XtW, V[..., None, :, :])
-        A11 = A[..., 0, 0]
+        # A11 = sum of the normalised weights: 1, or 0 for a query with no pair of positive weight (an
+        # empty cache, a length-0 sequence); that query reads 0, like Nadaraya-Watson's all-zero weights
+        some = A[..., 0, 0] > 0
+        A11 = xp.where(some, A[..., 0, 0], xp.ones((), dtype=A.dtype))
         A12 = A[..., 0, 1:]
         # eliminate the intercept: Schur complement of A11 (the centred normal equations)
         S = A[..., 1:, 1:] - A12[..., :, None] * A12[..., None, :] / A11[..., None, None]
         rhs = Bv[..., 1:, :] - A12[..., :, None] * Bv[..., 0:1, :] / A11[..., None, None]
         coef = self._coef_solve(xp, S, rhs)  # (..., q, P, d_v)
-        return (Bv[..., 0, :] - xp.matmul(A12[..., None, :], coef)[..., 0, :]) / A11[..., None]
+        y = (Bv[..., 0, :] - xp.matmul(A12[..., None, :], coef)[..., 0, :]) / A11[..., None]
+        return xp.where(some[..., None], y, xp.zeros((), dtype=y.dtype))
 
     # --- the fast form: offset softmax, centred two-pass moments -------------------------------------
     def parallel(self, xp, Q, K, V, logW):

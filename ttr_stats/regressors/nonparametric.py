@@ -76,12 +76,18 @@ def log_gamma(xp, P, *, causal=True):
 
 
 def normalised_weights(xp, logW):
-    """Row-normalised weights exp(logW - max) / sum, shape unchanged (rows always have a finite entry)."""
+    """Row-normalised weights exp(logW - max) / sum, shape unchanged.
+
+    A row without a finite entry (no pair of positive weight: a query of a length-0 sequence, or a read
+    of a cache whose every pair is padding) gets all-zero weights, so it reads 0 (the empty memory's
+    value, as for a cache of no pairs) instead of 0/0 = NaN. Other rows are unchanged, bit for bit.
+    """
     if logW.shape[-1] == 0:  # no pairs (an empty sequence): nothing to weight
         return logW
     mx = xp.max(logW, axis=-1, keepdims=True)
-    W = xp.exp(logW - mx)
-    return W / xp.sum(W, axis=-1, keepdims=True)
+    some = mx > -math.inf
+    W = xp.exp(logW - xp.where(some, mx, xp.zeros((), dtype=mx.dtype)))  # exp(-inf) = 0 in empty rows
+    return W / xp.where(some, xp.sum(W, axis=-1, keepdims=True), xp.ones((), dtype=W.dtype))
 
 
 class NonparametricRegressor(Regressor):
