@@ -22,7 +22,14 @@ from typing import NamedTuple
 from .. import _array
 from .linear import Regressor
 
-__all__ = ["CacheState", "NonparametricRegressor", "log_gamma", "last_log_weights", "normalised_weights"]
+__all__ = [
+    "CacheState",
+    "NonparametricRegressor",
+    "log_gamma",
+    "last_log_weights",
+    "log_strength",
+    "normalised_weights",
+]
 
 
 class CacheState(NamedTuple):
@@ -41,6 +48,17 @@ class CacheState(NamedTuple):
     log_weight: object
 
 
+def log_strength(xp, b):
+    """``log(b)`` of write strengths ``b >= 0``, ``-inf`` where ``b = 0`` (a padded pair: excluded).
+
+    Written with ``where`` so that no library warns about log(0) (array-api-strict wraps NumPy outside
+    the layer's ``quiet_overflow``); equal to ``xp.log(b)`` bit for bit.
+    """
+    pos = b > 0
+    safe = xp.where(pos, b, xp.ones((), dtype=b.dtype))
+    return xp.where(pos, xp.log(safe), xp.asarray(-math.inf, dtype=b.dtype))
+
+
 def last_log_weights(xp, P):
     r"""Log weights of every pair at the last step, :math:`\log\Gamma_{Ti}`, shape (..., T_k).
 
@@ -50,7 +68,7 @@ def last_log_weights(xp, P):
     T = g.shape[-1]
     suffix = xp.flip(xp.cumulative_sum(xp.flip(g, axis=-1), axis=-1), axis=-1)  # sum_{j >= i} g_j
     after = xp.concat([suffix[..., 1:], xp.zeros(g.shape[:-1] + (min(T, 1),), dtype=g.dtype)], axis=-1)
-    L = after + xp.log(P.b)
+    L = after + log_strength(xp, P.b)
     if P.window is not None and P.window < T:
         keep = xp.arange(T) >= T - P.window
         L = xp.where(keep, L, xp.asarray(-math.inf, dtype=L.dtype))
@@ -67,7 +85,7 @@ def log_gamma(xp, P, *, causal=True):
         last = last_log_weights(xp, P)
         return xp.broadcast_to(last[..., None, :], P.Q.shape[:-1] + last.shape[-1:])
     T = P.K.shape[-2]
-    L = _array.segsum(xp, P.g[..., 0]) + xp.log(P.b)[..., None, :]
+    L = _array.segsum(xp, P.g[..., 0]) + log_strength(xp, P.b)[..., None, :]
     if P.window is not None and P.window < T:
         idx = xp.arange(T)
         inside = (idx[:, None] - idx[None, :]) < P.window

@@ -8,6 +8,7 @@ leaves a window, then solve the weighted regression for :math:`q_t` from its def
 
 from __future__ import annotations
 
+from ...regressors.nonparametric import log_strength
 from ..registry import register
 from ._common import dense_log_weights, final_cache
 
@@ -16,7 +17,7 @@ def growing_cache(xp, regressor, P):
     """Outputs (..., T, d_v) of the growing-cache loop."""
     ys = []
     logw = xp.zeros(P.batch_shape + (0,), dtype=P.dtype, device=P.device)
-    logb = xp.log(P.b)
+    logb = log_strength(xp, P.b)  # -inf for padded pairs (strength 0)
     for t in range(P.T):
         g = P.g[..., t, 0]
         logw = xp.concat([logw + g[..., None], logb[..., t : t + 1]], axis=-1)
