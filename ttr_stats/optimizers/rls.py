@@ -17,9 +17,13 @@ class RecursiveLeastSquares(Optimizer):
 
     .. math::
 
-        g_t &= P_{t-1} k_t / (\gamma_t/\beta_t + k_t^\top P_{t-1} k_t) \\
+        g_t &= \beta_t P_{t-1} k_t / (\gamma_t + \beta_t k_t^\top P_{t-1} k_t) \\
         M_t &= M_{t-1} + (v_t - M_{t-1} k_t)\, g_t^\top \\
         P_t &= (P_{t-1} - g_t k_t^\top P_{t-1}) / \gamma_t,\qquad P_0 = I/\rho,\ M_0 = 0.
+
+    The gain is written with :math:`\beta_t` in the numerator, not as :math:`\gamma_t/\beta_t` in the
+    denominator, so that :math:`\beta_t = 0` (a padded step of ``lengths``) is an exact no-op
+    (:math:`g_t = 0`) rather than a division by zero.
 
     P is re-symmetrised every step (the unsymmetrised update lets skew rounding error grow like
     :math:`\gamma^{-t}`). This is *exactly* :math:`M_t = S_t (R_t + \rho\,\Pi_{j\le t}\gamma_j\, I)^{-1}`: the
@@ -75,8 +79,9 @@ class RecursiveLeastSquares(Optimizer):
         gamma = a[..., 0]
         M, P = state
         Pk = matvec(xp, P, k)
-        denom = gamma / b + xp.sum(k * Pk, axis=-1)
-        g = Pk / denom[..., None]
+        # b Pk / (gamma + b k^T P k): b = 0 gives g = 0 exactly (gamma / b would divide by zero)
+        denom = gamma + b * xp.sum(k * Pk, axis=-1)
+        g = (b / denom)[..., None] * Pk
         M = M + outer(v - matvec(xp, M, k), g)
         P = (P - outer(g, Pk)) / gamma[..., None, None]
         P = 0.5 * (P + xp.matrix_transpose(P))
