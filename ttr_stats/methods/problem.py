@@ -41,8 +41,11 @@ class Problem(NamedTuple):
         The chunk length of chunked methods (``None``: the method's default).
     lengths : array of shape batch_shape (integers) or None
         Valid tokens of each sequence (right padding). The layer has already made the padded steps
-        identities for the linear families (zero keys and values, zero log-decay); the generic loop also
-        freezes the state there, so every family's final state is the state after ``lengths`` tokens.
+        identities in every family (:func:`ttr_stats._gates.mask_padding`): zero keys and values, zero
+        log-decay and write strength ``b = 0`` for every padded pair (so a nonparametric cache gives them
+        log-weight ``-inf``: excluded), and, in a causal call, zero queries at padded positions (their
+        outputs are padding, set to 0 by the layer). The generic loop also freezes the state there, so
+        every family's final state is the state after ``lengths`` tokens.
     """
 
     xp: object
