@@ -38,6 +38,9 @@ tests that check them: ``docs/derivations/identity_chunked.md``.
   :math:`S_n = \sum_{m\le n} e^{\bar G_n - \bar G_m}\,\Delta S_m + e^{\bar G_n} S_{\text{in}}`: one lower
   triangular (64, 64) matmul per group, a loop over ``N / 64`` groups only, ``O(64^2)`` memory per batch
   and dimension (not ``O(N^2)``), and the matmul's arithmetic (64 d^2 per chunk) is nothing to a GPU.
+  On CuPy the chunk recurrence runs instead as one fused kernel (``methods/_fused.py``; measured on an
+  H200 at B = 8, H = 16, T = 4096, d = 64, float32, chunk 32: 4.6 ms a call against 5.7 ms grouped),
+  and the grouped form is the fallback where the kernel does not apply.
 * Sliding windows: the recurrence removes the pair leaving the window undecayed and lets the removal decay
   from then on, i.e. it subtracts the same layer run on keys and values delayed by ``w`` steps (same gates,
   zero initial state). Both runs go through the kernel at once, stacked on a leading axis.
@@ -52,6 +55,7 @@ import math
 import array_api_compat
 
 from ...optimizers import LinearAttentionState
+from .. import _fused
 from ..problem import initial_state
 from ..registry import register
 
@@ -343,13 +347,49 @@ def _inter_loop(xp, Qg, v, Kx, a, M, z, need_den):
 def _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den):
     """The state read and update with the chunk states formed :data:`DEVICE_GROUP` at a time (device).
 
-    As :func:`_inter_loop`, but Gc (..., n, dg) are the chunks' float64 log-decays.
+    As :func:`_inter_loop`, but Gc (..., n, dg) are the chunks' float64 log-decays. On CuPy the fused
+    kernel of ``methods/_fused.py`` runs the chunk recurrence when it applies; else the grouped matrix form.
     """
+    fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den)
+    if fused is not None:
+        return fused
     dS = xp.matrix_transpose(v) @ Kx  # (..., n, dv, dk): each chunk's writes, decayed to its end
     Sp, zp, M, z = _states_grouped(xp, dS, xp.sum(Kx, axis=-2), Gc, M, z, Qg.dtype)
     y = Qg @ xp.matrix_transpose(Sp)
     den = xp.sum(Qg * zp[..., None, :], axis=-1) if need_den else None
     return y, den, M, z
+
+
+def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den):
+    """:func:`_inter_grouped` by the fused kernel, or None where it does not apply.
+
+    The denominator state z is the state of a ones column appended to the values (read when
+    ``need_den``); without it z is only needed after the last chunk:
+    ``z_N = sum_n exp(sum_{m > n} Gc_m) dz_n + exp(sum_m Gc_m) z_0`` (reverse cumulative sums: no
+    difference of large sums, every exponent <= 0).
+    """
+    dt, dv = Qg.dtype, v.shape[-1]
+    dev = array_api_compat.device(Qg)
+    lead = Qg.shape[:-3]
+    dk = Qg.shape[-1]
+    St0 = xp.matrix_transpose(xp.broadcast_to(M, lead + (dv, dk)))
+    zb = xp.broadcast_to(z, lead + (dk,))
+    U = v
+    if need_den:
+        U = xp.concat([v, xp.ones(v.shape[:-1] + (1,), dtype=dt, device=dev)], axis=-1)
+        St0 = xp.concat([St0, zb[..., None]], axis=-1)
+    res = _fused.state_pass(xp, Qg, U, Kx, _ex(xp, Gc, dt), St0)
+    if res is None:
+        return None
+    Y, St = res
+    M = xp.matrix_transpose(St[..., :dv])
+    if need_den:
+        return Y[..., :dv], Y[..., dv], M, St[..., dv]
+    rc = xp.flip(xp.cumulative_sum(xp.flip(Gc, axis=-2), axis=-2), axis=-2)  # sum_{m >= n}
+    after = xp.concat([rc[..., 1:, :], xp.zeros_like(rc[..., :1, :])], axis=-2)  # sum_{m > n}
+    dz = xp.sum(Kx, axis=-2)
+    z = xp.sum(_ex(xp, after, dt) * dz, axis=-2) + _ex(xp, rc[..., 0, :], dt) * zb
+    return Y, None, M, z
 
 
 def _segsum(xp, x, dev):

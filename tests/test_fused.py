@@ -1,0 +1,241 @@
+"""The fused chunk-recurrence kernel (``methods/_fused.py``) against its reference and the loop.
+
+Two layers of trust:
+
+* on the host (always): the call sites of the identity and delta chunked methods, with the kernel
+  replaced by :func:`~ttr_stats.methods._fused.state_pass_reference` (a plain loop over chunks), equal the
+  recurrent definition; this checks every operand the call sites prepare (decays, the ones column of the
+  denominator, the reverse sums of z, the transposed states), independently of CUDA;
+* on a GPU (CuPy; skipped without one): the kernel equals the reference on random operands of odd sizes
+  (every optional operand, scalar and per-dimension decays, R != C as in DeltaProduct, sizes that are
+  not multiples of the block's 32 value columns, more sequences than a grid dimension's 65535), and
+  layers run with the kernel equal the same layers without it and the loop.
+
+Tolerances (relative RMS, ``rel_err``): float64 1e-10 (the kernel forms the same products in another
+summation order: a few eps times the sums' conditioning, measured ~1e-14); float32 1e-5 (the same at
+eps = 6e-8; measured ~1e-6 at T = 1000).
+"""
+
+import numpy as np
+import pytest
+from conftest import _cupy_available, rel_err
+
+import ttr_stats as tt
+from ttr_stats import optimizers as o
+from ttr_stats import weights as w
+from ttr_stats.methods import _fused
+from ttr_stats.methods.delta import chunked as dch
+from ttr_stats.methods.identity import chunked as ich
+
+TOL64, TOL32 = 1e-10, 1e-5
+
+LAYERS = {  # name -> (factory, gate kind)
+    "linear_attention": (tt.recipes.linear_attention, None),
+    "la_sum_elu": (lambda: tt.recipes.linear_attention("sum", "elu_plus_one"), None),
+    "mamba2": (tt.recipes.mamba2, "scalar"),
+    "gla": (tt.recipes.gla, "per_dim"),
+    "gla_sum": (
+        lambda: tt.TestTimeRegression(
+            weights=w.Gated(per_dimension=True), optimizer=o.IdentityCovariance("sum")
+        ),
+        "per_dim",
+    ),
+    "window_sum": (
+        lambda: tt.TestTimeRegression(weights=w.SlidingWindow(7), optimizer=o.IdentityCovariance("sum")),
+        None,
+    ),
+    "deltanet": (tt.recipes.deltanet, None),
+    "gated_deltanet": (tt.recipes.gated_deltanet, "scalar"),
+    "delta_product3": (lambda: tt.recipes.delta_product(3), "scalar"),
+    "leaky_lms": (lambda: tt.recipes.leaky_lms(beta=0.5, l2=0.3), None),
+    "longhorn": (tt.recipes.longhorn, None),
+}
+
+
+def inputs(rng, kind, batch, T, d_k, d_v, n=1, dtype=np.float64, log_alpha=None, positive=False):
+    """``positive``: nonnegative queries and keys, as the feature maps of sum-normalised layers give, so
+    that the denominators q^T z stay away from 0 (signed keys make y / den ill-conditioned: measured
+    1.5e-4 float32 relative differences between two summation orders on an H200, rounding amplified by
+    near-zero denominators, not a wrong term)."""
+    Q = rng.standard_normal(batch + (T, d_k))
+    K = rng.standard_normal(batch + (T * n, d_k))
+    if positive:
+        Q, K = np.abs(Q), np.abs(K)
+    K /= np.linalg.norm(K, axis=-1, keepdims=True) + 1e-12  # unit keys: the delta rule is stable at beta <= 1
+    V = rng.standard_normal(batch + (T * n, d_v))
+    gates = {"beta": rng.uniform(0.2, 1.0, batch + (T * n,))}
+    if kind is not None:
+        shape = batch + ((T, d_k) if kind == "per_dim" else (T,))
+        la = -rng.uniform(0.0, 0.5, shape) if log_alpha is None else np.full(shape, float(log_alpha))
+        gates["log_alpha"] = la
+    cast = lambda a: a.astype(dtype)  # noqa: E731
+    return cast(Q), cast(K), cast(V), {k: cast(v) for k, v in gates.items()}
+
+
+def _pos(name):
+    return name.endswith("_sum") or name == "la_sum_elu"
+
+
+def _n(name):
+    return 3 if name == "delta_product3" else 1
+
+
+# --- 1. the call sites, with the reference in place of the kernel (host) ----------------------------------
+@pytest.fixture
+def reference_kernel(monkeypatch):
+    """Route the device code of both chunked methods through the reference loop on NumPy."""
+    monkeypatch.setattr(_fused, "state_pass", _fused.state_pass_reference)
+    monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
+    monkeypatch.setattr(dch, "_on_device", lambda xp, device: True)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize(
+    ("T", "d_k", "d_v", "chunk"), [(1, 7, 3, None), (63, 1, 7, 10), (65, 7, 1, 16), (130, 100, 7, 64)]
+)
+def test_call_sites_with_the_reference_kernel_match_the_loop(reference_kernel, rng, name, T, d_k, d_v, chunk):
+    factory, kind = LAYERS[name]
+    n = _n(name)
+    Q, K, V, gates = inputs(rng, kind, (2,), T, d_k, d_v, n, positive=_pos(name))
+    layer = factory()
+    yc, sc = layer(Q, K, V, method="chunked", chunk_size=chunk, return_state=True, **gates)
+    yr, sr = layer(Q, K, V, method="recurrent", return_state=True, **gates)
+    assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
+    for f, a, b in zip(sr._fields, sc, sr, strict=True):
+        assert rel_err(a, b) < TOL64, (name, f, rel_err(a, b))
+
+
+def test_call_sites_chain_through_initial_states(reference_kernel, rng):
+    """Two pieces with the first's final state as the second's initial state equal one run (z included)."""
+    for name in ("la_sum_elu", "gla_sum", "gated_deltanet"):
+        factory, kind = LAYERS[name]
+        Q, K, V, gates = inputs(rng, kind, (3,), 70, 5, 4, positive=_pos(name))
+        layer = factory()
+        full = layer(Q, K, V, method="chunked", chunk_size=16, **gates)
+        s = 33
+        first = {k: v[..., :s] if v.ndim == 2 else v[..., :s, :] for k, v in gates.items()}
+        rest = {k: v[..., s:] if v.ndim == 2 else v[..., s:, :] for k, v in gates.items()}
+        _, st = layer(
+            Q[..., :s, :], K[..., :s, :], V[..., :s, :], method="chunked", return_state=True, **first
+        )
+        y2 = layer(Q[..., s:, :], K[..., s:, :], V[..., s:, :], method="chunked", initial_state=st, **rest)
+        assert rel_err(y2, full[..., s:, :]) < TOL64, name
+
+
+def test_reference_is_the_recurrence_it_documents(rng):
+    """The reference loop on random operands against the formulas written out per chunk."""
+    N, R, C, dk, dv = 4, 3, 5, 2, 3
+    Qg, A = rng.standard_normal((N, R, dk)), rng.standard_normal((N, R, C))
+    U, W = rng.standard_normal((N, C, dv)), rng.standard_normal((N, C, dk))
+    Kx, a = rng.standard_normal((N, C, dk)), rng.uniform(0, 1, (N, dk))
+    S = rng.standard_normal((dk, dv))
+    Y, St = _fused.state_pass_reference(np, Qg, U, Kx, a, S, A=A, W=W)
+    for n in range(N):
+        D = U[n] - W[n] @ S
+        assert np.allclose(Y[n], Qg[n] @ S + A[n] @ D, rtol=1e-13, atol=1e-13)
+        S = np.diag(a[n]) @ S + Kx[n].T @ D
+    assert np.allclose(St, S, rtol=1e-13, atol=1e-13)
+
+
+def test_kernel_does_not_apply_off_cupy():
+    assert not _fused.applies(np, np.dtype("float64"), 64, 64, 64, 64, True, True)
+    assert (
+        _fused.state_pass(np, *(np.zeros((1, 1, 1, 1)),) * 3, np.zeros((1, 1, 1)), np.zeros((1, 1))) is None
+    )
+
+
+# --- 2. the kernel on a GPU ------------------------------------------------------------------------------
+gpu = pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("lead", "N", "R", "C", "dk", "dv", "per_dim", "has_A", "has_W"),
+    [
+        ((2, 3), 5, 64, 64, 64, 64, False, True, True),  # Gated DeltaNet's shape
+        ((1,), 1, 1, 1, 1, 1, False, False, False),
+        ((3,), 7, 7, 7, 7, 33, True, False, False),  # GLA-like, 33 columns: a partial second block
+        ((2,), 9, 3, 9, 100, 7, False, True, True),  # DeltaProduct: R reads per C = 3 R writes
+        ((70000,), 2, 4, 4, 3, 2, False, True, False),  # more sequences than 65535
+    ],
+)
+def test_kernel_matches_the_reference(dtype, lead, N, R, C, dk, dv, per_dim, has_A, has_W):
+    import cupy as cp
+
+    rng = np.random.default_rng(0)
+    g = lambda *s: cp.asarray(rng.standard_normal(lead + s) / np.sqrt(max(dk, C)), dtype=dtype)  # noqa: E731
+    Qg, U, Kx = g(N, R, dk), g(N, C, dv), g(N, C, dk)
+    a = cp.asarray(rng.uniform(0.0, 1.0, lead + (N, dk if per_dim else 1)), dtype=dtype)
+    S0 = g(dk, dv)
+    A = g(N, R, C) if has_A else None
+    W = g(N, C, dk) if has_W else None
+    got = _fused.state_pass(cp, Qg, U, Kx, a, S0, A=A, W=W)
+    assert got is not None
+    ref = _fused.state_pass_reference(cp, Qg, U, Kx, a, S0, A=A, W=W)
+    tol = TOL32 if dtype == "float32" else TOL64
+    for x, y in zip(got, ref, strict=True):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        assert rel_err(cp.asnumpy(x), cp.asnumpy(y)) < tol
+
+
+@gpu
+@pytest.mark.gpu
+def test_kernel_refuses_what_does_not_fit_shared_memory():
+    import cupy as cp
+
+    assert not _fused.applies(cp, cp.dtype("float64"), 256, 256, 256, 64, True, True)
+    assert not _fused.applies(cp, cp.dtype("float16"), 4, 4, 4, 4, False, False)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layers_with_the_kernel_match_without_it_and_the_loop(monkeypatch, rng, name, dtype):
+    import cupy as cp
+
+    factory, kind = LAYERS[name]
+    n = _n(name)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for T, dk, dv, chunk in [(1, 7, 3, None), (65, 7, 1, 16), (1000, 100, 7, 64), (300, 64, 64, None)]:
+        Q, K, V, gates = inputs(rng, kind, (2,), T, dk, dv, n, dtype, positive=_pos(name))
+        put = lambda d: {k: cp.asarray(v) for k, v in d.items()}  # noqa: E731
+        layer = factory()
+        args = (cp.asarray(Q), cp.asarray(K), cp.asarray(V))
+        yf, sf = layer(*args, method="chunked", chunk_size=chunk, return_state=True, **put(gates))
+        monkeypatch.setattr(_fused, "ENABLED", False)
+        ya, sa = layer(*args, method="chunked", chunk_size=chunk, return_state=True, **put(gates))
+        monkeypatch.setattr(_fused, "ENABLED", True)
+        yr, sr = layer(Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64), method="recurrent",
+                       return_state=True, **{k: v.astype(np.float64) for k, v in gates.items()})  # fmt: skip
+        assert rel_err(cp.asnumpy(yf), cp.asnumpy(ya)) < tol, (name, T, "fused vs array form")
+        assert rel_err(cp.asnumpy(yf), yr) < tol, (name, T, "fused vs loop")
+        for f, a, b in zip(sr._fields, sf, sr, strict=True):
+            assert rel_err(cp.asnumpy(a), b) < tol, (name, T, f)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba2", "gla", "gated_deltanet"])
+def test_kernel_is_exactly_causal(rng, name):
+    """Changing inputs at positions >= s leaves every output before s bit-for-bit unchanged."""
+    import cupy as cp
+
+    factory, kind = LAYERS[name]
+    Q, K, V, gates = inputs(rng, kind, (2,), 200, 16, 8)
+    layer = factory()
+    y = cp.asnumpy(layer(cp.asarray(Q), cp.asarray(K), cp.asarray(V), method="chunked",
+                         **{k: cp.asarray(v) for k, v in gates.items()}))  # fmt: skip
+    for s in (1, 63, 64, 65, 150):
+        Q2, K2, V2 = Q.copy(), K.copy(), V.copy()
+        Q2[..., s:, :] += 1.0
+        K2[..., s:, :] = rng.standard_normal(K2[..., s:, :].shape)
+        V2[..., s:, :] *= -3.0
+        g2 = {k: v.copy() for k, v in gates.items()}
+        for v in g2.values():
+            v[:, s:] = v[:, s:] * 0.5
+        y2 = cp.asnumpy(layer(cp.asarray(Q2), cp.asarray(K2), cp.asarray(V2), method="chunked",
+                              **{k: cp.asarray(v) for k, v in g2.items()}))  # fmt: skip
+        assert np.array_equal(y[..., :s, :], y2[..., :s, :]), (name, s)

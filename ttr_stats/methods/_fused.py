@@ -1,0 +1,268 @@
+r"""A fused CUDA kernel for the sequential part of the chunked linear-memory methods (CuPy only).
+
+The chunked forms of the identity family (``methods/identity/chunked.py``) and of the delta rule
+(``methods/delta/chunked.py``) split into work that is parallel over chunks (the intra-chunk products,
+the UT transform: batched matmuls a GPU runs well as array operations) and one recurrence over the
+chunks, which as array operations is either a loop of ``N`` tiny launches or a scan that does
+``O(N log N d^3)`` work. This module runs that recurrence as one kernel: a thread block per (sequence,
+block of value columns) walks the chunks in order with its slice of the state in shared memory.
+
+Per chunk ``n``, with the state carried transposed, :math:`S^\top` of shape (d_k, d_v):
+
+.. math:: \Delta = U - W S^\top \quad(\text{or } \Delta = U \text{ without } W),\qquad
+          Y = Q_g S^\top + A\,\Delta \quad(\text{or } Y = Q_g S^\top),\qquad
+          S^\top \leftarrow \operatorname{diag}(a)\,S^\top + K_x^\top \Delta
+
+* identity family: ``Q_g = q e^{G}``, ``K_x = k b e^{G_L - G}``, ``U = v``, no ``W`` and no ``A`` (the
+  intra-chunk term is added by the caller), ``a`` the chunk's scalar or per-dimension decay;
+* delta rule: ``Q_g = diag(gamma_r) Q``, ``A = P`` (the masked intra-chunk reads), ``U, W`` the UT
+  transform, ``K_x = D K`` and ``a = gamma_C``.
+
+Every operand is formed by the array code in the working dtype; the kernel only multiplies and adds, in
+that dtype (float32 or float64), so it agrees with the array form to rounding (tests/test_fused.py runs
+both on the GPU). The array form stays the portable path (NumPy, torch) and the reference.
+
+The kernel is compiled by NVRTC at first use (``cupy.RawModule``). :func:`state_pass` returns ``None``
+where it does not apply (not CuPy, a dtype other than float32/float64, operands too big for shared
+memory), and the caller then runs the array form. :data:`ENABLED` switches it off globally.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+__all__ = ["ENABLED", "state_pass", "applies", "THREADS"]
+
+#: set False to run the array form on CuPy as well (the tests compare the two)
+ENABLED = True
+
+#: threads a block
+THREADS = 256
+
+#: most rows (reads or state rows) one thread keeps in registers; bounds R and d_k by ``MAX_ROWS * rows``
+MAX_ROWS = 32
+
+_SOURCE = r"""
+#define MAX_ROWS %(max_rows)d
+
+template <typename T>
+__global__ void state_pass(
+    const T* __restrict__ Qg, const T* __restrict__ A, const T* __restrict__ W,
+    const T* __restrict__ U, const T* __restrict__ Kx, const T* __restrict__ a,
+    const T* __restrict__ S0, T* __restrict__ Y, T* __restrict__ Sout,
+    const int N, const int R, const int C, const int dk, const int dv, const int da,
+    const int BV, const int has_A, const int has_W)
+{
+    extern __shared__ unsigned char smem_raw[];
+    T* St = reinterpret_cast<T*>(smem_raw);   // (dk, BV): this block's columns of S^T
+    T* Vn = St + dk * BV;                     // (C, BV): Delta
+    T* sQ = Vn + C * BV;                      // (R, dk)
+    T* sK = sQ + R * dk;                      // (C, dk)
+    T* sW = sK + C * dk;                      // (C, dk) when has_W
+    T* sA = sW + (has_W ? C * dk : 0);        // (R, C) when has_A
+    T* sa = sA + (has_A ? R * C : 0);         // (dk,)
+
+    const int bh = blockIdx.x;   // sequences on x (up to 2^31 - 1 of them), value blocks on y
+    const int v0 = blockIdx.y * BV;
+    const int tid = threadIdx.x;
+    const int nthreads = blockDim.x;
+    const int col = tid %% BV;
+    const int rg = tid / BV;
+    const int nrg = nthreads / BV;
+    const int vcol = v0 + col;
+
+    const T* S0b = S0 + (size_t)bh * dk * dv;
+    for (int i = tid; i < dk * BV; i += nthreads) {
+        const int k = i / BV, c = i %% BV;
+        St[i] = (v0 + c < dv) ? S0b[(size_t)k * dv + v0 + c] : T(0);
+    }
+    T yreg[MAX_ROWS];
+    for (int n = 0; n < N; ++n) {
+        const size_t chunk = (size_t)bh * N + n;
+        const T* Qn = Qg + chunk * R * dk;
+        const T* Kn = Kx + chunk * C * dk;
+        const T* Un = U + chunk * C * dv;
+        for (int i = tid; i < R * dk; i += nthreads) sQ[i] = Qn[i];
+        for (int i = tid; i < C * dk; i += nthreads) sK[i] = Kn[i];
+        if (has_W) {
+            const T* Wn = W + chunk * C * dk;
+            for (int i = tid; i < C * dk; i += nthreads) sW[i] = Wn[i];
+        }
+        if (has_A) {
+            const T* An = A + chunk * R * C;
+            for (int i = tid; i < R * C; i += nthreads) sA[i] = An[i];
+        }
+        const T* an = a + chunk * da;
+        for (int i = tid; i < dk; i += nthreads) sa[i] = an[da == 1 ? 0 : i];
+        for (int i = tid; i < C * BV; i += nthreads) {
+            const int r = i / BV, c = i %% BV;
+            Vn[i] = (v0 + c < dv) ? Un[(size_t)r * dv + v0 + c] : T(0);
+        }
+        __syncthreads();
+        // phase 1: Delta = U - W S^T and the inter-chunk reads Q_g S^T (S^T is only read)
+        if (has_W) {
+            for (int r = rg; r < C; r += nrg) {
+                T acc = T(0);
+                const T* wr = sW + r * dk;
+#pragma unroll 8
+                for (int k = 0; k < dk; ++k) acc += wr[k] * St[k * BV + col];
+                Vn[r * BV + col] -= acc;
+            }
+        }
+        int ir = 0;
+        for (int r = rg; r < R; r += nrg, ++ir) {
+            T acc = T(0);
+            const T* qr = sQ + r * dk;
+#pragma unroll 8
+            for (int k = 0; k < dk; ++k) acc += qr[k] * St[k * BV + col];
+            yreg[ir] = acc;
+        }
+        __syncthreads();
+        // phase 2: the intra-chunk reads A Delta, the outputs, and S^T <- diag(a) S^T + K_x^T Delta
+        T* Yn = Y + chunk * R * dv;
+        ir = 0;
+        for (int r = rg; r < R; r += nrg, ++ir) {
+            T acc = yreg[ir];
+            if (has_A) {
+                const T* ar = sA + r * C;
+#pragma unroll 8
+                for (int j = 0; j < C; ++j) acc += ar[j] * Vn[j * BV + col];
+            }
+            if (vcol < dv) Yn[(size_t)r * dv + vcol] = acc;
+        }
+        for (int k = rg; k < dk; k += nrg) {
+            T acc = sa[k] * St[k * BV + col];
+#pragma unroll 8
+            for (int j = 0; j < C; ++j) acc += sK[j * dk + k] * Vn[j * BV + col];
+            St[k * BV + col] = acc;
+        }
+        __syncthreads();
+    }
+    T* Sb = Sout + (size_t)bh * dk * dv;
+    for (int i = tid; i < dk * BV; i += nthreads) {
+        const int k = i / BV, c = i %% BV;
+        if (v0 + c < dv) Sb[(size_t)k * dv + v0 + c] = St[i];
+    }
+}
+""" % {"max_rows": MAX_ROWS}  # noqa: UP031 - the CUDA source is full of braces; %% is its modulo
+
+_MODULE = None
+_DTYPES = {"float32": "float", "float64": "double"}
+
+
+def _module():
+    global _MODULE
+    if _MODULE is None:
+        import cupy
+
+        _MODULE = cupy.RawModule(
+            code=_SOURCE,
+            options=("-std=c++17",),
+            name_expressions=[f"state_pass<{t}>" for t in _DTYPES.values()],
+        )
+    return _MODULE
+
+
+def _columns(dv):
+    """Value columns a block: a power of two up to 32 (one warp reads a row of the state slice)."""
+    return min(32, 1 << max(0, (dv - 1).bit_length()))
+
+
+def _shared_bytes(R, C, dk, BV, has_A, has_W, itemsize):
+    words = dk * BV + C * BV + R * dk + C * dk + (C * dk if has_W else 0) + (R * C if has_A else 0) + dk
+    return words * itemsize
+
+
+def _shared_limit():
+    import cupy
+
+    dev = cupy.cuda.Device()
+    return int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+
+
+def applies(xp, dtype, R, C, dk, dv, has_A, has_W) -> bool:
+    """Whether :func:`state_pass` runs for these sizes (CuPy, float32/float64, fits shared memory)."""
+    if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
+        return False
+    name = str(dtype)
+    if name not in _DTYPES:
+        return False
+    BV = _columns(dv)
+    rows = THREADS // BV
+    if math.ceil(R / rows) > MAX_ROWS:
+        return False
+    itemsize = 4 if name == "float32" else 8
+    return _shared_bytes(R, C, dk, BV, has_A, has_W, itemsize) <= _shared_limit()
+
+
+def state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None):
+    """Run the chunk recurrence (module docstring) in one kernel.
+
+    Parameters
+    ----------
+    Qg : array (..., N, R, d_k)
+    U : array (..., N, C, d_v)
+    Kx : array (..., N, C, d_k)
+    a : array (..., N, 1) or (..., N, d_k)
+        The chunks' decays.
+    S0t : array (..., d_k, d_v)
+        The transposed state before chunk 0 (broadcast over the leading axes).
+    A : array (..., N, R, C), optional
+    W : array (..., N, C, d_k), optional
+
+    Returns
+    -------
+    ``(Y, St)``: Y (..., N, R, d_v) and the transposed state after the last chunk (..., d_k, d_v); or
+    ``None`` where the kernel does not apply (:func:`applies`).
+    """
+    lead = Qg.shape[:-3]
+    N, R, dk = Qg.shape[-3:]
+    C, dv = U.shape[-2], U.shape[-1]
+    dt = Qg.dtype
+    if N == 0 or not applies(xp, dt, R, C, dk, dv, A is not None, W is not None):
+        return None
+    import cupy
+
+    BH = math.prod(lead)
+    da = a.shape[-1]
+
+    def flat(x, tail):
+        return cupy.ascontiguousarray(xp.reshape(xp.broadcast_to(x, lead + tail), (BH,) + tail), dtype=dt)
+
+    Qf, Uf, Kf = flat(Qg, (N, R, dk)), flat(U, (N, C, dv)), flat(Kx, (N, C, dk))
+    af, Sf = flat(a, (N, da)), flat(S0t, (dk, dv))
+    Af = flat(A, (N, R, C)) if A is not None else Uf
+    Wf = flat(W, (N, C, dk)) if W is not None else Uf
+    Y = cupy.empty((BH, N, R, dv), dtype=dt)
+    St = cupy.empty((BH, dk, dv), dtype=dt)
+    BV = _columns(dv)
+    smem = _shared_bytes(R, C, dk, BV, A is not None, W is not None, dt.itemsize)
+    kern = _module().get_function(f"state_pass<{_DTYPES[str(dt)]}>")
+    if smem > 48 * 1024:
+        kern.max_dynamic_shared_size_bytes = smem
+    i32 = cupy.int32
+    args = (Qf, Af, Wf, Uf, Kf, af, Sf, Y, St)
+    sizes = (N, R, C, dk, dv, da, BV, int(A is not None), int(W is not None))
+    kern((BH, (dv + BV - 1) // BV), (THREADS,), args + tuple(i32(s) for s in sizes), shared_mem=smem)
+    return xp.reshape(Y, lead + (N, R, dv)), xp.reshape(St, lead + (dk, dv))
+
+
+def state_pass_reference(xp, Qg, U, Kx, a, S0t, A=None, W=None):
+    """:func:`state_pass` as a plain loop over the chunks in array operations (any namespace): the
+    reference the kernel is tested against, and what the call sites run under test on the host."""
+    lead = Qg.shape[:-3]
+    N = Qg.shape[-3]
+    St = xp.broadcast_to(S0t, lead + S0t.shape[-2:])
+    ys = []
+    for n in range(N):
+        D = U[..., n, :, :]
+        if W is not None:
+            D = D - W[..., n, :, :] @ St
+        y = Qg[..., n, :, :] @ St
+        if A is not None:
+            y = y + A[..., n, :, :] @ D
+        ys.append(y)
+        St = a[..., n, :][..., :, None] * St + xp.matrix_transpose(Kx[..., n, :, :]) @ D
+    return xp.stack(ys, axis=-3), St
