@@ -16,9 +16,61 @@ from .._rules import parallel_rule
 from ..problem import initial_state
 from ..registry import register
 
+#: most elements of one (..., T, T, d_k) per-dimension decay tensor: CuPy's kernels index some
+#: intermediates with 32-bit integers (seen on an H200: wrong GLA outputs at B = 8, H = 16, T = 1024,
+#: d = 64, 2^33 elements), so the batch is run in slices that keep each under 2^31
+MAX_ELEMENTS = 2**31 - 1
+
 
 def parallel(layer, P):
-    """Return ``(Y, final_state)``; Y of shape (*batch, T, d_v)."""
+    """Return ``(Y, final_state)``; Y of shape (*batch, T, d_v).
+
+    Per-dimension decay builds a (..., T, T, d_k) tensor; past :data:`MAX_ELEMENTS` the batch runs in
+    slices (each sequence alone must fit, else a ``MemoryError`` names ``method="chunked"``).
+    """
+    if P.g.shape[-1] > 1 and P.n_batch * P.T * P.T * P.d_k > MAX_ELEMENTS:
+        return _sliced(layer, P)
+    return _parallel(layer, P)
+
+
+def _sliced(layer, P):
+    """:func:`_parallel` over slices of the flattened batch, each under :data:`MAX_ELEMENTS`."""
+    xp = P.xp
+    per_seq = P.T * P.T * P.d_k
+    if per_seq > MAX_ELEMENTS:
+        raise MemoryError(
+            f"method='parallel' with per-dimension decay needs a T x T x d_k = {P.T} x {P.T} x {P.d_k} "
+            f"tensor per sequence ({per_seq} elements, over 2^31 - 1); use method='chunked' (O(T d) memory)"
+        )
+    n, bs = P.n_batch, P.batch_shape
+    s0 = initial_state(layer.optimizer, P)
+
+    def flat(x, tail):
+        return xp.reshape(xp.broadcast_to(x, bs + tail), (n,) + tail)
+
+    Q, K, V = flat(P.Q, P.Q.shape[-2:]), flat(P.K, P.K.shape[-2:]), flat(P.V, P.V.shape[-2:])
+    g, b = flat(P.g, P.g.shape[-2:]), flat(P.b, P.b.shape[-1:])
+    M0, z0 = flat(s0.M, (P.d_v, P.d_k)), flat(s0.z, (P.d_k,))
+    lengths = None if P.lengths is None else flat(P.lengths, ())
+    step = max(1, MAX_ELEMENTS // per_seq)
+    ys, Ms, zs = [], [], []
+    for a in range(0, n, step):
+        sl = slice(a, min(n, a + step))
+        Ps = P._replace(
+            Q=Q[sl], K=K[sl], V=V[sl], g=g[sl], b=b[sl], batch_shape=(sl.stop - a,),
+            state0=LinearAttentionState(M0[sl], z0[sl]), lengths=None if lengths is None else lengths[sl],
+        )  # fmt: skip
+        y, st = _parallel(layer, Ps)
+        ys.append(y)
+        Ms.append(st.M)
+        zs.append(st.z)
+    Y = xp.reshape(xp.concat(ys, axis=0), bs + (P.T, P.d_v))
+    M = xp.reshape(xp.concat(Ms, axis=0), bs + (P.d_v, P.d_k))
+    z = xp.reshape(xp.concat(zs, axis=0), bs + (P.d_k,))
+    return Y, LinearAttentionState(M, z)
+
+
+def _parallel(layer, P):
     opt = layer.optimizer
     xp = P.xp
     s0 = initial_state(opt, P)
