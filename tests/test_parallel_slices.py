@@ -19,17 +19,18 @@ def _inputs(rng, batch=(2, 3), T=9, d=4):
     return Q, K / 2, V, la
 
 
-def test_slices_equal_one_call_and_the_loop(rng, monkeypatch):
+@pytest.mark.parametrize("method", ["parallel", "direct"])
+def test_slices_equal_one_call_and_the_loop(rng, monkeypatch, method):
     Q, K, V, la = _inputs(rng)
     layer = tt.recipes.gla()
-    whole, s_whole = layer(Q, K, V, log_alpha=la, method="parallel", return_state=True)
+    whole, s_whole = layer(Q, K, V, log_alpha=la, method=method, return_state=True)
     loop = layer(Q, K, V, log_alpha=la, method="recurrent")
     calls = []
-    orig = par._parallel
-    monkeypatch.setattr(par, "_parallel", lambda lay, P: calls.append(P.n_batch) or orig(lay, P))
-    monkeypatch.setattr(par, "MAX_ELEMENTS", 2 * 9 * 9 * 4)  # two sequences a slice: 2 + 2 + 2
-    y, st = layer(Q, K, V, log_alpha=la, method="parallel", return_state=True)
-    assert calls == [2, 2, 2]
+    orig = par.in_slices
+    monkeypatch.setattr(par, "in_slices", lambda *a: calls.append(a[-1].n_batch) or orig(*a))
+    monkeypatch.setattr(par, "MAX_ELEMENTS", 2 * 9 * 9 * 4)  # two sequences a slice: three slices of 6
+    y, st = layer(Q, K, V, log_alpha=la, method=method, return_state=True)
+    assert calls == [6]
     assert rel_err(y, whole) < 1e-12 and rel_err(y, loop) < 1e-12
     assert rel_err(st.M, s_whole.M) < 1e-12 and rel_err(st.z, s_whole.z) < 1e-12
 
@@ -42,12 +43,14 @@ def test_slices_carry_initial_states_and_lengths(rng, monkeypatch):
     kw = dict(log_alpha=la, initial_state=st0, lengths=lengths, return_state=True)
     ref, sref = layer(Q, K, V, method="recurrent", **kw)
     monkeypatch.setattr(par, "MAX_ELEMENTS", 2 * 8 * 8 * 4)
-    y, st = layer(Q, K, V, method="parallel", **kw)
-    assert rel_err(y, ref) < 1e-12 and rel_err(st.M, sref.M) < 1e-12 and rel_err(st.z, sref.z) < 1e-12
+    for method in ("parallel", "direct"):
+        y, st = layer(Q, K, V, method=method, **kw)
+        assert rel_err(y, ref) < 1e-12 and rel_err(st.M, sref.M) < 1e-12 and rel_err(st.z, sref.z) < 1e-12
 
 
-def test_one_sequence_over_the_limit_is_refused_naming_chunked(rng, monkeypatch):
+@pytest.mark.parametrize("method", ["parallel", "direct"])
+def test_one_sequence_over_the_limit_is_refused_naming_chunked(rng, monkeypatch, method):
     Q, K, V, la = _inputs(rng, batch=(2,))
     monkeypatch.setattr(par, "MAX_ELEMENTS", 100)
-    with pytest.raises(MemoryError, match="method='chunked'"):
-        tt.recipes.gla()(Q, K, V, log_alpha=la, method="parallel")
+    with pytest.raises(MemoryError, match=f"^method='{method}' .*method='chunked'"):
+        tt.recipes.gla()(Q, K, V, log_alpha=la, method=method)

@@ -13,10 +13,21 @@ from .._dense import direct_bytes, initial_decay, pair_sums, per_dimension_decay
 from .._rules import device_fits
 from ..problem import initial_state
 from ..registry import register
+from . import parallel
 
 
 def direct(layer, P):
-    """Return ``(Y, final_state)`` by forming each prefix's memory. Y: (*batch, T, d_v)."""
+    """Return ``(Y, final_state)`` by forming each prefix's memory. Y: (*batch, T, d_v).
+
+    Per-dimension decay runs big batches in slices (``parallel.MAX_ELEMENTS``)."""
+    if P.g.shape[-1] > 1:
+        per_seq = P.T * max(P.T, P.d_v) * P.d_k
+        if P.n_batch * per_seq > parallel.MAX_ELEMENTS:
+            return parallel.in_slices(_direct, "direct", per_seq, layer, P)
+    return _direct(layer, P)
+
+
+def _direct(layer, P):
     opt = layer.optimizer
     xp = P.xp
     s0 = initial_state(opt, P)

@@ -29,17 +29,17 @@ def parallel(layer, P):
     slices (each sequence alone must fit, else a ``MemoryError`` names ``method="chunked"``).
     """
     if P.g.shape[-1] > 1 and P.n_batch * P.T * P.T * P.d_k > MAX_ELEMENTS:
-        return _sliced(layer, P)
+        return in_slices(_parallel, "parallel", P.T * P.T * P.d_k, layer, P)
     return _parallel(layer, P)
 
 
-def _sliced(layer, P):
-    """:func:`_parallel` over slices of the flattened batch, each under :data:`MAX_ELEMENTS`."""
+def in_slices(run, name, per_seq, layer, P):
+    """``run(layer, P)`` over slices of the flattened batch whose intermediates (``per_seq`` elements a
+    sequence) stay under :data:`MAX_ELEMENTS`."""
     xp = P.xp
-    per_seq = P.T * P.T * P.d_k
     if per_seq > MAX_ELEMENTS:
         raise MemoryError(
-            f"method='parallel' with per-dimension decay needs a T x T x d_k = {P.T} x {P.T} x {P.d_k} "
+            f"method={name!r} with per-dimension decay needs a T x T x d_k = {P.T} x {P.T} x {P.d_k} "
             f"tensor per sequence ({per_seq} elements, over 2^31 - 1); use method='chunked' (O(T d) memory)"
         )
     n, bs = P.n_batch, P.batch_shape
@@ -60,7 +60,7 @@ def _sliced(layer, P):
             Q=Q[sl], K=K[sl], V=V[sl], g=g[sl], b=b[sl], batch_shape=(sl.stop - a,),
             state0=LinearAttentionState(M0[sl], z0[sl]), lengths=None if lengths is None else lengths[sl],
         )  # fmt: skip
-        y, st = _parallel(layer, Ps)
+        y, st = run(layer, Ps)
         ys.append(y)
         Ms.append(st.M)
         zs.append(st.z)
