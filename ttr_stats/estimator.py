@@ -52,6 +52,37 @@ def _constant_gates(log_decay, log_forgetting, beta, width, dtype):
     return a, np.full((1,), 1.0 if beta is None else beta, dtype=dtype)[0]  # a scalar, as the loop's b_t
 
 
+def _unit_rows(xp, X):
+    """The rows of ``X`` (n, d) scaled to unit L2 norm; a zero row stays zero.
+
+    ``X / ||X||_row`` with the norm summed directly (NumPy: ``np.linalg.norm(X, axis=1)``), which is
+    exact to rounding while the squares stay in the normal range; rows whose sum of squares overflows or
+    underflows (entries beyond ~1e154 or below ~1e-146 in float64) are first divided by their largest
+    |entry|, so that a finite nonzero row always becomes a unit row, never 0 or NaN.
+    """
+    if math.prod(X.shape) == 0:
+        return X
+    with np.errstate(over="ignore", under="ignore"):  # an overflowing or underflowing norm is redone
+        n = xp.linalg.vector_norm(X, axis=-1, keepdims=True)
+    fi = xp.finfo(X.dtype)
+    low = math.sqrt(float(fi.smallest_normal) / float(fi.eps))  # below it the squares lose digits
+    s = xp.max(xp.abs(X), axis=-1, keepdims=True)
+    bad = (s > 0) & (~xp.isfinite(n) | (n < low))
+    if bool(xp.any(bad)):
+        Xs = X / xp.where(bad, s, xp.ones_like(s))
+        n = xp.where(bad, xp.linalg.vector_norm(Xs, axis=-1, keepdims=True), n)
+        X = Xs
+    return X / xp.where(n > 0, n, xp.ones_like(n))
+
+
+def _check_normalize_keys(value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"normalize_keys must be True or False, got {value!r} ({type(value).__name__}); pass a bool"
+        )
+    return bool(value)
+
+
 class TestTimeRegressor(RegressorMixin, BaseEstimator):
     """Scikit-learn facade over a :class:`~ttr_stats.TestTimeRegression` layer.
 
@@ -60,6 +91,18 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
     layer : TestTimeRegression, default None
         The layer whose memory is fitted; ``None`` means ``recipes.least_squares()`` (exact
         minimum-norm least squares, the same fit as ``LinearRegression(fit_intercept=False)``).
+    normalize_keys : bool, default False
+        Scale every row of ``X`` to unit L2 norm (a zero row stays zero) before the layer sees it, in
+        ``fit``, ``partial_fit`` and ``predict`` alike: the keys written and the queries read are unit
+        vectors, as DeltaNet normalises its keys and queries in practice. The estimator then fits ``y``
+        on ``X / ||X||_row`` (exactly as normalising ``X`` by hand would), a model of the direction of each
+        row, not its length. Use it for the delta-rule family (``deltanet``, ``gated_deltanet``,
+        ``leaky_lms``, ``delta_product``) on raw features: a step ``beta`` is stable only while
+        ``0 < beta ||k||^2 < 2``, so ``deltanet()`` (beta = 1) diverges on unnormalised features with
+        ``||k||^2 > 2`` (standardised data with more than two columns already), while on unit keys every
+        step with ``0 < beta < 2`` is a contraction, whatever the scale of the data. (The alternative is a
+        step below ``2 / max ||k||^2``, or ``nlms()`` / ``longhorn()``, whose steps adapt to ``||k||``.)
+        The value at the first ``fit`` (or first ``partial_fit``) holds until the next ``fit``.
 
     Attributes
     ----------
@@ -80,6 +123,10 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
     (least squares, linear attention) the fit is the usual batch regression; for online optimizers
     (delta rule, RLS with forgetting) it is the memory after the last step.
 
+    A ``fit`` or ``partial_fit`` that raises leaves the estimator exactly as it was: the input is
+    validated and the new memory computed into locals, and the attributes (``layer_``, ``state_``,
+    ``n_features_in_``, ``feature_names_in_``, ``n_outputs_``) are assigned together only at the end.
+
     Examples
     --------
     >>> import numpy as np, ttr_stats as tt
@@ -92,8 +139,9 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, layer=None):
+    def __init__(self, layer=None, normalize_keys=False):
         self.layer = layer
+        self.normalize_keys = normalize_keys
 
     def _make_layer(self):
         if self.layer is None:
@@ -105,7 +153,8 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         return clone(self.layer)
 
     def _validate_device(self, X, y=None, *, reset):
-        """Checks for arrays of another library (CuPy): what validate_data checks, without moving them."""
+        """Checks for arrays of another library (CuPy): what validate_data checks, without moving them.
+        Assigns nothing (with ``reset`` the caller records ``X.shape[1]``)."""
         from . import _array
         from ._validation import check_finite
 
@@ -124,9 +173,7 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
                     f"y must have shape (n,) or (n, d_v) with n = {X.shape[0]}, got {tuple(y.shape)}"
                 )
             check_finite(xp, "y", y)
-        if reset:
-            self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
+        if not reset and X.shape[1] != self.n_features_in_:
             raise ValueError(
                 f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} "
                 "features as input"
@@ -134,13 +181,26 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         return xp, X, y
 
     def _write(self, X, y, gates, *, reset):
+        """Validate, compute the new memory into locals, then assign every attribute at once: a call that
+        raises (bad input, a diverging recursion, a wrong layer) leaves the estimator as it was."""
         from ._array import is_array
 
+        if reset:
+            normalize = _check_normalize_keys(self.normalize_keys)
+            # validate_data(reset=True) records n_features_in_ / feature_names_in_ on the estimator it is
+            # given: a scratch copy, whose record is taken over only once the fit has succeeded
+            target = type(self)(**self.get_params(deep=False))
+        else:
+            normalize = getattr(self, "_normalize_keys", False)
+            target = self
         if is_array(X) and not isinstance(X, np.ndarray):
             xp, X, y = self._validate_device(X, y, reset=reset)
+            if reset:
+                target.n_features_in_ = X.shape[1]
         else:
+            xp = np
             X, y = validate_data(
-                self,
+                target,
                 X,
                 y,
                 reset=reset,
@@ -152,16 +212,28 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         single = y.ndim == 1
         V = y[:, None] if single else y
         if reset:
-            self.layer_ = self._make_layer()
+            layer = self._make_layer()
             initial = None
         else:
             if single != self._single_output or V.shape[1] != self.n_outputs_:
                 raise ValueError(
                     f"y must have {self.n_outputs_} output(s) as in the first call, got shape {y.shape}"
                 )
+            layer = self.layer_
             initial = self.state_
-        state = self.layer_.memorize(X, V, initial_state=initial, **gates)
-        self.state_ = _c_order(state)
+        if normalize:
+            X = _unit_rows(xp, X)
+        state = _c_order(layer.memorize(X, V, initial_state=initial, **gates))
+        # nothing below raises: the estimator changes here, all at once
+        if reset:
+            self.layer_ = layer
+            self.n_features_in_ = target.n_features_in_
+            if hasattr(target, "feature_names_in_"):
+                self.feature_names_in_ = target.feature_names_in_
+            elif hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+            self._normalize_keys = normalize
+        self.state_ = state
         self._single_output = single
         self.n_outputs_ = V.shape[1]
         return self
@@ -247,6 +319,8 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         if not math.isfinite(_total(X, None) + _total(y, None)):
             return False
         V = y[:, None] if single else y
+        if getattr(self, "_normalize_keys", False):
+            X = _unit_rows(np, X)
         if n > 1 or gates is not None:
             # what the general path does after validate_data (which returns these arrays unchanged)
             self.state_ = _c_order(layer.memorize(X, V, initial_state=state, **(gates or {})))
@@ -291,9 +365,12 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
 
         check_is_fitted(self, "state_")
         if is_array(X) and not isinstance(X, np.ndarray):
-            _, X, _ = self._validate_device(X, reset=False)
+            xp, X, _ = self._validate_device(X, reset=False)
         else:
+            xp = np
             X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if getattr(self, "_normalize_keys", False):  # False: fitted before the parameter existed
+            X = _unit_rows(xp, X)
         Y = self.layer_.read(self.state_, X)
         return Y[:, 0] if self._single_output else Y
 
