@@ -14,9 +14,10 @@ Attention convention, Zuo et al. 2025): :math:`\lambda\to\infty` gives Nadaraya-
 :math:`\lambda = 0` reproduces polynomials of degree <= p exactly. Dividing by :math:`\omega` the problem only
 sees the normalised weights :math:`\hat w = w/\omega`, so everything is computed from those.
 
-Singular designs (``ridge = 0`` and fewer than p + 1 distinct directions, e.g. t <= d_k for p = 1): the
-intercept is eliminated exactly and the coefficients B take the minimum-norm solution of the centred
-normal equations (pseudo-inverse); at t = 1 this is the NW value :math:`v_1`.
+Singular designs (``ridge = 0`` and fewer than p + 1 distinct directions, e.g. t <= d_k for p = 1, or
+coincident keys): the intercept is eliminated exactly and the coefficients B take the minimum-norm solution
+of the centred normal equations (pseudo-inverse, eigenvalues below ``100 P eps`` times the largest
+dropped); at t = 1, or on copies of one key, this is the NW value.
 
 Cost per query over n pairs: O(n P^2) with :math:`P = \binom{d+p}{p} - 1` coefficients (d for p = 1,
 d + d(d+1)/2 for p = 2), plus an O(P^3) solve. Local quadratic attention with d_k = 64 has P = 2144:
@@ -59,13 +60,13 @@ class LocalPolynomial(NonparametricRegressor):
 
     Notes
     -----
-    ``"parallel"`` uses the offset-softmax form: with :math:`\hat w` the softmax weights,
-    :math:`\bar v = \sum \hat w v`, :math:`\bar z = \sum \hat w z`,
-    :math:`B = C_{vz}(C_{zz} + \lambda I)^{-1}` from the :math:`\hat w`-weighted covariances (two-pass,
-    centred), :math:`m(q) = \bar v - B\bar z`. ``"direct"`` and ``"recurrent"`` solve the normal equations
-    of the explicit design :math:`X = [1, z(d)]` (block elimination of the intercept). The two agree to
-    rounding for queries near their keys; far from them the normal equations lose
-    :math:`\|d\|^2/\mathrm{spread}^2` digits, the two-pass form does not.
+    Every method computes the same centred moments (:meth:`_centred`): with :math:`\hat w` the softmax
+    weights, :math:`\bar v = \sum \hat w v`, :math:`\bar z = \sum \hat w z`,
+    :math:`B = (C_{zz} + \lambda I)^{+} C_{zv}` from the :math:`\hat w`-weighted covariances, centred around
+    each query's pair of largest weight so that every rounding is relative to the spread of the keys,
+    :math:`m(q) = \bar v - B^\top\bar z`. ``"parallel"`` and ``"direct"`` do it for all queries at once,
+    ``"recurrent"`` one query at a time on the growing cache. Coincident keys give a zero covariance and
+    the Nadaraya-Watson value exactly; the numerical rank (ridge 0) is that of ``psd_solve``.
 
     References
     ----------
@@ -123,7 +124,7 @@ class LocalPolynomial(NonparametricRegressor):
         budget = max(BLOCK_BYTES, free // 8) if free is not None else BLOCK_BYTES
         out = [
             fn(xp, Q[..., a:b, :], K, V, logW[..., a:b, :])
-            for a, b in self._blocks(Tq, n, P, itemsize, batch, budget)
+            for a, b in self._blocks(Tq, n, P + V.shape[-1], itemsize, batch, budget)  # + the centred values
             if b > a
         ]
         if not out:
@@ -133,55 +134,96 @@ class LocalPolynomial(NonparametricRegressor):
     def _coef_solve(self, xp, C, rhs):
         return _array.ridge_solve(xp, C, rhs, self.ridge)
 
-    # --- the definition: normal equations of the explicit design ------------------------------------
-    def solve(self, xp, Q, K, V, logW):
-        return self._blockwise(xp, self._normal_equations, Q, K, V, logW)
+    # --- the centred design, with rounding relative to the data -----------------------------------------
+    def design_difference(self, xp, R, E):
+        r""":math:`z(R + E) - z(R)`, offsets ``R`` (..., 1, d), differences ``E`` (..., n, d) -> (..., n, P).
 
-    def _normal_equations(self, xp, Q, K, V, logW):
-        W = normalised_weights(xp, logW)  # (..., q, n); omega = 1 after normalising
-        Z = self.design(xp, K[..., None, :, :] - Q[..., :, None, :])  # (..., q, n, P)
-        X = xp.concat([xp.ones(Z.shape[:-1] + (1,), dtype=Z.dtype), Z], axis=-1)
-        # X^T W X and X^T W V as batched matmuls (an einsum may materialise (..., q, n, P, P) on some
-        # libraries)
-        XtW = xp.matrix_transpose(X * W[..., None])  # (..., q, P+1, n)
-        A = xp.matmul(XtW, X)
-        Bv = xp.matmul(XtW, V[..., None, :, :])
-        # A11 = sum of the normalised weights: 1, or 0 for a query with no pair of positive weight (an
-        # empty cache, a length-0 sequence); that query reads 0, like Nadaraya-Watson's all-zero weights
-        some = A[..., 0, 0] > 0
-        A11 = xp.where(some, A[..., 0, 0], xp.ones((), dtype=A.dtype))
-        A12 = A[..., 0, 1:]
-        # eliminate the intercept: Schur complement of A11 (the centred normal equations)
-        S = A[..., 1:, 1:] - A12[..., :, None] * A12[..., None, :] / A11[..., None, None]
-        rhs = Bv[..., 1:, :] - A12[..., :, None] * Bv[..., 0:1, :] / A11[..., None, None]
-        coef = self._coef_solve(xp, S, rhs)  # (..., q, P, d_v)
-        y = (Bv[..., 0, :] - xp.matmul(A12[..., None, :], coef)[..., 0, :]) / A11[..., None]
-        return xp.where(some[..., None], y, xp.zeros((), dtype=y.dtype))
-
-    # --- the fast form: offset softmax, centred two-pass moments -------------------------------------
-    def parallel(self, xp, Q, K, V, logW):
-        return self._blockwise(xp, self._offset_softmax, Q, K, V, logW)
+        Each monomial difference is the telescoping sum
+        :math:`\prod_l (r + e)_{j_l} - \prod_l r_{j_l} = \sum_m \prod_{l<m} (r + e)_{j_l}\, e_{j_m}
+        \prod_{l>m} r_{j_l}`, so its rounding is relative to ``E`` (the spread of the keys), not to the
+        offsets: ``E = 0`` gives exactly 0, and keys 1e-10 apart keep all their digits.
+        """
+        if int(self.order) == 1:
+            return E
+        D = R + E
+        cols = []
+        for r in range(1, int(self.order) + 1):
+            for idx in itertools.combinations_with_replacement(range(E.shape[-1]), r):
+                col = None
+                for m in range(r):
+                    term = E[..., idx[m]]
+                    for j in idx[:m]:
+                        term = D[..., j] * term
+                    for j in idx[m + 1 :]:
+                        term = term * R[..., j]
+                    col = term if col is None else col + term
+                cols.append(col)
+        return xp.stack(cols, axis=-1)
 
     def _centred(self, xp, Q, K, logW):
+        r"""Normalised weights, the mean design :math:`\bar z` (..., q, P), the centred design
+        :math:`Z - \bar z` (..., q, n, P) and the one-hot rows of the reference pairs (..., q, n), computed
+        around each query's reference pair.
+
+        The reference pair r of a query is its pair of largest weight (the first one on ties); the design
+        is written as :math:`z(d_r + e_i)` with :math:`e_i = k_i - k_r` (exact when keys are close) and
+        :math:`d_r = k_r - q`, the weighted mean of :math:`z(d_r + e_i) - z(d_r)` is taken, and the
+        centred design is the difference of the two. Every rounding is then relative to the spread of the
+        keys: coincident keys give a centred design of exact zeros (a zero covariance, slope 0, the
+        Nadaraya-Watson value), keys 1e-10 apart keep their digits, and a peaked softmax (logit scale 1e4)
+        keeps the tiny weighted offsets of its dominant pair. (Centring at ``W @ K`` instead leaves a
+        rounding residue of ``eps |k|`` in every row, which the pseudo-inverse read as a direction of
+        spread: -9.2e15 instead of 1.1667 on four copies of one key.)
+        """
         W = normalised_weights(xp, logW)
-        if int(self.order) == 1:
-            kbar = xp.matmul(W, K)  # the offsets' mean is kbar - q; centred offsets are k - kbar
-            zbar = kbar - Q
-            Zc = K[..., None, :, :] - kbar[..., :, None, :]
+        n = K.shape[-2]
+        if n == 0:
+            H = W
         else:
-            Z = self.design(xp, K[..., None, :, :] - Q[..., :, None, :])
-            zbar = xp.matmul(W[..., None, :], Z)[..., 0, :]
-            Zc = Z - zbar[..., :, None, :]
+            mx = xp.max(logW, axis=-1, keepdims=True)
+            top = logW == mx
+            first = top & (xp.cumulative_sum(xp.astype(top, xp.int32), axis=-1) == 1)
+            # a row with no pair of positive weight has no reference (it reads 0, like Nadaraya-Watson)
+            H = xp.astype(first & (mx > -math.inf), K.dtype)
+        kref = xp.matmul(H, K)  # a one-hot product: the reference key, exactly
+        E = K[..., None, :, :] - kref[..., :, None, :]  # (..., q, n, d)
+        R = kref - Q  # the reference pair's offset
+        dZ = self.design_difference(xp, R[..., None, :], E)  # (..., q, n, P)
+        dbar = xp.matmul(W[..., None, :], dZ)[..., 0, :]
+        zbar = (R if int(self.order) == 1 else self.design(xp, R)) + dbar
+        return W, zbar, dZ - dbar[..., None, :], H
+
+    # --- the definition: the centred weighted normal equations -----------------------------------------
+    def solve(self, xp, Q, K, V, logW):
+        return self._blockwise(xp, self._centred_moments, Q, K, V, logW)
+
+    def _centred_moments(self, xp, Q, K, V, logW):
+        r"""The intercept eliminated exactly by centring, :math:`B = (C_{zz} + \lambda I)^{+} C_{zv}`.
+
+        The covariances are sums of per-pair products of the centred design and of the values centred at
+        the reference pair's value (:math:`v_i - v_r`), so each is accurate relative to its own terms: a
+        slope of values near 13 over keys 1e-10 apart keeps its digits (with uncentred values the
+        cross-moment cancels 1e-9-sized terms to 1e-20 and the extrapolated answer lost 6e-5). The solve is
+        the pseudo-inverse on the numerical rank (``psd_solve``: eigenvalues above ``100 P eps`` times the
+        largest), or a definite solve for ``ridge > 0``. The explicit normal equations of
+        :math:`[1, z(k - q)]` that this replaces cancel terms of size :math:`\|k - q\|^2` in the Schur
+        complement and read rounding as spread.
+        """
+        W, zbar, Zc, H = self._centred(xp, Q, K, logW)
+        vref = xp.matmul(H, V)  # the reference pair's value, exactly
+        dV = V[..., None, :, :] - vref[..., :, None, :]  # (..., q, n, d_v)
+        vbar = vref + xp.matmul(W[..., None, :], dV)[..., 0, :]
         ZcW_t = xp.matrix_transpose(Zc * W[..., None])  # (..., q, P, n)
         C = xp.matmul(ZcW_t, Zc)  # the W-weighted covariance, (..., q, P, P)
-        return W, zbar, Zc, C, ZcW_t
+        Czv = xp.matmul(ZcW_t, dV)  # (..., q, P, d_v)
+        B = self._coef_solve(xp, C, Czv)
+        return vbar - xp.matmul(zbar[..., None, :], B)[..., 0, :]
 
-    def _offset_softmax(self, xp, Q, K, V, logW):
-        W, zbar, Zc, C, ZcW_t = self._centred(xp, Q, K, logW)
-        vbar = xp.matmul(W, V)
-        Cvz_t = xp.matmul(ZcW_t, V[..., None, :, :])  # C_vz^T, (..., q, P, d_v)
-        B_t = self._coef_solve(xp, C, Cvz_t)
-        return vbar - xp.matmul(zbar[..., None, :], B_t)[..., 0, :]
+    # --- the fast form ---------------------------------------------------------------------------------
+    def parallel(self, xp, Q, K, V, logW):
+        """The dense form of ``"parallel"``: the same centred moments for every query at once, in query
+        blocks (the stable form is also the fast one: O(n P^2) per query and one P x P eigh)."""
+        return self._blockwise(xp, self._centred_moments, Q, K, V, logW)
 
     # --- the equivalent kernel (smoother rows) -------------------------------------------------------
     def equivalent_kernel(self, xp, Q, K, logW):
@@ -196,6 +238,7 @@ class LocalPolynomial(NonparametricRegressor):
         """
         if int(self.order) == 0:
             return normalised_weights(xp, logW)
-        W, zbar, Zc, C, _ = self._centred(xp, Q, K, logW)
+        W, zbar, Zc, _ = self._centred(xp, Q, K, logW)
+        C = xp.matmul(xp.matrix_transpose(Zc * W[..., None]), Zc)
         rho = self._coef_solve(xp, C, zbar[..., None])  # (..., q, P, 1)
         return W * (1.0 - xp.matmul(Zc, rho)[..., 0])
