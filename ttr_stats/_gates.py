@@ -30,6 +30,30 @@ def resolve_log_alpha(xp, alpha, log_alpha):
     return None
 
 
+def check_decay_representable(xp, g, who, dtype=None):
+    """Refuse log-decays whose decay ``exp(g)`` underflows to 0 in ``dtype`` (default: g's own).
+
+    For optimizers that divide by the decay (RLS: ``P <- (P - g k^T P) / alpha``). ``alpha = 0`` itself
+    (``g = -inf``) is refused earlier, by the layer, as a ValueError; a finite ``log_alpha`` such as -1e4
+    passes that check but ``exp(-1e4)`` is exactly 0 in float64 (below about -745; -104 in float32), so
+    the division would turn the state into inf / NaN. Raises ``FloatingPointError`` naming the gate and
+    the remedy; ``who`` names the optimizer in the message.
+    """
+    if g is None or not math.prod(g.shape):
+        return
+    if dtype is not None and g.dtype != dtype:
+        g = xp.astype(g, dtype)
+    under = (xp.exp(g) == 0) & (g > -math.inf)
+    if bool(xp.any(under)):
+        lo = float(xp.min(xp.where(under, g, xp.zeros((), dtype=g.dtype))))
+        raise FloatingPointError(
+            f"log_alpha / alpha: {who} divides by the decay alpha = exp(log_alpha), and exp({lo:g}) "
+            f"underflows to 0 in {g.dtype} (below about -745 in float64, -104 in float32). A decay this "
+            "strong forgets every earlier pair; use log_alpha >= -50, or ClosedForm(ridge=...) (the mesa "
+            "recipe), whose fixed ridge keeps every prefix well posed at any decay."
+        )
+
+
 def check_beta(xp, beta):
     """``beta`` must be finite and strictly positive."""
     if beta is None:
