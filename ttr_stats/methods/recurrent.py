@@ -66,6 +66,6 @@ _COMMON = dict(
 )
 register("recurrent", "identity", window=True, per_dimension=True, **_COMMON)
 register("recurrent", ("least_squares", "batch_gd"), window=True, **_COMMON)
-register("recurrent", "rls", **_COMMON)
+# rls: methods/rls/recurrent.py (this loop in float64, with a condition guard)
 register("recurrent", "delta", multi_write=True, **_COMMON)
 register("recurrent", "neural", **_COMMON)
