@@ -40,9 +40,21 @@ class RecursiveLeastSquares(Optimizer):
     Notes
     -----
     Under decay, key directions that are never excited wind up (:math:`P` grows like
-    :math:`\gamma^{-t}`, theory §5.2). The layer raises ``FloatingPointError`` if the state stops being
-    finite rather than returning overflowed outputs; :class:`ClosedForm` (``mesa``) with a fixed ridge has
-    no such failure.
+    :math:`\gamma^{-t}`, theory §5.2), and because the prior decays too, the exact solution needs
+    cond(:math:`R_t`) ~ :math:`e^{|\log\alpha| (d_k - 1)}`. Every method computes in float64 (float32
+    inputs included, cast back) and returns either the weighted least squares solution or a
+    ``FloatingPointError`` naming the gate and the remedy, never a finite wrong number:
+
+    * ``recurrent`` (this update, the definition): refuses when :math:`\|R_t\|_F\|P_t\|_F\,\epsilon/\gamma_t`
+      exceeds 1e-5 (1e-3 without decay); returned outputs within about 5e-5 of max |V| (measured 1e-7 at
+      worst; 1e-9 at the default ridge);
+    * ``direct``: refuses a prefix with :math:`\|R_t\|_F\|R_t^{-1}\|_F\,\epsilon > 10^{-6}`;
+    * ``chunked`` (what ``auto`` picks from T = 64 on the host, and on a device): refuses chunk starts with
+      cond * eps > 1e-3 (4e-6 of max |V| measured at the edge); float32 within 5e-8 of float64;
+    * a decay that underflows to 0 (log alpha below about -745) is refused by all of them.
+
+    At ridge 1e-6 and d_k = 6 the loop refuses from about log alpha = -2 on and the chunked method from
+    about -5. :class:`ClosedForm` (``mesa``) with a fixed ridge has no such failure.
 
     References
     ----------
