@@ -13,6 +13,7 @@ non-expansive recursion on unit keys carries to the outputs as at most ~T ulp (1
 """
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -305,3 +306,55 @@ def test_failed_partial_fit_on_the_general_path_changes_nothing(rng):
     with pytest.raises(FloatingPointError):
         est.partial_fit(np.full((3, 4), 1e160).tolist(), [1.0, 2.0, 3.0])
     assert_unchanged(est, before, layer)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# an unstable delta step is said, not silent
+# ---------------------------------------------------------------------------------------------------------
+def test_unstable_delta_step_warns_with_the_remedy():
+    # without unit keys, deltanet() on the check's data ends with a finite but meaningless memory
+    # (R^2 ~ -4e141 in the check's order): it is computed as asked, with a ConvergenceWarning naming the
+    # remedy; on unit keys, or with steps that adapt to ||k||, nothing is said
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = _regression_dataset()
+    y = scale(y)
+    with pytest.warns(ConvergenceWarning, match="normalize_keys=True") as rec:
+        try:
+            tt.TestTimeRegressor(tt.recipes.deltanet()).fit(X, y)
+        except FloatingPointError:
+            pass
+    worst = float(np.max(np.sum(X**2, axis=1)))  # beta = 1: the gain is max ||k||^2
+    assert f"reaches {worst:.3g} > 2" in str(rec[0].message)
+    assert f"beta < {2 / worst:.3g}" in str(rec[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for est in (
+            tt.TestTimeRegressor(tt.recipes.deltanet(), normalize_keys=True),
+            tt.TestTimeRegressor(tt.recipes.deltanet(beta=1.9), normalize_keys=True),
+            tt.TestTimeRegressor(tt.recipes.nlms()),
+            tt.TestTimeRegressor(tt.recipes.longhorn(delta=100.0)),
+            tt.TestTimeRegressor(tt.recipes.deltanet(beta=1.9 / worst)),
+            tt.TestTimeRegressor(tt.recipes.rls()),
+        ):
+            est.fit(X, y)
+            est.partial_fit(X[:1], y[:1])
+            est.partial_fit(X[:3], y[:3])
+
+
+def test_unstable_delta_step_warns_on_every_path(rng):
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = _xy(rng, n=20)  # ||k||^2 ~ 40
+    est = tt.TestTimeRegressor(tt.recipes.deltanet(beta=0.01)).fit(X, y)  # 0.01 * 40 < 2: silent
+    with pytest.warns(ConvergenceWarning, match="unstable"):
+        est.partial_fit(10.0 * X[:1], y[:1])  # the lean one-row update: gain ~ 40
+    with pytest.warns(ConvergenceWarning, match="unstable"):
+        est.partial_fit(10.0 * X[:3], y[:3])  # the lean several-row memorize
+    with pytest.warns(ConvergenceWarning, match="unstable"):
+        est.partial_fit((10.0 * X[:1]).tolist(), y[:1].tolist())  # the general path
+    with pytest.warns(ConvergenceWarning, match="unstable"):
+        est.fit(X, y, beta=np.full(20, 1.0))  # call-time steps count, not the default
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.fit(X, y, beta=np.full(20, 1e-3))

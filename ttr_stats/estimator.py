@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .layer import TestTimeRegression
+from .optimizers.gradient import DeltaRule
 
 __all__ = ["TestTimeRegressor"]
 
@@ -52,20 +55,34 @@ def _constant_gates(log_decay, log_forgetting, beta, width, dtype):
     return a, np.full((1,), 1.0 if beta is None else beta, dtype=dtype)[0]  # a scalar, as the loop's b_t
 
 
+@functools.lru_cache(maxsize=8)
+def _norm_range(dtype):
+    """(low, high) for row norms of this dtype: below ``low`` the squares lose digits (they underflow
+    past the smallest normal number), above ``high`` (per |entry|, with d entries) they may overflow."""
+    fi = np.finfo(dtype)
+    return math.sqrt(float(fi.smallest_normal) / float(fi.eps)), math.sqrt(float(fi.max)) / 2.0
+
+
 def _unit_rows(xp, X):
     """The rows of ``X`` (n, d) scaled to unit L2 norm; a zero row stays zero.
 
-    ``X / ||X||_row`` with the norm summed directly (NumPy: ``np.linalg.norm(X, axis=1)``), which is
-    exact to rounding while the squares stay in the normal range; rows whose sum of squares overflows or
-    underflows (entries beyond ~1e154 or below ~1e-146 in float64) are first divided by their largest
-    |entry|, so that a finite nonzero row always becomes a unit row, never 0 or NaN.
+    ``X / ||X||_row`` with the norm summed directly (NumPy: ``np.linalg.norm(X, axis=1)``, bit for bit),
+    which is exact to rounding while the squares stay in the normal range; rows whose sum of squares
+    overflows or underflows (entries beyond ~1e154 or below ~1e-146 in float64) are first divided by their
+    largest |entry|, so that a finite nonzero row always becomes a unit row, never 0 or NaN.
     """
     if math.prod(X.shape) == 0:
         return X
+    if xp is np:  # the common case without errstate or a second pass (a one-row partial_fit calls it)
+        low, high = _norm_range(X.dtype)
+        if float(np.max(np.abs(X))) * math.sqrt(X.shape[-1]) < high:
+            n = np.sqrt(np.add.reduce(X * X, axis=-1, keepdims=True))
+            if float(np.min(n)) >= low:
+                return X / n
     with np.errstate(over="ignore", under="ignore"):  # an overflowing or underflowing norm is redone
         n = xp.linalg.vector_norm(X, axis=-1, keepdims=True)
     fi = xp.finfo(X.dtype)
-    low = math.sqrt(float(fi.smallest_normal) / float(fi.eps))  # below it the squares lose digits
+    low = math.sqrt(float(fi.smallest_normal) / float(fi.eps))
     s = xp.max(xp.abs(X), axis=-1, keepdims=True)
     bad = (s > 0) & (~xp.isfinite(n) | (n < low))
     if bool(xp.any(bad)):
@@ -81,6 +98,40 @@ def _check_normalize_keys(value):
             f"normalize_keys must be True or False, got {value!r} ({type(value).__name__}); pass a bool"
         )
     return bool(value)
+
+
+def _warn_if_unstable(layer, X, beta=None, *, k=None, stacklevel=4):
+    """A ``ConvergenceWarning`` when a delta-rule step on these rows (NumPy, as the layer sees them)
+    expands the memory.
+
+    The delta rule's step ``M (I - eta k k^T)`` multiplies the error along ``k`` by ``1 - eta ||k||^2``:
+    beyond ``eta ||k||^2 = 2`` it grows, geometrically over the rows, to a finite but meaningless memory
+    (or an overflow, which the layer reports as a ``FloatingPointError``). Steps that adapt to ``||k||``
+    (``nlms``, ``longhorn``) never warn. A warning, not an error: the recursion is computed as asked.
+    Overflow in ``||k||^2`` (keys beyond ~1e154) is an infinite gain; callers silence its warning.
+    ``k``: the features of ``X`` when the caller has them (the one-row update).
+    """
+    opt = layer.optimizer
+    if not isinstance(opt, DeltaRule) or opt.steps_per_token != 1:
+        return
+    if k is None:
+        k = layer.regressor.features(np, X)
+    k2 = np.add.reduce(k * k, axis=-1)
+    b = opt.default_beta() if beta is None else np.asarray(beta, dtype=k.dtype)
+    gain = opt.step_size(np, b, k) * k2
+    worst = float(np.max(gain))
+    if not worst > 2.0:
+        return
+    top = float(np.max(k2))
+    bound = f"{2.0 / top:.3g}" if math.isfinite(top) else "2 / inf: the squares of these keys overflow"
+    warnings.warn(
+        f"the delta-rule step is unstable on these rows: step * ||k||^2 reaches {worst:.3g} > 2 (row "
+        f"{int(np.argmax(gain))}), so the memory diverges and its predictions mean nothing; pass "
+        "normalize_keys=True to TestTimeRegressor (unit keys: stable for 0 < beta < 2), or a step beta < "
+        f"{bound} (2 / max ||k||^2), or use nlms() / longhorn()",
+        ConvergenceWarning,
+        stacklevel=stacklevel,
+    )
 
 
 class TestTimeRegressor(RegressorMixin, BaseEstimator):
@@ -223,6 +274,9 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
             initial = self.state_
         if normalize:
             X = _unit_rows(xp, X)
+        if xp is np:
+            with np.errstate(over="ignore", invalid="ignore"):
+                _warn_if_unstable(layer, X, gates.get("beta"))
         state = _c_order(layer.memorize(X, V, initial_state=initial, **gates))
         # nothing below raises: the estimator changes here, all at once
         if reset:
@@ -322,6 +376,7 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         if getattr(self, "_normalize_keys", False):
             X = _unit_rows(np, X)
         if n > 1 or gates is not None:
+            _warn_if_unstable(layer, X, None if gates is None else gates.get("beta"))
             # what the general path does after validate_data (which returns these arrays unchanged)
             self.state_ = _c_order(layer.memorize(X, V, initial_state=state, **(gates or {})))
             return True
@@ -344,6 +399,7 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
             return None
         a, b = gates
         k = layer.regressor.features(np, X)
+        _warn_if_unstable(layer, X, b, k=k, stacklevel=5)
         new = opt.update(state, k[0], V[0], a, b)
         # a finite sum means finite entries; an overflowing sum only sends the call to the general path
         if not math.isfinite(sum([_total(field, None) for field in new])):
