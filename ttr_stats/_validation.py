@@ -60,3 +60,57 @@ def check_scalar(
         op = "<=" if high_inclusive else "<"
         raise ValueError(f"{name} must be {op} {high}, got {value!r}")
     return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a ``bool``; a string such as ``"False"`` (truthy!) or a number is a ``TypeError``."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}); pass a bool")
+
+
+def check_not_text(name: str, value) -> None:
+    """Refuse text where numbers are expected: ``alpha="0.5"`` would otherwise be parsed as 0.5.
+
+    ``TypeError`` naming ``name`` for a ``str``/``bytes`` or an array-like of strings or objects; arrays of
+    an array library and numbers pass (their dtype is checked later)."""
+    import numpy as np
+
+    from . import _array
+
+    if value is None or _array.is_array(value):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
+            raise TypeError(
+                f"{name} must be a numeric array, got dtype {value.dtype}; pass numbers, not text"
+            )
+        return
+    if isinstance(value, (str, bytes)):
+        raise TypeError(
+            f"{name} must be numeric, got the string {value!r}; pass a number or an array of numbers"
+        )
+    if isinstance(value, (list, tuple)):
+        try:
+            kind = np.asarray(value).dtype.kind
+        except (TypeError, ValueError):  # ragged: as_float_arrays reports it
+            return
+        if kind in "USO":
+            raise TypeError(f"{name} must be numeric, got a sequence holding text or objects; pass numbers")
+
+
+def check_counts(name: str, value, *, low=1):
+    """``value`` (a number or an array of them) as a float64 array, every entry finite and ``>= low``.
+
+    For the closed forms of :mod:`ttr_stats.diagnostics`, whose formulas give finite nonsense outside their
+    domain (a self weight above 1 at n = 0, a recall error of -1/d ...)."""
+    import numpy as np
+
+    if isinstance(value, (str, bytes)) or np.asarray(value).dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be a number or an array of numbers, got {value!r}")
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if arr.size and np.min(arr) < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return arr

@@ -8,7 +8,7 @@ from sklearn.base import BaseEstimator
 
 from . import _array
 from ._gates import check_beta, check_lengths, mask_padding, mask_queries, resolve_log_alpha, zero_padding
-from ._validation import check_finite
+from ._validation import check_finite, check_not_text
 from .methods import Problem, registry, support_table
 from .methods.final_state import final_state
 from .optimizers import ClosedForm, GradientOptimizer, Optimizer
@@ -30,6 +30,16 @@ def check_chunk_size(chunk_size):
     from ._validation import check_scalar
 
     return check_scalar("chunk_size", chunk_size, low=1, integer=True)
+
+
+def _check_inputs(named):
+    """Q, K and V are required; no argument may be text (``alpha="0.5"`` is not parsed as 0.5)."""
+    for name in ("Q", "K", "V"):
+        if name in named and named[name] is None:
+            last = "d_v" if name == "V" else "d_k"
+            raise TypeError(f"{name} is required: pass an array of shape (..., T, {last}), not None")
+    for name, value in named.items():
+        check_not_text(name, value)
 
 
 def broadcast_shapes(named):
@@ -203,9 +213,9 @@ class TestTimeRegression(BaseEstimator):
             for name, gate in (("alpha", alpha), ("log_alpha", log_alpha), ("beta", beta)):
                 if gate is not None:
                     raise ValueError(f"{name}: {type(self.regressor).__name__} supports uniform weights only")
-        xp, a, dtype = _array.as_float_arrays(
-            {"Q": Q, "K": K, "V": V, "alpha": alpha, "log_alpha": log_alpha, "beta": beta}
-        )
+        named = {"Q": Q, "K": K, "V": V, "alpha": alpha, "log_alpha": log_alpha, "beta": beta}
+        _check_inputs(named)
+        xp, a, dtype = _array.as_float_arrays(named)
         Q, K, V = a["Q"], a["K"], a["V"]
         for name, x, last in (("Q", Q, "d_k"), ("K", K, "d_k"), ("V", V, "d_v")):
             if x.ndim < 2:
@@ -216,12 +226,22 @@ class TestTimeRegression(BaseEstimator):
         T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:
             raise ValueError(f"Q and K must share d_k: Q has d_k = {d_k}, K has d_k = {K.shape[-1]}")
+        if d_k < 1:
+            raise ValueError(
+                "K (and Q) must have d_k >= 1 features: a regression on 0 features has nothing to "
+                f"compare; got shape {tuple(K.shape)}"
+            )
         steps = int(opt.steps_per_token)
         T_k = K.shape[-2]
         T = T_k // steps  # steps of the gates
         if causal and T_k != steps * T_q:
-            extra = f" ({steps} writes per query)" if steps > 1 else ""
-            raise ValueError(f"K must have {steps * T_q} time steps{extra} to match Q's T = {T_q}, got {T_k}")
+            if steps > 1:
+                raise ValueError(
+                    f"K must have {steps * T_q} time steps, {steps} per query row (Q has {T_q}): "
+                    f"{type(opt).__name__}(steps_per_token={steps}), i.e. delta_product(n_householder="
+                    f"{steps}), writes {steps} pairs per token, interleaved along time; got {T_k}"
+                )
+            raise ValueError(f"K must have {T_q} time steps, one per query row (Q has {T_q}), got {T_k}")
         if V.shape[-2] != T_k:
             raise ValueError(f"V must have the same number of time steps as K ({T_k}), got {V.shape[-2]}")
         d_v = V.shape[-1]
@@ -433,11 +453,18 @@ class TestTimeRegression(BaseEstimator):
         -------
         state : the memory after step T
         """
+        _check_inputs({"K": K, "V": V, "alpha": alpha, "log_alpha": log_alpha, "beta": beta})
         xp, a, _ = _array.as_float_arrays({"K": K})
         Kx = a["K"]
         if Kx.ndim < 2:
             raise ValueError(f"K must have shape (..., T, d_k), got shape {tuple(Kx.shape)}")
         steps = int(self.optimizer.steps_per_token)
+        if Kx.shape[-2] % steps:
+            raise ValueError(
+                f"K must have a multiple of {steps} time steps: {type(self.optimizer).__name__}"
+                f"(steps_per_token={steps}), i.e. delta_product(n_householder={steps}), writes {steps} "
+                f"pairs per token, interleaved along time; got {Kx.shape[-2]}"
+            )
         T = Kx.shape[-2] // steps
         Q = Kx[..., ::steps, :][..., :T, :]  # placeholder queries: never read
         if self.nonparametric:
@@ -492,12 +519,18 @@ class TestTimeRegression(BaseEstimator):
         -------
         array of shape (..., n_q, d_v), or (d_v,) for one query
         """
+        if Q is None:
+            raise TypeError("Q is required: pass an array of shape (..., n_q, d_k) or (d_k,), not None")
+        check_not_text("Q", Q)
         xp, a, _ = _array.as_float_arrays({"Q": Q})
         Q = a["Q"]
         check_finite(xp, "Q", Q)
+        if Q.ndim < 1:
+            raise ValueError(f"Q must have shape (..., n_q, d_k) or (d_k,), got shape {tuple(Q.shape)}")
         single = Q.ndim == 1
         if single:
             Q = Q[None, :]
+        self._check_state_type(xp, state, Q.dtype)
         d_k = (state.K if self.nonparametric else self._state_keys(state)).shape[-1]
         if self.regressor.output_dim(Q.shape[-1]) != d_k:
             raise ValueError(f"Q must have d_k matching the memory's keys, got {Q.shape[-1]}")
@@ -510,6 +543,18 @@ class TestTimeRegression(BaseEstimator):
             expanded = type(state)(*(xp.expand_dims(f, axis=batch_nd) for f in state))
             Y = solver.read(expanded, self.regressor.features(xp, Q))
         return Y[0, ...] if single else Y
+
+    def _check_state_type(self, xp, state, dtype):
+        """``state`` must be what this layer's memory is (e.g. not another layer's state)."""
+        if self.nonparametric:
+            expected = CacheState
+        else:
+            expected = type(self._solver().init(xp, (), 1, 1, dtype))
+        if not isinstance(state, expected):
+            raise TypeError(
+                f"state must be a {expected.__name__} (the memory of this layer, from memorize() or "
+                f"return_state=True), got {type(state).__name__}; read a state with the layer that wrote it"
+            )
 
     def _state_keys(self, state):
         """A field of the state whose last axis is the (mapped) key dimension."""

@@ -18,7 +18,7 @@ import math
 
 from sklearn.base import BaseEstimator
 
-from ._validation import check_scalar
+from ._validation import check_bool, check_scalar
 
 __all__ = [
     "Similarity",
@@ -57,11 +57,11 @@ class Similarity(BaseEstimator):
     """Base class: ``log_weights(xp, Q, K, d_k)`` -> log s(q_t, k_i) of shape (..., T_q, T_k)."""
 
     def _validate(self):
-        pass
+        check_bool("qk_norm", self.qk_norm)
 
     def prepare(self, xp, x):
         """Transform applied to queries and keys before comparing them (QKNorm)."""
-        return l2_normalize(xp, x) if self.qk_norm else x
+        return l2_normalize(xp, x) if check_bool("qk_norm", self.qk_norm) else x
 
     def log_weights(self, xp, Q, K):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -94,11 +94,18 @@ class ExpDot(Similarity):
         self.qk_norm = qk_norm
 
     def _validate(self):
+        super()._validate()
         if self.scale is not None:
             check_scalar("scale", self.scale, low=0.0, low_inclusive=False)
 
     def resolved_scale(self, d_k):
-        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(d_k)
+        if self.scale is not None:
+            return float(self.scale)
+        if d_k < 1:
+            raise ValueError(
+                f"Q and K must have d_k >= 1 features for scale=None (tau = d_k^-1/2), got {d_k}"
+            )
+        return 1.0 / math.sqrt(d_k)
 
     def log_weights(self, xp, Q, K):
         tau = self.resolved_scale(Q.shape[-1])
@@ -121,6 +128,7 @@ class Gaussian(Similarity):
         self.qk_norm = qk_norm
 
     def _validate(self):
+        super()._validate()
         check_scalar("bandwidth", self.bandwidth, low=0.0, low_inclusive=False)
 
     def log_weights(self, xp, Q, K):

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _array
-from .._validation import check_scalar
+from .._validation import check_counts, check_scalar
 from ..datasets import mqar, random_pairs
 from .conditioning import log_sphere_moment
 
@@ -73,7 +73,8 @@ def outer_product_recall(n, d, keys="unit"):
     ----------
     theory.md §4.
     """
-    n = np.asarray(n, dtype=np.float64)
+    n = check_counts("n", n, low=1)  # (n - 1)/d < 0 at n = 0: a recall error must be refused, not given
+    d = check_scalar("d", d, low=1, integer=True)
     if keys == "unit":
         out = (n - 1.0) / d
     elif keys == "gaussian":
@@ -102,8 +103,9 @@ def least_squares_recall(n, d):
     ----------
     theory.md §4.
     """
-    n = np.asarray(n, dtype=np.float64)
-    out = np.where(n <= d, 0.0, 1.0 - d / np.maximum(n, 1.0))
+    n = check_counts("n", n, low=1)
+    d = check_scalar("d", d, low=1, integer=True)
+    out = np.where(n <= d, 0.0, 1.0 - d / n)
     return out[()] if out.ndim == 0 else out
 
 
@@ -131,6 +133,9 @@ def least_squares_excess_risk(n, d, sigma):
     ----------
     theory.md §4.
     """
+    d = check_scalar("d", d, low=1, integer=True)
+    n = float(check_counts("n", n, low=1))
+    sigma = check_scalar("sigma", sigma, low=0.0)
     if not n > d + 1:
         raise ValueError(f"n must exceed d + 1 = {d + 1} for a finite excess risk, got {n}")
     return float(sigma) ** 2 * d / (n - d - 1)
@@ -160,7 +165,9 @@ def hopfield_self_weight(n, d, beta):
     ----------
     theory.md §3-4.
     """
-    n = np.asarray(n, dtype=np.float64)
+    n = check_counts("n", n, low=1)  # at n = 0 the formula gives a weight above 1
+    d = check_scalar("d", d, low=1, integer=True)
+    beta = check_scalar("beta", beta, low=0.0)
     out = 1.0 / (1.0 + (n - 1.0) * np.exp(log_sphere_moment(d, beta) - beta))
     return out[()] if out.ndim == 0 else out
 
@@ -244,6 +251,11 @@ def self_weight(layer, K, **gates):
     """
     xp, a, dtype = _array.as_float_arrays({"K": K})
     K = a["K"]
+    if K.ndim < 2:
+        raise ValueError(
+            f"K must have shape (..., n, d_k), got shape {tuple(K.shape)}; pass one key per row "
+            "(K[:, None] for scalar keys)"
+        )
     n = K.shape[-2]
     V = xp.broadcast_to(xp.eye(n, dtype=dtype), K.shape[:-2] + (n, n))
     S = layer(K, K, V, causal=False, **gates)
@@ -275,6 +287,15 @@ def excess_risk(layer, K, V, W, Q, **gates):
     theory.md §4 (compare :func:`least_squares_excess_risk`).
     """
     xp, a, _ = _array.as_float_arrays({"K": K, "V": V, "W": W, "Q": Q})
+    for name, shape in (("K", "(..., n, d_k)"), ("V", "(..., n, d_v)"), ("Q", "(..., n_q, d_k)")):
+        if a[name].ndim < 2:
+            raise ValueError(f"{name} must have shape {shape}, got shape {tuple(a[name].shape)}")
+    d_v, d_k = a["V"].shape[-1], a["Q"].shape[-1]
+    if a["W"].ndim < 2 or a["W"].shape[-2:] != (d_v, d_k):
+        raise ValueError(
+            f"W must have shape (..., d_v, d_k) = (..., {d_v}, {d_k}) (v = W k + noise), got shape "
+            f"{tuple(a['W'].shape)}; transpose it if it maps values to keys"
+        )
     Y = layer(a["Q"], a["K"], a["V"], causal=False, **gates)
     R = Y - xp.matmul(a["Q"], xp.matrix_transpose(a["W"]))
     return xp.mean(R * R, axis=(-2, -1))

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import _array
-from .._validation import check_scalar
+from .._validation import check_counts, check_scalar
 from ..datasets import random_keys
 from ..optimizers import DeltaRule
 
@@ -174,7 +174,9 @@ def constant_decay_window(gamma, mass=None, T=None):
     g = check_scalar("gamma", gamma, low=0.0, high=1.0, low_inclusive=False)
     if T is None and g == 1.0:
         raise ValueError("gamma: constant weights (gamma = 1) have an infinite window; pass T")
-    gT = 0.0 if T is None else g ** int(T)
+    if T is not None:
+        T = check_scalar("T", T, low=0, integer=True)
+    gT = 0.0 if T is None else g**T
     if mass is None:
         return float(T) if g == 1.0 else (1.0 - gT) / (1.0 - g)
     mass = check_scalar("mass", mass, low=0.0, high=1.0, low_inclusive=False)
@@ -213,7 +215,8 @@ def lms_learning_curve(d, beta, t, initial=1.0):
     """
     check_scalar("d", d, low=1, integer=True)
     check_scalar("beta", beta, low=0.0, high=2.0, low_inclusive=False, high_inclusive=False)
-    t = np.asarray(t, dtype=np.float64)
+    t = check_counts("t", t, low=0)  # (1 - c)^t grows without bound for t < 0
+    initial = check_scalar("initial", initial, low=0.0)
     out = initial * (1.0 - beta * (2.0 - beta) / d) ** t
     return out[()] if out.ndim == 0 else out
 
@@ -341,8 +344,16 @@ def simulate_online_regression(
     ----------
     theory.md §4.
     """
+    if layer.nonparametric or layer.neural:
+        kind = "nonparametric (a cache of pairs)" if layer.nonparametric else "neural (a trained network)"
+        raise ValueError(
+            f"layer: simulate_online_regression compares a memory matrix M with the true W, and a "
+            f"{type(layer.regressor).__name__} layer is {kind}; pass a linear-class layer such as "
+            "tt.recipes.deltanet() or tt.recipes.rls()"
+        )
     d = check_scalar("d", d, low=1, integer=True)
     T = check_scalar("T", T, low=1, integer=True)
+    d_v = check_scalar("d_v", d_v, low=1, integer=True)
     B = check_scalar("n_batch", n_batch, low=1, integer=True)
     check_scalar("sigma", sigma, low=0.0)
     if keys not in ("unit", "gaussian"):

@@ -24,6 +24,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .. import _array
+from .._validation import check_bool, check_finite
 from ..optimizers import IdentityCovariance
 
 __all__ = [
@@ -162,14 +163,25 @@ def effective_dof(S):
 
 def _set_fit(layer, K, V, gates):
     """S (set regression, Q = K), fitted values S V and the arrays, in the inputs' namespace."""
-    xp, a, _ = _array.as_float_arrays({"K": K, "V": V})
-    K, V = a["K"], a["V"]
+    xp, K, V = _finite_pairs(K, V)
     if V.ndim < 2:
         raise ValueError(f"V must have shape (..., n, d_v), got shape {tuple(V.shape)}")
     if V.shape[-2] != K.shape[-2]:
         raise ValueError(f"V must have as many pairs as K ({K.shape[-2]}), got {V.shape[-2]}")
     S = smoother_matrix(layer, K, K, causal=False, **gates)
     return xp, S, V, xp.matmul(S, V)
+
+
+def _finite_pairs(K, V):
+    """K and V as arrays of one namespace, refusing NaN / inf (a criterion of NaN values is NaN, and
+    :func:`select` would then return its lower bound)."""
+    for name, x in (("K", K), ("V", V)):
+        if x is None:
+            raise TypeError(f"{name} is required: pass an array of shape (..., n, d), not None")
+    xp, a, _ = _array.as_float_arrays({"K": K, "V": V})
+    for name in ("K", "V"):
+        check_finite(xp, name, a[name])
+    return xp, a["K"], a["V"]
 
 
 def loo_residuals(layer, K, V, **gates):
@@ -352,8 +364,7 @@ def prequential_error(layer, K, V, **gates):
             "layer: prequential_error needs one write per token; "
             f"{type(layer.optimizer).__name__} makes {layer.optimizer.steps_per_token}"
         )
-    xp, a, _ = _array.as_float_arrays({"K": K, "V": V})
-    K, V = a["K"], a["V"]
+    xp, K, V = _finite_pairs(K, V)
     for name, x in (("K", K), ("V", V)):
         if x.ndim < 2:
             raise ValueError(f"{name} must have shape (..., T, d), got shape {tuple(x.shape)}")
@@ -571,6 +582,8 @@ def select(
         raise ValueError(f"n_grid must be an integer >= 2, got {n_grid!r}")
     _check_gates(gates)
     _check_linear(layer)
+    log, refine = check_bool("log", log), check_bool("refine", refine)
+    _finite_pairs(K, V)
     base = clone(layer)
     lo, hi = _check_bounds(base, param, bounds, log)
     to_x = (lambda v: math.log(v)) if log else (lambda v: v)  # noqa: E731
@@ -592,6 +605,13 @@ def select(
     xs = np.linspace(to_x(lo), to_x(hi), n_grid)
     grid = [lo] + [from_x(x) for x in xs[1:-1]] + [hi]  # exact endpoints
     crit = [score(v) for v in grid]
+    if not any(math.isfinite(c) for c in crit):
+        # argmin of all-inf is the lower bound: a finite-looking answer that nothing supports
+        raise FloatingPointError(
+            f"criterion={criterion!r} is not finite at any of the {n_grid} grid values of {param} in "
+            f"[{lo:g}, {hi:g}] (the layer fails or interpolates there); change bounds, or use "
+            "criterion='prequential', which stays finite where the LOO shortcut divides by 1 - S_ii = 0"
+        )
     i = int(np.argmin(crit))
     if refine and math.isfinite(crit[i]):
         a, b = to_x(grid[max(i - 1, 0)]), to_x(grid[min(i + 1, n_grid - 1)])

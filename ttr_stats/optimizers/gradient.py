@@ -130,7 +130,12 @@ class LMS(DeltaRule):
 
     def _validate(self):
         check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
-        check_scalar("steps_per_token", self.steps_per_token, low=1, integer=True)
+        try:
+            check_scalar("steps_per_token", self.steps_per_token, low=1, integer=True)
+        except ValueError as exc:  # delta_product() users know it as n_householder
+            raise ValueError(
+                f"{exc} (pairs written per token; delta_product's n_householder): pass an integer >= 1"
+            ) from None
 
     def default_beta(self):
         return float(self.beta)

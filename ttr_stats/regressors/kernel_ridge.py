@@ -30,6 +30,10 @@ def kernel_matrix(xp, X, Y, kernel, *, gamma=None, degree=3, coef0=1.0):
     ``gamma=None`` means 1/d except for exp-dot.
     """
     d = X.shape[-1]
+    if d < 1 and gamma is None and kernel != "linear":  # the default gamma is 1/d or d^-1/2
+        raise ValueError(
+            f"K and Q must have d_k >= 1 features for kernel={kernel!r} with gamma=None, got d_k = {d}"
+        )
     if kernel in ("rbf", "gaussian"):
         g = 1.0 / d if gamma is None else float(gamma)
         return xp.exp(-g * sq_distances(xp, X, Y))
