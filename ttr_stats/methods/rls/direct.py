@@ -8,7 +8,8 @@ with the prior precision :math:`R_0 = P_0^{-1}` decaying with the forgetting fac
 
 Computed in float64 (float32 inputs too, cast back at the end), each :math:`R_t` inverted by Cholesky.
 Guarantee: a returned output solves a prefix system with :math:`\|R_t\|_F \|R_t^{-1}\|_F\,\epsilon \le`
-:data:`COND_LIMIT` (1e-6; a backward-stable solve then loses at most that, relative). Otherwise, as under
+:data:`COND_LIMIT` (1e-6 under decay; 1e-3 without, where a large cond(R_t) comes from a small ridge and
+the excited directions stay accurate). Otherwise, as under
 strong decay, where the prior and the old pairs fade faster than the keys excite every direction, it raises
 ``FloatingPointError`` naming the gate and the remedy (before: a raw ``numpy.linalg.LinAlgError`` from
 log alpha = -20 on, and 0.64 of max |V| wrong at -5 without an error).
@@ -24,8 +25,11 @@ from ..problem import initial_state
 from ..registry import register
 from .chunked import REMEDY
 
-#: refuse a prefix system whose condition estimate times eps exceeds this (kept at least 6 digits)
+#: refuse a prefix system whose condition estimate times eps exceeds this, under decay (kept 6 digits)
 COND_LIMIT = 1e-6
+#: ... and without decay, where the large cond(R_t) comes from the prior (ridge small next to |k|^2) and the
+#: solve stays accurate in the directions the keys excite (the loop's and chunked method's limit)
+NO_DECAY_LIMIT = 1e-3
 
 
 def direct(layer, P):
@@ -51,10 +55,19 @@ def direct(layer, P):
         Pinv, cond = pd_inverse(xp, R)  # (..., T, d, d), (..., T)
     except Singular as exc:
         raise singular_error(layer, _first_singular(xp, R), exc.detail, REMEDY) from None
-    ill = ~(cond * float(xp.finfo(wd).eps) <= COND_LIMIT)  # NaN included
+    decayed = bool(xp.any(P.g != 0))
+    limit = COND_LIMIT if decayed else NO_DECAY_LIMIT
+    ill = ~(cond * float(xp.finfo(wd).eps) <= limit)  # NaN included
     if bool(xp.any(ill)):
         t = int(xp.min(xp.where(ill, xp.arange(P.T, device=P.device), xp.asarray(P.T, device=P.device))))
-        raise singular_error(layer, t, f"||R_t||_F ||R_t^-1||_F eps > {COND_LIMIT:g}", REMEDY)
+        detail = f"||R_t||_F ||R_t^-1||_F eps > {limit:g}"
+        if decayed:
+            raise singular_error(layer, t, detail, REMEDY)
+        raise FloatingPointError(
+            f"{type(opt).__name__}: the prefix system R_t near t = {t} is numerically singular ({detail}): "
+            f"the prior I / ridge (ridge={getattr(opt, 'ridge', None)!r}) is too large next to the keys, and "
+            "its solution would be a finite wrong number. Use a larger ridge or rescale the keys."
+        )
     y = xp.matmul(S, xp.matmul(Pinv, up(P.Q)[..., None]))[..., 0]
     PT = Pinv[..., -1, :, :]
     return back(y), RLSState(back(xp.matmul(S[..., -1, :, :], PT)), back(PT))
