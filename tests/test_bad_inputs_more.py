@@ -234,3 +234,104 @@ def test_excess_risk_wrong_shape_w(qkv):
     Q, K, V = qkv
     with pytest.raises(ValueError, match=r"^W must have shape \(\.\.\., d_v, d_k\) = \(\.\.\., 4, 4\)"):
         capacity.excess_risk(tt.recipes.linear_attention(), K, V, np.ones((3, 3)), Q)
+
+
+# --------------------------------------------------------------------------------------------- performer
+def _performer_reference(Q, K, V, scale, n_features, W):
+    """Float64 Performer output the slow way: log w_ti = logsumexp_r(log phi_r(q_t) + log phi_r(k_i)),
+    then a causal softmax over i in log space (no feature is ever exponentiated alone)."""
+    from scipy.special import logsumexp
+
+    def log_phi(x):
+        xt = np.sqrt(scale) * x
+        return xt @ W.T - 0.5 * np.sum(xt * xt, -1, keepdims=True) - 0.5 * np.log(n_features)
+
+    T = Q.shape[-2]
+    lw = logsumexp(log_phi(Q)[:, None, :] + log_phi(K)[None, :, :], axis=-1)
+    lw = np.where(np.tril(np.ones((T, T), dtype=bool)), lw, -np.inf)
+    w = np.exp(lw - lw.max(-1, keepdims=True))
+    return (w @ V) / w.sum(-1, keepdims=True)
+
+
+def _sphere(rng, shape, radius):
+    x = rng.standard_normal(shape)
+    return radius * x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("method", ["recurrent", "chunked", "direct", "parallel"])
+@pytest.mark.parametrize("scale", [0.3, 100.0])
+def test_performer_matches_the_log_space_reference(method, scale):
+    # |q| = |k| = 3.2 at scale 100: every feature is about exp(-450) and every product exp(-900), so
+    # the plain features gave exactly 0 in every row; the keys' own features stay representable
+    rng = np.random.default_rng(1)
+    T, d, D = 48, 8, 64
+    Q, K = _sphere(rng, (T, d), 3.2), _sphere(rng, (T, d), 3.2)
+    V = rng.standard_normal((T, 3))
+    layer = tt.recipes.performer(n_features=D, scale=scale)
+    W = layer.regressor.projection(d)[0]
+    plain = np.exp(layer.regressor.log_features(np, Q)) @ np.exp(layer.regressor.log_features(np, K)).T
+    if scale == 100.0:
+        assert np.all(np.tril(plain) == 0)  # the failure this fixes
+    Y = layer(Q, K, V, method=method)
+    ref = _performer_reference(Q, K, V, scale, D, W)
+    assert not np.any(np.all(Y == 0, axis=-1))
+    # log-weights of magnitude ~1e3 carry a relative rounding of ~1e3 eps = 2e-13 each; 48 pairs -> 1e-11
+    np.testing.assert_allclose(Y, ref, rtol=0, atol=1e-11 * np.abs(V).max())
+
+
+def test_performer_read_matches_the_causal_output():
+    rng = np.random.default_rng(2)
+    Q, K = _sphere(rng, (16, 8), 3.2), _sphere(rng, (16, 8), 3.2)
+    V = rng.standard_normal((16, 2))
+    layer = tt.recipes.performer(n_features=64, scale=100.0)
+    Y, state = layer(Q, K, V, return_state=True)
+    # the same shifted query features and the same final state: rounding only, outputs of order 1
+    np.testing.assert_allclose(layer.read(state, Q[-1]), Y[-1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_performer_refuses_when_key_features_underflow(dtype):
+    # scale 1e4: log phi(k) ~ -5e3 |k|^2: every key's features are 0 in any float, so no normalisation
+    # can recover the weights; before, the layer returned all zeros
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.standard_normal((3, 16, 8)).astype(dtype)
+    with pytest.raises(
+        FloatingPointError, match="^scale: the positive random features of some keys underflow"
+    ):
+        tt.recipes.performer(scale=1e4)(Q, K, V)
+
+
+def test_unnormalised_positive_features_are_unchanged():
+    # without a normalised read a per-query shift would change the answer: the plain features stay
+    rng = np.random.default_rng(3)
+    Q, K, V = rng.standard_normal((3, 10, 4))
+    fm = tt.regressors.FeatureMap("positive_random", n_features=32, scale=0.5)
+    layer = tt.recipes.linear_attention(feature_map=fm)
+    phi_q, phi_k = np.exp(fm.log_features(np, Q)), np.exp(fm.log_features(np, K))
+    ref = np.tril(phi_q @ phi_k.T) @ V
+    # float64 sums of 10 terms of order 1: 1e-12
+    np.testing.assert_allclose(layer(Q, K, V, method="recurrent"), ref, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- host memory check
+def test_parallel_on_the_host_refuses_before_allocating(monkeypatch):
+    from ttr_stats.methods import registry
+
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: 2**30)  # a host with 1 GiB available
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.standard_normal((3, 100_000, 8))  # T x T float64 forms: ~220 GiB
+    with pytest.raises(MemoryError, match="^method='parallel' needs about .* use method="):
+        tt.recipes.linear_attention()(Q, K, V, method="parallel")
+
+
+def test_host_check_leaves_fitting_methods_alone(monkeypatch):
+    from ttr_stats.methods import registry
+
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: 2**30)
+    rng = np.random.default_rng(0)
+    Q, K, V = rng.standard_normal((3, 64, 4))
+    Y = tt.recipes.linear_attention()(Q, K, V, method="parallel")
+    # the parallel form against the loop: float64, 64 terms of order 1 -> 1e-12
+    np.testing.assert_allclose(
+        Y, tt.recipes.linear_attention()(Q, K, V, method="recurrent"), rtol=0, atol=1e-12
+    )

@@ -289,8 +289,7 @@ class TestTimeRegression(BaseEstimator):
                 # zero queries in the padding: a feature map (performer, based) or a local polynomial
                 # solve must never see the garbage there; those outputs are padding (zeroed in _run)
                 Q = mask_queries(xp, lengths, Q)
-        Qf = self.regressor.features(xp, Q)
-        Kf = self.regressor.features(xp, K)
+        Qf, Kf = self._pair_features(xp, Q, K)
         state0 = None
         if initial_state is not None:
             if self.nonparametric:
@@ -326,6 +325,14 @@ class TestTimeRegression(BaseEstimator):
         free = _array.free_device_bytes(P.xp)
         if free is not None and not method.reference and method.memory(P) > free:
             raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
+        if free is None and not method.reference and registry.is_host(P):
+            # the same estimate on the host, before any allocation: a T x T form at T = 1e5 would
+            # otherwise run for tens of seconds and take gigabytes before NumPy's own MemoryError
+            host = registry.free_host_bytes()
+            if host is not None and method.memory(P) > host:
+                raise MemoryError(
+                    self._memory_advice(P, method, f"{host / 2**30:.2f} GiB available on the host")
+                )
 
     def _check_output(self, xp, Y, what="output"):
         if math.prod(Y.shape) and not bool(xp.all(xp.isfinite(Y))):
@@ -541,8 +548,26 @@ class TestTimeRegression(BaseEstimator):
             ranks = [f.ndim for f in solver.init(xp, (), 1, 1, Q.dtype)]
             batch_nd = state[0].ndim - ranks[0]
             expanded = type(state)(*(xp.expand_dims(f, axis=batch_nd) for f in state))
-            Y = solver.read(expanded, self.regressor.features(xp, Q))
+            Y = solver.read(expanded, self._query_features(xp, Q))
         return Y[0, ...] if single else Y
+
+    def _normalized_read(self):
+        """True when the read divides out any positive factor per query (normalised linear attention)."""
+        return getattr(self.optimizer, "normalize", None) in ("sum", "output") and callable(
+            getattr(self.regressor, "normalized_pair_features", None)
+        )
+
+    def _pair_features(self, xp, Q, K):
+        """Mapped queries and keys; under a normalised read the regressor may rescale each query row
+        (Performer's features in log space, which would otherwise underflow)."""
+        if self._normalized_read():
+            return self.regressor.normalized_pair_features(xp, Q, K)
+        return self.regressor.features(xp, Q), self.regressor.features(xp, K)
+
+    def _query_features(self, xp, Q):
+        if self._normalized_read():
+            return self.regressor.normalized_pair_features(xp, Q, Q[..., :0, :])[0]
+        return self.regressor.features(xp, Q)
 
     def _check_state_type(self, xp, state, dtype):
         """``state`` must be what this layer's memory is (e.g. not another layer's state)."""

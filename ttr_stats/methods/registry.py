@@ -35,6 +35,7 @@ __all__ = [
     "support_table",
     "AUTO_MEMORY_BUDGET",
     "HOST_PARALLEL_MAX_T",
+    "free_host_bytes",
 ]
 
 #: bytes of intermediate arrays above which ``method="auto"`` avoids a method on the host
@@ -215,6 +216,29 @@ def choose_auto(layer, P, free) -> Method:
         if m.reference:
             return m
     return ok[-1]
+
+
+def free_host_bytes():
+    """Memory the host can still give (Linux ``MemAvailable``; else free physical pages), or ``None`` when
+    the platform says nothing. What the host check of explicitly requested methods compares with."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def is_host(P):
+    """True when the problem's arrays live in host memory (NumPy, torch CPU)."""
+    return str(P.device).lower().startswith("cpu")
 
 
 def fits_host(P, method_memory):

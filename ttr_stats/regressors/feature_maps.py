@@ -98,6 +98,47 @@ class FeatureMap(Regressor):
         if self.phi == "random_fourier":
             proj = xp.matmul(x, xp.matrix_transpose(W)) / float(self.bandwidth)
             return math.sqrt(2.0 / D) * xp.cos(proj + xp.asarray(b, dtype=x.dtype))
+        return xp.exp(self.log_features(xp, x))
+
+    def log_features(self, xp, x):
+        r"""``log phi(x)`` of ``positive_random``: :math:`W\tilde x - \|\tilde x\|^2/2 - \log(D)/2`."""
+        self._validate()
+        if self.phi != "positive_random":
+            raise ValueError(f"phi: log_features exists for 'positive_random' only, got {self.phi!r}")
+        d = x.shape[-1]
+        W = xp.asarray(self.projection(d)[0], dtype=x.dtype)
         xt = math.sqrt(self._resolved_scale(d)) * x
         sq = 0.5 * xp.sum(xt * xt, axis=-1, keepdims=True)
-        return xp.exp(xp.matmul(xt, xp.matrix_transpose(W)) - sq) / math.sqrt(D)
+        return xp.matmul(xt, xp.matrix_transpose(W)) - sq - 0.5 * math.log(int(self.n_features))
+
+    def normalized_pair_features(self, xp, Q, K):
+        r"""Features of queries and keys for a read that is invariant to a positive factor per query
+        (``normalize="sum"`` / ``"output"``: Performer).
+
+        ``positive_random`` features underflow at large logit scales (``exp`` of :math:`-\tau\|x\|^2/2`):
+        at :math:`\tau = 100` the products :math:`\phi(q)^\top\phi(k)` of 7% of the rows were exactly 0,
+        at 1e4 every row. The query features are computed in log space with a per-row shift (the row
+        maximum is subtracted before ``exp``), which cancels in the normalisation; the key features cannot
+        be shifted per row (that would reweight the keys), so where a key's largest feature is below
+        ``tiny / eps`` of the dtype (its features are lost to underflow) this raises ``FloatingPointError``
+        instead of returning a finite wrong answer.
+        """
+        if self.phi != "positive_random":
+            return self.features(xp, Q), self.features(xp, K)
+        lq = self.log_features(xp, Q)
+        lq = lq - xp.max(lq, axis=-1, keepdims=True)  # largest query feature = 1: cancels in the ratio
+        lk = self.log_features(xp, K)
+        if math.prod(lk.shape):
+            info = xp.finfo(lk.dtype)
+            floor = math.log(float(info.smallest_normal) / float(info.eps))
+            worst = float(xp.min(xp.max(lk, axis=-1)))
+            if worst < floor:
+                tau = self._resolved_scale(K.shape[-1])
+                wider = "" if lk.dtype == xp.float64 else "float64, "
+                raise FloatingPointError(
+                    f"scale: the positive random features of some keys underflow in {lk.dtype} "
+                    f"(largest log-feature {worst:.4g} < {floor:.4g} at tau = {tau:g}; log phi(k) is about "
+                    "-tau ||k||^2 / 2); use a smaller scale (or smaller keys), "
+                    f"{wider}or softmax_attention(scale) for the exact softmax weights"
+                )
+        return xp.exp(lq), xp.exp(lk)
