@@ -218,3 +218,32 @@ def test_property_methods_agree_over_shapes_and_gate_regimes(batch, T, d_k, d_v,
     assert np.all(np.isfinite(ref))
     for m in layer.supported_methods:
         assert rel_err(layer(Q, K, V, method=m, **gates), ref) < TOL
+
+
+def test_host_budget_follows_available_memory(rng, monkeypatch):
+    """``AUTO_MEMORY_BUDGET = None``: a quarter of the host's available memory, at least the floor; a set
+    number wins. At B = 1, H = 16, T = 4096, d = 64 the chunked estimates exceed the 256 MiB floor (433 MiB
+    linear attention, 672 MiB Gated DeltaNet; measured peaks 69 / 99 MiB), so a fixed budget ran the loop
+    there, 5-8x slower (benchmarks/cpu_fast.py)."""
+    from ttr_stats.methods import registry
+
+    monkeypatch.setattr(registry, "AUTO_MEMORY_BUDGET", None)
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: 8 * 2**30)
+    assert registry.host_budget() == 2 * 2**30
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: None)
+    assert registry.host_budget() == registry.HOST_MIN_BUDGET
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: 2**20)
+    assert registry.host_budget() == registry.HOST_MIN_BUDGET
+    monkeypatch.setattr(registry, "AUTO_MEMORY_BUDGET", 1234)
+    assert registry.host_budget() == 1234
+
+    monkeypatch.setattr(registry, "AUTO_MEMORY_BUDGET", None)
+    monkeypatch.setattr(registry, "free_host_bytes", lambda: 8 * 2**30)
+    Q = rng.standard_normal((16, 4096, 64))
+    Q /= np.linalg.norm(Q, axis=-1, keepdims=True)
+    for layer, gates in [
+        (tt.recipes.linear_attention(), {}),
+        (tt.recipes.gated_deltanet(), {"alpha": np.full((16, 4096), 0.99), "beta": np.full((16, 4096), 0.5)}),
+    ]:
+        layer(Q, Q, Q, **gates)
+        assert layer.method_ == "chunked"

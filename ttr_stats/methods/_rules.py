@@ -24,7 +24,7 @@ def parallel_rule(memory):
             return memory(P) <= free // 4
         from . import registry  # read at call time: tests and users may lower the budget
 
-        return P.T <= registry.HOST_PARALLEL_MAX_T and memory(P) <= registry.AUTO_MEMORY_BUDGET
+        return P.T <= registry.HOST_PARALLEL_MAX_T and memory(P) <= registry.host_budget()
 
     return rule
 

@@ -210,7 +210,7 @@ def _auto(P: Problem, free) -> bool:
         return chunked_bytes(P) <= free // 4
     from .. import registry  # read at call time: tests and users may lower the budget
 
-    return P.T >= HOST_MIN_T and chunked_bytes(P) <= registry.AUTO_MEMORY_BUDGET
+    return P.T >= HOST_MIN_T and chunked_bytes(P) <= registry.host_budget()
 
 
 def _supports(layer):
