@@ -247,3 +247,31 @@ def test_host_budget_follows_available_memory(rng, monkeypatch):
     ]:
         layer(Q, Q, Q, **gates)
         assert layer.method_ == "chunked"
+
+
+def test_loop_skips_unit_decay_exactly(rng):
+    """The loop passes a = None to IdentityCovariance when no gate of the call decays: M * 1 is M, so the
+    skipped pass changes no bit (the update with a = ones gives the same arrays), and a call with one
+    decaying gate takes the general path."""
+    from ttr_stats.methods import recurrent
+
+    opt = o.IdentityCovariance()
+    st = opt.init(np, (3,), 4, 2, np.float64)
+    st = st._replace(M=rng.standard_normal(st.M.shape), z=rng.standard_normal(st.z.shape))
+    k, v, b = rng.standard_normal((3, 4)), rng.standard_normal((3, 2)), rng.uniform(0.5, 1.5, 3)
+    fast, full = opt.update(st, k, v, None, b), opt.update(st, k, v, np.ones((3, 4)), b)
+    assert all(np.array_equal(x, y) for x, y in zip(fast, full, strict=True))
+
+    seen = []
+    orig = opt.update
+    opt.update = lambda s, k, v, a, b: seen.append(a is None) or orig(s, k, v, a, b)
+    layer = tt.TestTimeRegression(weights=w.Gated(), optimizer=opt)
+    Q, K, V = make_qkv(rng, T=6, d_k=4, d_v=2)
+    y = layer(Q, K, V, method="recurrent", alpha=np.ones((2, 6)))  # gates of exactly 1: no decay
+    assert len(seen) == 6 and all(seen)
+    seen.clear()
+    alpha = np.ones((2, 6))
+    alpha[:, 3] = 0.9  # one decaying step: the general path
+    y2 = layer(Q, K, V, method="recurrent", alpha=alpha)
+    assert len(seen) == 6 and not any(seen)
+    assert np.array_equal(y[..., :3, :], y2[..., :3, :]) and not np.array_equal(y, y2)

@@ -23,16 +23,19 @@ def loop(opt, P: Problem, *, read=True):
     the state after ``lengths`` tokens, whatever the optimizer does with a padded step).
     """
     xp = P.xp
-    a_all = xp.exp(P.g)
     n = P.steps_per_token
-    one = xp.ones(P.batch_shape + (P.g.shape[-1],), dtype=P.dtype, device=P.device)
+    # an optimizer that declares ``skips_unit_decay`` gets a = None when no gate of the call decays
+    # (one check here; the identity family then skips a pass over the state each step)
+    unit = getattr(opt, "skips_unit_decay", False) and P.T > 0 and not bool(xp.any(P.g != 0))
+    a_all = None if unit else xp.exp(P.g)
+    one = None if unit else xp.ones(P.batch_shape + (P.g.shape[-1],), dtype=P.dtype, device=P.device)
     state = initial_state(opt, P)
     ys = []
     for t in range(P.T):
         before = state
         for j in range(n):
             i = t * n + j
-            a = a_all[..., t, :] if j == 0 else one
+            a = one if (j or unit) else a_all[..., t, :]
             state = opt.update(state, P.K[..., i, :], P.V[..., i, :], a, P.b[..., i])
             if P.window is not None and i >= P.window:
                 o = i - P.window  # the pair leaving the window [i - w + 1, i]

@@ -223,11 +223,15 @@ class IdentityCovariance(Optimizer):
             xp.zeros(tuple(batch_shape) + (d_k,), dtype=dtype, device=device),
         )
 
+    #: the generic loop may pass ``a=None`` when every gate of the call is 1 (no decay: skips a pass)
+    skips_unit_decay = True
+
     def update(self, state, k, v, a, b):
         bb = b[..., None]
-        return LinearAttentionState(
-            state.M * a[..., None, :] + bb[..., None] * outer(v, k), state.z * a + bb * k
-        )
+        write = outer(bb * v, k)  # b folded into v: one (d_v, d_k) product, not two
+        if a is None:  # no decay anywhere in the call (the loop checked): M * 1 is M exactly
+            return LinearAttentionState(state.M + write, state.z + bb * k)
+        return LinearAttentionState(state.M * a[..., None, :] + write, state.z * a + bb * k)
 
     def downdate(self, state, k, v, b):
         bb = b[..., None]
@@ -244,6 +248,8 @@ class IdentityCovariance(Optimizer):
     def read(self, state, q):
         xp = _array.namespace(q)
         y = matvec(xp, state.M, q)
+        if self.normalize is None:  # finish reads the denominator only when normalising
+            return y
         return self.finish(xp, y, xp.sum(state.z * q, axis=-1))
 
     def finish(self, xp, y, denom):
