@@ -253,7 +253,6 @@ def test_loop_skips_unit_decay_exactly(rng):
     """The loop passes a = None to IdentityCovariance when no gate of the call decays: M * 1 is M, so the
     skipped pass changes no bit (the update with a = ones gives the same arrays), and a call with one
     decaying gate takes the general path."""
-    from ttr_stats.methods import recurrent
 
     opt = o.IdentityCovariance()
     st = opt.init(np, (3,), 4, 2, np.float64)
