@@ -86,17 +86,23 @@ class RecursiveLeastSquares(Optimizer):
             xp.broadcast_to(P, tuple(batch_shape) + (d_k, d_k)),
         )
 
+    #: the generic loop may pass ``a=None`` when no gate of the call decays (gamma = 1: no division)
+    skips_unit_decay = True
+
     def update(self, state, k, v, a, b):
         xp = _array.namespace(k)
-        gamma = a[..., 0]
         M, P = state
         Pk = matvec(xp, P, k)
-        # b Pk / (gamma + b k^T P k): b = 0 gives g = 0 exactly (gamma / b would divide by zero)
-        denom = gamma + b * xp.sum(k * Pk, axis=-1)
-        g = (b / denom)[..., None] * Pk
-        M = M + outer(v - matvec(xp, M, k), g)
-        P = (P - outer(g, Pk)) / gamma[..., None, None]
-        P = 0.5 * (P + xp.matrix_transpose(P))
+        # s = b / (gamma + b k^T P k): b = 0 gives s = 0 exactly (gamma / b would divide by zero)
+        kPk = xp.sum(k * Pk, axis=-1)
+        s = b / (kPk * b + (1.0 if a is None else a[..., 0]))
+        M = M + outer(v - matvec(xp, M, k), s[..., None] * Pk)
+        # P - s Pk Pk^T as P - w w^T with w = sqrt(s) Pk (s >= 0): w_i w_j = w_j w_i exactly, so a
+        # symmetric P stays exactly symmetric with no symmetrising pass
+        w = xp.sqrt(s)[..., None] * Pk
+        P = P - outer(w, w)
+        if a is not None:
+            P = P / a[..., 0, None, None]
         return RLSState(M, P)
 
     def memory(self, state):

@@ -60,18 +60,23 @@ class _Guarded:
         self.limit_sq = limit * limit
         self.first = None  # first token (1-based) whose estimate crossed the limit, T + 1 if none
 
+    #: passes the loop's a = None (no decay in the call) on to the optimizer
+    skips_unit_decay = True
+
     def update(self, state, k, v, a, b):
         xp = self.xp
         new = self.opt.update(state, k, v, a, b)
-        gamma = a[..., 0, None, None]
-        self.R = gamma * self.R + b[..., None, None] * (k[..., :, None] * k[..., None, :])
+        bk = b[..., None] * k
+        write = bk[..., :, None] * k[..., None, :]
+        self.R = self.R + write if a is None else a[..., 0, None, None] * self.R + write
         # (||R||_F ||P||_F eps / gamma)^2 > limit^2 (gamma = 1 without decay), or not finite (NaN compares
-        # False); the squares save two square roots a step
+        # False); the squares save two square roots a step. A non-finite M shows in the outputs, which
+        # recurrent() checks once after the loop.
         eps = float(xp.finfo(new.P.dtype).eps)
-        est = xp.sum(self.R * self.R, axis=(-2, -1)) * xp.sum(new.P * new.P, axis=(-2, -1)) * (eps * eps)
-        if self.decayed:
+        est = _sq(xp, self.R) * _sq(xp, new.P) * (eps * eps)
+        if a is not None and self.decayed:
             est = est / (a[..., 0] * a[..., 0])
-        ok = (est <= self.limit_sq) & xp.all(xp.isfinite(new.M), axis=(-2, -1))
+        ok = est <= self.limit_sq
         self.t += 1
         bad = xp.where(
             ok, xp.asarray(0, device=_array.device(k)), xp.asarray(self.t, device=_array.device(k))
@@ -81,6 +86,12 @@ class _Guarded:
 
     def read(self, state, q):
         return self.opt.read(state, q)
+
+
+def _sq(xp, X):
+    """Squared Frobenius norms over the last two axes, in one pass (no X * X temporary)."""
+    flat = xp.reshape(X, X.shape[:-2] + (X.shape[-2] * X.shape[-1],))
+    return xp.vecdot(flat, flat)
 
 
 def recurrent(layer, P):
@@ -95,9 +106,16 @@ def recurrent(layer, P):
     R0 = opt.prior_precision(s0)
     R0 = xp.broadcast_to(R0, P.batch_shape + (P.d_k, P.d_k))
     guard = _Guarded(opt, xp, R0, decayed)
+    # the update keeps a symmetric P exactly symmetric: symmetrise the start once (a user's P_0 may not be)
+    s0 = type(s0)(s0.M, 0.5 * (s0.P + xp.matrix_transpose(s0.P)))
     Y, state = loop(guard, P64._replace(state0=s0))
     if guard.first is not None and bool(xp.any(guard.first != 0)):
         t = int(xp.min(xp.where(guard.first == 0, xp.asarray(P.T + 1), guard.first))) - 1
+        raise _refusal(layer, t, decayed)
+    if P.T and not bool(xp.all(xp.isfinite(Y))):  # a non-finite M: the first output it reached
+        rows = xp.all(xp.isfinite(Y), axis=-1)
+        rows = xp.reshape(rows, (-1, P.T)) if rows.ndim != 1 else rows[None, :]
+        t = int(xp.min(xp.where(rows, P.T, xp.arange(P.T))))
         raise _refusal(layer, t, decayed)
     back = lambda x: x if x.dtype == P.dtype else xp.astype(x, P.dtype)  # noqa: E731
     return back(Y), type(state)(*(back(f) for f in state))
