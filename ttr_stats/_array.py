@@ -39,6 +39,9 @@ def device(x):
     return array_api_compat.device(x)
 
 
+_NUMPY = array_api_compat.array_namespace(np.empty(0))
+
+
 def namespace(*arrays):
     """Array-API namespace shared by ``arrays`` (``None`` and Python scalars are ignored).
 
@@ -47,6 +50,8 @@ def namespace(*arrays):
     TypeError
         If the arrays come from different libraries (for example NumPy and CuPy).
     """
+    if all(type(a) is np.ndarray for a in arrays):  # the common case, without the generic lookup
+        return _NUMPY if arrays else array_api_compat.array_namespace(np.empty(0))
     arrs = [a for a in arrays if a is not None and is_array(a)]
     if not arrs:
         return array_api_compat.array_namespace(np.empty(0))

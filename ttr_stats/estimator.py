@@ -400,6 +400,8 @@ class TestTimeRegressor(RegressorMixin, BaseEstimator):
         a, b = gates
         k = layer.regressor.features(np, X)
         _warn_if_unstable(layer, X, b, k=k, stacklevel=5)
+        if getattr(opt, "skips_unit_decay", False) and bool(np.all(a == 1)):
+            a = None  # no decay: the optimizer skips that pass, as the loop lets it (bit-identical)
         new = opt.update(state, k[0], V[0], a, b)
         # a finite sum means finite entries; an overflowing sum only sends the call to the general path
         if not math.isfinite(sum([_total(field, None) for field in new])):
