@@ -255,6 +255,9 @@ class TestTimeRegression(BaseEstimator):
         lf = opt.log_forgetting()
         if lf:
             g = g + lf
+        # whether any gate can decay, from the layer and the call's arguments, never from gate values: a
+        # method that picks its algorithm from this stays exactly causal
+        gated = la is not None or bool(lf) or self.weights.constant_log_decay() != 0.0
         if opt.needs_positive_decay and bool(xp.any(g == -math.inf)):
             raise ValueError(f"{gate_name}: {type(opt).__name__} divides by the decay; alpha must be > 0")
 
@@ -301,7 +304,7 @@ class TestTimeRegression(BaseEstimator):
         return Problem(
             xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype,
             steps_per_token=steps, device=device, causal=causal, lengths=lengths,
-            chunk_size=check_chunk_size(chunk_size),
+            chunk_size=check_chunk_size(chunk_size), gated=gated,
         )  # fmt: skip
 
     def _choose(self, method, P):

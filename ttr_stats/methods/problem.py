@@ -39,6 +39,11 @@ class Problem(NamedTuple):
         ``False``: every query reads the memory after the last pair (nonparametric set regression).
     chunk_size : int or None
         The chunk length of chunked methods (``None``: the method's default).
+    gated : bool
+        Whether any gate of the call can decay, known from the layer and the call's arguments alone (a
+        decaying weights class, a forgetting factor, call-time ``alpha``/``log_alpha``), never from the
+        gate values. A method that chooses its algorithm from this (rather than from ``g``) keeps outputs
+        before s bit-for-bit independent of inputs at s and after. Default True (may decay).
     lengths : array of shape batch_shape (integers) or None
         Valid tokens of each sequence (right padding). The layer has already made the padded steps
         identities in every family (:func:`ttr_stats._gates.mask_padding`): zero keys and values, zero
@@ -66,6 +71,7 @@ class Problem(NamedTuple):
     causal: bool = True
     lengths: object = None
     chunk_size: object = None
+    gated: bool = True
 
     @property
     def itemsize(self) -> int:

@@ -266,7 +266,9 @@ def _nodecay_host(xp, Qc, Kc, Vc, b, M, z, out, dout, mask):
     for n in range(Qc.shape[-3]):
         q, k, v = Qc[..., n, :, :], Kc[..., n, :, :], Vc[..., n, :, :]
         kb = k if unit else k * b[..., n, :, None]
-        A = (q @ xp.matrix_transpose(kb)) * mask
+        # (q k^T) o (mask b), in the general path's order, so that a decaying gate later in the call (which
+        # switches the call to the general path) changes no bit of these outputs: exact causality
+        A = (q @ xp.matrix_transpose(k)) * (mask if unit else mask * b[..., n, None, :])
         out[..., n, :, :] = A @ v + q @ xp.matrix_transpose(M)
         if dout is not None:
             dout[..., n, :] = xp.sum(A, axis=-1) + (q @ z[..., :, None])[..., 0]

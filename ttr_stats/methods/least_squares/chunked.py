@@ -6,7 +6,8 @@ r"""The exact chunked method of (ridge) least squares: ClosedForm, the ``least_s
 on every prefix of every chunk, from the statistics at the chunk start (a scan over chunks) and decays
 relative to it (:mod:`._prefix`). Three exact reads, chosen per call:
 
-* **Woodbury** (ridge > 0 and no decay anywhere in the call: ``least_squares(ridge)``, ``mesa`` without
+* **Woodbury** (ridge > 0 and no gate that can decay, from the layer and the call's arguments, not the gate
+  values, so the choice is causal: ``least_squares(ridge)``, ``mesa`` without
   gates): the base :math:`R_0 + \rho I` does not change within a chunk, so one C x C Cholesky factor per
   chunk serves every prefix, O(C d + d^2) per token and no d x d solve per token;
 * **prefix solves** (any decay, or ridge = 0): every :math:`R_t` is formed (C d x d matrices per batch
@@ -50,7 +51,9 @@ def _path(opt, P):
     """Which exact read runs this call (one host check of the gates when the ridge allows Woodbury)."""
     if opt.cg_steps is not None:
         return "cg"
-    if float(opt.ridge) > 0 and not bool(P.xp.any(P.g != 0)):
+    # from the call's structure, not the gate values: a later nonzero gate must not switch the algorithm
+    # (and so the rounding) of earlier outputs
+    if float(opt.ridge) > 0 and not P.gated:
         return "woodbury"
     return "prefix"
 
@@ -139,7 +142,7 @@ def auto(P, free):
     1.1-1.2x the loop.)"""
     if free is not None:
         return chunked_bytes(P) <= free // 4
-    return P.T >= HOST_MIN_T and not bool(P.xp.any(P.g != 0))
+    return P.T >= HOST_MIN_T and not P.gated
 
 
 #: the host's shortest T for ``auto`` (measured: below it the loop's few steps cost less than the setup)
