@@ -1,0 +1,193 @@
+r"""Tiles of log-weights made on the fly: blocks of queries x blocks of keys, never the T x T matrix.
+
+A causal call is cut into ``nb`` blocks of ``c`` positions (the last one padded: zero queries, keys and
+values, log-gate 0 and write strength 0, i.e. log-weight ``-inf``). The tile of query block ``q`` and key
+block ``q - o`` (offset ``o >= 0``) has log-weights
+
+.. math::
+
+    \log w_{ti} = \log\Gamma_{ti} + \log\beta_i + \log s(q_t, k_i),\qquad
+    \log\Gamma_{ti} = \sum_{j=i+1}^{t} g_j,
+
+with the gate sum split at the block edges into three sums of non-positive terms, each a block-local
+cumulative sum (``docs/derivations/tiled_nonparametric.md``):
+
+* ``o = 0`` (the diagonal tile): the masked cumulative sums of :func:`ttr_stats._array.segsum` on the
+  block, the same additions in the same order as the dense reference, ``-inf`` above the diagonal;
+* ``o >= 1``: :math:`\sum_{j=i+1}^{\mathrm{end}(k)} g_j` (suffix within the key block) +
+  :math:`\sum` of the whole blocks strictly between (``segsum`` of the block totals) +
+  :math:`\sum_{j=\mathrm{start}(q)}^{t} g_j` (prefix within the query block).
+
+No difference of two cumulative sums is ever formed, so the rounding of a pair's log-weight is relative to
+that pair's own gate sum (not to the whole sequence's, which in float32 would cost ``T |g| eps`` on every
+pair) and a hard reset (``g = -inf``) never meets ``-inf - -inf``. Offsets whose tiles are entirely outside
+a sliding window are skipped, and so are the tiles above the diagonal (causal). A non-causal call (every
+query reads the last memory) has one tile per (query block, key block) pair with the last step's per-key
+log-weights.
+
+A *step* is one offset (causal) or one key block (non-causal) for a group of consecutive query blocks,
+grouped so that the step's intermediates stay within a byte budget; the accumulators of a method live in
+a list with one entry per query block (:meth:`TilePlan.gather` / :meth:`TilePlan.scatter`), so a step only
+touches its own blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from ... import _array
+from ...regressors.nonparametric import last_log_weights, log_strength
+
+#: bytes of one step's tile intermediates on the host (GPU: an eighth of free memory, at least this)
+STEP_BYTES = 32 * 2**20
+
+
+class Step(NamedTuple):
+    """One step: query blocks ``q0 .. q1 - 1`` against one key block each.
+
+    ``logw`` (*batch, n, c, c_k) log-weights, ``Q`` (*batch, n, c, d_k), ``K`` / ``V`` (*batch, n or 1,
+    c_k, d); ``n = q1 - q0``.
+    """
+
+    q0: int
+    q1: int
+    logw: object
+    Q: object
+    K: object
+    V: object
+
+
+def _pad(xp, x, n, axis, value=0.0):
+    """``x`` with ``n`` entries of ``value`` appended along ``axis`` (negative)."""
+    if n == 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = n
+    fill = xp.full(tuple(shape), value, dtype=x.dtype, device=_array.device(x))
+    return xp.concat([x, fill], axis=axis)
+
+
+def _blocks(xp, x, nb, c):
+    """(*batch, nb * c, *tail) -> (*batch, nb, c, *tail), with ``x``'s time axis at -2 (or -1 for 1-D)."""
+    return xp.reshape(x, x.shape[:-2] + (nb, c, x.shape[-1]))
+
+
+class TilePlan:
+    """The tiles of one call and the bookkeeping of per-query-block accumulators.
+
+    Parameters
+    ----------
+    xp : namespace
+    P : Problem
+    log_similarity : callable ``(xp, Q, K) -> (..., n_q, n_k)``
+    c : int
+        Block length (queries and keys).
+    per_pair : int
+        Floats of intermediates per (query, key) pair of a tile (1 for softmax, ~3 P + d_v for a local
+        polynomial), for the step budget.
+    budget : int
+        Bytes of one step's intermediates.
+    """
+
+    def __init__(self, xp, P, log_similarity, c, per_pair=4, budget=STEP_BYTES):
+        self.xp, self.P, self.sim, self.c = xp, P, log_similarity, int(c)
+        self.nbatch = len(P.batch_shape)
+        c = self.c
+        Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
+        self.Tq = Tq
+        self.nbq = -(-Tq // c)
+        self.nbk = -(-Tk // c)
+        self.Qb = _blocks(xp, _pad(xp, P.Q, self.nbq * c - Tq, -2), self.nbq, c)
+        self.Kb = _blocks(xp, _pad(xp, P.K, self.nbk * c - Tk, -2), self.nbk, c)
+        self.Vb = _blocks(xp, _pad(xp, P.V, self.nbk * c - Tk, -2), self.nbk, c)
+        batch = max(1, P.n_batch)
+        self.group = max(1, int(budget // max(1, batch * c * c * per_pair * P.itemsize)))
+        shape = P.batch_shape + (self.nbk, c)
+        if P.causal:
+            g = _pad(xp, P.g[..., 0], self.nbk * c - Tk, -1)
+            logb = _pad(xp, log_strength(xp, P.b), self.nbk * c - Tk, -1, -math.inf)
+            self.gb = xp.reshape(g, shape)
+            self.logb = xp.reshape(logb, shape)
+            self.pre = xp.cumulative_sum(self.gb, axis=-1)  # sum_{j = start}^{t} g_j, block-local
+            incl = xp.flip(xp.cumulative_sum(xp.flip(self.gb, axis=-1), axis=-1), axis=-1)
+            zero = xp.zeros(P.batch_shape + (self.nbk, 1), dtype=g.dtype, device=P.device)
+            self.suf = xp.concat([incl[..., 1:], zero], axis=-1)  # sum_{j = i+1}^{end} g_j
+            tot = self.pre[..., -1]  # (*batch, nb): each block's total
+            # mid[q, k] = sum of the totals of the blocks strictly between k and q: segsum(tot)[q - 1, k]
+            self.mid = xp.reshape(_array.segsum(xp, tot), P.batch_shape + (self.nbk * self.nbk,))
+        else:
+            last = _pad(xp, last_log_weights(xp, P), self.nbk * c - Tk, -1, -math.inf)
+            self.last = xp.reshape(last, shape)
+
+    # --- which tiles ------------------------------------------------------------------------------------
+    def offsets(self):
+        """Causal: the offsets ``o`` with a pair inside the window (all of 0..nb-1 without one)."""
+        nb, c, w = self.nbq, self.c, self.P.window
+        if w is None:
+            return list(range(nb))
+        return [o for o in range(nb) if o * c - (c - 1) < w]  # the tile's nearest pair is inside
+
+    def steps(self, ascending_keys=False, blocks=None):
+        """Every step of the query blocks ``blocks = (b0, b1)`` (default all); with ``ascending_keys``
+        each query block meets its key blocks from the first on."""
+        n = self.group
+        b0, b1 = (0, self.nbq) if blocks is None else blocks
+        if self.P.causal:
+            offs = [o for o in self.offsets() if o < b1]
+            for o in reversed(offs) if ascending_keys else offs:
+                for q0 in range(max(o, b0), b1, n):
+                    yield self._causal(o, q0, min(b1, q0 + n))
+        else:
+            for kb in range(self.nbk):
+                for q0 in range(b0, b1, n):
+                    yield self._noncausal(kb, q0, min(b1, q0 + n))
+
+    def _causal(self, o, q0, q1):
+        xp, c, P = self.xp, self.c, self.P
+        k0, k1 = q0 - o, q1 - o
+        if o == 0:
+            lg = _array.segsum(xp, self.gb[..., q0:q1, :])  # exactly the dense reference's sums
+        else:
+            idx = xp.asarray([(q - 1) * self.nbk + (q - o) for q in range(q0, q1)], device=P.device)
+            mid = xp.take(self.mid, idx, axis=-1)  # (*batch, n)
+            lg = self.pre[..., q0:q1, :, None] + mid[..., None, None] + self.suf[..., k0:k1, None, :]
+        lg = lg + self.logb[..., k0:k1, None, :]
+        w = P.window
+        if w is not None and o * c + (c - 1) >= w:  # some pairs of the tile are outside the window
+            t = xp.arange(c, device=P.device)
+            inside = (o * c + t[:, None] - t[None, :]) < w
+            lg = xp.where(inside, lg, xp.asarray(-math.inf, dtype=lg.dtype))
+        Qt, Kt = self.Qb[..., q0:q1, :, :], self.Kb[..., k0:k1, :, :]
+        return Step(q0, q1, lg + self.sim(xp, Qt, Kt), Qt, Kt, self.Vb[..., k0:k1, :, :])
+
+    def _noncausal(self, kb, q0, q1):
+        xp = self.xp
+        Qt = self.Qb[..., q0:q1, :, :]
+        Kt = self.Kb[..., kb : kb + 1, :, :]
+        lg = self.last[..., kb : kb + 1, None, :] + self.sim(xp, Qt, Kt)
+        return Step(q0, q1, lg, Qt, Kt, self.Vb[..., kb : kb + 1, :, :])
+
+    # --- per-query-block accumulators --------------------------------------------------------------------
+    def zeros(self, tail, value=0.0):
+        """One accumulator: a list of ``nbq`` arrays (*batch, c, *tail) filled with ``value``."""
+        xp, P = self.xp, self.P
+        z = xp.full(P.batch_shape + (self.c,) + tuple(tail), value, dtype=P.dtype, device=P.device)
+        return [z] * self.nbq
+
+    def gather(self, acc, step):
+        """The accumulator's entries of the step's query blocks, stacked: (*batch, n, c, *tail)."""
+        return self.xp.stack(acc[step.q0 : step.q1], axis=self.nbatch)
+
+    def scatter(self, acc, step, new):
+        """Write the step's new entries (*batch, n, c, *tail) back into the list ``acc``."""
+        for j in range(step.q1 - step.q0):
+            acc[step.q0 + j] = new[(slice(None),) * self.nbatch + (j,)]
+
+    def output(self, blocks):
+        """The per-block outputs (*batch, c, d_v) as (*batch, T_q, d_v), padding removed."""
+        xp = self.xp
+        if not blocks:
+            return xp.zeros(self.P.batch_shape + (0, self.P.d_v), dtype=self.P.dtype, device=self.P.device)
+        Y = xp.concat(blocks, axis=-2) if len(blocks) > 1 else blocks[0]
+        return Y[..., : self.Tq, :]

@@ -1,0 +1,137 @@
+r"""Tiled kernel smoothers: blocks of queries x blocks of keys with log-weights made on the fly and an
+online (running-max) normaliser; never a T x T array (``docs/derivations/tiled_nonparametric.md``).
+
+* Nadaraya-Watson / softmax attention (p = 0; QKNorm, Gaussian similarity, sliding windows, forgetting
+  attention under data-dependent ``Gated`` weights): one pass, per query a running maximum :math:`m`, a
+  running normaliser :math:`\ell = \sum_i e^{\log w_i - m}` and a running weighted value sum, each
+  rescaled by :math:`e^{m_\text{old} - m_\text{new}}` when the maximum grows (FlashAttention's
+  normaliser). Memory O(T (d_k + d_v)) plus one step's tiles.
+* Local polynomial (p >= 1): the reference's centred moments summed tile by tile in three passes
+  (:mod:`._tiled_poly`), memory O(T P^2), then the same batched pseudo-inverse / ridge solves.
+
+Log-weights come from the per-position log-gates (:mod:`._tiles`): block-local cumulative sums, never a
+difference of two cumulative sums, so a pair's rounding is relative to its own gate sum and ``-inf``
+resets are exact. Tiles above the diagonal (causal) or outside a window are skipped, so causal attention
+does about half the work of the dense form and a window of w does O(T w). Gaussian similarities are
+formed per tile by the ``||q||^2 + ||k||^2 - 2 q.k`` expansion (no T x T x d differences anywhere).
+
+The array API only (NumPy, CuPy, torch): on a GPU this is a sequence of batched matrix products, not a
+fused device routine.
+
+Measured on this project's CPU (2 cores, one BLAS thread per process not enforced, float64, B = 1, H = 4,
+d_k = d_v = 64, causal softmax; ``benchmarks/cpu_tiled.py``): see :data:`AUTO_MIN_T` for the crossover
+that ``method="auto"`` uses.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ... import _array
+from ...regressors.local_polynomial import LocalPolynomial, n_coefficients
+from ..registry import register
+from ._common import final_cache
+from ._tiled_poly import local_polynomial
+from ._tiles import STEP_BYTES, TilePlan
+
+#: default block lengths (queries and keys) of softmax / NW and of local polynomials
+BLOCK_NW = 128
+BLOCK_POLY = 32
+
+#: ``method="auto"`` prefers ``"tiled"`` to the dense ``"parallel"`` from this many keys on
+AUTO_MIN_T = 512
+
+
+def _block(layer, P):
+    if P.chunk_size is not None:
+        return int(P.chunk_size)
+    return BLOCK_NW if int(layer.regressor.order) == 0 else BLOCK_POLY
+
+
+def _per_pair(layer, P):
+    """Floats per (query, key) pair of one tile's intermediates."""
+    order = int(layer.regressor.order)
+    if order == 0:
+        return 4
+    return 3 * n_coefficients(P.d_k, order) + 2 * P.d_v + P.d_k
+
+
+def _budget(xp):
+    free = _array.free_device_bytes(xp)
+    return max(STEP_BYTES, free // 8) if free is not None else STEP_BYTES
+
+
+def nadaraya_watson(xp, plan, P):
+    """Softmax-weighted values (*batch, T_q, d_v) by the online normaliser."""
+    m = plan.zeros((), -math.inf)
+    ell = plan.zeros(())
+    acc = plan.zeros((P.d_v,))
+    for st in plan.steps():
+        s = st.logw
+        m0 = plan.gather(m, st)
+        m1 = xp.maximum(m0, xp.max(s, axis=-1))
+        sh = xp.where(m1 > -math.inf, m1, xp.zeros((), dtype=m1.dtype))  # a row with no pair yet: shift 0
+        p = xp.exp(s - sh[..., None])
+        scale = xp.exp(m0 - sh)  # 0 while the row had no pair (m0 = -inf)
+        plan.scatter(ell, st, plan.gather(ell, st) * scale + xp.sum(p, axis=-1))
+        plan.scatter(acc, st, plan.gather(acc, st) * scale[..., None] + xp.matmul(p, st.V))
+        plan.scatter(m, st, m1)
+    one = xp.ones((), dtype=P.dtype)
+    # a row without a pair of positive weight reads 0 (the empty memory), as normalised_weights does
+    return plan.output([a / xp.where(e > 0, e, one)[..., None] for a, e in zip(acc, ell, strict=True)])
+
+
+def tiled(layer, P):
+    """Return ``(Y, CacheState)``."""
+    xp, reg = P.xp, layer.regressor
+    if P.Q.shape[-2] == 0 or P.K.shape[-2] == 0:
+        Y = xp.zeros(P.batch_shape + (P.Q.shape[-2], P.d_v), dtype=P.dtype, device=P.device)
+        return Y, final_cache(xp, P)
+    plan_budget = _budget(xp)
+    plan = TilePlan(xp, P, reg.log_similarity, _block(layer, P), _per_pair(layer, P), plan_budget)
+    if int(reg.order) == 0:
+        Y = nadaraya_watson(xp, plan, P)
+    else:
+        Y = local_polynomial(xp, reg, plan, P, 4 * plan_budget)
+    return Y, final_cache(xp, P)
+
+
+def tiled_bytes(P):
+    """O(T (d_k + d_v)): padded copies of Q, K, V, the per-query accumulators of softmax (or a local
+    polynomial's outputs and reference pairs) and the fixed budgets of one step's tiles and of a local
+    polynomial's group of moment accumulators (``5 * STEP_BYTES`` on the host)."""
+    T = max(P.Q.shape[-2], P.K.shape[-2]) + BLOCK_NW
+    per_row = 3 * P.d_k + 4 * P.d_v + 8
+    return P.n_batch * T * per_row * P.itemsize + 5 * STEP_BYTES
+
+
+def _supports(layer):
+    if not isinstance(layer.regressor, LocalPolynomial):
+        return f"tiled runs LocalPolynomial regressors, not {type(layer.regressor).__name__}"
+    return None
+
+
+def _auto(P, free):
+    """Tiled from :data:`AUTO_MIN_T` keys on (faster there on the CPU), or whenever the dense T x T
+    weights would not fit (host budget or a quarter of free device memory)."""
+    from ..registry import fits_device, fits_host, is_host
+    from ._common import dense_bytes
+
+    if P.K.shape[-2] >= AUTO_MIN_T:
+        return True
+    if free is not None:
+        return not fits_device(P, dense_bytes, free)
+    return is_host(P) and not fits_host(P, dense_bytes)
+
+
+register(
+    "tiled",
+    "kernel_smoother",
+    run=tiled,
+    supports=_supports,
+    memory=tiled_bytes,
+    auto=_auto,
+    rank=5,
+    window=True,
+    summary="query blocks x key blocks, on-the-fly log-weights, online normaliser (never T x T)",
+)
