@@ -14,6 +14,8 @@ EXPECTED = {
     "gated_deltanet", "leaky_lms", "longhorn", "nlms", "delta_product", "softmax_attention",
     "qknorm_attention", "sliding_window_attention", "local_linear_attention", "local_polynomial_attention",
     "kernel_regression", "performer", "based", "ttt_linear", "ttt_mlp", "titans",
+    # 2025-26 delta-family layers (issue 13)
+    "kda", "gdn2", "rwkv7", "preconditioned_deltanet", "gated_oja",
 }
 
 

@@ -330,6 +330,67 @@ def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, deca
     )
 
 
+# --- 2025-26 delta-family layers (issue 13) ---
+# Components: ttr_stats/optimizers/generalized_delta.py (family "generalized_delta", recurrent reference).
+def kda(beta=1.0):
+    r"""KDA (Kimi Delta Attention): :math:`M_t = M_{t-1}D_t + \beta_t(v_t - M_{t-1}D_tk_t)k_t^\top`,
+    :math:`D_t = \mathrm{Diag}(\alpha_t)`.
+
+    Paper row: the gated delta rule (one SGD step per token) under a per-key-channel decay; ``alpha`` of
+    shape (..., T, d_k) at call time (scalar gates: :func:`gated_deltanet`).
+    """
+    from .optimizers.generalized_delta import PerChannelDelta
+
+    return _layer(w.Gated(alpha=1.0, per_dimension=True), PerChannelDelta(beta))
+
+
+def gdn2():
+    r"""GDN-2: :math:`M_t = M'+(w_t\odot v_t - M'(b_t\odot k_t))k_t^\top`, :math:`M' = M_{t-1}D_t`.
+
+    Paper row: a preconditioned delta step regressing the write-gated value on the erase-gated key; K rows
+    ``(k_t, b_t)``, V rows ``(v_t, w_t)`` interleaved (``optimizers.generalized_delta.interleave``).
+    """
+    from .optimizers.generalized_delta import DecoupledDelta
+
+    return _layer(w.Gated(alpha=1.0, per_dimension=True), DecoupledDelta())
+
+
+def rwkv7():
+    r"""RWKV-7 / DPLR: :math:`M_t = M_{t-1}(D_t + a_tb_t^\top) + v_tk_t^\top`.
+
+    Paper row: with :math:`a = -\hat\kappa`, :math:`b = \eta\odot\hat\kappa`, a preconditioned SGD step
+    (Diag(eta)) with decoupled decay; K rows ``(k_t, a_t, b_t)`` interleaved; ``Uniform()`` weights: IPLR.
+    """
+    from .optimizers.generalized_delta import LowRankTransition
+
+    return _layer(w.Gated(alpha=1.0, per_dimension=True), LowRankTransition())
+
+
+def preconditioned_deltanet(beta=1.0, preconditioner="squash"):
+    r"""Preconditioned gated delta rule: :math:`M_t = M' + \beta_t(v_t - M'k_t)(p_t\odot k_t)^\top`.
+
+    Paper row: delta rule with a diagonal curvature estimate :math:`p_t = \pi(\mathrm{diag}\,R_t)`
+    (Jacobi; between LMS's :math:`I` and RLS's :math:`R_t^{-1}`), scalar decay :math:`M' = \alpha_tM_{t-1}`.
+    """
+    from .optimizers.generalized_delta import PreconditionedDelta
+
+    return _layer(w.Gated(alpha=1.0), PreconditionedDelta(beta, preconditioner=preconditioner))
+
+
+def gated_oja(beta=0.1):
+    r"""Gated Oja rule: :math:`W_t = \alpha_tW_{t-1} + \beta_t(k_t - \alpha_tW_{t-1}v_t)v_t^\top`,
+    :math:`y_t = W_t^\top q_t`.
+
+    Paper row: reverse regression (keys on values, SGD), read through the adjoint; :math:`M = W^\top`.
+    """
+    from .optimizers.generalized_delta import OjaRule
+
+    return _layer(w.Gated(alpha=1.0), OjaRule(beta))
+
+
+_RECIPES_2025_DELTA = (kda, gdn2, rwkv7, preconditioned_deltanet, gated_oja)
+
+
 _RECIPES = (
     linear_attention,
     retnet,
@@ -356,6 +417,7 @@ _RECIPES = (
     ttt_linear,
     ttt_mlp,
     titans,
+    *_RECIPES_2025_DELTA,
 )
 
 
