@@ -16,6 +16,9 @@ EXPECTED = {
     "kernel_regression", "performer", "based", "ttt_linear", "ttt_mlp", "titans",
     # 2025-26 delta-family layers (issue 13)
     "kda", "gdn2", "rwkv7", "preconditioned_deltanet", "gated_oja",
+    # 2025-26 layers beyond the delta family (issue 13)
+    "log_linear_attention", "log_linear_mamba2", "parallax", "higher_order_linear_attention", "kalman_filter",
+    "gated_sliding_window_attention",
 }
 
 

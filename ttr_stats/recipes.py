@@ -330,6 +330,116 @@ def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, deca
     )
 
 
+# --- 2025-26 layers beyond the delta family (issue 13) ---
+# Their components live in their own modules (imported here, not re-exported by the subpackages).
+def log_linear_attention(levels=16):
+    r"""Log-linear attention: linear attention over the Fenwick buckets of the past, one weight per level.
+
+    :math:`y_t = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t` (hierarchical weights
+    :math:`\gamma_i^{(t)} = \lambda_t^{(\ell(t,i))}`, identity covariance; Guo et al. 2025). Set
+    ``optimizer__level_weights`` to the (..., T, L) level weights; 1 everywhere is linear attention.
+    Paper row: log-linear attention (Guo et al. 2025), hierarchical weights x linear x identity covariance.
+    """
+    from .optimizers.log_linear import LogLinearAttention
+
+    return _layer(w.Uniform(), LogLinearAttention(levels))
+
+
+def log_linear_mamba2(levels=16):
+    r"""Log-linear Mamba-2: :func:`log_linear_attention` under data-dependent decay ``alpha`` (Gated).
+
+    :math:`\gamma_i^{(t)} = \lambda_t^{(\ell(t,i))}\prod_{j>i}\alpha_j`; all :math:`\lambda = 1` is Mamba-2.
+    Paper row: log-linear Mamba-2 (Guo et al. 2025), hierarchical gated weights x linear x identity cov.
+    """
+    from .optimizers.log_linear import LogLinearAttention
+
+    return _layer(w.Gated(alpha=1.0), LogLinearAttention(levels))
+
+
+def parallax(probe=None, scale=None):
+    r"""Parallax: softmax attention minus :math:`\mathrm{Cov}_p(v, k)\,r_t`, a probe-corrected NW.
+
+    With :math:`r = \Sigma^{-1}(\bar k - q)` (``probe="local_linear"``) it is local linear attention; a
+    (d_k, d_k) ``probe`` W gives :math:`r_t = W q_t`; ``None`` is softmax attention.
+    Paper row: Parallax (arXiv 2605.29157), softmax weights x local linear (given slope) x closed form.
+    """
+    from .regressors.parallax import Parallax
+
+    return _layer(w.Uniform(), opt.ClosedForm(), regressor=Parallax(probe, ExpDot(scale)))
+
+
+def huber_attention(delta=1.0, ridge=1e-6):
+    r"""Miras's Huber attentional loss: :math:`\min_M \sum_i \gamma_i \rho_\delta(v_i - M k_i)` by IRLS.
+
+    Per value coordinate, Huber :math:`\rho_\delta`, ridge :math:`\lambda`; exact on every prefix
+    (``RobustIRLS(loss="lp", p=...)`` for the :math:`\ell_p` loss).
+    Paper row: Miras (Behrouz et al. 2025), gated weights x linear x IRLS on a Huber loss.
+    """
+    from .optimizers.robust import RobustIRLS
+
+    return _layer(w.Gated(alpha=1.0), RobustIRLS("huber", delta, ridge=ridge))
+
+
+def omega_rule(window=16, ridge=1e-3, scale=None):
+    r"""Atlas's Omega rule, solved exactly: least squares over the last ``window`` tokens, polynomial maps.
+
+    :math:`\min_M \sum_{t-c<i\le t}\|v_i - M\phi(k_i)\|^2 + \lambda\|M\|^2`, :math:`\phi` the degree-2
+    (Taylor) features; Atlas takes gradient / Muon steps on this loss, this is its minimiser.
+    Paper row: Atlas (Behrouz et al. 2025), window weights x polynomial features x exact least squares.
+    """
+    check_scalar("window", window, low=1, integer=True)
+    fm = FeatureMap("taylor", scale=scale)
+    return _layer(w.SlidingWindow(window), opt.ClosedForm(ridge=ridge), regressor=fm)
+
+
+def higher_order_linear_attention():
+    r"""Second-order linear attention :math:`y_t = S_t R_t q_t`: the key second moment where RLS inverts it.
+
+    :math:`S_t = \sum_i \gamma_i v_i k_i^\top`, :math:`R_t = \sum_i \gamma_i k_i k_i^\top` (HLA, key-key
+    form).
+    Paper row: HLA (Zhang, Qin & Gu 2025), gated weights x linear x second-moment readout.
+    """
+    from .optimizers.higher_order import HigherOrderLinearAttention
+
+    return _layer(w.Gated(alpha=1.0), HigherOrderLinearAttention())
+
+
+def kalman_filter(process_noise=1e-2, ridge=1e-2):
+    r"""A Kalman filter on the memory with random-walk noise q: RLS with a moving state.
+
+    :math:`P \leftarrow P/\alpha_t + qI`, then RLS's gain and update; ``process_noise=0`` is :func:`rls`.
+    Paper row: RLS as a Kalman filter (Haykin 2002, ch. 10), gated weights x linear x Kalman filter.
+    """
+    from .optimizers.kalman import KalmanFilter
+
+    return _layer(w.Gated(alpha=1.0), KalmanFilter(process_noise, ridge))
+
+
+def gated_sliding_window_attention(window=64, scale=None):
+    r"""Sliding-window forgetting attention: softmax over the last ``window`` pairs under decay ``alpha``.
+
+    Weights :math:`s(k_i, q)\prod_{j>i}\alpha_j\mathbb{1}[t-i<w]` (:class:`~ttr_stats.weights.GatedWindow`),
+    local constant, exact: fla's ``forgetting_attn(window_size=w)``.
+    Paper row: forgetting attention in a window (Lin et al. 2025), gated window x local constant x exact.
+    """
+    check_scalar("window", window, low=1, integer=True)
+    return _layer(w.GatedWindow(window), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
+
+
+# huber_attention and omega_rule are not in the catalogue yet: the robust family's growing cache does not
+# meet the generic suites' lengths / state-chaining contracts, and least squares under a window cannot
+# continue from a state (the pairs to downdate are not in it); both are tested in
+# tests/test_layers_2025_other.py
+_RECIPES_2025_OTHER = (
+    log_linear_attention,
+    log_linear_mamba2,
+    parallax,
+    higher_order_linear_attention,
+    kalman_filter,
+    gated_sliding_window_attention,
+)
+
+
 # --- 2025-26 delta-family layers (issue 13) ---
 # Components: ttr_stats/optimizers/generalized_delta.py (family "generalized_delta", recurrent reference).
 def kda(beta=1.0):
@@ -417,6 +527,7 @@ _RECIPES = (
     ttt_linear,
     ttt_mlp,
     titans,
+    *_RECIPES_2025_OTHER,
     *_RECIPES_2025_DELTA,
 )
 

@@ -244,3 +244,38 @@ class SlidingWindow(Weights):
 
     def constant_log_decay(self):
         return 0.0
+
+
+class GatedWindow(Weights):
+    r"""Sliding window and data-dependent decay together:
+    :math:`\gamma_i^{(t)} = \beta_i\prod_{j=i+1}^t\alpha_j\,\mathbb{1}[t - i < w]`.
+
+    Under a softmax regressor this is sliding-window forgetting attention (SWA with a forget gate, as in
+    flash-linear-attention's ``forgetting_attn(window_size=w)``). Only methods with additive statistics
+    or a cache run it (the nonparametric families, identity covariance, least squares).
+
+    Parameters
+    ----------
+    width : int >= 1
+    alpha : float in [0, 1] or None
+        Constant decay when the call passes no gates; ``None`` makes the gates mandatory.
+    """
+
+    def __init__(self, width=64, alpha=1.0):
+        self.width = width
+        self.alpha = alpha
+
+    def _validate(self):
+        check_scalar("width", self.width, low=1, integer=True)
+        if self.alpha is not None:
+            check_scalar("alpha", self.alpha, low=0.0, high=1.0)
+
+    @property
+    def window(self):
+        return int(self.width)
+
+    def constant_log_decay(self):
+        if self.alpha is None:
+            return None
+        a = float(self.alpha)
+        return math.log(a) if a > 0 else -math.inf

@@ -37,6 +37,24 @@ def _owners():
         "neural": (o.MiniBatchGD, o.Momentum),
         "kernel_smoother": (r.LocalPolynomial,),
         "kernel_ridge": (r.KernelRidge,),
+        **_owners_2025(),
+    }
+
+
+def _owners_2025():
+    """The families of issue 13 (their classes live in their own modules, not re-exported)."""
+    from ..optimizers.higher_order import HigherOrderLinearAttention
+    from ..optimizers.kalman import KalmanFilter
+    from ..optimizers.log_linear import LogLinearAttention
+    from ..optimizers.robust import RobustIRLS
+    from ..regressors.parallax import Parallax
+
+    return {
+        "log_linear": (LogLinearAttention,),
+        "kalman": (KalmanFilter,),
+        "higher_order": (HigherOrderLinearAttention,),
+        "robust": (RobustIRLS,),
+        "parallax": (Parallax,),
     }
 
 

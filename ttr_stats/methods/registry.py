@@ -146,6 +146,12 @@ FAMILIES = (
     "neural",
     "kernel_smoother",
     "kernel_ridge",
+    # issue 13 (2025-26 layers beyond the delta family)
+    "log_linear",
+    "kalman",
+    "higher_order",
+    "robust",
+    "parallax",
 )
 
 

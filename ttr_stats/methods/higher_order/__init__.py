@@ -1,0 +1,1 @@
+"""Second-order linear attention (:mod:`ttr_stats.optimizers.higher_order`)."""

@@ -1,0 +1,1 @@
+"""Log-linear attention: Fenwick buckets of linear-attention memories (optimizers/log_linear.py)."""

@@ -1,0 +1,1 @@
+"""Parallax (:mod:`ttr_stats.regressors.parallax`): run by the kernel smoother's cache methods."""

@@ -1,0 +1,14 @@
+"""Parallax's methods: the kernel smoother's growing cache (reference) and its dense per-query form; both
+call ``regressor.solve`` (Parallax's closed form), so they are registered again under ``"parallax"``."""
+
+from __future__ import annotations
+
+from ..kernel_smoother._common import dense_bytes
+from ..kernel_smoother.direct import direct
+from ..kernel_smoother.recurrent import recurrent
+from ..registry import register
+
+register("recurrent", "parallax", run=recurrent, memory=dense_bytes, reference=True, rank=90, window=True,
+         summary="the growing cache, one closed-form read per query (definition)")  # fmt: skip
+register("direct", "parallax", run=direct, memory=dense_bytes, rank=20, window=True,
+         summary="every query's closed form with dense T x T log-weights")  # fmt: skip
