@@ -87,7 +87,7 @@ def _group(xp, reg, plan, blocks, P, npar):
         plan.scatter(Czv, st, plan.gather(Czv, st) + xp.matmul(ZcW_t, dV))
     out = []
     for j in range(*blocks):  # the batched small solves
-        R = kr[j] - plan.Qb[(slice(None),) * plan.nbatch + (j,)]
+        R = kr[j] - plan.Qb[(slice(None),) * plan.nbatch + (j, ...)]
         zbar = (R if int(reg.order) == 1 else reg.design(xp, R)) + dbar[j]
         B = reg._coef_solve(xp, C[j], Czv[j])
         out.append(vr[j] + dvbar[j] - xp.matmul(zbar[..., None, :], B)[..., 0, :])

@@ -182,7 +182,7 @@ class TilePlan:
     def scatter(self, acc, step, new):
         """Write the step's new entries (*batch, n, c, *tail) back into the list ``acc``."""
         for j in range(step.q1 - step.q0):
-            acc[step.q0 + j] = new[(slice(None),) * self.nbatch + (j,)]
+            acc[step.q0 + j] = new[(slice(None),) * self.nbatch + (j, ...)]
 
     def output(self, blocks):
         """The per-block outputs (*batch, c, d_v) as (*batch, T_q, d_v), padding removed."""

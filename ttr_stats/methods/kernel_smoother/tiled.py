@@ -36,10 +36,10 @@ from ._tiles import STEP_BYTES, TilePlan
 
 #: default block lengths (queries and keys) of softmax / NW and of local polynomials
 BLOCK_NW = 128
-BLOCK_POLY = 32
+BLOCK_POLY = 64
 
 #: ``method="auto"`` prefers ``"tiled"`` to the dense ``"parallel"`` from this many keys on
-AUTO_MIN_T = 512
+AUTO_MIN_T = 256
 
 
 def _block(layer, P):
