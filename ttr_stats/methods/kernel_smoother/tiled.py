@@ -18,9 +18,19 @@ formed per tile by the ``||q||^2 + ||k||^2 - 2 q.k`` expansion (no T x T x d dif
 The array API only (NumPy, CuPy, torch): on a GPU this is a sequence of batched matrix products, not a
 fused device routine.
 
-Measured on this project's CPU (2 cores, one BLAS thread per process not enforced, float64, B = 1, H = 4,
-d_k = d_v = 64, causal softmax; ``benchmarks/cpu_tiled.py``): see :data:`AUTO_MIN_T` for the crossover
-that ``method="auto"`` uses.
+Measured on this project's shared 2-core CPU (one BLAS thread, float64, best of 2-3 calls, causal,
+``d_k = d_v``), seconds parallel / tiled and the ratio (> 1: tiled faster):
+
+=====================  ==============  ==============  ==============  ==============  ==============
+case                   T = 256         T = 512         T = 1024        T = 2048        T = 4096
+=====================  ==============  ==============  ==============  ==============  ==============
+softmax H=4 d=64       .0137/.0052 2.6 .0391/.0165 2.4 .226/.0785 2.9  1.17/.292 4.0   10.0/1.12 8.9
+window 128 H=4 d=64    .0133/.0072 1.9 .0542/.0148 3.7 .209/.0432 4.8  1.23/.0728 17   6.37/.189 34
+local linear H=2 d=16  .125/.115 1.08  .186/.138 1.34  1.42/.895 1.59  2.95/2.06 1.43  --
+=====================  ==============  ==============  ==============  ==============  ==============
+
+(softmax d=64 at T = 128: 1.08; below that the dense form wins, 0.1-0.3x at T <= 64; local linear d=4 at
+T = 256: 0.83, T = 1024: 1.67.) :data:`AUTO_MIN_T` is the crossover that ``method="auto"`` uses.
 """
 
 from __future__ import annotations
@@ -112,12 +122,14 @@ def _supports(layer):
 
 
 def _auto(P, free):
-    """Tiled from :data:`AUTO_MIN_T` keys on (faster there on the CPU), or whenever the dense T x T
-    weights would not fit (host budget or a quarter of free device memory)."""
+    """Causal calls from :data:`AUTO_MIN_T` keys on (faster there on the CPU: half the tiles are skipped),
+    or whenever the dense T x T weights would not fit (host budget or a quarter of free device memory).
+    Non-causal calls keep ``parallel`` while it fits: there tiled local linear does all the tiles in three
+    passes and was 0.44-0.70x the dense form's speed (``benchmarks/cpu_tiled.py``)."""
     from ..registry import fits_device, fits_host, is_host
     from ._common import dense_bytes
 
-    if P.K.shape[-2] >= AUTO_MIN_T:
+    if P.causal and P.K.shape[-2] >= AUTO_MIN_T:
         return True
     if free is not None:
         return not fits_device(P, dense_bytes, free)

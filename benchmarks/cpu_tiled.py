@@ -1,0 +1,73 @@
+r"""CPU: tiled Nadaraya-Watson / local linear (``method="tiled"``) against statsmodels ``KernelReg`` with
+``bw`` given, and against ttr_stats ``"parallel"`` (the dense T x T form), in one run.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.cpu_tiled            # n in {500, 2000}, d in {2, 8}
+    .venv/bin/python -m benchmarks.cpu_tiled --quick    # n = 500 only
+
+The set regression of issue 10: fit n points (X, y), evaluate at the same n points, product Gaussian
+kernel of bandwidth h in every dimension; ours is ``TestTimeRegression(Uniform(), LocalPolynomial(p,
+Gaussian(h)))`` called with ``causal=False``. Printed per case: best-of-3 seconds of statsmodels, ours
+(tiled) and ours (parallel), the ratios statsmodels / tiled and parallel / tiled (> 1: tiled is faster),
+and max |ours - statsmodels| / max |statsmodels|.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import ttr_stats as tt
+from ttr_stats.regressors import LocalPolynomial
+from ttr_stats.similarity import Gaussian
+
+
+def best(fn, n=3):
+    out, t = None, float("inf")
+    for _ in range(n):
+        s = time.perf_counter()
+        out = fn()
+        t = min(t, time.perf_counter() - s)
+    return out, t
+
+
+def case(n, d, reg_type, rng):
+    from statsmodels.nonparametric.kernel_regression import KernelReg
+
+    X = rng.uniform(-1, 1, (n, d))
+    y = np.sin(3 * X).sum(axis=1) + 0.1 * rng.standard_normal(n)
+    h = 0.5
+    kr = KernelReg(y, X, var_type="c" * d, reg_type=reg_type, bw=[h] * d, rng=np.random.default_rng(0))
+    ref, t_sm = best(lambda: kr.fit(X)[0], n=1 if n > 1000 else 3)
+    layer = tt.TestTimeRegression(
+        weights=tt.weights.Uniform(),
+        regressor=LocalPolynomial(0 if reg_type == "lc" else 1, Gaussian(h)),
+    )
+    V = y[:, None]
+    ours, t_tiled = best(lambda: layer(X, X, V, causal=False, method="tiled")[:, 0])
+    _, t_par = best(lambda: layer(X, X, V, causal=False, method="parallel")[:, 0])
+    diff = np.abs(ours - ref).max() / np.abs(ref).max()
+    print(
+        f"{reg_type:>3} n={n:<5} d={d:<2} statsmodels {t_sm:8.4f}s  tiled {t_tiled:8.4f}s  "
+        f"parallel {t_par:8.4f}s  sm/tiled {t_sm / t_tiled:7.1f}x  parallel/tiled {t_par / t_tiled:5.2f}x  "
+        f"max rel diff {diff:.1e}",
+        flush=True,
+    )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    for n in (500,) if args.quick else (500, 2000):
+        for d in (2, 8):
+            for reg_type in ("lc", "ll"):
+                case(n, d, reg_type, rng)
+
+
+if __name__ == "__main__":
+    main()
