@@ -310,8 +310,11 @@ class TestTimeRegression(BaseEstimator):
     def _choose(self, method, P):
         """The registered method to run: ``method`` itself (checked), or what ``"auto"`` picks."""
         if method == "auto":
-            return registry.choose_auto(self, P, _array.free_device_bytes(P.xp))
-        return registry.lookup(self, method)
+            m = registry.choose_auto(self, P, _array.free_device_bytes(P.xp))
+        else:
+            m = registry.lookup(self, method)
+        registry.check_dtype(self, m, P)  # e.g. float16 where a method factorises (no half linalg)
+        return m
 
     def _memory_advice(self, P, method, detail=""):
         others = [m for m in registry.supported(self) if m.name != method.name]

@@ -67,8 +67,10 @@ def recurrent(layer, P: Problem):
 _COMMON = dict(
     run=recurrent, memory=state_bytes, reference=True, rank=90, summary="the generic loop (definition)"
 )
+_FULL = ("float32", "float64")  # a solve a step: NumPy has no half-precision linalg
 register("recurrent", "identity", window=True, per_dimension=True, **_COMMON)
-register("recurrent", ("least_squares", "batch_gd"), window=True, **_COMMON)
+register("recurrent", "least_squares", window=True, dtypes=_FULL, **_COMMON)
+register("recurrent", "batch_gd", window=True, **_COMMON)
 # rls: methods/rls/recurrent.py (this loop in float64, with a condition guard)
 register("recurrent", "delta", multi_write=True, **_COMMON)
 register("recurrent", "neural", **_COMMON)

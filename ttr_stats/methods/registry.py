@@ -35,6 +35,8 @@ __all__ = [
     "support_table",
     "AUTO_MEMORY_BUDGET",
     "host_budget",
+    "check_dtype",
+    "dtype_name",
     "HOST_PARALLEL_MAX_T",
     "free_host_bytes",
 ]
@@ -58,6 +60,7 @@ def host_budget() -> int:
         return int(AUTO_MEMORY_BUDGET)
     free = free_host_bytes()
     return HOST_MIN_BUDGET if free is None else max(HOST_MIN_BUDGET, free // 4)
+
 
 #: on the host, ``method="auto"`` uses a T x T parallel form up to this length (docs/benchmarks.md: it
 #: ties or wins at T = 256 and is 1.5-5x slower than the loop at T = 1024)
@@ -103,6 +106,8 @@ class Method:
     multi_write : bool
         Runs several writes per token (DeltaProduct).
     dtypes : tuple of str
+        The input dtypes it runs (half precision by default: elementwise updates and matmuls; methods that
+        factorise, and regressors or optimizers that declare ``dtypes``, refuse it with a clear error).
     summary : str
         One line for the tables.
     """
@@ -118,7 +123,7 @@ class Method:
     window: bool = False
     per_dimension: bool = False
     multi_write: bool = False
-    dtypes: tuple = ("float32", "float64")
+    dtypes: tuple = ("float16", "float32", "float64")
     summary: str = ""
     module: str = field(default="", compare=False)
 
@@ -229,10 +234,37 @@ def lookup(layer, name) -> Method:
     return registered[name]
 
 
+def dtype_name(dtype) -> str:
+    """``"float32"`` for NumPy/CuPy dtypes and scalar types and for ``torch.float32`` alike."""
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
+    return str(name).split(".")[-1]
+
+
+def check_dtype(layer, m: Method, P) -> None:
+    """A TypeError naming the dtype, what ``m`` computes in and the remedy, unless ``m`` runs P's dtype."""
+    name = dtype_name(P.dtype)
+    for part in (layer.regressor, layer.optimizer):  # a component may narrow what every method runs
+        allowed = getattr(part, "dtypes", None)
+        if allowed is not None and name not in allowed:
+            raise TypeError(
+                f"{type(part).__name__} computes in {' or '.join(allowed)}; these inputs are {name}: cast "
+                "Q, K and V to float32 or float64 (e.g. Q.astype('float32'))"
+            )
+    if name in m.dtypes:
+        return
+    others = [x.name for x in supported(layer) if name in x.dtypes]
+    raise TypeError(
+        f"method={m.name!r} computes in {' or '.join(m.dtypes)}; these inputs are {name}: cast Q, K and V "
+        "to float32 or float64 (e.g. Q.astype('float32'))"
+        + (f", or use method={others[0]!r}, which runs {name}" if others else "")
+    )
+
+
 def choose_auto(layer, P, free) -> Method:
-    """What ``method="auto"`` picks: the first supported method (rank order) that allows itself at this
-    size, else the family's reference."""
-    ok = supported(layer)
+    """What ``method="auto"`` picks: the first supported method (rank order) that runs P's dtype and allows
+    itself at this size, else the family's reference."""
+    name = dtype_name(P.dtype)
+    ok = [m for m in supported(layer) if name in m.dtypes] or supported(layer)
     for m in ok:
         if not m.reference and m.auto(P, free):
             return m

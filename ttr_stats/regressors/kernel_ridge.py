@@ -72,6 +72,9 @@ class KernelRidge(NonparametricRegressor):
     ``KernelRidge``. Uniform weights only: decay would change every prefix system, not just extend it.
     """
 
+    #: input dtypes it runs (Gram solves: NumPy has no half-precision linalg)
+    dtypes = ("float32", "float64")
+
     supports_gates = False
     family = "kernel_ridge"
 

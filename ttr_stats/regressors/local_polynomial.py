@@ -74,6 +74,9 @@ class LocalPolynomial(NonparametricRegressor):
     Local Linear Attention, arXiv 2510.01450.
     """
 
+    #: input dtypes it runs (eigendecompositions of the moment matrices: NumPy has no half-precision linalg)
+    dtypes = ("float32", "float64")
+
     family = "kernel_smoother"
 
     def __init__(self, order=1, similarity=None, ridge=0.0):

@@ -43,4 +43,5 @@ register(
     rank=20,
     window=True,
     summary="a d x d solve per prefix from dense Gamma",
+    dtypes=("float32", "float64"),  # factorisations: NumPy has no half-precision linalg
 )

@@ -180,4 +180,5 @@ register(
     auto=auto,
     rank=5,
     summary="Woodbury per chunk: one C x C Cholesky serves every prefix",
+    dtypes=("float32", "float64"),  # factorisations: NumPy has no half-precision linalg
 )

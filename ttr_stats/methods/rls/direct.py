@@ -92,4 +92,5 @@ register(
     memory=direct_bytes,
     rank=95,  # never chosen by auto: the loop is exact and O(T d^2)
     summary="the closed form RLS computes, solved per prefix (float64, refuses ill-conditioned prefixes)",
+    dtypes=("float32", "float64"),  # factorisations: NumPy has no half-precision linalg
 )
