@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: figures figures-quick test bench lint readme clean
+.PHONY: figures figures-quick test bench lint readme docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,8 @@ figures-quick: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q
+	MPLBACKEND=Agg $(BIN)/python -m pytest -q --doctest-modules ttr_stats \
+		--doctest-glob="*.md" docs/getting_started.md
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cpu_fast
@@ -30,8 +32,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check ttr_stats tests paper_figures benchmarks experiments
 	$(BIN)/ruff format --check ttr_stats
 
+# the documentation site into site/, warnings as errors; the site extra is installed here only
+SITE_STAMP := $(VENV)/.installed-site
+$(SITE_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[site]"
+	touch $(SITE_STAMP)
+
+docs: $(SITE_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 readme: $(STAMP)
 	$(BIN)/python -c "from ttr_stats.recipes import _main; _main(['--update-readme', 'README.md'])"
 
 clean:
-	rm -rf $(VENV) paper_figures/out .pytest_cache
+	rm -rf $(VENV) paper_figures/out .pytest_cache site
