@@ -1,4 +1,4 @@
-"""MkDocs hook: the figure gallery from paper_figures/out when it exists, a pointer to `make figures` when not.
+"""MkDocs hook: the figure gallery from paper_figures/out, or a pointer to `make figures` when it is absent.
 
 The figures are build outputs (`paper_figures/out/` is gitignored), so the page is filled in at build time
 from `paper_figures/README.md`'s table (figure, what it shows, script, command, outputs): each figure's PNG
@@ -45,9 +45,9 @@ def on_page_markdown(markdown, page, config, files):
     if not present:
         parts.append(
             '!!! note "No figures in this build"\n'
-            "    `paper_figures/out/` did not exist when this site was built. Run `make figures` (about 15 s on\n"
-            "    two cores) and then `make docs` to see every figure here; the table below says what each one\n"
-            "    shows and how to redraw it alone.\n"
+            "    `paper_figures/out/` did not exist when this site was built. Run `make figures`\n"
+            "    and then `make docs` to see every figure here; the sections below say what each\n"
+            "    one shows and how to redraw it alone.\n"
         )
     for figure, what, script, command, pngs in _rows():
         parts.append(f"## {figure}\n\n{what}\n\nScript {script}; redraw with {command}.\n")
