@@ -77,7 +77,14 @@ def problem(layer, K, V, log_alpha=None, state0=None, lengths=None, beta=None):
 
 
 def both(layer, P):
+    """(final_state, the family's definition): the generic loop, or for a family that writes a token from
+    several rows together (generalized_delta: GDN-2, RWKV-7) its own registered reference loop."""
+    from ttr_stats.methods import registry
+
+    family = registry.family_of(layer)
     with np.errstate(all="ignore"):  # the RLS loop divides by beta = 0 on padding (then discards it)
+        if family == "generalized_delta":
+            return final_state(layer, P), registry.reference(family).run(layer, P)[1]
         return final_state(layer, P), loop(layer._solver(), P, read=False)[1]
 
 

@@ -289,11 +289,19 @@ def test_gated_oja_is_sgd_on_keys_regressed_on_values_read_through_the_adjoint(r
 
 # --- contracts ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["gdn2", "rwkv7"])
-def test_multi_row_layers_refuse_the_one_row_loop_of_memorize(name, rng):
+def test_multi_row_layers_memorize_through_their_own_loop(name, rng):
+    """memorize runs the family's reference loop (a token's rows together), so its state is the state of
+    a call with return_state=True, bit for bit (the same loop on the same rows); the one-row update still
+    refuses, naming the way that works."""
     layer = getattr(tt.recipes, name)()
     n = layer.optimizer.steps_per_token
+    K, V = rng.standard_normal((4 * n, DK)), rng.standard_normal((4 * n, DV))
+    st = layer.memorize(K, V)
+    _, ref = layer(rng.standard_normal((4, DK)), K, V, return_state=True)
+    for a, b in zip(st, ref, strict=True):
+        np.testing.assert_array_equal(a, b)
     with pytest.raises(NotImplementedError, match="return_state=True"):
-        layer.memorize(rng.standard_normal((4 * n, DK)), rng.standard_normal((4 * n, DV)))
+        layer.optimizer.update(st, K[0], V[0], np.ones(DK), np.ones(()))
 
 
 def test_chunked_method_is_refused_naming_the_reference(rng):

@@ -60,9 +60,10 @@ def _case(info, rng, B=2, T=14, d=4, d_v=3):
 @pytest.mark.parametrize("info", tt.recipes.registry(), ids=lambda r: r.name)
 def test_smoother_reproduces_every_recipe(info, causal, rng):
     layer, Q, K, V, gates = _case(info, rng)
-    if layer.neural and not layer.regressor.linear_in_features:
+    if (layer.neural and not layer.regressor.linear_in_features) or not layer.optimizer.linear_in_values:
         # TTT-MLP, Titans, TTT-Linear with layer norm: gradient steps through a nonlinear model make Y
-        # nonlinear in V, so there is no S; smoother_matrix must say so
+        # nonlinear in V; GDN-2 (write gates in V) and the gated Oja rule (quadratic in V) likewise: there
+        # is no S, and smoother_matrix must say so
         with pytest.raises(ValueError, match="^layer: .*not linear in the values"):
             sm.smoother_matrix(layer, Q, K, causal=causal, **gates)
         return

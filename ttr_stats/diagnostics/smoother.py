@@ -51,6 +51,11 @@ def _check_linear(layer):
             "TTT-Linear with layer norm) is not linear in the values V: its gradient steps depend on V "
             "through a nonlinear model, so there is no smoother matrix (Y = S V fails)"
         )
+    if not getattr(opt, "linear_in_values", True):
+        raise ValueError(
+            f"layer: {type(opt).__name__} is not linear in the values V (its update multiplies value rows "
+            "together), so there is no smoother matrix (Y = S V fails)"
+        )
     if isinstance(opt, IdentityCovariance) and opt.normalize == "output":
         raise ValueError(
             "layer: linear_attention(normalize='output') rescales every output to unit norm, so Y is not "

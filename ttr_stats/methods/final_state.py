@@ -178,6 +178,8 @@ def final_state(layer, P: Problem):
     n_pairs = P.K.shape[-2]
     if n_pairs == 0:
         return initial_state(layer._solver(), P)
+    if family == "generalized_delta":  # a token from several rows together: the family's own loop
+        return registry.reference(family).run(layer, P)[1]
     closed = CLOSED_FORMS.get(family)
     if n_pairs > LOOP_MAX_T and closed is not None and P.steps_per_token == 1:
         W, c = last_row_weights(xp, P)

@@ -76,6 +76,8 @@ class Optimizer(BaseEstimator):
     State = MemoryState
     #: the family of methods that compute this optimizer (``ttr_stats.methods.registry``)
     family = None
+    #: whether the outputs are linear in the values V (a smoother matrix Y = S V exists)
+    linear_in_values = True
     #: whether the optimizer solves the weighted regression exactly (the direct method is its definition)
     exact = False
     #: whether ``beta`` multiplies the sample weight ("weight") or is a step size ("step")

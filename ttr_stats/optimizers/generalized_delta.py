@@ -177,6 +177,9 @@ class DecoupledDelta(GeneralizedDelta):
     Networks*, ICLR (the scalar-gate ancestor).
     """
 
+    #: the write gate w_t rides in V (its second row a token), so the output is not linear in V
+    linear_in_values = False
+
     steps_per_token = 2
 
     def write(self, state, K, V, a, b):
@@ -374,6 +377,9 @@ class OjaRule(GeneralizedDelta):
     Oja (1982), *A simplified neuron model as a principal component analyzer*, J. Math. Biol.;
     flash-linear-attention ``fla/ops/gated_oja_rule`` (2026).
     """
+
+    #: keys regressed on values: the step M' v_t v_t^T is quadratic in V, so no smoother matrix exists
+    linear_in_values = False
 
     def __init__(self, beta=0.1):
         self.beta = beta
