@@ -44,6 +44,10 @@ from .chunked import REMEDY
 DECAY_LIMIT = 1e-5
 #: ... and without decay (P only shrinks; measured error <= 1e-2 kappa_hat eps): the chunked methods' limit
 NO_DECAY_LIMIT = 1e-3
+#: refuse when |tr(R_t P_t) / d - 1| exceeds this (P_t has drifted from the inverse of R_t). Measured:
+#: 1.6e-6 at most at ridge 1e-10 where the outputs still match statsmodels' recursive least squares; 1.8e-2,
+#: 1 and 3e4 where the loop returned 1.9e-3, 1.41 and 4.6e-4 of max |V| wrong (tests/test_never_wrong.py)
+TRACE_LIMIT = 1e-5
 
 
 class _Guarded:
@@ -76,7 +80,13 @@ class _Guarded:
         est = _sq(xp, self.R) * _sq(xp, new.P) * (eps * eps)
         if a is not None and self.decayed:
             est = est / (a[..., 0] * a[..., 0])
-        ok = est <= self.limit_sq
+        # P must stay the inverse of R: tr(R P) = d exactly (one pass, P symmetric). Large writes against
+        # a small gamma or a large P cancel P's update to nothing (P = 0 exactly with log alpha = -50 at
+        # the delta edge), which the norm estimate alone reads as well conditioned
+        d = self.R.shape[-1]
+        flat = self.R.shape[:-2] + (d * d,)
+        drift = xp.abs(xp.vecdot(xp.reshape(self.R, flat), xp.reshape(new.P, flat)) - d) / d
+        ok = (est <= self.limit_sq) & (drift <= TRACE_LIMIT)
         self.t += 1
         bad = xp.where(
             ok, xp.asarray(0, device=_array.device(k)), xp.asarray(self.t, device=_array.device(k))
@@ -103,11 +113,12 @@ def recurrent(layer, P):
     P64 = _upcast(xp, P, opt, wd)
     s0 = initial_state(opt, P64)
     decayed = bool(xp.any(P.g != 0)) if P.T else False
+    # the update keeps a symmetric P exactly symmetric: symmetrise the start once (a user's P_0 may not be),
+    # before R_0 = P_0^{-1} is formed from it (the guard checks tr(R_t P_t) = d)
+    s0 = type(s0)(s0.M, 0.5 * (s0.P + xp.matrix_transpose(s0.P)))
     R0 = opt.prior_precision(s0)
     R0 = xp.broadcast_to(R0, P.batch_shape + (P.d_k, P.d_k))
     guard = _Guarded(opt, xp, R0, decayed)
-    # the update keeps a symmetric P exactly symmetric: symmetrise the start once (a user's P_0 may not be)
-    s0 = type(s0)(s0.M, 0.5 * (s0.P + xp.matrix_transpose(s0.P)))
     Y, state = loop(guard, P64._replace(state0=s0))
     if guard.first is not None and bool(xp.any(guard.first != 0)):
         t = int(xp.min(xp.where(guard.first == 0, xp.asarray(P.T + 1), guard.first))) - 1
@@ -124,12 +135,16 @@ def recurrent(layer, P):
 def _refusal(layer, t, decayed):
     """The FloatingPointError of a loop whose condition estimate crossed its limit at token t."""
     if decayed:
-        detail = f"||R_t||_F ||P_t||_F eps / alpha_t > {DECAY_LIMIT:g}, or a non-finite state"
+        detail = (
+            f"||R_t||_F ||P_t||_F eps / alpha_t > {DECAY_LIMIT:g}, |tr(R_t P_t) / d - 1| > {TRACE_LIMIT:g}, "
+            "or a non-finite state"
+        )
         return singular_error(layer, t, detail, REMEDY)
     ridge = getattr(layer.optimizer, "ridge", None)
     return FloatingPointError(
         f"{type(layer.optimizer).__name__}: the precision R_t near t = {t} is numerically singular "
-        f"(||R_t||_F ||P_t||_F eps > {NO_DECAY_LIMIT:g}, or a non-finite state): the prior P_0 = I / ridge "
+        f"(||R_t||_F ||P_t||_F eps > {NO_DECAY_LIMIT:g}, |tr(R_t P_t) / d - 1| > {TRACE_LIMIT:g}, or a "
+        f"non-finite state): the prior P_0 = I / ridge "
         f"(ridge={ridge!r}) is too large next to the keys for the Sherman-Morrison update to keep 3 digits, "
         "and its output would be a finite wrong number. Use a larger ridge or rescale the keys."
     )
