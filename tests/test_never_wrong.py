@@ -537,12 +537,11 @@ DIVERGED_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="the divergence FloatingPointError names no argument (beta, lr)")
 @pytest.mark.parametrize("case", DIVERGED_CASES, ids=["titans", "leaky_lms"])
 def test_divergence_error_names_the_step(case):
-    """A diverged delta rule / Momentum raises ``FloatingPointError("... Use float64, a smaller step, or
-    ClosedForm with a ridge.")``: right type, but it names no argument the user can change (``beta``,
-    ``lr``); "ridge" is not a parameter of these layers."""
+    """A diverged delta rule / Momentum raises a FloatingPointError naming the argument the user can change
+    (``beta``, ``lr``); before, it said "Use float64, a smaller step, or ClosedForm with a ridge", and
+    "ridge" is not a parameter of these layers."""
     layer, method, Q, K, V, kw, label, _ = build(case)
     with pytest.raises(FloatingPointError) as info:
         call(layer, method, Q, K, V, kw)

@@ -344,9 +344,27 @@ class TestTimeRegression(BaseEstimator):
         if math.prod(Y.shape) and not bool(xp.all(xp.isfinite(Y))):
             raise FloatingPointError(
                 f"{type(self.optimizer).__name__} produced a non-finite {what} from finite inputs: the "
-                "recursion diverged or overflowed (e.g. a delta-rule step beyond 2/||k||^2, or RLS wind-up "
-                "under strong decay, theory §5). Use float64, a smaller step, or ClosedForm with a ridge."
+                f"recursion diverged or overflowed (theory §5). {self._divergence_remedy()}"
             )
+
+    def _divergence_remedy(self):
+        """What the user can change, by the arguments this layer takes."""
+        opt = self.optimizer
+        name = type(opt).__name__
+        if hasattr(opt, "ridge"):
+            return f"Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
+        if hasattr(opt, "lr"):
+            return (
+                f"Use a smaller step: lr ({name}(lr=...)) or the call-time beta (per-token step sizes), "
+                "float64, or rescale the keys."
+            )
+        if hasattr(opt, "beta") or hasattr(opt, "delta"):
+            return (
+                "Use a smaller step: beta (the recipe's beta= or the call-time beta), keeping "
+                "beta ||k||^2 < 2; normalise the keys, or use nlms() / longhorn() (stable for any key "
+                "scale), or float64."
+            )
+        return "Use float64, or rescale the keys and values."
 
     # ------------------------------------------------------------------------------------------------
     def __call__(
