@@ -15,10 +15,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $(STAMP)
 
 figures: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m paper_figures.run_all --out paper_figures/out
+	MPLBACKEND=Agg $(BIN)/python -m ttr_stats figures --out paper_figures/out
 
 figures-quick: $(STAMP)
-	MPLBACKEND=Agg $(BIN)/python -m paper_figures.run_all --out paper_figures/out --quick
+	MPLBACKEND=Agg $(BIN)/python -m ttr_stats figures --out paper_figures/out --quick
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q

@@ -5,6 +5,8 @@
 ``ttr-stats experiment run FILE [--scheduler ADDRESS] [--workers N] [--resume] [--out DIR] [--quick]``
                       run the sweep an experiment file exports (``ttr_stats.experiments``)
 ``ttr-stats experiment show DIR``  cells done / failed and a table of the metrics of a results folder
+``ttr-stats figures [--quick] [--only NAME ...] [--device cpu|gpu] [--out DIR] [--list]``
+                      draw the paper's figures and their gallery (``ttr-stats figures --help``)
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def main(argv=None):
     sub.add_parser("info", help="array backends, versions and CUDA devices")
     sub.add_parser("recipes", help="the recipe catalogue (Markdown)")
     _experiment_parser(sub)
+    from . import _figures_cli
+
+    _figures_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "info":
         from ._config import show_config
@@ -30,6 +35,8 @@ def main(argv=None):
         print(registry_markdown())
     elif args.command == "experiment":
         return _experiment(args)
+    elif args.command == "figures":
+        return _figures_cli.run(args)
     return 0
 
 
