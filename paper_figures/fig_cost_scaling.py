@@ -7,9 +7,10 @@ bytes CuPy's pool holds after the call, the pool emptied before it). A larger T 
 the CSV, once the last one took more than ``TIME_CAP`` seconds / 4 or allocated more than ``MEM_CAP`` / 4
 (the next doubling of T costs up to 4× for a T × T form), so the figure stays within its time budget.
 
-What it shows: the sequential loops (``recurrent``) and the chunked forms grow linearly in T with memory
-independent of T (chunked: one chunk's T_c × T_c block), the dense forms (``parallel``: T × T) quadratically
-in both; the tiled softmax avoids the T × T block (memory linear in T) at the same quadratic time.
+What it shows: the sequential loops (``recurrent``) and the chunked forms grow linearly in T in time and in
+memory (the peak includes the T × d outputs; their state is independent of T, chunked adds one chunk's
+block), the dense forms (``parallel``: T × T) quadratically in both; the tiled softmax avoids the
+T × T block (memory linear in T) at the same quadratic time.
 
 Writes ``cost_scaling.csv`` (recipe, method, T, seconds, peak_mib, status, device) and ``cost_scaling.png``.
 The numbers are this machine's (2-core CPU for the committed run); ``docs/benchmarks.md`` has the careful
