@@ -201,8 +201,11 @@ def known_wrong(label):
     norm estimate read as well conditioned); its guard now also checks tr(R_t P_t) = d, and the regime is
     back in the property."""
     if label["recipe"] == "kernel_regression":
-        # see test_kernel_ridge_parallel_on_clustered_keys; the model here takes its Gram matrix from
-        # KernelRidge.kern too, so near-coincident keys need a direct-difference reference first
+        # the model here takes its Gram matrix from KernelRidge.kern too (the shifted expansion of
+        # similarity.sq_distances), so it cannot judge keys far apart at large scale, where the expansion's
+        # documented error eps ||k - k_0||^2 exceeds this file's direct-difference bound (generic keys at
+        # scale 1e2: 1.7e-13 against 2.3e-14); clustered keys are pinned with an 80-digit reference in
+        # test_kernel_ridge_parallel_on_clustered_keys (fixed by the shift)
         return label["keys"] != "generic" or label["sk"] >= 10 or label["sq"] >= 10
     return False
 
@@ -549,15 +552,13 @@ def test_divergence_error_names_the_step(case):
     assert re.search(r"\bbeta\b|\blr\b", msg), msg
 
 
-@pytest.mark.xfail(
-    strict=True, reason="kernel ridge parallel: 43x its rounding bound on near-coincident keys"
-)
 def test_kernel_ridge_parallel_on_clustered_keys():
     """Two keys 1.3e-8 apart at scale 1e2 (rbf gamma = 1/4, ridge 1e-3, cond(G + ridge) ~ 2e3): exact
     (80-digit decimal) y_1 = -0.4744296672965878; recurrent -0.47442966729478 and direct -0.47442966729477
     (error 1.8e-12, within the bound 3.3e-11), parallel -0.47442966870352 (error 1.4e-9). Consistent with a
     Gram matrix from the expanded |q|^2 + |k|^2 - 2 q.k (cancellation of ~4e4 eps in the exponent) instead
-    of the direct difference."""
+    of the direct difference. Fixed by shifting both by the first key before the expansion
+    (similarity.sq_distances)."""
     case = dict(recipe="kernel_regression", method="parallel", T=2, d=4, d_v=1, batch=(), keys="clustered",
                 q_like_k=True, sq=100.0, sk=100.0, gate=None, beta=None, seed=3)  # fmt: skip
     check_case(*build(case))

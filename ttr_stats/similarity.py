@@ -141,9 +141,16 @@ def sq_distances(xp, X, Y):
     :math:`\|x\|^2 + \|y\|^2 - 2x^\top y` (clipped at 0).
 
     The expansion needs O(n_x n_y) memory instead of the O(n_x n_y d) of the explicit differences. Its
-    absolute error is about eps (||x||^2 + ||y||^2), so a kernel exp(-d^2 / 2h^2) is off by at most
-    eps (||x||^2 + ||y||^2) / 2h^2 relative: below 1e-13 for data and bandwidths of order 1.
+    absolute error is about eps (||x||^2 + ||y||^2), so both are first shifted by the first row of Y
+    (distances do not change; for a causal layer that row is the first key, in every query's past, so
+    causality stays exact): the error is then eps (||x - y_0||^2 + ||y - y_0||^2), which keeps the digits
+    of clustered points far from the origin (two keys 1.3e-8 apart at scale 1e2: a kernel ridge read was
+    1.4e-9 off with the plain expansion, at rounding with the shift). A kernel exp(-d^2 / 2h^2) is off by
+    at most that error / 2h^2 relative.
     """
+    if Y.shape[-2] > 0:
+        ref = Y[..., :1, :]
+        X, Y = X - ref, Y - ref
     xx = xp.sum(X * X, axis=-1)[..., :, None]
     yy = xp.sum(Y * Y, axis=-1)[..., None, :]
     d2 = xx + yy - 2.0 * xp.matmul(X, xp.matrix_transpose(Y))
