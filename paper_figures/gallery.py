@@ -261,6 +261,21 @@ CAPTIONS = {
         ),
         ("gating_wls.png",),
     ),
+    "fig_parallax": Caption(
+        "Parallax: the first-order expansion of local linear attention",
+        "Error against local linear attention at one query vs ‖ρ‖ = ‖Σ⁻¹(k̄ − q)‖ for softmax, softmax tilted "
+        "by exp(−ρ·k), and Parallax with the probe r = ρ; n = 64 keys, d_k = 4.",
+        "Parallax's correction −Cov(v, k) r is the first-order term of the tilted softmax; with r = ρ it is "
+        "local linear attention (issue 13).",
+        "Log-log slopes for ‖ρ‖ < 0.1: softmax {0} (first order), Parallax − tilted softmax {1} (second "
+        "order: halving ‖ρ‖ quarters it); Parallax with r = ρ is off LLA by at most {2} (rounding).",
+        (
+            N("parallax_slopes.csv", "slope", "first", {"series": "softmax_err"}),
+            N("parallax_slopes.csv", "slope", "first", {"series": "tilt_gap"}),
+            N("parallax_slopes.csv", "max_err", "first", {"series": "parallax_err"}),
+        ),
+        ("parallax.png",),
+    ),
     "fig_cost_scaling": Caption(
         "Cost scaling",
         "Time and peak memory vs T per family and method, measured on the machine that drew it.",
