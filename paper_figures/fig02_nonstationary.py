@@ -72,7 +72,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import ttr_stats as tt
-from paper_figures._common import parse_args, save_figure, write_csv
+from paper_figures._common import save_figure, write_csv
+from paper_figures._results import parse_args
 
 SEED = 20250202
 #: full settings (the paper's)
@@ -225,6 +226,13 @@ def plot(t, curves, sweep, late, settings):
     )
     ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.9))
 
+    plot_temperature(bx, sweep, late, settings)
+    return fig
+
+
+def plot_temperature(bx, sweep, late, settings):
+    """Panel (b): late-phase and peak-window error against tau, the baselines' late errors as lines."""
+    T = settings["T"]
     a, b = peak_window(T)
     for order, color in ((0, COLORS["softmax_p0"]), (1, COLORS["local_linear_p1"])):
         rows = [r for r in sweep if r[0] == order]
@@ -250,7 +258,7 @@ def plot(t, curves, sweep, late, settings):
             linestyle=":",
             label=f"p = {order}, peak window ({a} ≤ t < {b})",
         )
-    for m in ("linear_attention", "rls", "naive"):
+    for m in (m for m in ("linear_attention", "rls", "naive") if m in late):
         bx.axhline(late[m], color=COLORS[m], linewidth=0.8, linestyle="--", label=f"{m}, late")
     bx.axvline(1 / np.sqrt(settings["d"]), color="gray", linewidth=0.5, linestyle=":")
     bx.set_xscale("log", base=2)
@@ -260,17 +268,121 @@ def plot(t, curves, sweep, late, settings):
     bx.set_title(f"(b) softmax temperature (p = 1 ridge {P1_RIDGE:g})", fontsize=9)
     bx.set_ylim(top=3.0)
     bx.legend(fontsize=7, loc="upper right", ncol=2)
-    return fig
 
 
-def main(out_dir, quick=False, rho=RHO, tau=TAU):
+#: sweep names of ``experiments/fig02_temperature.py``: ``--from-results DIR`` also finds ``DIR/<name>``
+RESULTS = ("fig02_temperature", "fig02_temperature_quick")
+#: the baselines and the two tau = TAU learners in a results folder: method -> (recipe, params)
+RESULT_METHODS = {
+    "linear_attention": ("linear_attention", {"normalize": "output"}),
+    "rls": ("rls", {"ridge": RLS_RIDGE}),
+    "naive": ("naive", {}),
+}
+
+
+def from_results(folder, rho=RHO, tau=TAU):
+    """Panel (b) and the late-phase errors from a results folder of ``experiments/fig02_temperature.py``.
+
+    A cell there is one seed index: ``n_seq`` sequences, whose late-phase and peak-window errors it
+    averages. The cells are the replicates: each number is :func:`mean_se` over the seed indices (in seed
+    order) of the cells' values, as :func:`window_mean_se` does over the sequences when the figure
+    computes (both estimate the standard error of the same mean; they coincide when ``n_seq = 1``).
+
+    Returns
+    -------
+    sweep : list of tuple
+        ``(order, tau, late_mean, late_se, peak_mean, peak_se)``, as :func:`temperature_sweep`.
+    late : dict
+        Method -> ``(late_mean, late_se, peak_mean, peak_se, n_seeds)`` for the methods present
+        (``softmax_p0`` / ``local_linear_p1`` at logit scale ``tau``).
+    settings : dict
+        ``n_seeds, n_seq, T, d, rho, tau`` of the cells.
+    """
+    import json
+
+    from paper_figures import _results
+
+    cells = _results.load(
+        folder,
+        lambda c: c["data"] == "nonstationary" and c["data_params"].get("rho") == rho,
+        what=f"Figure 2 at rho = {rho}",
+    )
+    shape = {(c["data_params"]["n_seq"], c["data_params"]["T"], c["data_params"]["d"]) for c in cells}
+    if len(shape) != 1:
+        raise _results.ResultsError(
+            f"{folder}: cells at rho = {rho} differ in (n_seq, T, d): {sorted(shape)}"
+        )
+    ((n_seq, T, d),) = shape
+    groups = _results.by_seed(cells, lambda c: (c["recipe"], json.dumps(c["params"], sort_keys=True)))
+
+    def agg(group, metric):
+        return tuple(float(v) for v in mean_se([c[metric] for c in group]))
+
+    learners = {}
+    for (recipe, key), g in groups.items():
+        if recipe == "softmax_qknorm":
+            p = json.loads(key)
+            learners[(p["order"], float(p["tau"]))] = g
+    sweep = [(o, t, *agg(g, "late"), *agg(g, "peak")) for (o, t), g in sorted(learners.items())]
+    wanted = {
+        **RESULT_METHODS,
+        "softmax_p0": ("softmax_qknorm", {"order": 0, "tau": float(tau)}),
+        "local_linear_p1": ("softmax_qknorm", {"order": 1, "tau": float(tau)}),
+    }
+    late = {}
+    for m, _ in METHODS:
+        recipe, params = wanted[m]
+        g = groups.get((recipe, json.dumps(params, sort_keys=True)))
+        if g:
+            late[m] = (*agg(g, "late"), *agg(g, "peak"), len(g))
+    n_seeds = len({c["seed"] for c in cells})
+    return sweep, late, dict(n_seeds=n_seeds, n_seq=n_seq, T=T, d=d, rho=rho, tau=tau)
+
+
+def main_from_results(out_dir, folder, rho=RHO, tau=TAU):
+    """Draw panel (b) from a results folder: ``nonstationary_temperature.csv`` (the columns of the
+    computed figure), ``nonstationary_late.csv`` (method, late and peak-window mean and se, n_seeds) and
+    ``nonstationary_temperature.png``. Panel (a) needs the per-step errors, which the sweep does not keep.
+    """
+    out_dir = Path(out_dir)
+    sweep, late, settings = from_results(folder, rho, tau)
+    write_csv(
+        out_dir / "nonstationary_temperature.csv",
+        ["order", "tau", "late_mean", "late_se", "peak_mean", "peak_se"],
+        sweep,
+    )
+    write_csv(
+        out_dir / "nonstationary_late.csv",
+        ["method", "late_mean", "late_se", "peak_mean", "peak_se", "n_seeds"],
+        ((m, *v) for m, v in late.items()),
+    )
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    bx = fig.subplots()
+    plot_temperature(bx, sweep, {m: v[0] for m, v in late.items()}, settings)
+    fig.suptitle(
+        f"from {Path(folder).name}: d = {settings['d']}, T = {settings['T']}, rho = {rho}, mean ± se over "
+        f"{settings['n_seeds']} seed indices of {settings['n_seq']} sequences",
+        fontsize=9,
+    )
+    save_figure(fig, out_dir, "nonstationary_temperature.png")
+    return {m: v[0] for m, v in late.items()}
+
+
+def main(out_dir, quick=False, rho=RHO, tau=TAU, results=None):
     """Run the experiment; write ``nonstationary.csv``, ``nonstationary_temperature.csv`` and the PNG.
+
+    With ``results`` (a results folder of ``experiments/fig02_temperature.py``, or a folder holding one
+    under its sweep name), draw panel (b) from it instead (:func:`main_from_results`).
 
     Returns
     -------
     dict
         Method -> late-phase (t >= 150 for T = 256) mean one-step-ahead error.
     """
+    if results is not None:
+        from paper_figures._results import locate
+
+        return main_from_results(out_dir, locate(results, RESULTS[::-1] if quick else RESULTS), rho, tau)
     out_dir = Path(out_dir)
     settings = dict(QUICK if quick else FULL, rho=rho, tau=tau)
     n_seeds, T, d = settings["n_seeds"], settings["T"], settings["d"]
@@ -298,5 +410,5 @@ def main(out_dir, quick=False, rho=RHO, tau=TAU):
 
 if __name__ == "__main__":
     args = parse_args(__doc__.splitlines()[0])
-    for name, err in main(args.out, quick=args.quick).items():
+    for name, err in main(args.out, quick=args.quick, results=args.from_results).items():
         print(f"{name:20s} late-phase error {err:.4f}")
