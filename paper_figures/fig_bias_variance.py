@@ -20,7 +20,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
-from paper_figures._common import parse_args, save_figure, write_csv
+from paper_figures._common import save_figure, write_csv
+from paper_figures._results import parse_args
 from ttr_stats.diagnostics.bias_variance import monte_carlo, theory
 
 N = 10000
@@ -67,23 +68,29 @@ def _np_target(x):
     return np.sin(4.0 * x[..., 0]) + 4.0 * x[..., 0] ** 2
 
 
-def theory_curves(setting, h):
+def theory_curves(setting, h, n=N):
     """Asymptotic bias, variance, MSE of every order on the bandwidth grid h: dict order -> AsymptoticMSE."""
     design, x0, boundary = SETTINGS[setting]
     return {
-        p: theory(p, n=N, h=h, sigma=SIGMA, x0=[x0], target=_np_target, f=design, boundary=boundary)
+        p: theory(p, n=n, h=h, sigma=SIGMA, x0=[x0], target=_np_target, f=design, boundary=boundary)
         for p in ORDERS.values()
     }
 
 
-def compute(quick=False):
-    """Run the Monte Carlo for both settings; return the CSV rows (dicts keyed by COLUMNS)."""
-    hs = BANDWIDTHS_QUICK if quick else BANDWIDTHS_FULL
-    n_rep = N_REP_QUICK if quick else N_REP_FULL
+def compute(quick=False, *, n=N, bandwidths=None, n_rep=None, seeds=None, orders=None):
+    """Run the Monte Carlo for both settings; return the CSV rows (dicts keyed by COLUMNS).
+
+    The keywords override the settings (``--quick`` or full): ``seeds`` maps a setting to the Monte Carlo
+    seed (default ``SEED + k`` for the k-th setting), ``orders`` is a subset of ``ORDERS.values()``.
+    """
+    hs = (BANDWIDTHS_QUICK if quick else BANDWIDTHS_FULL) if bandwidths is None else bandwidths
+    n_rep = (N_REP_QUICK if quick else N_REP_FULL) if n_rep is None else n_rep
+    estimators = {k: p for k, p in ORDERS.items() if orders is None or p in orders}
     rows = []
     for k, (setting, (design, x0, _)) in enumerate(SETTINGS.items()):
-        df = monte_carlo(ORDERS, target, design, [x0], hs, N, SIGMA, n_rep, seed=SEED + k)
-        th = theory_curves(setting, np.asarray(df["bandwidth"], dtype=np.float64))
+        seed = SEED + k if seeds is None else seeds[setting]
+        df = monte_carlo(estimators, target, design, [x0], hs, n, SIGMA, n_rep, seed=seed)
+        th = theory_curves(setting, np.asarray(df["bandwidth"], dtype=np.float64), n)
         for i, r in enumerate(df.itertuples()):
             p = ORDERS[r.estimator]
             t = th[p]
@@ -110,16 +117,98 @@ def compute(quick=False):
     return rows
 
 
-def plot(rows, quick=False):
+def pool(rows):
+    """One row from the rows of independent Monte Carlo runs of the same (setting, order, bandwidth) with
+    the same n_rep (the seed indices of a results folder, in seed order).
+
+    Bias and variance: the mean over runs; their standard errors: sqrt(sum SE^2) / runs (independent
+    runs); ``bias2``, ``mse`` and ``mse_se`` from the pooled values as :func:`compute` and
+    :func:`~ttr_stats.diagnostics.bias_variance.monte_carlo` form them; ``n_rep`` the total. One run is
+    returned as it is.
+    """
+    first = rows[0]
+    if len(rows) == 1:
+        return dict(first)
+    S = len(rows)
+    for c in ("n_rep", "theory_bias", "theory_variance", "theory_mse"):
+        if any(r[c] != first[c] for r in rows):
+            raise ValueError(f"pool: the runs differ in {c}; pool only replications of one setting")
+    bias = float(np.mean([r["bias"] for r in rows]))
+    bias_se = math.sqrt(sum(r["bias_se"] ** 2 for r in rows)) / S
+    variance = float(np.mean([r["variance"] for r in rows]))
+    variance_se = math.sqrt(sum(r["variance_se"] ** 2 for r in rows)) / S
+    return dict(
+        first,
+        bias=bias,
+        bias_se=bias_se,
+        bias2=bias**2,
+        variance=variance,
+        variance_se=variance_se,
+        mse=bias**2 + variance,
+        mse_se=math.hypot(2 * abs(bias) * bias_se, variance_se),
+        n_rep=int(sum(r["n_rep"] for r in rows)),
+    )
+
+
+#: sweep names of ``experiments/bias_variance.py``: ``--from-results DIR`` also finds ``DIR/<name>``
+RESULTS = ("bias_variance", "bias_variance_quick")
+
+
+def from_results(folder, n=None):
+    """The CSV rows from a results folder of ``experiments/bias_variance.py``.
+
+    A cell there is one seed index: a Monte Carlo of ``n_rep`` replications at one (setting, n, order,
+    bandwidth), with the theory beside. The seed indices are pooled by :func:`pool`. ``n``: the sample size
+    to draw (default: the folder's only one, or the figure's N when it has several). Returns
+    ``(rows, n)``.
+    """
+    from paper_figures import _results
+
+    cells = _results.load(folder, lambda c: c["data"] == "regression", what="the bias/variance figure")
+    ns = sorted({c["data_params"]["n"] for c in cells})
+    if n is None:
+        n = ns[0] if len(ns) == 1 else N
+    if n not in ns:
+        raise _results.ResultsError(f"{folder}: no cells at n = {n}; the folder has n in {ns}")
+    names = {p: name for name, p in ORDERS.items()}
+    groups = _results.by_seed(
+        [c for c in cells if c["data_params"]["n"] == n],
+        lambda c: (c["data_params"]["setting"], c["params"]["order"], float(c["params"]["bandwidth"])),
+    )
+    rows = []
+    for setting in SETTINGS:
+        for (s, p, h), group in sorted(groups.items(), key=lambda kv: kv[0][1:]):
+            if s != setting:
+                continue
+            runs = [
+                dict(
+                    setting=s,
+                    estimator=names[p],
+                    order=p,
+                    bandwidth=h,
+                    **{c: float(g[c]) for c in COLUMNS if c in g and c not in ("bias2", "mse_se")},
+                    bias2=float(g["bias"]) ** 2,
+                    mse_se=math.hypot(2 * abs(g["bias"]) * g["bias_se"], g["variance_se"]),
+                    n_rep=int(g["data_params"]["n_rep"]),
+                )
+                for g in group
+            ]
+            rows.append({c: pool(runs)[c] for c in COLUMNS})
+    return rows, n
+
+
+def plot(rows, quick=False, n=N):
     fig = Figure(figsize=(13, 7.5), layout="constrained")
     axes = fig.subplots(2, 3, sharex=True)
-    hs = BANDWIDTHS_QUICK if quick else BANDWIDTHS_FULL
+    hs = sorted({r["bandwidth"] for r in rows})
     grid = np.geomspace(hs[0] * 0.8, hs[-1] * 1.2, 100)
     colors = {0: "C0", 1: "C1", 2: "C2"}
     for i, setting in enumerate(SETTINGS):
-        th = theory_curves(setting, grid)
+        th = theory_curves(setting, grid, n)
         for name, p in ORDERS.items():
             sel = [r for r in rows if r["setting"] == setting and r["order"] == p]
+            if not sel:
+                continue
             h = np.array([r["bandwidth"] for r in sel])
             panels = (
                 (
@@ -158,15 +247,18 @@ def plot(rows, quick=False):
     design, x0, _ = SETTINGS["interior"]
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(
-        f"Local polynomial attention, m(x) = sin 4x + 4x², σ = {SIGMA}, n = {N}: interior x = {x0} "
+        f"Local polynomial attention, m(x) = sin 4x + 4x², σ = {SIGMA}, n = {n}: interior x = {x0} "
         f"(Beta(2,2)), boundary x = 0 (U[0,1]); n_rep = {rows[0]['n_rep']}",
         fontsize=10,
     )
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, results=None):
     """Simulate, write ``bias_variance.csv`` and ``bias_variance.png`` in ``out_dir``.
+
+    With ``results`` (a results folder of ``experiments/bias_variance.py``, or a folder holding one under
+    its sweep name), draw from it instead of simulating (:func:`from_results`).
 
     Returns
     -------
@@ -174,9 +266,14 @@ def main(out_dir, quick=False):
         ``n_rows`` and, per setting and order, (MC - theory) bias / SE at the smallest bandwidth.
     """
     out_dir = Path(out_dir)
-    rows = compute(quick)
+    if results is None:
+        rows, n = compute(quick), N
+    else:
+        from paper_figures._results import locate
+
+        rows, n = from_results(locate(results, RESULTS[::-1] if quick else RESULTS))
     write_csv(out_dir / "bias_variance.csv", COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
-    save_figure(plot(rows, quick), out_dir, "bias_variance.png")
+    save_figure(plot(rows, quick, n), out_dir, "bias_variance.png")
     out = {"n_rows": len(rows)}
     # the asymptotic theory holds as h -> 0: report |MC - theory| / SE of the bias at the smallest bandwidth
     h0 = min(r["bandwidth"] for r in rows)
@@ -190,5 +287,5 @@ def main(out_dir, quick=False):
 
 if __name__ == "__main__":
     args = parse_args(__doc__.splitlines()[0])
-    for k, v in main(args.out, quick=args.quick).items():
+    for k, v in main(args.out, quick=args.quick, results=args.from_results).items():
         print(f"{k:40s} {v}")
