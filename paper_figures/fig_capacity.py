@@ -26,7 +26,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import ttr_stats as tt
-from paper_figures._common import parse_args, save_figure, write_csv
+from paper_figures._common import save_figure, write_csv
+from paper_figures._results import parse_args
 from ttr_stats.datasets import random_pairs
 from ttr_stats.diagnostics import capacity as cap
 
@@ -103,6 +104,78 @@ def compute(cfg, seed=SEED):
     return rows
 
 
+#: sweep names of ``experiments/capacity.py``: ``--from-results DIR`` also finds ``DIR/<name>``
+RESULTS = ("capacity", "capacity_quick")
+#: (recipe, params) of a results folder -> recall series of panel (a)
+RESULT_RECALL = {
+    ("linear_attention", "{}"): "linear_attention",
+    ("least_squares", '{"ridge": 0.0}'): "least_squares",
+    ("nlms", "{}"): "deltanet_nlms",
+    ("qknorm_attention", f'{{"scale": {BETA!r}}}'): "softmax_qknorm",
+}
+#: (recipe, params, embedding) of a results folder -> MQAR series of panel (c)
+RESULT_MQAR = {
+    ("linear_attention", "{}", "orthonormal"): "la_orthonormal",
+    ("linear_attention", "{}", "random"): "la_random",
+    ("least_squares", '{"ridge": 1e-06}', "orthonormal"): "ls_orthonormal",
+    ("least_squares", '{"ridge": 1e-06}', "random"): "ls_random",
+}
+
+
+def mean_se(values):
+    """Mean and standard error (ddof 1) over replications, as recall_curve and mqar_accuracy form them;
+    the standard error is nan for one replication."""
+    v = np.asarray(values, dtype=np.float64)
+    se = float(np.std(v, ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan")
+    return float(np.mean(v)), se
+
+
+def from_results(folder, T=None):
+    """Panels (a) and (c) from a results folder of ``experiments/capacity.py``; rows as :func:`compute`.
+
+    A cell there is one seed index of ``n_batch`` sequences (recall) or sequences of T tokens (MQAR); the
+    cells are the replicates, aggregated by :func:`mean_se` over the seed indices in seed order (what the
+    figure does over the sequences when it computes). MQAR at ``T`` (default: the smallest T in the
+    folder). Panel (b) (self weight) is not in the sweep: only its closed-form n* row is written.
+    """
+    import json
+
+    from paper_figures import _results
+
+    cells = _results.load(folder, lambda c: c["data"] in ("pairs", "mqar"), what="the capacity figure")
+    ds = {c["data_params"]["d"] for c in cells}
+    if len(ds) != 1:
+        raise _results.ResultsError(f"{folder}: cells of several d {sorted(ds)}; one figure draws one d")
+    (d,) = ds
+    mq = [c for c in cells if c["data"] == "mqar"]
+    if mq and T is None:
+        T = min(c["data_params"]["T"] for c in mq)
+    params = lambda c: json.dumps(c["params"], sort_keys=True)  # noqa: E731
+    rows = []
+    rec = _results.by_seed(
+        [c for c in cells if c["data"] == "pairs" and (c["recipe"], params(c)) in RESULT_RECALL],
+        lambda c: (RESULT_RECALL[c["recipe"], params(c)], float(c["data_params"]["ratio"])),
+    )
+    order = [name for name, *_ in RECALL]
+    for (series, _), g in sorted(rec.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+        n = int(g[0]["n"])
+        th = {"linear_attention": "outer_product_theory", "least_squares": "least_squares_theory"}
+        theory = float(g[0][th[series]]) if series in th else float("nan")
+        rows.append(("recall", series, n, d, n / d, *mean_se([c["recall_error"] for c in g]), theory))
+    n_star = cap.hopfield_half_weight(d, BETA)
+    rows.append(("self_weight", "half_weight_n_star", n_star, d, n_star / d, 0.5, 0.0, 0.5))
+    key = lambda c: (c["recipe"], params(c), c["data_params"]["embedding"])  # noqa: E731
+    mqar = _results.by_seed(
+        [c for c in mq if c["data_params"]["T"] == T and key(c) in RESULT_MQAR],
+        lambda c: (RESULT_MQAR[key(c)], float(c["data_params"]["ratio"])),
+    )
+    order = [name for name, *_ in MQAR]
+    for (series, _), g in sorted(mqar.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
+        P = int(g[0]["P"])
+        rows.append(("mqar", series, P, d, P / d, *mean_se([c["accuracy"] for c in g]), float("nan")))
+    return rows, d
+
+
 def plot(rows, d):
     fig = Figure(figsize=(17, 5.4), layout="constrained")
     ax_r, ax_s, ax_m = fig.subplots(1, 3)
@@ -132,8 +205,14 @@ def plot(rows, d):
     ax_r.grid(True, alpha=0.25)
 
     sw = sorted((r[2], r[5], r[6], r[7]) for r in rows if r[0] == "self_weight" and r[1] == "softmax_qknorm")
-    n, y, se, th = (np.array(c) for c in zip(*sw, strict=True))
-    ax_s.errorbar(n, y, yerr=se, color="C3", marker="s", ms=4, ls="none", label="Monte Carlo (mean ± s.e.)")
+    if sw:
+        n, y, se, th = (np.array(c) for c in zip(*sw, strict=True))
+        ax_s.errorbar(
+            n, y, yerr=se, color="C3", marker="s", ms=4, ls="none", label="Monte Carlo (mean ± s.e.)"
+        )
+    else:  # drawn from a results folder: the sweep has no self weights
+        n = np.array([d, 4 * d])
+        ax_s.text(0.05, 0.05, "Monte Carlo: not in the sweep", transform=ax_s.transAxes, fontsize=8)
     nf = np.geomspace(n[0], max(n[-1], n_star) * 1.3, 200)
     ax_s.plot(nf, cap.hopfield_self_weight(nf, d, BETA), "k-", lw=1, label="1/(1 + (n−1) M_d(β) e^{−β})")
     ax_s.axhline(0.5, color="gray", lw=0.6, ls=":")
@@ -162,8 +241,11 @@ def plot(rows, d):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, results=None):
     """Compute the three panels, write ``capacity.csv`` and ``capacity.png``.
+
+    With ``results`` (a results folder of ``experiments/capacity.py``, or a folder holding one under its
+    sweep name), draw panels (a) and (c) from it instead (:func:`from_results`).
 
     Returns
     -------
@@ -171,14 +253,19 @@ def main(out_dir, quick=False):
         The CSV rows (panel, series, n, d, x, value, se, theory).
     """
     out_dir = Path(out_dir)
-    cfg = QUICK if quick else FULL
-    rows = compute(cfg)
+    if results is None:
+        cfg = QUICK if quick else FULL
+        rows, d = compute(cfg), cfg["d"]
+    else:
+        from paper_figures._results import locate
+
+        rows, d = from_results(locate(results, RESULTS[::-1] if quick else RESULTS))
     write_csv(out_dir / "capacity.csv", ["panel", "series", "n", "d", "x", "value", "se", "theory"], rows)
-    save_figure(plot(rows, cfg["d"]), out_dir, "capacity.png")
+    save_figure(plot(rows, d), out_dir, "capacity.png")
     return rows
 
 
 if __name__ == "__main__":
     args = parse_args(__doc__.splitlines()[0])
-    for r in main(args.out, quick=args.quick):
+    for r in main(args.out, quick=args.quick, results=args.from_results):
         print(*r)
