@@ -39,8 +39,8 @@ def locate(path, names):
             f"experiments/<file>.py --out {path}"
         )
     raise ResultsError(
-        f"{path}: not a results folder (no config.json) and holds none of {', '.join(names)}/; pass the "
-        "folder written by ttr-stats experiment run FILE --out DIR"
+        f"{path}: not a results folder (no config.json) and holds no {' or '.join(n + '/' for n in names)}"
+        " results folder; pass the folder written by ttr-stats experiment run FILE --out DIR"
     )
 
 

@@ -33,6 +33,13 @@ examples:
   ttr-stats figures                          all figures into paper_figures/out (about 5 min on 2 cores)
   ttr-stats figures --quick --only taxonomy  one small figure (seconds)
   python -m ttr_stats figures --list         the figure names
+  ttr-stats figures --from-results results   the figures of the sweeps in results/ (no recomputing)
+  ttr-stats figures --only capacity --from-results results/capacity_quick
+
+--from-results DIR draws the figures that correspond to a sweep of experiments/ (fig02_nonstationary,
+fig_bias_variance, fig_capacity) from DIR: a results folder of `ttr-stats experiment run`, or a folder
+holding them under their sweep names (results/capacity, results/capacity_quick with --quick). A figure
+whose cells are failed or missing there fails with one line naming the folder and the cells.
 """
 
 
@@ -73,6 +80,12 @@ def add_parser(sub):
         metavar="DIR",
         default=os.path.join("paper_figures", "out"),
         help="output folder, created if missing (default: paper_figures/out)",
+    )
+    p.add_argument(
+        "--from-results",
+        metavar="DIR",
+        help="draw the figures of the experiments/ sweeps from a results folder (or a folder of them) "
+        "instead of recomputing; without --only, every figure that can",
     )
     p.add_argument("--list", action="store_true", help="print the figure names and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress line (one line per figure only)")
@@ -116,6 +129,30 @@ def resolve(names, available):
         if hits[0] not in out:
             out.append(hits[0])
     return out
+
+
+def _accepts_results(pf, name):
+    module = importlib.import_module(f"{pf.__name__}.{name}")
+    return "results" in inspect.signature(module.main).parameters
+
+
+def _from_results_names(pf, names, explicit, folder):
+    """The figures --from-results draws: those of ``names`` whose ``main`` takes ``results``;
+    UsageError for a figure named in --only that cannot, or for a folder that does not exist."""
+    if not Path(folder).is_dir():
+        raise UsageError(
+            f"--from-results {str(folder)!r} is not a folder; write one with ttr-stats experiment run "
+            "experiments/<file>.py --out DIR"
+        )
+    able = [n for n in names if _accepts_results(pf, n)]
+    if explicit and len(able) < len(names):
+        cannot = [n for n in names if n not in able]
+        raise UsageError(
+            f"--from-results: {', '.join(cannot)} cannot draw from a results folder (only the figures of "
+            "the experiments/ sweeps can: fig02_nonstationary, fig_bias_variance, fig_capacity); drop it "
+            "from --only"
+        )
+    return able
 
 
 def _check_out(out):
@@ -197,6 +234,9 @@ def run(args):
             print("\n".join(available))
             return EXIT_OK
         names = resolve(args.only, available) if args.only else available
+        from_results = getattr(args, "from_results", None)
+        if from_results is not None:
+            names = _from_results_names(pf, names, bool(args.only), from_results)
         if args.device == "gpu":
             _check_gpu()
         out = _check_out(args.out)
@@ -215,6 +255,8 @@ def run(args):
                 kw = {}
                 if "device" in params:
                     kw["device"] = args.device
+                if from_results is not None:
+                    kw["results"] = from_results
                 total_steps = 0
                 if "progress" in params:
                     kw["progress"] = ticker.step
@@ -229,7 +271,11 @@ def run(args):
                 log = out / f"{name}.log"
                 log.write_text(traceback.format_exc(), encoding="utf-8")
                 failed.append(name)
-                status = f"FAILED  {type(exc).__name__}: {exc}".splitlines()[0][:160] + f" (traceback: {log})"
+                if type(exc).__name__ == "ResultsError":  # folder and cells, one line: shown whole
+                    status = f"FAILED  {exc}"
+                else:
+                    status = f"FAILED  {type(exc).__name__}: {exc}".splitlines()[0][:160]
+                    status += f" (traceback: {log})"
             else:
                 status = "ok"
                 (out / f"{name}.log").unlink(missing_ok=True)
