@@ -279,3 +279,83 @@ class GatedWindow(Weights):
             return None
         a = float(self.alpha)
         return math.log(a) if a > 0 else -math.inf
+
+
+def sink_window_mask(xp, T, width, sinks):
+    r"""Boolean (T, T): :math:`i \le t` and (:math:`t - i < w` or :math:`i < s`), the pairs a sliding window
+    of width w with s attention sinks keeps (positions counted from 0)."""
+    idx = xp.arange(int(T))
+    t, i = idx[:, None], idx[None, :]
+    return (i <= t) & (((t - i) < int(width)) | (i < int(sinks)))
+
+
+class SinkWindow(GatedWindow):
+    r"""Sliding window (optionally gated) with attention sinks: the first ``sinks`` pairs never leave it,
+
+    .. math:: \gamma_i^{(t)} = \beta_i \prod_{j=i+1}^t \alpha_j\,
+              \mathbb{1}\big[t - i < w \;\text{or}\; i < s\big]
+
+    (positions from 0; StreamingLLM, Xiao et al. 2024, keeps s = 4 initial tokens with a window of recent
+    ones). Regression reading: the weights :math:`\gamma_i^{(t)}` keep the sink pairs
+    :math:`(k_i, v_i)_{i<s}` in every prefix's weighted regression, whatever t, besides the w most recent
+    pairs; under a softmax regressor (Nadaraya-Watson) they are always-present design points that take
+    the weight the recent pairs do not claim, which is what a trained model's sink tokens do. Decay
+    gates (``alpha``) multiply the sinks' weights as every other pair's (forgetting attention's bias
+    :math:`\sum_{j>i}\log\alpha_j` on every logit); with ``alpha=1`` and no gates this is StreamingLLM's
+    mask. ``sinks=0`` is :class:`GatedWindow` exactly.
+
+    No method of the layer applies the sink columns yet (the kernel smoothers' window code keeps the last
+    w pairs only), so a layer refuses ``sinks > 0`` with a clear error rather than compute the plain
+    window; :meth:`matrix` gives the exact dense weights :math:`\Gamma`.
+
+    Parameters
+    ----------
+    width : int >= 1
+        w, the recent pairs kept.
+    sinks : int >= 0
+        s, the initial pairs always kept.
+    alpha : float in [0, 1] or None
+        Constant decay when the call passes no gates; ``None`` makes the gates mandatory.
+    """
+
+    def __init__(self, width=64, sinks=4, alpha=1.0):
+        super().__init__(width, alpha)
+        self.sinks = sinks
+
+    def _check(self):
+        super()._validate()
+        check_scalar("sinks", self.sinks, low=0, integer=True)
+
+    def _validate(self):
+        self._check()
+        if int(self.sinks) > 0:
+            raise ValueError(
+                f"weights: SinkWindow(sinks={int(self.sinks)}) is not run by any layer method yet (their "
+                "window keeps the last w pairs only, and would drop the sinks); use "
+                "SinkWindow(...).matrix(T) for the exact weights, or sinks=0 (GatedWindow) in a layer"
+            )
+
+    def matrix(self, T, *, alpha=None, log_alpha=None, beta=None):
+        r"""Dense causal :math:`\Gamma_{ti} = \gamma_i^{(t)}`, shape (..., T, T), sinks included.
+
+        Parameters as :meth:`Weights.matrix`.
+        """
+        from ._gates import resolve_log_alpha
+
+        self._check()
+        T = int(T)
+        xp, arrs, dtype = _array.as_float_arrays({"alpha": alpha, "log_alpha": log_alpha, "beta": beta})
+        la = resolve_log_alpha(xp, arrs["alpha"], arrs["log_alpha"])
+        if la is None:
+            c = self.constant_log_decay()
+            if c is None:
+                raise ValueError("alpha: SinkWindow(alpha=None) weights are data-dependent; pass alpha (or "
+                                 f"log_alpha) of shape (..., T) = (..., {T})")  # fmt: skip
+            la = xp.full((T,), c, dtype=dtype)
+        elif la.ndim < 1 or la.shape[-1] != T:
+            raise ValueError(f"alpha must have shape (..., T) = (..., {T}), got {tuple(la.shape)}")
+        G = decay_matrix(xp, la, arrs["beta"], None)
+        return xp.where(sink_window_mask(xp, T, self.width, self.sinks), G, xp.zeros((), dtype=G.dtype))
+
+
+__all__ += ["SinkWindow", "sink_window_mask"]
