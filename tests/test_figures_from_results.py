@@ -74,7 +74,9 @@ def test_fig02_from_results_equals_direct(results, tmp_path):
     for s in _seeds(sweep):
         # the figure's own code on this seed index's n_seq sequences (the same SeedSequence child)
         args = (dp["n_seq"], T, dp["d"], dp["rho"])
-        blocks_sweep.append(fig02.temperature_sweep(*args, taus=taus, seed=_rng(sweep, "nonstationary", dp, s)))
+        blocks_sweep.append(
+            fig02.temperature_sweep(*args, taus=taus, seed=_rng(sweep, "nonstationary", dp, s))
+        )
         errs = fig02.errors(*args, tau=fig02.TAU, seed=_rng(sweep, "nonstationary", dp, s))
         a, b = fig02.peak_window(T)
         blocks_late.append(
