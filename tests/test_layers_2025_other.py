@@ -112,9 +112,8 @@ def test_log_linear_refuses_too_few_levels(rng):
 
 
 def test_log_linear_matches_fla_naive(rng):
+    naive = fla_naive("log_linear_attn", "naive_log_linear_attn")  # skips without torch, einops or fla
     import torch
-
-    naive = fla_naive("log_linear_attn", "naive_log_linear_attn")
     B, H, T, D, L = 2, 2, 32, 8, 6
     Q, K, V = ((rng.standard_normal((B, H, T, D)) / np.sqrt(D)).astype(np.float32) for _ in range(3))
     g = np.log(rng.uniform(0.7, 1.0, (B, H, T))).astype(np.float32)
@@ -130,9 +129,8 @@ def test_log_linear_matches_fla_naive(rng):
 
 # --- sliding-window forgetting attention -------------------------------------------------------------------
 def test_gated_sliding_window_matches_fla_forgetting_attn(rng):
+    naive = fla_naive("forgetting_attn", "naive_forgetting_attn")  # skips without torch, einops or fla
     import torch
-
-    naive = fla_naive("forgetting_attn", "naive_forgetting_attn")
     B, H, T, D, w = 2, 2, 32, 8, 5
     Q, K, V = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(3))
     g = np.log(rng.uniform(0.5, 1.0, (B, H, T))).astype(np.float32)
