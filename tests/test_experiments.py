@@ -287,3 +287,19 @@ def test_import_ttr_stats_does_not_import_dask():
     code = "import sys, ttr_stats, ttr_stats.experiments; print('dask' in sys.modules, 'distributed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_cli_workers_starts_its_own_local_cluster(sweep_file, tmp_path, capsys):
+    """``--workers 2`` starts (and shuts down) a Dask LocalCluster of 2 single-threaded processes: the cells
+    run in two processes other than this one, and the values equal the serial run exactly (seeds are keyed
+    by the cell, so the schedule cannot change them)."""
+    serial, dask_out = tmp_path / "serial", tmp_path / "workers"
+    assert main(["experiment", "run", str(sweep_file), "--out", str(serial), "--serial", "--no-progress"]) == 0
+    args = ["experiment", "run", str(sweep_file), "--out", str(dask_out), "--workers", "2", "--no-progress"]
+    assert main(args) == 0
+    rows = ex.read_results(dask_out)
+    assert values(rows) == values(ex.read_results(serial))
+    workers = {r["worker"] for r in rows}
+    assert len(workers) == 2 and all(str(os.getpid()) not in w for w in workers), workers
+    assert main(["experiment", "run", str(sweep_file), "--workers", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
