@@ -348,23 +348,9 @@ class TestTimeRegression(BaseEstimator):
             )
 
     def _divergence_remedy(self):
-        """What the user can change, by the arguments this layer takes."""
+        """What the user can change: the optimizer's ``divergence_remedy``, with its class name."""
         opt = self.optimizer
-        name = type(opt).__name__
-        if hasattr(opt, "ridge"):
-            return f"Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
-        if hasattr(opt, "lr"):
-            return (
-                f"Use a smaller step: lr ({name}(lr=...)) or the call-time beta (per-token step sizes), "
-                "float64, or rescale the keys."
-            )
-        if hasattr(opt, "beta") or hasattr(opt, "delta"):
-            return (
-                "Use a smaller step: beta (the recipe's beta= or the call-time beta), keeping "
-                "beta ||k||^2 < 2; normalise the keys, or use nlms() / longhorn() (stable for any key "
-                "scale), or float64."
-            )
-        return "Use float64, or rescale the keys and values."
+        return opt.divergence_remedy.format(name=type(opt).__name__)
 
     # ------------------------------------------------------------------------------------------------
     def __call__(

@@ -76,6 +76,9 @@ class Optimizer(BaseEstimator):
     State = MemoryState
     #: the family of methods that compute this optimizer (``ttr_stats.methods.registry``)
     family = None
+    #: what a user changes when the recursion diverges, named in the layer's FloatingPointError
+    #: (``{name}``: the class name); the families override it with their own step or ridge
+    divergence_remedy = "Use float64, or rescale the keys and values."
     #: whether the outputs are linear in the values V (a smoother matrix Y = S V exists)
     linear_in_values = True
     #: whether the optimizer solves the weighted regression exactly (the direct method is its definition)

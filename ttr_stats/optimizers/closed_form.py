@@ -99,6 +99,9 @@ class ClosedForm(Optimizer):
     Wang, Shi & Fox (2025), §3 (OLS / weighted RLS rows; "one Newton step").
     """
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = "Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
+
     State = SufficientStatistics
     family = "least_squares"
     exact = True

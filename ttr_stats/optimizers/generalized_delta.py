@@ -68,6 +68,12 @@ class GeneralizedDelta(Optimizer):
     """Base of the ``"generalized_delta"`` family: a memory ``M`` (..., d_v, d_k) written one token at a
     time from ``steps_per_token`` rows (:meth:`write`), read as ``y = M q``."""
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = (
+        "Use a smaller step: beta (the recipe's beta= or the call-time beta), keeping beta ||k||^2 < 2; "
+        "normalise the keys, or use nlms() / longhorn() (stable for any key scale), or float64."
+    )
+
     State = MemoryState
     family = "generalized_delta"
     beta_role = "step"

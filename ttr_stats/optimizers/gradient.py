@@ -44,6 +44,12 @@ class BatchGradientDescent(Optimizer):
     Wang, Shi & Fox (2025), §3 (batch GD row; linear attention as one unpreconditioned step).
     """
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = (
+        "Use a smaller step: lr ({name}(lr=...)) or the call-time beta (per-token step sizes), float64, "
+        "or rescale the keys."
+    )
+
     State = SufficientStatistics
     family = "batch_gd"
 
@@ -74,6 +80,12 @@ class BatchGradientDescent(Optimizer):
 
 class DeltaRule(Optimizer):
     """Base of the delta-rule family (one online gradient step per written pair, warm start)."""
+
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = (
+        "Use a smaller step: beta (the recipe's beta= or the call-time beta), keeping beta ||k||^2 < 2; "
+        "normalise the keys, or use nlms() / longhorn() (stable for any key scale), or float64."
+    )
 
     State = MemoryState
     family = "delta"

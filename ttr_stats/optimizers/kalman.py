@@ -55,6 +55,8 @@ class KalmanFilter(Optimizer):
     #: input dtypes it runs: a covariance update a step, like RLS; in float16 it was 2.3e-2 of max |y| off
     #: float64 at T = 20 (measured), so half precision is refused
     dtypes = ("float32", "float64")
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = "Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
 
     State = RLSState
     family = "kalman"

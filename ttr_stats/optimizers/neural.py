@@ -60,6 +60,12 @@ def _expand(x, like):
 class GradientOptimizer(Optimizer):
     """Base of the optimizers that train a regressor's parameters by per-token gradients."""
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = (
+        "Use a smaller step: lr ({name}(lr=...)) or the call-time beta (per-token step sizes), float64, "
+        "or rescale the keys."
+    )
+
     family = "neural"
     beta_role = "step"
 

@@ -61,6 +61,9 @@ class RecursiveLeastSquares(Optimizer):
     Wang, Shi & Fox (2025), §3; von Oswald et al. (2023), the Mesa layer.
     """
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = "Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
+
     State = RLSState
     family = "rls"
     exact = True

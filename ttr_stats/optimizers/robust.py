@@ -90,6 +90,9 @@ class RobustIRLS(Optimizer):
         IRLS sweeps and relative tolerance on the change of M.
     """
 
+    #: what a user changes when the recursion diverges (the layer's FloatingPointError says it)
+    divergence_remedy = "Use a larger ridge ({name}(ridge=...)), float64, or rescale the keys."
+
     State = WeightedCache
     family = "robust"
 
