@@ -51,7 +51,7 @@ def namespace(*arrays):
         If the arrays come from different libraries (for example NumPy and CuPy).
     """
     if all(type(a) is np.ndarray for a in arrays):  # the common case, without the generic lookup
-        return _NUMPY if arrays else array_api_compat.array_namespace(np.empty(0))
+        return _NUMPY
     arrs = [a for a in arrays if a is not None and is_array(a)]
     if not arrs:
         return array_api_compat.array_namespace(np.empty(0))

@@ -99,7 +99,17 @@ class GeneralizedDelta(Optimizer):
         return self.write(state, k[..., None, :], v[..., None, :], a, b[..., None])
 
 
-class PerChannelDelta(GeneralizedDelta):
+class _Stepped(GeneralizedDelta):
+    """Members with a constant step ``beta`` > 0 (their write strength when the call passes none)."""
+
+    def _validate(self):
+        check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
+
+    def default_beta(self):
+        return float(self.beta)
+
+
+class PerChannelDelta(_Stepped):
     r"""KDA (Kimi Delta Attention): the gated delta rule under a diagonal, data-dependent decay.
 
     .. math:: M' = M_{t-1}\,\mathrm{Diag}(\alpha_t),\qquad
@@ -136,12 +146,6 @@ class PerChannelDelta(GeneralizedDelta):
 
     def __init__(self, beta=1.0):
         self.beta = beta
-
-    def _validate(self):
-        check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
-
-    def default_beta(self):
-        return float(self.beta)
 
     def write(self, state, K, V, a, b):
         xp = _array.namespace(K)
@@ -255,7 +259,7 @@ class PreconditionedState(NamedTuple):
     A: object
 
 
-class PreconditionedDelta(GeneralizedDelta):
+class PreconditionedDelta(_Stepped):
     r"""The preconditioned (gated) delta rule: a delta step scaled by a diagonal curvature estimate.
 
     .. math:: A_t = \lambda A_{t-1} + \omega\,k_t\odot k_t,\qquad p_t = \pi(A_t),\qquad
@@ -312,7 +316,7 @@ class PreconditionedDelta(GeneralizedDelta):
         self.ridge = ridge
 
     def _validate(self):
-        check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
+        super()._validate()
         check_scalar("moment_decay", self.moment_decay, low=0.0, high=1.0, low_inclusive=False)
         check_scalar("moment_weight", self.moment_weight, low=0.0, low_inclusive=False)
         if self.preconditioner not in ("squash", "inverse"):
@@ -324,9 +328,6 @@ class PreconditionedDelta(GeneralizedDelta):
         check_scalar("center", self.center)
         check_scalar("eps", self.eps, low=0.0, low_inclusive=False)
         check_scalar("ridge", self.ridge, low=0.0, low_inclusive=False)
-
-    def default_beta(self):
-        return float(self.beta)
 
     def init(self, xp, batch_shape, d_k, d_v, dtype, device=None):
         shape = tuple(batch_shape)
@@ -353,7 +354,7 @@ class PreconditionedDelta(GeneralizedDelta):
         return PreconditionedState(M + b[..., 0, None, None] * outer(err, p * k), A)
 
 
-class OjaRule(GeneralizedDelta):
+class OjaRule(_Stepped):
     r"""The gated Oja rule: the *reverse* regression, keys on values, read through the adjoint.
 
     With :math:`W = M^\top \in \mathbb{R}^{d_k\times d_v}` predicting keys from values,
@@ -389,12 +390,6 @@ class OjaRule(GeneralizedDelta):
 
     def __init__(self, beta=0.1):
         self.beta = beta
-
-    def _validate(self):
-        check_scalar("beta", self.beta, low=0.0, low_inclusive=False)
-
-    def default_beta(self):
-        return float(self.beta)
 
     def write(self, state, K, V, a, b):
         xp = _array.namespace(K)
