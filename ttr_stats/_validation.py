@@ -8,12 +8,105 @@ import numbers
 
 def check_finite(xp, name: str, x) -> None:
     """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or an infinity."""
-    if math.prod(x.shape) == 0:
+    check_finite_all(xp, {name: x})
+
+
+def check_finite_all(xp, named) -> None:
+    """:func:`check_finite` for every array of ``named`` (name -> array or None) with one device sync.
+
+    On CuPy the float32/float64 arrays are checked by one reduction pass each on the card
+    (:func:`_finite_flags`) and the flags come back in one transfer; the first non-finite argument in
+    ``named``'s order is then named, as the per-array check names it. Elsewhere (NumPy, torch,
+    array_api_strict, other dtypes) each array is checked as ``all(isfinite(x))``.
+    """
+    arrays = [(n, x) for n, x in named.items() if x is not None and math.prod(x.shape)]
+    if not arrays:
         return
-    if not bool(xp.all(xp.isfinite(x))):
-        n_nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
-        kind = "NaN" if n_nan else "infinite values"
-        raise ValueError(f"{name} contains {kind}; every entry must be finite")
+    flags = _finite_flags(xp, [x for _, x in arrays])
+    for (name, x), ok in zip(arrays, flags, strict=True):
+        if ok is None:
+            ok = bool(xp.all(xp.isfinite(x)))
+        if not ok:
+            n_nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
+            kind = "NaN" if n_nan else "infinite values"
+            raise ValueError(f"{name} contains {kind}; every entry must be finite")
+
+
+def all_finite(xp, x) -> bool:
+    """Whether every entry of ``x`` is finite (one fused pass on CuPy; see :func:`check_finite_all`)."""
+    if not math.prod(x.shape):
+        return True
+    (ok,) = _finite_flags(xp, [x])
+    return bool(xp.all(xp.isfinite(x))) if ok is None else ok
+
+
+#: the one-pass finiteness test on CuPy: every thread of a grid-stride loop ORs "not finite" over its
+#: elements, a block combines its threads with __syncthreads_or and one thread sets the array's flag
+#: (a plain store of 1: every writer writes the same value). Memory-bound: one read of x, no bool array
+#: (``all(isfinite(x))`` writes a bool array, reads it back and syncs once per array)
+_FINITE_SOURCE = r"""
+template <typename T>
+__global__ void any_nonfinite(const T* __restrict__ x, const long long n, int* __restrict__ flag)
+{
+    int bad = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        bad |= !isfinite(x[i]);
+    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
+"""
+
+_FINITE_MODULE = None
+_FINITE_TYPES = {"float32": "float", "float64": "double"}
+
+#: set False to use ``all(isfinite(x))`` on CuPy too (the tests compare the two)
+FUSED_FINITE = True
+
+
+def _finite_module():
+    global _FINITE_MODULE
+    if _FINITE_MODULE is None:
+        import cupy
+
+        _FINITE_MODULE = cupy.RawModule(
+            code=_FINITE_SOURCE, name_expressions=[f"any_nonfinite<{t}>" for t in _FINITE_TYPES.values()]
+        )
+    return _FINITE_MODULE
+
+
+def _finite_flags(xp, arrays):
+    """Per array: True (all finite), False, or None (not checked here: the caller runs the plain test).
+
+    Only C-contiguous float32/float64 CuPy arrays are checked here, all with one transfer of flags."""
+    flags = [None] * len(arrays)
+    if not FUSED_FINITE:
+        return flags
+    import array_api_compat
+
+    if not array_api_compat.is_cupy_namespace(xp):
+        return flags
+    import cupy
+
+    todo = [
+        i
+        for i, x in enumerate(arrays)
+        if isinstance(x, cupy.ndarray) and str(x.dtype) in _FINITE_TYPES and x.flags.c_contiguous
+    ]
+    if not todo:
+        return flags
+    out = cupy.zeros(len(todo), dtype=cupy.int32)
+    mod = _finite_module()
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    for j, i in enumerate(todo):
+        x = arrays[i]
+        n = x.size
+        blocks = max(1, min(-(-n // 256), 8 * sms))  # a few blocks per SM; the loop strides over the rest
+        fn = mod.get_function(f"any_nonfinite<{_FINITE_TYPES[str(x.dtype)]}>")
+        fn((blocks,), (256,), (x, cupy.int64(n), out[j : j + 1]))
+    bad = out.get()  # the one sync
+    for j, i in enumerate(todo):
+        flags[i] = not bool(bad[j])
+    return flags
 
 
 def renamed(name, value, old_name, old_value):

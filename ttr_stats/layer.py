@@ -8,7 +8,7 @@ from sklearn.base import BaseEstimator
 
 from . import _array
 from ._gates import check_beta, check_lengths, mask_padding, mask_queries, resolve_log_alpha, zero_padding
-from ._validation import check_finite, check_not_text
+from ._validation import all_finite, check_finite, check_finite_all, check_not_text
 from .methods import Problem, registry, support_table
 from .methods.final_state import final_state
 from .optimizers import ClosedForm, GradientOptimizer, Optimizer
@@ -220,8 +220,7 @@ class TestTimeRegression(BaseEstimator):
         for name, x, last in (("Q", Q, "d_k"), ("K", K, "d_k"), ("V", V, "d_v")):
             if x.ndim < 2:
                 raise ValueError(f"{name} must have shape (..., T, {last}), got shape {tuple(x.shape)}")
-        for name, x in (("Q", Q), ("K", K), ("V", V)):
-            check_finite(xp, name, x)
+        check_finite_all(xp, {"Q": Q, "K": K, "V": V})  # one pass each, one sync (CuPy)
         device = _array.device(K)
         T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:
@@ -341,7 +340,7 @@ class TestTimeRegression(BaseEstimator):
                 )
 
     def _check_output(self, xp, Y, what="output"):
-        if math.prod(Y.shape) and not bool(xp.all(xp.isfinite(Y))):
+        if not all_finite(xp, Y):
             raise FloatingPointError(
                 f"{type(self.optimizer).__name__} produced a non-finite {what} from finite inputs: the "
                 f"recursion diverged or overflowed (theory §5). {self._divergence_remedy()}"
