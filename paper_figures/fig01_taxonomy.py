@@ -1,15 +1,16 @@
 r"""Figure 1, the taxonomy: every recipe as (weights, regressor, optimizer, update rule, methods).
 
-Rendered from :func:`ttr_stats.recipes.registry` at run time, so a recipe added there appears here with
-no edit. Columns: the weights, regressor and optimizer classes of the recipe's default layer; the update
-rule (the first paragraph of the recipe's docstring, which states its recursion or objective); the
-optimizer's rule (the first line of the optimizer class's docstring); the computation methods the layer
-supports. Rows are grouped by family: the optimizer's family for linear memories (identity covariance =
-linear attention, exact least squares, RLS, batch GD, delta rules, ...), "nonparametric" for kernel
-smoothers and kernel ridge, "neural" for MLP memories.
+Rendered from :func:`ttr_stats.recipes.catalogue` at run time (the registry plus the recipes that cannot
+meet a generic contract, each with its note), so a recipe added there appears here with no edit. Columns:
+the weights, regressor and optimizer classes of the recipe's default layer; the update rule (the first
+paragraph of the recipe's docstring, which states its recursion or objective); the optimizer's rule (the
+first line of the optimizer class's docstring); the computation methods the layer supports; the note says
+what a catalogue-only recipe cannot do (marked † in the image). Rows are grouped by family: the optimizer's
+family for linear memories (identity covariance = linear attention, exact least squares, RLS, batch GD,
+delta rules, ...), "nonparametric" for kernel smoothers and kernel ridge, "neural" for MLP memories.
 
-Writes ``taxonomy.csv`` (recipe, weights, regressor, optimizer, family, update_rule, optimizer_rule, methods),
-``taxonomy.md`` (the same as a Markdown table) and ``taxonomy.png`` (the table drawn with matplotlib).
+Writes ``taxonomy.csv`` (recipe, weights, regressor, optimizer, family, update_rule, optimizer_rule, methods,
+note), ``taxonomy.md`` (the same as a Markdown table) and ``taxonomy.png`` (the table drawn with matplotlib).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ttr_stats as tt
 from paper_figures._common import parse_args, save_figure, write_csv
 
 HEADER = ["recipe", "weights", "regressor", "optimizer", "family", "update_rule", "optimizer_rule", "methods"]
+HEADER += ["note"]
 
 
 def _first_line(obj):
@@ -84,9 +86,9 @@ def _group(regressor, optimizer):
 
 
 def rows():
-    """One row per recipe of the registry, grouped by optimizer family (registry order within a family)."""
+    """One row per recipe of the catalogue, grouped by optimizer family (catalogue order within a family)."""
     out = []
-    for r in tt.recipes.registry():
+    for r in tt.recipes.catalogue():
         out.append(
             (
                 r.name,
@@ -97,6 +99,7 @@ def rows():
                 _plain(r.summary),
                 _plain(_first_line(r.optimizer)),
                 ", ".join(r.methods),
+                r.note,
             )
         )
     order = list(dict.fromkeys(row[4] for row in out))
@@ -116,7 +119,8 @@ def plot(table):
     fig = Figure(figsize=(17, 0.9 + 0.3 * n), layout="constrained")
     ax = fig.subplots()
     ax.axis("off")
-    cells = [[r[0], r[1], r[2], r[3], r[5][:95] + ("…" if len(r[5]) > 95 else ""), r[7]] for r in table]
+    mark = lambda r: r[0] + (" †" if r[8] else "")  # noqa: E731 - catalogue-only: see the note column
+    cells = [[mark(r), r[1], r[2], r[3], r[5][:95] + ("…" if len(r[5]) > 95 else ""), r[7]] for r in table]
     tab = ax.table(
         cellText=cells,
         colLabels=["recipe", "weights", "regressor", "optimizer", "update rule", "methods"],
@@ -138,7 +142,8 @@ def plot(table):
         tab[0, j].get_text().set_fontweight("bold")
     fig.suptitle(
         f"Taxonomy of test-time regression layers: {n} recipes as weights × regressor × optimizer "
-        "(rows shaded by optimizer family; generated from ttr_stats.recipes.registry())",
+        "(rows shaded by optimizer family; generated from ttr_stats.recipes.catalogue(); † cannot meet a "
+        "generic contract: see the note in taxonomy.md)",
         fontsize=10,
     )
     return fig

@@ -133,7 +133,7 @@ def test_caption_keys_are_figure_modules():
 # the numbers say what the captions claim
 def test_taxonomy_is_the_registry(out):
     rows = list(csv.DictReader((out / "taxonomy.csv").open()))
-    reg = tt.recipes.registry()
+    reg = tt.recipes.catalogue()
     assert sorted(r["recipe"] for r in rows) == sorted(r.name for r in reg)
     by_name = {r.name: r for r in reg}
     for r in rows:
