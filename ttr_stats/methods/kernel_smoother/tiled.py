@@ -15,8 +15,9 @@ resets are exact. Tiles above the diagonal (causal) or outside a window are skip
 does about half the work of the dense form and a window of w does O(T w). Gaussian similarities are
 formed per tile by the ``||q||^2 + ||k||^2 - 2 q.k`` expansion (no T x T x d differences anywhere).
 
-The array API only (NumPy, CuPy, torch): on a GPU this is a sequence of batched matrix products, not a
-fused device routine.
+The array API (NumPy, CuPy, torch): on a GPU a sequence of batched matrix products; for softmax / NW on
+CuPy the fused kernel of :mod:`._fused_nw` runs instead wherever it applies (float32 / float64,
+``d_v <= 128``, ``ExpDot`` or ``Gaussian``).
 
 Measured on this project's shared 2-core CPU (one BLAS thread, float64, best of 2-3 calls, causal,
 ``d_k = d_v``), seconds parallel / tiled and the ratio (> 1: tiled faster):
@@ -97,6 +98,12 @@ def tiled(layer, P):
     if P.Q.shape[-2] == 0 or P.K.shape[-2] == 0:
         Y = xp.zeros(P.batch_shape + (P.Q.shape[-2], P.d_v), dtype=P.dtype, device=P.device)
         return Y, final_cache(xp, P)
+    if int(reg.order) == 0:
+        from . import _fused_nw  # the fused CUDA kernel on CuPy; None elsewhere or where it does not apply
+
+        Y = _fused_nw.nadaraya_watson(layer, P)
+        if Y is not None:
+            return Y, final_cache(xp, P)
     plan_budget = _budget(xp)
     plan = TilePlan(xp, P, reg.log_similarity, _block(layer, P), _per_pair(layer, P), plan_budget)
     if int(reg.order) == 0:
