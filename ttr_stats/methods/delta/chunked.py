@@ -59,6 +59,7 @@ from .. import _fused
 from ..problem import Problem, initial_state
 from ..recurrent import loop
 from ..registry import register
+from . import _fused_wy
 from ._wy import chunk_outputs, chunk_terms, inter_chunk, transpose_copy
 
 __all__ = ["chunked", "chunked_bytes", "DEFAULT_CHUNK_WRITES", "HOST_MIN_T"]
@@ -148,7 +149,10 @@ def chunked(layer, P: Problem):
 
     scan = _on_device(xp, dev) if INTER_CHUNK == "auto" else INTER_CHUNK == "scan"
     if scan:  # the device: every chunk at once, the state recurrence as a scan
-        t = chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
+        # CuPy float32/float64: every chunk's terms in one kernel (_fused_wy.py), else the array form
+        t = _fused_wy.chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
+        if t is None:
+            t = chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
         fused = _fused.state_pass(
             xp, t.gam_r[..., None] * t.Q, t.U, t.DK, t.gamC[..., None], xp.matrix_transpose(S0.M),
             A=t.P, W=t.W,
