@@ -306,7 +306,7 @@ def ttt_mlp(hidden=None, lr=0.1, batch_size=16, seed=0, *, mini_batch=None):
     return _layer(w.Uniform(), opt.MiniBatchGD(lr, size), regressor=MLP(hidden, "gelu", seed=seed))
 
 
-def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, decay=None):
+def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, decay=None, convention="paper"):
     r"""Titans' neural memory: :math:`S_t = \eta S_{t-1} - \beta_t\nabla\ell(\theta_{t-1}; k_t, v_t)`,
     :math:`\theta_t = (1 - \lambda)\alpha_t\theta_{t-1} + S_t`.
 
@@ -319,13 +319,36 @@ def titans(lr=0.1, momentum=0.9, weight_decay=0.01, hidden=None, seed=0, *, deca
     :math:`1 - \lambda` (Titans' forgetting gate is :math:`1 - (1 - \lambda)\alpha_t`); the momentum is
     constant. The effective step is about ``lr / (1 - momentum)``: keys of norm about 1 keep the defaults
     stable (Titans L2-normalises keys and queries).
+
+    ``convention="fla"`` is flash-linear-attention's ``titans`` (fla-core 0.5.2 ``fla/ops/titans/naive.py``,
+    ``chunk_titans_linear``), which differs from the paper's memory in four ways: (1) the memory is linear,
+    read through a fixed-gain layer norm with a residual on the key,
+    :math:`m_M(k) = k + \gamma\odot\mathrm{LN}(Mk) + b` (fla's "target :math:`v - k`", gain ``w`` and
+    bias ``b`` fixed, no trainable bias; :class:`~ttr_stats.regressors.residual_ln.ResidualLayerNorm`),
+    not an MLP; (2) within a chunk of 16 tokens every gradient is taken at the chunk's start
+    (:class:`~ttr_stats.optimizers.titans.MiniBatchMomentum`), not at :math:`\theta_{t-1}`; (3) its step
+    carries a factor 2 (fla's ``theta`` is ``beta / 2``) and its momentum ``eta`` is per token (constant
+    here); (4) two lines of its code are not that objective's: its step is not the layer norm's gradient
+    (operator precedence) and it reads :math:`Mq + \gamma\odot\mathrm{LN}(Mq) + b`, not :math:`m_M(q)`.
+    The objective :math:`\tfrac12\|v_t - m_M(k_t)\|^2` is a coherent regression, so this option solves it
+    (true gradient, :math:`y = m_M(q)`); ``set_params(regressor__fla_quirks=True)`` reproduces fla's code
+    exactly (tests/test_titans_fla.py, float32 to 2e-5). ``hidden`` and ``seed`` do not apply to it.
     """
-    _check_hidden(hidden)
     check_scalar("lr", lr, low=0.0, low_inclusive=False)
     check_scalar("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
     name = "weight_decay" if decay is None else "decay"
     wd = check_scalar(name, renamed("weight_decay", weight_decay, "decay", decay), low=0.0, high=1.0,
                       high_inclusive=False)  # fmt: skip
+    if convention == "fla":
+        if hidden is not None:
+            raise ValueError("hidden: titans(convention='fla') has a linear memory (no hidden width)")
+        from .optimizers.titans import MiniBatchMomentum
+        from .regressors.residual_ln import ResidualLayerNorm
+
+        return _layer(w.Gated(alpha=1.0), MiniBatchMomentum(lr, momentum, wd, 16), ResidualLayerNorm())
+    if convention != "paper":
+        raise ValueError(f"convention must be 'paper' (Titans' MLP memory) or 'fla', got {convention!r}")
+    _check_hidden(hidden)
     return _layer(
         w.Gated(alpha=1.0), opt.Momentum(lr, momentum, wd), regressor=MLP(hidden, "gelu", seed=seed)
     )
