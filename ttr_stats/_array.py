@@ -78,6 +78,8 @@ def as_float_arrays(named: dict, *, dtype=None):
     """
     present = {k: v for k, v in named.items() if v is not None}
     xp = namespace(*present.values())
+    # lists and scalars join the arrays' device (a torch CUDA Q with alpha=0.5 gets alpha on that GPU)
+    dev = next((device(v) for v in present.values() if is_array(v)), None)
     out = {}
     for name, value in named.items():
         if value is None:
@@ -85,7 +87,7 @@ def as_float_arrays(named: dict, *, dtype=None):
             continue
         if not is_array(value):
             try:
-                value = xp.asarray(np.asarray(value, dtype=np.float64))
+                value = xp.asarray(np.asarray(value, dtype=np.float64), device=dev)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
         out[name] = value
@@ -124,13 +126,14 @@ def segsum(xp, g):
     array of shape (..., T, T)
     """
     T = g.shape[-1]
-    idx = xp.arange(T)
+    dev = device(g)
+    idx = xp.arange(T, device=dev)
     strict = idx[:, None] > idx[None, :]  # row j (summand index) strictly after column i
     x = xp.broadcast_to(g[..., :, None], g.shape + (T,))
-    x = xp.where(strict, x, xp.zeros((), dtype=g.dtype))
+    x = xp.where(strict, x, xp.zeros((), dtype=g.dtype, device=dev))
     s = xp.cumulative_sum(x, axis=-2)
     lower = idx[:, None] >= idx[None, :]
-    return xp.where(lower, s, xp.asarray(-math.inf, dtype=g.dtype))
+    return xp.where(lower, s, xp.asarray(-math.inf, dtype=g.dtype, device=dev))
 
 
 def psd_solve(xp, R, b, *, rtol=None):
@@ -153,9 +156,11 @@ def psd_solve(xp, R, b, *, rtol=None):
     # below the smallest normal number 1/lam overflows: such eigenvalues count as zero even when the
     # relative cut rtol * lam_max has itself underflowed (a matrix of subnormals is numerically zero)
     tiny = float(xp.finfo(R.dtype).smallest_normal)
-    keep = (lam > rtol * xp.maximum(lam_max, xp.zeros((), dtype=lam.dtype))) & (lam >= tiny)
-    safe = xp.where(keep, lam, xp.ones((), dtype=lam.dtype))
-    inv = xp.where(keep, 1.0 / safe, xp.zeros((), dtype=lam.dtype))
+    dev = device(lam)
+    zero = xp.zeros((), dtype=lam.dtype, device=dev)
+    keep = (lam > rtol * xp.maximum(lam_max, zero)) & (lam >= tiny)
+    safe = xp.where(keep, lam, xp.ones((), dtype=lam.dtype, device=dev))
+    inv = xp.where(keep, 1.0 / safe, zero)
     Ut_b = xp.matmul(xp.matrix_transpose(U), b)
     return xp.matmul(U, inv[..., :, None] * Ut_b)
 
@@ -167,7 +172,7 @@ def ridge_solve(xp, R, b, ridge):
     """
     ridge = float(ridge)
     if ridge > 0:
-        return pd_solve(xp, R + ridge * xp.eye(R.shape[-1], dtype=R.dtype), b)
+        return pd_solve(xp, R + ridge * xp.eye(R.shape[-1], dtype=R.dtype, device=device(R)), b)
     return psd_solve(xp, R, b)
 
 
@@ -205,6 +210,8 @@ def to_numpy(x):
     protocol otherwise. Used for tables and plots, never inside a computation."""
     if array_api_compat.is_cupy_array(x):  # pragma: no cover - needs a GPU
         return x.get()
+    if array_api_compat.is_torch_array(x):  # CUDA tensors and tensors that require grad refuse DLPack
+        return x.detach().cpu().numpy()
     if isinstance(x, np.ndarray) or not is_array(x):
         return np.asarray(x)
     try:
@@ -213,13 +220,24 @@ def to_numpy(x):
         return np.asarray(x)
 
 
-def free_device_bytes(xp):
-    """Free memory on the current CUDA device for CuPy, ``None`` for host libraries."""
+def free_device_bytes(xp, device=None):
+    """Free memory of a CUDA device, ``None`` for host memory.
+
+    CuPy: the current device; torch: ``device`` (the arrays' device, :func:`device`) when it is a CUDA
+    device, else ``None`` (torch CPU tensors live in host memory). Both count what their caching
+    allocators hold but do not use as free: they hand it out again before asking the driver.
+    """
     if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
         import cupy
 
         free, _ = cupy.cuda.runtime.memGetInfo()
         return int(free) + int(cupy.get_default_memory_pool().free_bytes())
+    if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", None) == "cuda":
+        import torch  # pragma: no cover - needs a GPU
+
+        free, _ = torch.cuda.mem_get_info(device)  # pragma: no cover
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # pragma: no cover
+        return int(free) + int(cached)  # pragma: no cover
     return None
 
 

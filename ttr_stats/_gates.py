@@ -20,8 +20,9 @@ def resolve_log_alpha(xp, alpha, log_alpha):
             lo, hi = float(xp.min(alpha)), float(xp.max(alpha))
             raise ValueError(f"alpha must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
         zero = alpha == 0
-        safe = xp.where(zero, xp.ones((), dtype=alpha.dtype), alpha)
-        return xp.where(zero, xp.asarray(-math.inf, dtype=alpha.dtype), xp.log(safe))
+        dev = _device_of(alpha)
+        safe = xp.where(zero, xp.ones((), dtype=alpha.dtype, device=dev), alpha)
+        return xp.where(zero, xp.asarray(-math.inf, dtype=alpha.dtype, device=dev), xp.log(safe))
     if log_alpha is not None:
         check_finite(xp, "log_alpha", log_alpha)
         if math.prod(log_alpha.shape) and bool(xp.any(log_alpha > 0)):
@@ -45,7 +46,7 @@ def check_decay_representable(xp, g, who, dtype=None):
         g = xp.astype(g, dtype)
     under = (xp.exp(g) == 0) & (g > -math.inf)
     if bool(xp.any(under)):
-        lo = float(xp.min(xp.where(under, g, xp.zeros((), dtype=g.dtype))))
+        lo = float(xp.min(xp.where(under, g, xp.zeros((), dtype=g.dtype, device=_device_of(g)))))
         raise FloatingPointError(
             f"log_alpha / alpha: {who} divides by the decay alpha = exp(log_alpha), and exp({lo:g}) "
             f"underflows to 0 in {g.dtype} (below about -745 in float64, -104 in float32). A decay this "
@@ -131,7 +132,7 @@ def mask_padding(xp, lengths, K, V, g, b, steps, *, nonparametric=False):
     """
     T = g.shape[-2]
     valid = _token_mask(xp, lengths, T, steps)  # (..., T * steps)
-    zero = xp.zeros((), dtype=K.dtype)
+    zero = xp.zeros((), dtype=K.dtype, device=_device_of(K))
     K = xp.where(valid[..., None], K, zero)
     V = xp.where(valid[..., None], V, zero)
     tok = xp.arange(T, device=_device_of(lengths)) < lengths[..., None]  # (..., T)
@@ -148,10 +149,10 @@ def mask_queries(xp, lengths, Q):
     valid call; a zero query reads a finite value from any memory.
     """
     tok = xp.arange(Q.shape[-2], device=_device_of(lengths)) < lengths[..., None]
-    return xp.where(tok[..., None], Q, xp.zeros((), dtype=Q.dtype))
+    return xp.where(tok[..., None], Q, xp.zeros((), dtype=Q.dtype, device=_device_of(Q)))
 
 
 def zero_padding(xp, Y, lengths):
     """Outputs at padded positions set to 0: Y (..., T, d_v)."""
     tok = xp.arange(Y.shape[-2], device=_device_of(lengths)) < lengths[..., None]
-    return xp.where(tok[..., None], Y, xp.zeros((), dtype=Y.dtype))
+    return xp.where(tok[..., None], Y, xp.zeros((), dtype=Y.dtype, device=_device_of(Y)))

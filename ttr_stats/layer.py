@@ -309,7 +309,7 @@ class TestTimeRegression(BaseEstimator):
     def _choose(self, method, P):
         """The registered method to run: ``method`` itself (checked), or what ``"auto"`` picks."""
         if method == "auto":
-            m = registry.choose_auto(self, P, _array.free_device_bytes(P.xp))
+            m = registry.choose_auto(self, P, _array.free_device_bytes(P.xp, P.device))
         else:
             m = registry.lookup(self, method)
         registry.check_dtype(self, m, P)  # e.g. float16 where a method factorises (no half linalg)
@@ -327,7 +327,7 @@ class TestTimeRegression(BaseEstimator):
 
     def _check_device_memory(self, P, method):
         """Fail early, and clearly, when a method's intermediates cannot fit in free device memory."""
-        free = _array.free_device_bytes(P.xp)
+        free = _array.free_device_bytes(P.xp, P.device)
         if free is not None and not method.reference and method.memory(P) > free:
             raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
         if free is None and not method.reference and registry.is_host(P):

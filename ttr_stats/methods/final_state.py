@@ -155,7 +155,7 @@ def _chunked(layer, P):
     this size (where it measured itself faster than the loop, within memory), or None."""
     for m in registry.supported(layer):
         if m.name == "chunked":
-            return m if m.auto(P, _array.free_device_bytes(P.xp)) else None
+            return m if m.auto(P, _array.free_device_bytes(P.xp, P.device)) else None
     return None
 
 
