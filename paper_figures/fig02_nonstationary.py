@@ -61,7 +61,11 @@ tau gives both of the paper's p = 0 numbers on this data. The naive forecast is 
 (0.008): the keys' direction moves slowly by then, and the previous value is almost the next one.
 
 Writes ``nonstationary.csv`` (t, then ``<method>_mean``, ``<method>_se``), ``nonstationary_temperature.csv``
-(order, tau, late and peak-window mean and se) and ``nonstationary.png``.
+(order, tau, late and peak-window mean and se) and ``nonstationary.png``. With ``--from-results DIR`` (a
+results folder of ``experiments/fig02_temperature.py``) both panels come from the sweep's cells instead:
+panel (a) from its metric ``curve`` (the errors averaged over bins of 4 steps, so ``nonstationary.csv``
+then has one row per bin: ``t`` the bin centre, ``t_start``, ``t_stop``), and ``nonstationary_late.csv``
+is added (:func:`main_from_results`).
 """
 
 from __future__ import annotations
@@ -181,6 +185,24 @@ def window_mean_se(e, lo, hi=None):
     return tuple(float(v) for v in mean_se(e[:, lo:hi].mean(axis=1)))
 
 
+def curve_bins(T, width):
+    """The step bins ``[(lo, hi), ...]`` of a binned curve: ``[0, w), [w, 2w), ...``, the last ending at T.
+    Width 1 is the per-step curve the figure draws when it computes."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ValueError(f"width must be an integer >= 1 (steps per bin), got {width!r}")
+    return [(lo, min(lo + int(width), T)) for lo in range(0, T, int(width))]
+
+
+def binned(e, width):
+    """Per-sequence mean error in each bin of :func:`curve_bins`: (n_seeds, n_bins). Width 1 is ``e``."""
+    e = np.asarray(e, dtype=np.float64)
+    return np.stack([e[:, lo:hi].mean(axis=1) for lo, hi in curve_bins(e.shape[-1], width)], axis=-1)
+
+
+#: column prefix of the binned per-step errors in a results folder (``err_t<lo>``: the bin starting at lo)
+CURVE_PREFIX = "err_t"
+
+
 def temperature_sweep(n_seeds, T, d, rho=RHO, taus=TAUS, p1_ridge=P1_RIDGE, seed=SEED):
     """Rows (order, tau, late_mean, late_se, peak_mean, peak_se) for p = 0 and p = 1 at each tau."""
     Q, K, V, target = simulate(n_seeds, T, d, rho, seed)
@@ -203,28 +225,43 @@ COLORS = {
 
 
 def plot(t, curves, sweep, late, settings):
+    """Both panels. ``t``: the steps (or bin centres) of ``curves`` (method -> (mean, se)); a method missing
+    from ``curves`` is not drawn, and ``curves=None`` leaves panel (a) with a note (a results folder
+    without per-step errors)."""
     T = settings["T"]
     fig = Figure(figsize=(13, 5), layout="constrained")
     ax, bx = fig.subplots(1, 2, width_ratios=(1.6, 1))
     for m, label in METHODS:
+        if curves is None or m not in curves:
+            continue
         mean, se = curves[m]
         ls = ":" if m == "naive" else "-"
-        ax.plot(t, mean, ls, color=COLORS[m], linewidth=1.3, label=f"{label}: late {late[m]:.3f}")
+        text = f"{label}: late {late[m]:.3f}" if m in late else label
+        ax.plot(t, mean, ls, color=COLORS[m], linewidth=1.3, label=text)
         ax.fill_between(t, mean - se, mean + se, color=COLORS[m], alpha=0.2, linewidth=0)
+    if curves is None:
+        ax.text(0.5, 0.5, settings.get("missing", "no per-step errors"), transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, wrap=True)  # fmt: skip
     ax.axvline(T // 4, color="k", linewidth=0.6, linestyle="--")
     ax.text(T // 4 + 2, 1.93, "AR 0.9 → 0.999", fontsize=8, va="top")
     ax.axvline(late_start(T), color="gray", linewidth=0.6, linestyle=":")
     ax.text(late_start(T) + 2, 1.93, f"late phase (t ≥ {late_start(T)})", fontsize=8, va="top", color="gray")
     ax.set_ylim(0, 2)
     ax.set_xlim(0, T - 1)
-    ax.set_xlabel("t")
+    ax.set_xlabel("t" if settings.get("bin", 1) == 1 else f"t (means over bins of {settings['bin']} steps)")
     ax.set_ylabel(r"one-step-ahead error $\|v_{t+1} - m_t(k_{t+1})\|^2$")
+    over = (
+        f"{settings['n_seeds']} seed indices of {settings['n_seq']} sequences"
+        if "n_seq" in settings
+        else f"{settings['n_seeds']} seeds"
+    )
     ax.set_title(
         f"(a) non-stationary online regression: d = {settings['d']}, T = {T}, ρ = {settings['rho']}, "
-        f"τ = {settings['tau']:g}, mean ± se over {settings['n_seeds']} seeds",
+        f"τ = {settings['tau']:g}, mean ± se over {over}",
         fontsize=9,
     )
-    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.9))
+    if curves:
+        ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.9))
 
     plot_temperature(bx, sweep, late, settings)
     return fig
@@ -281,12 +318,14 @@ RESULT_METHODS = {
 
 
 def from_results(folder, rho=RHO, tau=TAU):
-    """Panel (b) and the late-phase errors from a results folder of ``experiments/fig02_temperature.py``.
+    """Both panels' numbers from a results folder of ``experiments/fig02_temperature.py``.
 
     A cell there is one seed index: ``n_seq`` sequences, whose late-phase and peak-window errors it
-    averages. The cells are the replicates: each number is :func:`mean_se` over the seed indices (in seed
-    order) of the cells' values, as :func:`window_mean_se` does over the sequences when the figure
-    computes (both estimate the standard error of the same mean; they coincide when ``n_seq = 1``).
+    averages, and (metric ``curve``) their mean error in each bin of :func:`curve_bins` (columns
+    ``err_t<lo>``). The cells are the replicates: each number is :func:`mean_se` over the seed indices (in
+    seed order) of the cells' values, as :func:`window_mean_se` and :func:`binned` do over the sequences
+    when the figure computes (both estimate the standard error of the same mean; they coincide when
+    ``n_seq = 1``).
 
     Returns
     -------
@@ -296,7 +335,11 @@ def from_results(folder, rho=RHO, tau=TAU):
         Method -> ``(late_mean, late_se, peak_mean, peak_se, n_seeds)`` for the methods present
         (``softmax_p0`` / ``local_linear_p1`` at logit scale ``tau``).
     settings : dict
-        ``n_seeds, n_seq, T, d, rho, tau`` of the cells.
+        ``n_seeds, n_seq, T, d, rho, tau`` of the cells, and ``bin`` (steps per bin of the curves).
+    curves : tuple or None
+        ``(bins, {method: (mean, se)})``: the bins ``[(lo, hi), ...]`` and, per method present, arrays of
+        the mean and standard error over seed indices of the bins' errors; None when the cells have no
+        ``curve`` metric (a folder written before it existed).
     """
     import json
 
@@ -329,23 +372,55 @@ def from_results(folder, rho=RHO, tau=TAU):
         "softmax_p0": ("softmax_qknorm", {"order": 0, "tau": float(tau)}),
         "local_linear_p1": ("softmax_qknorm", {"order": 1, "tau": float(tau)}),
     }
-    late = {}
+    late, with_curve = {}, {}
     for m, _ in METHODS:
         recipe, params = wanted[m]
         g = groups.get((recipe, json.dumps(params, sort_keys=True)))
         if g:
             late[m] = (*agg(g, "late"), *agg(g, "peak"), len(g))
+            if all("curve" in c["metrics"] for c in g):
+                with_curve[m] = g
     n_seeds = len({c["seed"] for c in cells})
-    return sweep, late, dict(n_seeds=n_seeds, n_seq=n_seq, T=T, d=d, rho=rho, tau=tau)
+    settings = dict(n_seeds=n_seeds, n_seq=n_seq, T=T, d=d, rho=rho, tau=tau, bin=1)
+    curves = None
+    if with_curve:
+        bins = _curve_bins_of(folder, next(iter(with_curve.values()))[0], T)
+        settings["bin"] = bins[0][1] - bins[0][0]
+        cols = [f"{CURVE_PREFIX}{lo}" for lo, _ in bins]
+        curves = (bins, {})
+        for m, g in with_curve.items():
+            if any(c.get(col) is None for c in g for col in cols):
+                raise _results.ResultsError(f"{folder}: {m}'s cells do not all have the columns {cols[0]}...")
+            curves[1][m] = mean_se([[c[col] for col in cols] for c in g])
+    return sweep, late, settings, curves
+
+
+def _curve_bins_of(folder, cell, T):
+    """The bins of a cell's ``err_t<lo>`` columns; they must be :func:`curve_bins` of one width."""
+    from paper_figures import _results
+
+    starts = sorted(int(k[len(CURVE_PREFIX) :]) for k, v in cell.items() if k.startswith(CURVE_PREFIX))
+    width = starts[1] - starts[0] if len(starts) > 1 else T
+    bins = curve_bins(T, width) if starts else []
+    if [lo for lo, _ in bins] != starts:
+        raise _results.ResultsError(
+            f"{folder}: the curve columns {CURVE_PREFIX}<lo> of cell {cell['id']} are not equal bins of "
+            f"T = {T}"
+        )
+    return bins
 
 
 def main_from_results(out_dir, folder, rho=RHO, tau=TAU):
-    """Draw panel (b) from a results folder: ``nonstationary_temperature.csv`` (the columns of the
-    computed figure), ``nonstationary_late.csv`` (method, late and peak-window mean and se, n_seeds) and
-    ``nonstationary_temperature.png``. Panel (a) needs the per-step errors, which the sweep does not keep.
+    """Draw the figure from a results folder.
+
+    Writes ``nonstationary.csv`` (``t`` the bin centre, ``t_start``, ``t_stop``, then the computed figure's
+    ``<method>_mean``, ``<method>_se``), ``nonstationary_temperature.csv`` (the computed figure's columns),
+    ``nonstationary_late.csv`` (method, late and peak-window mean and se, n_seeds) and ``nonstationary.png``
+    (both panels; panel (a) over bins of the sweep's width, a note instead when the folder has no per-step
+    errors, and then no ``nonstationary.csv``).
     """
     out_dir = Path(out_dir)
-    sweep, late, settings = from_results(folder, rho, tau)
+    sweep, late, settings, curves = from_results(folder, rho, tau)
     write_csv(
         out_dir / "nonstationary_temperature.csv",
         ["order", "tau", "late_mean", "late_se", "peak_mean", "peak_se"],
@@ -356,15 +431,27 @@ def main_from_results(out_dir, folder, rho=RHO, tau=TAU):
         ["method", "late_mean", "late_se", "peak_mean", "peak_se", "n_seeds"],
         ((m, *v) for m, v in late.items()),
     )
-    fig = Figure(figsize=(7, 5), layout="constrained")
-    bx = fig.subplots()
-    plot_temperature(bx, sweep, {m: v[0] for m, v in late.items()}, settings)
-    fig.suptitle(
-        f"from {Path(folder).name}: d = {settings['d']}, T = {settings['T']}, rho = {rho}, mean ± se over "
-        f"{settings['n_seeds']} seed indices of {settings['n_seq']} sequences",
-        fontsize=9,
-    )
-    save_figure(fig, out_dir, "nonstationary_temperature.png")
+    t, drawn = None, None
+    if curves is not None:
+        bins, drawn = curves
+        t = np.array([(lo + hi - 1) / 2 for lo, hi in bins])
+        names = [m for m, _ in METHODS if m in drawn]
+        write_csv(
+            out_dir / "nonstationary.csv",
+            ["t", "t_start", "t_stop", *(f"{m}_{s}" for m in names for s in ("mean", "se"))],
+            (
+                [float(t[i]), lo, hi, *(float(drawn[m][j][i]) for m in names for j in (0, 1))]
+                for i, (lo, hi) in enumerate(bins)
+            ),
+        )
+    else:
+        settings["missing"] = (
+            f"{Path(folder).name} has no per-step errors (metric 'curve');\n"
+            "rerun experiments/fig02_temperature.py to draw this panel"
+        )
+    fig = plot(t, drawn, sweep, {m: v[0] for m, v in late.items()}, settings)
+    fig.suptitle(f"drawn from the results folder {Path(folder).name}", fontsize=9)
+    save_figure(fig, out_dir, "nonstationary.png")
     return {m: v[0] for m, v in late.items()}
 
 
@@ -372,7 +459,7 @@ def main(out_dir, quick=False, rho=RHO, tau=TAU, results=None):
     """Run the experiment; write ``nonstationary.csv``, ``nonstationary_temperature.csv`` and the PNG.
 
     With ``results`` (a results folder of ``experiments/fig02_temperature.py``, or a folder holding one
-    under its sweep name), draw panel (b) from it instead (:func:`main_from_results`).
+    under its sweep name), draw the figure from it instead (:func:`main_from_results`).
 
     Returns
     -------

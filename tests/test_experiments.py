@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # TTR_TEST_CALLS (so calls can be counted across processes); a cell whose data has crash == seed index
 # TTR_TEST_CRASH raises KeyboardInterrupt (a Ctrl-C in the middle of the sweep); recipe "broken" raises.
 SWEEP_FILE = textwrap.dedent(
-    '''
+    """
     import os
     import numpy as np
     import ttr_stats as tt
@@ -56,7 +56,7 @@ SWEEP_FILE = textwrap.dedent(
     QUICK = Sweep("toy_quick", grid({"least_squares": [{"ridge": 0.0}], "broken": [{"ridge": 1.0}]},
                                     {"pairs": [{"n": 6, "d": 8}]}, 2, ["recall"]),
                   data={"pairs": pairs}, metrics={"recall": recall}, layers={"broken": broken}, seed=7)
-    '''
+    """
 )
 
 #: columns that say where and how fast a cell ran, not what it computed
@@ -256,7 +256,9 @@ def test_cli_run_show_and_scheduler(sweep_file, tmp_path, capsys, cluster):
     assert values(ex.read_results(out2)) == values(rows)
 
     quick = tmp_path / "quick"
-    rc = main(["experiment", "run", str(sweep_file), "--quick", "--out", str(quick), "--serial", "--no-progress"])
+    rc = main(
+        ["experiment", "run", str(sweep_file), "--quick", "--out", str(quick), "--serial", "--no-progress"]
+    )
     assert rc == 1  # failed cells: a non-zero exit for scripts
     assert "2 failed" in capsys.readouterr().out
     main(["experiment", "show", str(quick)])
@@ -294,7 +296,9 @@ def test_cli_workers_starts_its_own_local_cluster(sweep_file, tmp_path, capsys):
     run in two processes other than this one, and the values equal the serial run exactly (seeds are keyed
     by the cell, so the schedule cannot change them)."""
     serial, dask_out = tmp_path / "serial", tmp_path / "workers"
-    assert main(["experiment", "run", str(sweep_file), "--out", str(serial), "--serial", "--no-progress"]) == 0
+    assert (
+        main(["experiment", "run", str(sweep_file), "--out", str(serial), "--serial", "--no-progress"]) == 0
+    )
     args = ["experiment", "run", str(sweep_file), "--out", str(dask_out), "--workers", "2", "--no-progress"]
     assert main(args) == 0
     rows = ex.read_results(dask_out)
@@ -319,3 +323,34 @@ def test_parquet_table_equals_the_parts(sweep_file, tmp_path):
         for key in ("recall", "status", "recipe", "seed"):
             if key in ref:
                 assert row[key] == ref[key], (key, row[key], ref[key])
+
+
+def test_show_folds_a_series_of_numbered_columns(tmp_path):
+    """A metric returning a curve (``err_t0``, ``err_t4``, ... more than SERIES_MIN columns of one prefix)
+    is named in one line of ``experiment show`` instead of widening the table; fewer such columns, and
+    the other metrics, stay in the table."""
+
+    def data(rng, n):
+        return rng.standard_normal(n)
+
+    def curve(layer, x, cell):
+        return {f"err_t{4 * i}": float(x[i]) for i in range(x.size)}
+
+    def few(layer, x, cell):
+        return {"q1": float(x[0]), "q2": float(x[1]), "total": float(x.sum())}
+
+    from ttr_stats._experiment_results import SERIES_MIN
+
+    n = SERIES_MIN + 2
+    sweep = ex.Sweep(
+        "series", ex.grid({"naive": [{}]}, {"x": [{"n": n}]}, 2, ["curve", "few"]),
+        data={"x": data}, metrics={"curve": curve, "few": few}, layers={"naive": lambda: None},
+    )  # fmt: skip
+    out = ex.run(sweep, tmp_path / "s", executor="serial", progress=False).out
+    text = ex.summarize(out)
+    header = next(line for line in text.splitlines() if line.startswith("| recipe"))
+    assert "total" in header and "q1" in header and "q2" in header
+    assert "err_t" not in header
+    assert f"({n} columns err_t0 ... err_t{4 * (n - 1)} not shown" in text
+    # the table still holds every column
+    assert {f"err_t{4 * i}" for i in range(n)} <= set(ex.read_results(out)[0])

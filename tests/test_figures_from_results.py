@@ -33,6 +33,8 @@ from ttr_stats.experiments import Cell, cell_rng, load_sweep, run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {"fig02": "fig02_temperature", "bias_variance": "bias_variance", "capacity": "capacity"}
+#: steps per bin of experiments/fig02_temperature.py's per-step metric ``curve``
+CURVE_BIN = 4
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_fig02_from_results_equals_direct(results, tmp_path):
     dp = dict(dp)
     taus = sorted({c.params["tau"] for c in sweep.cells if c.recipe == "softmax_qknorm"})
     T = dp["T"]
-    blocks_sweep, blocks_late = [], []
+    blocks_sweep, blocks_late, blocks_curve = [], [], []
     for s in _seeds(sweep):
         # the figure's own code on this seed index's n_seq sequences (the same SeedSequence child)
         args = (dp["n_seq"], T, dp["d"], dp["rho"])
@@ -85,6 +87,9 @@ def test_fig02_from_results_equals_direct(results, tmp_path):
                 for m, e in errs.items()
             }
         )
+        # panel (a): the figure's per-step errors, each sequence averaged over the sweep's bins, then the
+        # sequences (as window_mean_se does) -- one value per bin for this seed index
+        blocks_curve.append({m: fig02.binned(e, CURVE_BIN).mean(axis=0) for m, e in errs.items()})
     csv_rows = read_csv(tmp_path / "nonstationary_temperature.csv")
     assert len(csv_rows) == 2 * len(taus)
     # tolerance: a cell's metric is one np.mean over its n_seq x L window, the figure averages each sequence
@@ -105,7 +110,24 @@ def test_fig02_from_results_equals_direct(results, tmp_path):
             mean, se = fig02.mean_se([blk[m][j] for blk in blocks_late])
             assert float(row[f"{col}_mean"]) == pytest.approx(float(mean), rel=1e-12, abs=0)
             assert abs(float(row[f"{col}_se"]) - float(se)) <= 1e-12 * float(mean)
-    assert (tmp_path / "nonstationary_temperature.png").stat().st_size > 0
+    # panel (a): the binned curves of the five methods, bins of CURVE_BIN steps up to T
+    curve_rows = read_csv(tmp_path / "nonstationary.csv")
+    bins = fig02.curve_bins(T, CURVE_BIN)
+    assert [(int(r["t_start"]), int(r["t_stop"])) for r in curve_rows] == bins
+    assert bins[-1][1] == T and len(bins) == -(-T // CURVE_BIN)
+    assert [float(r["t"]) for r in curve_rows] == [(lo + hi - 1) / 2 for lo, hi in bins]
+    for m, _ in fig02.METHODS:
+        per_seed = np.array([blk[m] for blk in blocks_curve])  # (seed indices, bins)
+        mean, se = fig02.mean_se(per_seed)
+        got_mean = np.array([float(r[f"{m}_mean"]) for r in curve_rows])
+        got_se = np.array([float(r[f"{m}_se"]) for r in curve_rows])
+        # the same tolerance as above, bin by bin: one np.mean over the cell's n_seq x CURVE_BIN block
+        # against the figure's per-sequence then across-sequence means
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-12, atol=0, err_msg=m)
+        assert np.all(np.abs(got_se - se) <= 1e-12 * mean), m
+        assert np.all(mean > 0), m  # a real curve, not an empty column
+    assert (tmp_path / "nonstationary.png").stat().st_size > 0
+    assert not (tmp_path / "nonstationary_temperature.png").exists()  # the whole figure, not panel (b)
 
 
 def _key(d):
@@ -265,3 +287,24 @@ def test_not_a_results_folder(tmp_path):
         fcap.main(tmp_path, results=tmp_path / "nowhere")
     with pytest.raises(_results.ResultsError, match="no config.json"):
         fcap.main(tmp_path, results=tmp_path)
+
+
+def test_fig02_folder_without_per_step_errors_draws_panel_b_and_says_so(results, tmp_path):
+    """A results folder written before the ``curve`` metric existed: panel (b) and the late errors as
+    before, panel (a) a note (and no nonstationary.csv), not an error."""
+    import json
+
+    _, folder = results["fig02"]
+    old = tmp_path / folder.name
+    shutil.copytree(folder, old)
+    cfg = json.loads((old / "config.json").read_text())
+    for c in cfg["cells"]:
+        c["metrics"] = ["one_step"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    sweep, late, settings, curves = fig02.from_results(old)
+    assert curves is None and settings["bin"] == 1
+    assert set(late) == {m for m, _ in fig02.METHODS} and sweep
+    fig02.main(tmp_path / "out", results=old)
+    assert not (tmp_path / "out" / "nonstationary.csv").exists()
+    assert (tmp_path / "out" / "nonstationary_temperature.csv").is_file()
+    assert (tmp_path / "out" / "nonstationary.png").stat().st_size > 0

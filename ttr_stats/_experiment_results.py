@@ -291,6 +291,7 @@ def _metric_table(rows):
     metrics = [
         m for m in metrics if all(isinstance(r.get(m), (int, float)) or r.get(m) is None for r in rows)
     ]
+    metrics, series = _fold_series(metrics)
     groups = {}
     for r in rows:
         groups.setdefault(tuple(_canonical(r.get(k)) for k in keys), []).append(r)
@@ -312,4 +313,28 @@ def _metric_table(rows):
     widths = [max(len(row[j]) for row in table) for j in range(len(header))]
     text = ["| " + " | ".join(s.ljust(w) for s, w in zip(row, widths, strict=True)) + " |" for row in table]
     text.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for prefix, nums in series.items():
+        text.append(
+            f"({len(nums)} columns {prefix}{nums[0]} ... {prefix}{nums[-1]} not shown: a series, such as a "
+            "binned curve; read them from the results table)"
+        )
     return text
+
+
+#: metric columns ``<prefix><integer>`` of one prefix, more than this many, are a series (a curve) that
+#: the summary table names instead of showing
+SERIES_MIN = 8
+
+
+def _fold_series(metrics):
+    """(metrics to show, {prefix: sorted integers}) -- columns like ``err_t0 .. err_t252`` folded."""
+    import re
+
+    groups = {}
+    for m in metrics:
+        hit = re.fullmatch(r"(.*\D)(\d+)", m)
+        if hit:
+            groups.setdefault(hit.group(1), []).append((int(hit.group(2)), m))
+    series = {p: sorted(v) for p, v in groups.items() if len(v) > SERIES_MIN}
+    hidden = {m for v in series.values() for _, m in v}
+    return [m for m in metrics if m not in hidden], {p: [n for n, _ in v] for p, v in series.items()}
