@@ -6,9 +6,13 @@ Two layers of trust:
   replaced by :func:`~ttr_stats.methods._fused.state_pass_reference` (a plain loop over chunks), equal the
   recurrent definition; this checks every operand the call sites prepare (decays, the ones column of the
   denominator, the reverse sums of z, the transposed states), independently of CUDA;
-* on a GPU (CuPy; skipped without one): the kernel equals the reference on random operands of odd sizes
+* on the host with g++ (``tests/cuda_on_host.py`` runs the CUDA source itself, threads as coroutines):
+  both kernels (register-tiled and simple) at several launch geometries equal the reference on odd sizes
+  (d in {1, 7, 64, 100, 128}), and the layers through the emulated tiled kernel equal the loop (T not a
+  multiple of the chunk); with nvcc the sources compile for sm_90, the tiled one without spills;
+* on a GPU (CuPy; skipped without one): both kernels equal the reference on random operands of odd sizes
   (every optional operand, scalar and per-dimension decays, R != C as in DeltaProduct, sizes that are
-  not multiples of the block's 32 value columns, more sequences than a grid dimension's 65535), and
+  not multiples of the block's value columns, more sequences than a grid dimension's 65535), and
   layers run with the kernel equal the same layers without it and the loop.
 
 Tolerances (relative RMS, ``rel_err``): float64 1e-10 (the kernel forms the same products in another
@@ -161,8 +165,21 @@ gpu = pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
         ((70000,), 2, 4, 4, 3, 2, False, True, False),  # more sequences than 65535
     ],
 )
-def test_kernel_matches_the_reference(dtype, lead, N, R, C, dk, dv, per_dim, has_A, has_W):
+@pytest.mark.parametrize(
+    "config", [("tiled", 32, 128), ("tiled", 16, 64), ("tiled", 64, 256), ("simple", 0, 0)]
+)
+def test_kernel_matches_the_reference(
+    monkeypatch, config, dtype, lead, N, R, C, dk, dv, per_dim, has_A, has_W
+):
     import cupy as cp
+
+    kernel, cols, threads = config
+    monkeypatch.setattr(_fused, "KERNEL", kernel)
+    if kernel == "tiled":
+        monkeypatch.setattr(_fused, "TILED_COLUMNS", cols)
+        monkeypatch.setattr(_fused, "TILED_THREADS", threads)
+    elif _fused.layout(R, C, dk, dv, has_A, has_W, 8) is None:
+        pytest.skip("the simple kernel does not take this many rows")
 
     rng = np.random.default_rng(0)
     g = lambda *s: cp.asarray(rng.standard_normal(lead + s) / np.sqrt(max(dk, C)), dtype=dtype)  # noqa: E731
@@ -239,3 +256,137 @@ def test_kernel_is_exactly_causal(rng, name):
         y2 = cp.asnumpy(layer(cp.asarray(Q2), cp.asarray(K2), cp.asarray(V2), method="chunked",
                               **{k: cp.asarray(v) for k, v in g2.items()}))  # fmt: skip
         assert np.array_equal(y[..., :s, :], y2[..., :s, :]), (name, s)
+
+
+# --- 3. the CUDA sources run on the host (tests/cuda_on_host.py; g++) -------------------------------------
+def _gxx():
+    try:
+        import cuda_on_host
+    except ImportError:
+        return False
+    return cuda_on_host.available()
+
+
+host_cuda = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+_CT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def emulated_state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None, kernel="tiled", columns=None, threads=None):
+    """:func:`_fused.state_pass` on NumPy with the CUDA source run on the host: the same flattening and
+    :func:`_fused.layout` (so the launch geometry is the card's), the kernel executed by g++."""
+    import cuda_on_host
+
+    lead = Qg.shape[:-3]
+    N, R, dk = Qg.shape[-3:]
+    C, dv = U.shape[-2], U.shape[-1]
+    dt = np.dtype(Qg.dtype)
+    if N == 0:
+        return None
+    lay = _fused.layout(R, C, dk, dv, A is not None, W is not None, dt.itemsize, kernel, columns, threads)
+    assert lay is not None, (R, C, dk, dv)
+    name, BV, nthreads, smem = lay
+    T = _CT[dt]
+    src = _fused._SOURCE if name == "state_pass" else _fused._TILED_SOURCE
+    kern = cuda_on_host.compile_kernel(src, f"{name}<{T}>", [f"const {T}*"] * 7 + [f"{T}*"] * 2 + ["int"] * 9)
+    BH = int(np.prod(lead))
+    da = a.shape[-1]
+    flat = lambda x, tail: np.ascontiguousarray(
+        np.broadcast_to(x, lead + tail).reshape((BH,) + tail), dtype=dt
+    )  # noqa: E731
+    Qf, Uf, Kf = flat(Qg, (N, R, dk)), flat(U, (N, C, dv)), flat(Kx, (N, C, dk))
+    af, Sf = flat(a, (N, da)), flat(S0t, (dk, dv))
+    Af = flat(A, (N, R, C)) if A is not None else Uf
+    Wf = flat(W, (N, C, dk)) if W is not None else Uf
+    Y = np.full((BH, N, R, dv), np.nan, dtype=dt)  # NaN: an output no thread writes shows
+    St = np.full((BH, dk, dv), np.nan, dtype=dt)
+    kern((BH, -(-dv // BV)), (nthreads,), smem, Qf, Af, Wf, Uf, Kf, af, Sf, Y, St,
+         N, R, C, dk, dv, da, BV, int(A is not None), int(W is not None))  # fmt: skip
+    return Y.reshape(lead + (N, R, dv)), St.reshape(lead + (dk, dv))
+
+
+@host_cuda
+@pytest.mark.parametrize("kernel", ["tiled", "simple"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("lead", "N", "R", "C", "dk", "dv", "per_dim", "has_A", "has_W"),
+    [
+        ((2,), 3, 32, 32, 64, 64, False, True, True),  # Gated DeltaNet's shape at chunk 32
+        ((1,), 1, 1, 1, 1, 1, False, False, False),
+        ((3,), 4, 7, 7, 7, 33, True, False, False),  # GLA-like, 33 columns: a partial second block
+        ((2,), 3, 3, 9, 100, 7, False, True, True),  # DeltaProduct: R reads per C = 3 R writes
+        ((1,), 2, 5, 5, 128, 128, True, False, False),
+        ((1,), 2, 64, 64, 64, 100, False, True, True),
+    ],
+)
+def test_cuda_source_on_the_host_matches_the_reference(
+    kernel, dtype, lead, N, R, C, dk, dv, per_dim, has_A, has_W
+):
+    rng = np.random.default_rng(1)
+    g = lambda *s: (rng.standard_normal(lead + s) / np.sqrt(max(dk, C))).astype(dtype)  # noqa: E731
+    Qg, U, Kx, S0 = g(N, R, dk), g(N, C, dv), g(N, C, dk), g(dk, dv)
+    a = rng.uniform(0.0, 1.0, lead + (N, dk if per_dim else 1)).astype(dtype)
+    A = g(N, R, C) if has_A else None
+    W = g(N, C, dk) if has_W else None
+    if kernel == "simple" and _fused.layout(R, C, dk, dv, has_A, has_W, 8, "simple") is None:
+        pytest.skip("the simple kernel does not take this many rows")
+    f64 = lambda x: None if x is None else x.astype(np.float64)  # noqa: E731
+    ref = _fused.state_pass_reference(np, *(f64(x) for x in (Qg, U, Kx, a, S0)), A=f64(A), W=f64(W))
+    tol = TOL32 if dtype == np.float32 else TOL64
+    configs = [(None, None)] if kernel == "simple" else [(None, None), (16, 64), (64, 256), (8, 32)]
+    for cols, thr in configs:
+        got = emulated_state_pass(np, Qg, U, Kx, a, S0, A=A, W=W, kernel=kernel, columns=cols, threads=thr)
+        for x, y in zip(got, ref, strict=True):
+            assert x.shape == y.shape and x.dtype == dtype
+            assert rel_err(x, y) < tol, (cols, thr, rel_err(x, y))
+
+
+@host_cuda
+@pytest.mark.parametrize("name", ["linear_attention", "la_sum_elu", "mamba2", "gla", "gated_deltanet",
+                                  "delta_product3", "window_sum"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("T", "d_k", "d_v", "chunk"), [(1, 1, 1, None), (65, 7, 100, 16), (70, 128, 7, 32), (40, 64, 64, 32)]
+)
+def test_layers_through_the_emulated_kernel_match_the_loop(monkeypatch, rng, name, T, d_k, d_v, chunk):
+    """The call sites on their device paths with the tiled kernel (run on the host) in place of the
+    card's: every operand, the launch geometry and the kernel together equal the recurrent loop."""
+    monkeypatch.setattr(_fused, "state_pass", emulated_state_pass)
+    monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
+    monkeypatch.setattr(dch, "_on_device", lambda xp, device: True)
+    factory, kind = LAYERS[name]
+    n = _n(name)
+    Q, K, V, gates = inputs(rng, kind, (2,), T, d_k, d_v, n, positive=_pos(name))
+    layer = factory()
+    yc, sc = layer(Q, K, V, method="chunked", chunk_size=chunk, return_state=True, **gates)
+    yr, sr = layer(Q, K, V, method="recurrent", return_state=True, **gates)
+    assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
+    for f, a, b in zip(sr._fields, sc, sr, strict=True):
+        assert rel_err(a, b) < TOL64, (name, f, rel_err(a, b))
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="nvcc not found")
+def test_sources_compile_with_nvcc(tmp_path):
+    """Both kernels compile for sm_90 with nothing spilled to local memory (ptxas -v) in the tiled one."""
+    import subprocess
+
+    sig = (
+        "(const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, {t}*, {t}*, "
+        + ", ".join(["int"] * 9)
+        + ")"
+    )
+    body = _fused._SOURCE + _fused._TILED_SOURCE
+    body += "".join(
+        f"\ntemplate __global__ void {k}<{t}>{sig.format(t=t)};"
+        for k in ("state_pass", "state_pass_tiled")
+        for t in ("float", "double")
+    )
+    path = tmp_path / "state_pass.cu"
+    path.write_text(body)
+    res = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-c", str(path), "-o", str(tmp_path / "sp.o"), "-Xptxas", "-v"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    blocks = [
+        b for b in res.stderr.split("Compiling entry function")[1:] if "state_pass_tiled" in b.split("\n")[0]
+    ]
+    assert len(blocks) == 2, res.stderr[-3000:]
+    for b in blocks:  # the accumulators stay in registers: no stack frame, nothing spilled
+        assert "0 bytes stack frame, 0 bytes spill stores" in b, b
