@@ -76,6 +76,11 @@ def _mqar_layer(name):
     return tt.recipes.linear_attention() if name == "linear_attention" else tt.recipes.least_squares(1e-6)
 
 
+def self_weight_per_sequence(layer, K):
+    """Each sequence's mean self weight over its n stored pairs: array (n_batch,)."""
+    return np.mean(np.asarray(cap.self_weight(layer, K)), axis=-1)
+
+
 def compute(cfg, seed=SEED):
     """Rows (panel, series, n, d, x, value, se, theory)."""
     d = cfg["d"]
@@ -88,7 +93,7 @@ def compute(cfg, seed=SEED):
     sm = tt.recipes.qknorm_attention(BETA)
     for j, n in enumerate(cfg["self_n"]):
         K, _ = random_pairs(n, d, 1, n_batch=cfg["self_batch"], seed=seed + 1000 + j)
-        per_seq = np.mean(np.asarray(cap.self_weight(sm, K)), axis=-1)  # batch elements are independent
+        per_seq = self_weight_per_sequence(sm, K)  # batch elements are independent
         se = float(np.std(per_seq, ddof=1) / np.sqrt(per_seq.size))
         theory = float(cap.hopfield_self_weight(n, d, BETA))
         rows.append(("self_weight", "softmax_qknorm", n, d, n / d, float(np.mean(per_seq)), se, theory))
@@ -113,6 +118,8 @@ RESULT_RECALL = {
     ("nlms", "{}"): "deltanet_nlms",
     ("qknorm_attention", f'{{"scale": {BETA!r}}}'): "softmax_qknorm",
 }
+#: (recipe, params) of the self-weight cells of a results folder: panel (b)
+RESULT_SELF_WEIGHT = ("qknorm_attention", f'{{"scale": {BETA!r}}}')
 #: (recipe, params, embedding) of a results folder -> MQAR series of panel (c)
 RESULT_MQAR = {
     ("linear_attention", "{}", "orthonormal"): "la_orthonormal",
@@ -131,18 +138,22 @@ def mean_se(values):
 
 
 def from_results(folder, T=None):
-    """Panels (a) and (c) from a results folder of ``experiments/capacity.py``; rows as :func:`compute`.
+    """The three panels from a results folder of ``experiments/capacity.py``; rows as :func:`compute`.
 
     A cell there is one seed index of ``n_batch`` sequences (recall) or sequences of T tokens (MQAR); the
     cells are the replicates, aggregated by :func:`mean_se` over the seed indices in seed order (what the
     figure does over the sequences when it computes). MQAR at ``T`` (default: the smallest T in the
-    folder). Panel (b) (self weight) is not in the sweep: only its closed-form n* row is written.
+    folder). Panel (b): the self weight of softmax/QKNorm at beta = 8 for each n of the sweep's ``keys``
+    cells (:func:`self_weight_per_sequence` averaged over a cell's sequences, then :func:`mean_se` over
+    the seed indices), its closed form, and the closed-form n* row.
     """
     import json
 
     from paper_figures import _results
 
-    cells = _results.load(folder, lambda c: c["data"] in ("pairs", "mqar"), what="the capacity figure")
+    cells = _results.load(
+        folder, lambda c: c["data"] in ("pairs", "mqar", "keys"), what="the capacity figure"
+    )
     ds = {c["data_params"]["d"] for c in cells}
     if len(ds) != 1:
         raise _results.ResultsError(f"{folder}: cells of several d {sorted(ds)}; one figure draws one d")
@@ -162,6 +173,13 @@ def from_results(folder, T=None):
         th = {"linear_attention": "outer_product_theory", "least_squares": "least_squares_theory"}
         theory = float(g[0][th[series]]) if series in th else float("nan")
         rows.append(("recall", series, n, d, n / d, *mean_se([c["recall_error"] for c in g]), theory))
+    sw = _results.by_seed(
+        [c for c in cells if c["data"] == "keys" and (c["recipe"], params(c)) == RESULT_SELF_WEIGHT],
+        lambda c: int(c["data_params"]["n"]),
+    )
+    for n, g in sorted(sw.items()):
+        value = mean_se([c["self_weight"] for c in g])
+        rows.append(("self_weight", "softmax_qknorm", n, d, n / d, *value, float(g[0]["hopfield_theory"])))
     n_star = cap.hopfield_half_weight(d, BETA)
     rows.append(("self_weight", "half_weight_n_star", n_star, d, n_star / d, 0.5, 0.0, 0.5))
     key = lambda c: (c["recipe"], params(c), c["data_params"]["embedding"])  # noqa: E731
@@ -210,9 +228,9 @@ def plot(rows, d):
         ax_s.errorbar(
             n, y, yerr=se, color="C3", marker="s", ms=4, ls="none", label="Monte Carlo (mean ± s.e.)"
         )
-    else:  # drawn from a results folder: the sweep has no self weights
+    else:  # a results folder without self-weight cells (written before the sweep had them)
         n = np.array([d, 4 * d])
-        ax_s.text(0.05, 0.05, "Monte Carlo: not in the sweep", transform=ax_s.transAxes, fontsize=8)
+        ax_s.text(0.05, 0.05, "Monte Carlo: not in the results folder", transform=ax_s.transAxes, fontsize=8)
     nf = np.geomspace(n[0], max(n[-1], n_star) * 1.3, 200)
     ax_s.plot(nf, cap.hopfield_self_weight(nf, d, BETA), "k-", lw=1, label="1/(1 + (n−1) M_d(β) e^{−β})")
     ax_s.axhline(0.5, color="gray", lw=0.6, ls=":")
@@ -245,7 +263,7 @@ def main(out_dir, quick=False, results=None):
     """Compute the three panels, write ``capacity.csv`` and ``capacity.png``.
 
     With ``results`` (a results folder of ``experiments/capacity.py``, or a folder holding one under its
-    sweep name), draw panels (a) and (c) from it instead (:func:`from_results`).
+    sweep name), draw the three panels from it instead (:func:`from_results`).
 
     Returns
     -------

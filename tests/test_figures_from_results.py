@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
+import ttr_stats as tt  # noqa: E402
 from paper_figures import _results  # noqa: E402
 from paper_figures import fig02_nonstationary as fig02  # noqa: E402
 from paper_figures import fig_bias_variance as fbv  # noqa: E402
@@ -213,8 +214,18 @@ def test_capacity_from_results_equals_direct(results, tmp_path):
                 )  # fmt: skip
                 vals.append(acc.accuracy)
             expected[("mqar", name, P / dp["d"])] = vals
+    keys = [c for c in sweep.cells if c.data == "keys"]
+    assert keys  # panel (b) is in the quick sweep
+    sm = tt.recipes.qknorm_attention(fcap.BETA)
+    for dp in sorted({_key(c.data_params) for c in keys}):
+        dp = dict(dp)
+        vals = []
+        for s in _seeds(keys):
+            K, _ = random_pairs(dp["n"], dp["d"], 1, n_batch=dp["n_batch"], seed=_rng(sweep, "keys", dp, s))
+            vals.append(float(np.mean(fcap.self_weight_per_sequence(sm, K))))
+        expected[("self_weight", "softmax_qknorm", dp["n"] / dp["d"])] = vals
     assert set(expected) <= set(got)
-    assert {k for k in got if k[0] != "self_weight"} == set(expected)
+    assert {k for k in got if k[1] != "half_weight_n_star"} == set(expected)
     for key, vals in expected.items():
         v = np.asarray(vals, dtype=np.float64)
         # exact: the same recall_error / mqar_accuracy calls on the same data, mean and ddof-1 se over the
@@ -223,10 +234,16 @@ def test_capacity_from_results_equals_direct(results, tmp_path):
         row = got[key]
         assert float(row["value"]) == float(np.mean(v)), key
         assert float(row["se"]) == se or (math.isnan(se) and math.isnan(float(row["se"]))), key
-    # the closed forms beside the recall
+    # the closed forms beside the recall and the self weight
     la = [r for k, r in got.items() if k[:2] == ("recall", "linear_attention")]
     for r in la:
         assert float(r["theory"]) == float(cap.outer_product_recall(int(r["n"]), int(r["d"])))
+    sw = [r for k, r in got.items() if k[:2] == ("self_weight", "softmax_qknorm")]
+    assert len(sw) == len({c.data_params["n"] for c in keys})
+    for r in sw:
+        th = float(cap.hopfield_self_weight(int(r["n"]), int(r["d"]), fcap.BETA))
+        assert float(r["theory"]) == th
+        assert 0 < float(r["value"]) <= 1
     assert (tmp_path / "capacity.png").stat().st_size > 0
 
 
