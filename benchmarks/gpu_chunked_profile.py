@@ -231,6 +231,7 @@ PARTS = [  # (label, owner, attribute)
     ("chunk terms (array)", dch, "chunk_terms"),
     ("intra-chunk (scalar)", ich, "_intra_scalar"),
     ("intra-chunk (per-dim)", ich, "_intra_per_dim"),
+    ("intra-chunk reads A v", ich, "_intra_reads"),
     ("state pass", _fused, "state_pass"),
 ]
 

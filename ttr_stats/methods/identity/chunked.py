@@ -40,7 +40,9 @@ tests that check them: ``docs/derivations/identity_chunked.md``.
   and dimension (not ``O(N^2)``), and the matmul's arithmetic (64 d^2 per chunk) is nothing to a GPU.
   On CuPy the chunk recurrence runs instead as one fused kernel (``methods/_fused.py``; measured on an
   H200 at B = 8, H = 16, T = 4096, d = 64, float32, chunk 32: 4.6 ms a call against 5.7 ms grouped),
-  and the grouped form is the fallback where the kernel does not apply.
+  and the grouped form is the fallback where the kernel does not apply. The kernel is handed the
+  intra-chunk matrix A as well and adds its reads :math:`A V` (and their denominators) to the state
+  reads itself, so the output is written once (no ``A @ v`` matmul, no sum of two outputs).
 * Sliding windows: the recurrence removes the pair leaving the window undecayed and lets the removal decay
   from then on, i.e. it subtracts the same layer run on keys and values delayed by ``w`` steps (same gates,
   zero initial state). Both runs go through the kernel at once, stacked on a leading axis.
@@ -202,19 +204,31 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
         q, k, v = Qc[..., n0:n1, :, :], Kc[..., n0:n1, :, :], Vc[..., n0:n1, :, :]
         if per_dim:  # the halving multiplies gates, as the recurrence does: no logs needed
             kb = k * bc[..., n0:n1, :, :]
-            y, den, Qg, Kx, a = _intra_per_dim(xp, q, kb, v, xp.exp(gc[..., n0:n1, :, :]), need_den)
+            A, Qg, Kx, a = _intra_per_dim(xp, q, kb, xp.exp(gc[..., n0:n1, :, :]))
         else:
-            y, den, Qg, Kx = _intra_scalar(xp, q, k, v, G[..., n0:n1, :], bc[..., n0:n1, :, 0], need_den, dev)
+            A, Qg, Kx = _intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0], dev)
         if host:
+            y, den = _intra_reads(xp, A, v, need_den)
             yS, dS, M, z = _inter_loop(xp, Qg, v, Kx, a, M, z, need_den)
             out[..., n0:n1, :, :] = y + yS
             if need_den:
                 dout[..., n0:n1, :] = den + dS
-        else:  # one block: every chunk at once
-            Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
+            continue
+        # a device: one block, every chunk at once
+        Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
+        fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A)
+        if fused is not None:  # the kernel adds the intra-chunk reads A v itself: Y is written once
+            out, dout, M, z = fused
+        else:
+            y, den = _intra_reads(xp, A, v, need_den)
             yS, dS, M, z = _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den)
             out, dout = y + yS, (den + dS if need_den else None)
     return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
+
+
+def _intra_reads(xp, A, v, need_den):
+    """The intra-chunk reads ``A v`` and, when ``need_den``, their denominators ``A 1``."""
+    return A @ v, (xp.sum(A, axis=-1) if need_den else None)
 
 
 def _unchunk(xp, y, den, lead, C, T, dv):
@@ -277,14 +291,15 @@ def _nodecay_host(xp, Qc, Kc, Vc, b, M, z, out, dout, mask):
     return M, z
 
 
-def _intra_scalar(xp, q, k, v, G, b, need_den, dev):
-    """The intra-chunk term of scalar decay for a block of chunks, and the chunk factors (device).
+def _intra_scalar(xp, q, k, G, b, dev):
+    """The intra-chunk matrix of scalar decay for a block of chunks, and the chunk factors (device).
 
-    q, k (..., n, C, dk), v (..., n, C, dv), G (..., n, C) float64, b (..., n, C).
+    q, k (..., n, C, dk), G (..., n, C) float64, b (..., n, C).
 
     Returns
     -------
-    y (..., n, C, dv), den (..., n, C) or None, Qg = q e^G, Kx = k b e^{G_last - G}
+    A (..., n, C, C) = (q k^T) o (e^{G_i - G_j} b_j) on the causal triangle, Qg = q e^G,
+    Kx = k b e^{G_last - G}
     """
     C, dt = G.shape[-1], q.dtype
     idx = xp.arange(C, device=dev)
@@ -293,22 +308,22 @@ def _intra_scalar(xp, q, k, v, G, b, need_den, dev):
     A = (q @ xp.matrix_transpose(k)) * (_ex(xp, D, dt) * b[..., None, :])
     Qg = q * _ex(xp, G, dt)[..., None]
     Kx = k * (_ex(xp, G[..., -1:] - G, dt) * b)[..., None]
-    return A @ v, (xp.sum(A, axis=-1) if need_den else None), Qg, Kx
+    return A, Qg, Kx
 
 
-def _intra_per_dim(xp, q, kb, v, alpha, need_den):
-    """The intra-chunk term of per-dimension decay by recursive halving, and the chunk factors.
+def _intra_per_dim(xp, q, kb, alpha):
+    """The intra-chunk matrix of per-dimension decay by recursive halving, and the chunk factors.
 
-    q, kb (..., n, Cp, dk) (kb = k b), v (..., n, Cp, dv), alpha (..., n, Cp, dk) the gates; Cp a power
-    of two. Level h (blocks of 2h, halves of h) gives the pairs (i in the second half, j in the first)
+    q, kb (..., n, Cp, dk) (kb = k b), alpha (..., n, Cp, dk) the gates; Cp a power of two. Level h
+    (blocks of 2h, halves of h) gives the pairs (i in the second half, j in the first)
     ``O = (q o Fq) (kb o Fk)^T`` (module docstring); the next level's factors are this level's, one half
     multiplied by the other half's whole product P. The levels' blocks are assembled into the (Cp, Cp)
-    intra-chunk matrix A; y = A v. The top level's factors are the chunk's.
+    intra-chunk matrix A (the reads are A v). The top level's factors are the chunk's.
 
     Returns
     -------
-    y (..., n, Cp, dv), den (..., n, Cp) or None, Qg = q o prod_{start..i} alpha,
-    Kx = kb o prod_{j+1..end} alpha, a (..., n, dk) = prod over the chunk
+    A (..., n, Cp, Cp), Qg = q o prod_{start..i} alpha, Kx = kb o prod_{j+1..end} alpha,
+    a (..., n, dk) = prod over the chunk
     """
     Cp, dk = q.shape[-2], q.shape[-1]
     lead = q.shape[:-2]
@@ -338,8 +353,7 @@ def _intra_per_dim(xp, q, kb, v, alpha, need_den):
     A = xp.reshape(A, lead + (Cp, Cp))
     Qt = xp.reshape(Qt, lead + (Cp, dk))
     Kt = xp.reshape(Kt, lead + (Cp, dk))
-    den = xp.sum(A, axis=-1) if need_den else None
-    return A @ v, den, Qt, Kt, xp.reshape(P, lead + (dk,))
+    return A, Qt, Kt, xp.reshape(P, lead + (dk,))
 
 
 def _inter_loop(xp, Qg, v, Kx, a, M, z, need_den):
@@ -368,12 +382,9 @@ def _inter_loop(xp, Qg, v, Kx, a, M, z, need_den):
 def _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den):
     """The state read and update with the chunk states formed :data:`DEVICE_GROUP` at a time (device).
 
-    As :func:`_inter_loop`, but Gc (..., n, dg) are the chunks' float64 log-decays. On CuPy the fused
-    kernel of ``methods/_fused.py`` runs the chunk recurrence when it applies; else the grouped matrix form.
+    As :func:`_inter_loop`, but Gc (..., n, dg) are the chunks' float64 log-decays: the fallback of
+    :func:`_inter_fused` (the fused kernel of ``methods/_fused.py``), where it does not apply.
     """
-    fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den)
-    if fused is not None:
-        return fused
     dS = xp.matrix_transpose(v) @ Kx  # (..., n, dv, dk): each chunk's writes, decayed to its end
     Sp, zp, M, z = _states_grouped(xp, dS, xp.sum(Kx, axis=-2), Gc, M, z, Qg.dtype)
     y = Qg @ xp.matrix_transpose(Sp)
@@ -381,11 +392,14 @@ def _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den):
     return y, den, M, z
 
 
-def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den):
-    """:func:`_inter_grouped` by the fused kernel, or None where it does not apply.
+def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
+    """The whole output by the fused kernel (or None where it does not apply): ``(y, den, M, z)``.
 
-    The denominator state z is the state of a ones column appended to the values (read when
-    ``need_den``); without it z is only needed after the last chunk:
+    With ``A`` (..., n, C, C), the intra-chunk matrix, the kernel adds the intra-chunk reads ``A v`` to
+    the state reads itself (``Y = Q_g S^T + A V``: the output is written once, no ``A v`` matmul and no
+    sum of two outputs); without it y holds the state reads only. The denominator state z is the state of
+    a ones column appended to the values (read when ``need_den``: then ``A 1`` comes with it); without it
+    z is only needed after the last chunk:
     ``z_N = sum_n exp(sum_{m > n} Gc_m) dz_n + exp(sum_m Gc_m) z_0`` (reverse cumulative sums: no
     difference of large sums, every exponent <= 0).
     """
@@ -399,7 +413,7 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den):
     if need_den:
         U = xp.concat([v, xp.ones(v.shape[:-1] + (1,), dtype=dt, device=dev)], axis=-1)
         St0 = xp.concat([St0, zb[..., None]], axis=-1)
-    res = _fused.state_pass(xp, Qg, U, Kx, _ex(xp, Gc, dt), St0)
+    res = _fused.state_pass(xp, Qg, U, Kx, _ex(xp, Gc, dt), St0, A=A)
     if res is None:
         return None
     Y, St = res
