@@ -188,19 +188,27 @@ def test_fused_path_is_off_the_host_and_for_what_it_does_not_cover(rng):
 
 # --- 2. the CUDA source on the host (g++) -----------------------------------------------------------------
 _HOST_SHIM = r"""
+// renamed so that they never clash with what tests/cuda_on_host.py itself defines
+#undef __align__
 #define __align__(n)
-struct float2 { float x, y; };
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(16) double2 { double x, y; };
-static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
-static inline double __longlong_as_double(long long i) { double f; memcpy(&f, &i, 8); return f; }
-static double shfl_slot_[1024];
+#define float2 nw_float2
+#define float4 nw_float4
+#define double2 nw_double2
+#define __int_as_float nw_int_as_float
+#define __longlong_as_double nw_longlong_as_double
+#define __shfl_xor_sync nw_shfl_xor_sync
+struct alignas(8) nw_float2 { float x, y; };
+struct alignas(16) nw_float4 { float x, y, z, w; };
+struct alignas(16) nw_double2 { double x, y; };
+static inline float nw_int_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+static inline double nw_longlong_as_double(unsigned long long i) { double f; memcpy(&f, &i, 8); return f; }
+static double nw_shfl_slot[1024];
 // a warp shuffle where every thread of the block takes part (as in the kernel): through shared slots
-template <typename T> static T __shfl_xor_sync(unsigned, T v, int off) {
+template <typename T> static T nw_shfl_xor_sync(unsigned, T v, int off) {
     const int t = threadIdx.x;
-    shfl_slot_[t] = (double)v;
+    nw_shfl_slot[t] = (double)v;
     __syncthreads();
-    const T r = (T)shfl_slot_[t ^ off];
+    const T r = (T)nw_shfl_slot[t ^ off];
     __syncthreads();
     return r;
 }
@@ -211,7 +219,7 @@ def _host_kernel(tname, TM, DVT):
     cuda_on_host = pytest.importorskip("cuda_on_host")
     if not cuda_on_host.available():
         pytest.skip("no g++")
-    types = [f"const {tname}*"] * 5 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 2
+    types = [f"const {tname}*"] * 5 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 3
     return cuda_on_host.compile_kernel(F._SOURCE, f"nw_forward<{tname}, {TM}, {DVT}>", types, _HOST_SHIM)
 
 
@@ -226,21 +234,9 @@ def _run_host(ops, TM):
     arrs = [np.ascontiguousarray(ops[k], dtype=dt) for k in ("Q", "K", "V", "g", "logb")]
     smem = F._shared_words(C, dk, dv, dt.itemsize) * dt.itemsize
     grid = (BH * -(-Tq // C),)
-    kern(
-        grid,
-        (F.NT * F.NT,),
-        smem,
-        *arrs,
-        Y,
-        BH,
-        Tq,
-        Tk,
-        dk,
-        dv,
-        ops["tau"],
-        int(ops["causal"]),
-        ops["window"],
-    )
+    sizes = (BH, Tq, Tk, dk, dv)
+    flags = (int(ops["causal"]), ops["window"], int(ops["gated"]))
+    kern(grid, (F.NT * F.NT,), smem, *arrs, Y, *sizes, ops["tau"], *flags)
     return Y
 
 
@@ -269,7 +265,8 @@ def test_cuda_source_on_the_host_equals_the_reference(rng, dtype, TM, T, dk, dv,
         window = int(mode.split()[-1]) if "window" in mode else 0
     elif mode == "non-causal":
         logb = -rng.uniform(0, 3, (2, T)).astype(dtype)
-    ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=float(dk) ** -0.5, causal=causal, window=window)
+    gated = mode.startswith("gated")  # "causal": the kernel's path without gate sums
+    ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=dk**-0.5, causal=causal, window=window, gated=gated)
     got = _run_host(ops, TM)
     ref = F.fused_nw_reference(np, C=F.NT * TM, **ops)
     assert not np.isnan(got).any()  # every output written, no read of unwritten shared memory
@@ -283,7 +280,7 @@ def test_cuda_source_on_the_host_skips_tiles_behind_a_reset(rng):
     Q, K, V = (rng.standard_normal((1, T, 4)) for _ in range(3))
     g = np.zeros((1, T))
     g[0, ::C] = -np.inf
-    ops = dict(Q=Q, K=K, V=V, g=g, logb=np.zeros((1, T)), tau=0.5, causal=True, window=0)
+    ops = dict(Q=Q, K=K, V=V, g=g, logb=np.zeros((1, T)), tau=0.5, causal=True, window=0, gated=True)
     assert rel(_run_host(ops, 4), F.fused_nw_reference(np, **ops)) < F64
 
 

@@ -69,8 +69,20 @@ __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float mx(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double mx(double a, double b) { return fmax(a, b); }
 
-// N contiguous values from shared memory, aligned to 16 bytes (float4) or 8 (float2)
-template <typename T, int N> struct Vec;
+// N contiguous values from shared memory as 16-byte (or 8-byte) loads; the address is aligned to them
+template <typename T, int N> struct Vec {  // N = 1, and the fallback
+    static __device__ __forceinline__ void load(const T* p, T* o) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) o[i] = p[i];
+    }
+};
+template <> struct Vec<float, 8> {
+    static __device__ __forceinline__ void load(const float* p, float* o) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        const float4 u = *reinterpret_cast<const float4*>(p + 4);
+        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w; o[4] = u.x; o[5] = u.y; o[6] = u.z; o[7] = u.w;
+    }
+};
 template <> struct Vec<float, 4> {
     static __device__ __forceinline__ void load(const float* p, float* o) {
         const float4 v = *reinterpret_cast<const float4*>(p);
@@ -96,16 +108,22 @@ template <> struct Vec<double, 4> {
         o[0] = v.x; o[1] = v.y; o[2] = u.x; o[3] = u.y;
     }
 };
+template <> struct Vec<double, 8> {
+    static __device__ __forceinline__ void load(const double* p, double* o) {
+        Vec<double, 4>::load(p, o);
+        Vec<double, 4>::load(p + 4, o + 4);
+    }
+};
 
 // One block: sequence bh, query tile qt (rows q0 .. q0 + C - 1). Thread (ty, tx) owns the query rows
 // ty*TM .. ty*TM+TM-1, the keys tx*TM .. tx*TM+TM-1 of each tile's logits and the value columns
-// tx + NT*j (j < DVT) of the accumulator.
+// tx*DVT .. tx*DVT+DVT-1 of the accumulator. gated = 0: every log-gate is 0 (no gate sums formed).
 template <typename T, int TM, int DVT>
 __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
     const T* __restrict__ G, const T* __restrict__ LB, T* __restrict__ Y,
     const int BH, const int Tq, const int Tk, const int dk, const int dv,
-    const T tau, const int causal, const int window)
+    const T tau, const int causal, const int window, const int gated)
 {
     constexpr int C = NT * TM;            // tile length, queries and keys
     constexpr int LD = C + 16 / (int)sizeof(T);  // padded row of the transposed tiles (keeps 16 B alignment)
@@ -129,6 +147,8 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const int q0 = qt * C;
     const int tid = threadIdx.x;
     const int tx = tid % NT, ty = tid / NT;
+    const int lane = tid % 32, warp = tid / 32;
+    const bool gsum = causal && gated;
 
     const T* Qb = Q + (size_t)bh * Tq * dk;
     const T* Kb = K + (size_t)bh * Tk * dk;
@@ -136,12 +156,12 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const T* Gb = G + (size_t)bh * Tk;
     const T* LBb = LB + (size_t)bh * Tk;
 
-    for (int i = tid; i < C * dk; i += NTHREADS) {
-        const int r = i / dk, k = i - r * dk;
+    // tiles are loaded a row per warp (coalesced), transposed into shared memory
+    for (int r = warp; r < C; r += NTHREADS / 32) {
         const int t = q0 + r;
-        Qs[k * LD + r] = (t < Tq) ? Qb[(size_t)t * dk + k] : T(0);
+        for (int k = lane; k < dk; k += 32) Qs[k * LD + r] = (t < Tq) ? Qb[(size_t)t * dk + k] : T(0);
     }
-    if (causal && tid < C) {
+    if (gsum && tid < C) {
         T s = T(0);
         for (int j = 0; j <= tid; ++j) {
             const int t = q0 + j;
@@ -167,27 +187,24 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         const int k0 = kt * C;
         // every pair of this tile and of all earlier ones is outside the window, or behind a reset
         if (causal && window > 0 && q0 - (k0 + C - 1) >= window) break;
-        if (causal && kt < qt && mid == NEG) break;
+        if (gsum && kt < qt && mid == NEG) break;
         __syncthreads();  // the previous tile's Ks / Vs / Ps / gk reads are done
-        for (int i = tid; i < C * dk; i += NTHREADS) {
-            const int r = i / dk, k = i - r * dk;
+        for (int r = warp; r < C; r += NTHREADS / 32) {
             const int t = k0 + r;
-            Ks[k * LD + r] = (t < Tk) ? Kb[(size_t)t * dk + k] : T(0);
-        }
-        for (int i = tid; i < C * DVP; i += NTHREADS) {
-            const int r = i / DVP, c = i - r * DVP;
-            const int t = k0 + r;
-            Vs[i] = (t < Tk && c < dv) ? Vb[(size_t)t * dv + c] : T(0);
+            for (int k = lane; k < dk; k += 32) Ks[k * LD + r] = (t < Tk) ? Kb[(size_t)t * dk + k] : T(0);
+            for (int c = lane; c < DVP; c += 32)
+                Vs[r * DVP + c] = (t < Tk && c < dv) ? Vb[(size_t)t * dv + c] : T(0);
         }
         if (tid < C) {
             const int t = k0 + tid;
-            gk[tid] = (causal && t < Tk) ? Gb[t] : T(0);
+            gk[tid] = (gsum && t < Tk) ? Gb[t] : T(0);
             lbk[tid] = (t < Tk) ? LBb[t] : NEG;
         }
         __syncthreads();
         const bool diag = causal && kt == qt;
-        if (causal && tid < C) {
+        if (gsum && tid < C) {
             T s = T(0);  // suffix after tid, summed from the tile's end as flip(cumsum(flip)) does
+#pragma unroll 8
             for (int j = C - 1; j > tid; --j) s += gk[j];
             sufk[tid] = s;
             if (tid == 0) *totk = s + gk[0];
@@ -200,7 +217,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
                 }
             }
         }
-        if (causal) __syncthreads();
+        if (gsum) __syncthreads();
 
         // logits of the register tile: rows ty*TM + a, keys tx*TM + b
         T s[TM][TM];
@@ -217,7 +234,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
 #pragma unroll
                 for (int b = 0; b < TM; ++b) s[a][b] += qa[a] * kb[b];
         }
-        const T tot = causal ? *totk : T(0);
+        const T tot = gsum ? *totk : T(0);
         T rmax[TM];
 #pragma unroll
         for (int a = 0; a < TM; ++a) {
@@ -228,8 +245,8 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
                 const int n = tx * TM + b;
                 T lg;
                 if (!causal) lg = lbk[n];
-                else if (diag) lg = (n <= r) ? Ps[n * LD + r] + lbk[n] : NEG;
-                else lg = ((preq[r] + mid) + sufk[n]) + lbk[n];
+                else if (diag) lg = (n <= r) ? (gsum ? Ps[n * LD + r] + lbk[n] : lbk[n]) : NEG;
+                else lg = gsum ? ((preq[r] + mid) + sufk[n]) + lbk[n] : lbk[n];  // 0 + 0 + 0 + x = x
                 if (causal && window > 0 && (q0 + r) - (k0 + n) >= window) lg = NEG;
                 const T v = (lg == NEG) ? NEG : lg + tau * s[a][b];  // masked: -inf whatever the logit
                 s[a][b] = v;
@@ -269,14 +286,13 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         for (int n = 0; n < C; ++n) {
             T pa[TM], vb[DVT];
             Vec<T, TM>::load(Ps + n * LD + ty * TM, pa);
-#pragma unroll
-            for (int j = 0; j < DVT; ++j) vb[j] = Vs[n * DVP + tx + NT * j];
+            Vec<T, DVT>::load(Vs + n * DVP + tx * DVT, vb);
 #pragma unroll
             for (int a = 0; a < TM; ++a)
 #pragma unroll
                 for (int j = 0; j < DVT; ++j) acc[a][j] += pa[a] * vb[j];
         }
-        if (causal && kt < qt) mid += tot;
+        if (gsum && kt < qt) mid += tot;
     }
 
     T* Yb = Y + (size_t)bh * Tq * dv;
@@ -287,7 +303,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         const T den = (l[a] > T(0)) ? l[a] : T(1);  // no pair of positive weight: reads 0
 #pragma unroll
         for (int j = 0; j < DVT; ++j) {
-            const int c = tx + NT * j;
+            const int c = tx * DVT + j;
             if (c < dv) Yb[(size_t)t * dv + c] = acc[a][j] / den;
         }
     }
@@ -348,7 +364,7 @@ def operands(xp, layer, P):
     """The kernel's operands of a call, or ``None`` where the kernel does not apply to it.
 
     Returns a dict ``Q (BH, T_q, d_k), K (BH, T_k, d_k), V (BH, T_k, d_v), g (BH, T_k), logb (BH, T_k),
-    tau, causal, window`` (``window`` 0: none). Non-causal: ``g`` is 0 and ``logb`` the last step's
+    tau, causal, window, gated`` (``window`` 0: none). Non-causal: ``g`` is 0 and ``logb`` the last step's
     per-key log-weights (window included).
     """
     from ...regressors.nonparametric import last_log_weights, log_strength
@@ -398,6 +414,7 @@ def operands(xp, layer, P):
         "tau": float(tau),
         "causal": bool(P.causal),
         "window": window,
+        "gated": bool(P.gated),  # False: no gate can decay, every g is 0 (known without reading g)
     }
 
 
@@ -418,7 +435,7 @@ def nadaraya_watson(layer, P):
     return xp.reshape(Y, P.batch_shape + (P.Q.shape[-2], P.d_v))
 
 
-def forward(xp, Q, K, V, g, logb, tau, causal, window):
+def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True):
     """Run the kernel on the operands of :func:`operands` (CuPy); ``(BH, T_q, d_v)`` or ``None`` where the
     tile does not fit shared memory."""
     import cupy
@@ -443,17 +460,18 @@ def forward(xp, Q, K, V, g, logb, tau, causal, window):
     i32 = cupy.int32
     scal = cupy.float32 if tname == "float" else cupy.float64
     args = (Qf, Kf, Vf, gf, lf, Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv), scal(tau))
-    args += (i32(int(causal)), i32(int(window)))
+    args += (i32(int(causal)), i32(int(window)), i32(int(gated)))
     kern((BH * nqt,), (NT * NT,), args, shared_mem=smem)
     return Y
 
 
 # --- the reference: the kernel's tile order in array operations ------------------------------------------
-def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, C=64):
+def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=64):
     """:func:`forward` as array operations in the kernel's order (any namespace): per query tile the key
     tiles from the diagonal backwards, the same gate sums (diagonal: running sums in ``segsum``'s order;
     earlier tiles: ``((pre + mid) + suf) + logb``), the same skips and the same online normaliser. Vectorised
-    over the sequences ``BH`` only, so it is slow: it is what the kernel is tested against."""
+    over the sequences ``BH`` only, so it is slow: it is what the kernel is tested against. ``gated=False``
+    (every log-gate 0, which the kernel then never sums) changes nothing here: sums of zeros are 0."""
     BH, Tq, dk = Q.shape
     Tk, dv = V.shape[-2], V.shape[-1]
     dt = Q.dtype
