@@ -8,7 +8,7 @@ window.MathJax = {
   },
   options: {
     ignoreHtmlClass: ".*|",
-    processHtmlClass: "arithmatex",
+    processHtmlClass: "arithmatex|md-ellipsis",  // the table of contents repeats headings with math
   },
 };
 
