@@ -5,10 +5,12 @@ attention, Mamba-2, GLA and Gated DeltaNet (``layer(Q, K, V, method="chunked")``
 
 1. **variants** (median of ``--runs`` calls, CUDA events): ``old`` = the path before issue 14's GPU work
    (finiteness as ``all(isfinite(x))`` per array, the simple state-pass kernel, the chunk terms of the
-   delta rule as array operations); ``new`` = all three replaced (one-pass finiteness, the register-tiled
-   state pass, the fused WY kernel); and ``new`` with one of the three switched back, so each one's share
+   delta rule as array operations, the identity family's intra-chunk reads ``A v`` formed apart);
+   ``new`` = all four replaced (one-pass finiteness, the register-tiled state pass, the fused WY kernel,
+   ``A`` handed to the state pass); and ``new`` with one of them switched back, so each one's share
    shows. The switches are module settings: ``ttr_stats._validation.FUSED_FINITE``,
-   ``ttr_stats.methods._fused.KERNEL`` ("tiled" / "simple"), ``ttr_stats.methods.delta._fused_wy.ENABLED``;
+   ``ttr_stats.methods._fused.KERNEL`` ("tiled" / "simple"), ``ttr_stats.methods.delta._fused_wy.ENABLED``,
+   ``ttr_stats.methods.identity.chunked.FUSE_INTRA_READS``;
 2. **fla** in the same run (``chunk_simple_gla``, ``chunk_gla``, ``chunk_gated_delta_rule``; imported in a
    try/except: without fla those rows say why), ratio = ours / fla;
 3. **accuracy**: max |y - y_ref| / max |y_ref| on a slice (batch 0, heads 0-1, all T) against the same
@@ -61,34 +63,32 @@ LAYERS = {  # name -> (factory, gates, fla op)
     "gated_deltanet": (tt.recipes.gated_deltanet, "ab", "gated_delta_rule"),
 }
 
-VARIANTS = {  # name -> (FUSED_FINITE, _fused.KERNEL, _fused_wy.ENABLED)
-    "old": (False, "simple", False),
-    "new": (True, "tiled", True),
-    "new, plain finiteness": (False, "tiled", True),
-    "new, simple state pass": (True, "simple", True),
-    "new, array chunk terms": (True, "tiled", False),
+VARIANTS = {  # name -> (FUSED_FINITE, _fused.KERNEL, _fused_wy.ENABLED, identity FUSE_INTRA_READS)
+    "old": (False, "simple", False, False),
+    "new": (True, "tiled", True, True),
+    "new, plain finiteness": (False, "tiled", True, True),
+    "new, simple state pass": (True, "simple", True, True),
+    "new, array chunk terms (delta)": (True, "tiled", False, True),
+    "new, A v apart (identity)": (True, "tiled", True, False),
 }
+NEW, OLD = VARIANTS["new"], VARIANTS["old"]
 
 GEOMETRIES = [(32, 128), (16, 64), (16, 128), (32, 256), (64, 256), (8, 64)]  # (columns, threads)
 
 
 @contextlib.contextmanager
-def settings(finite=True, kernel="tiled", wy=True, columns=None, threads=None):
-    saved = (
-        _validation.FUSED_FINITE,
-        _fused.KERNEL,
-        _fused_wy.ENABLED,
-        _fused.TILED_COLUMNS,
-        _fused.TILED_THREADS,
-    )
-    _validation.FUSED_FINITE, _fused.KERNEL, _fused_wy.ENABLED = finite, kernel, wy
-    if columns is not None:
-        _fused.TILED_COLUMNS, _fused.TILED_THREADS = columns, threads
+def settings(finite=True, kernel="tiled", wy=True, intra=True, columns=None, threads=None):
+    mods = [(_validation, "FUSED_FINITE"), (_fused, "KERNEL"), (_fused_wy, "ENABLED"),
+            (ich, "FUSE_INTRA_READS"), (_fused, "TILED_COLUMNS"), (_fused, "TILED_THREADS")]  # fmt: skip
+    saved = [getattr(m, k) for m, k in mods]
+    new = [finite, kernel, wy, intra] + ([columns, threads] if columns is not None else saved[4:])
+    for (m, k), v in zip(mods, new, strict=True):
+        setattr(m, k, v)
     try:
         yield
     finally:
-        (_validation.FUSED_FINITE, _fused.KERNEL, _fused_wy.ENABLED, _fused.TILED_COLUMNS,
-         _fused.TILED_THREADS) = saved  # fmt: skip
+        for (m, k), v in zip(mods, saved, strict=True):
+            setattr(m, k, v)
 
 
 class Device:
@@ -350,9 +350,9 @@ def main(argv=None):
             acc = float("nan") if acc is None else acc
             print(f"  {'fla chunk_' + op:<32} {fla_s * 1e3:8.3f} {1.0:7.2f} {'':>7} {acc:22.2e}")
         old_s = None
-        for vname, (finite, kernel, wy) in VARIANTS.items():
+        for vname, flags in VARIANTS.items():
             try:
-                with settings(finite, kernel, wy):
+                with settings(*flags):
                     s, y = dev.time(call, args.warmup, args.runs)
                     acc = accuracy(y)
                 if vname == "old":
@@ -369,7 +369,7 @@ def main(argv=None):
                 print(f"  {vname:<32} FAILED: {type(exc).__name__}: {exc}")
                 traceback.print_exc(limit=3)
             dev.free()
-        for vname, flags in (("new", (True, "tiled", True)), ("old", (False, "simple", False))):
+        for vname, flags in (("new", NEW), ("old", OLD)):
             try:
                 with settings(*flags):
                     parts = breakdown(dev, call)
@@ -404,7 +404,7 @@ def main(argv=None):
         line = []
         for cols, thr in GEOMETRIES:
             try:
-                with settings(True, "tiled", True, cols, thr):
+                with settings(*NEW, columns=cols, threads=thr):
                     s, y = dev.time(call, args.warmup, args.runs)
                     acc = accuracy(y)
                 res[f"tiled {cols}x{thr}"] = {"ms": s * 1e3, "max_rel_diff": acc}

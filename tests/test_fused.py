@@ -109,6 +109,20 @@ def test_call_sites_with_the_reference_kernel_match_the_loop(reference_kernel, r
         assert rel_err(a, b) < TOL64, (name, f, rel_err(a, b))
 
 
+@pytest.mark.parametrize("name", ["la_sum_elu", "mamba2", "gla_sum", "window_sum"])
+def test_identity_call_site_with_the_intra_reads_apart_matches_the_loop(
+    reference_kernel, monkeypatch, rng, name
+):
+    """FUSE_INTRA_READS False (A v formed apart and added, the benchmark's old path) gives the loop too."""
+    monkeypatch.setattr(ich, "FUSE_INTRA_READS", False)
+    factory, kind = LAYERS[name]
+    Q, K, V, gates = inputs(rng, kind, (2,), 65, 7, 3, positive=_pos(name))
+    layer = factory()
+    yc = layer(Q, K, V, method="chunked", chunk_size=16, **gates)
+    yr = layer(Q, K, V, method="recurrent", **gates)
+    assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
+
+
 def test_call_sites_chain_through_initial_states(reference_kernel, rng):
     """Two pieces with the first's final state as the second's initial state equal one run (z included)."""
     for name in ("la_sum_elu", "gla_sum", "gated_deltanet"):

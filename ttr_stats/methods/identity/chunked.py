@@ -77,6 +77,10 @@ HOST_BLOCK_TOKENS = 128
 #: chunk states formed at once on a device
 DEVICE_GROUP = 64
 
+#: on CuPy, hand the intra-chunk matrix to the fused state pass, which adds its reads (False: form
+#: ``A v`` apart and add it, as before; benchmarks/gpu_chunked_profile.py compares the two)
+FUSE_INTRA_READS = True
+
 #: log-gates are clamped here: exp(-1000) is exactly 0 in float32 and float64, so the clamp changes no
 #: product of gates, and sums of clamped gates stay finite (their differences are never nan)
 LOG_FLOOR = -1000.0
@@ -216,9 +220,12 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
             continue
         # a device: one block, every chunk at once
         Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
-        fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A)
-        if fused is not None:  # the kernel adds the intra-chunk reads A v itself: Y is written once
+        fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A if FUSE_INTRA_READS else None)
+        if fused is not None and FUSE_INTRA_READS:  # the kernel added the intra-chunk reads A v itself
             out, dout, M, z = fused
+        elif fused is not None:
+            y, den = _intra_reads(xp, A, v, need_den)
+            out, dout, M, z = y + fused[0], (den + fused[1] if need_den else None), fused[2], fused[3]
         else:
             y, den = _intra_reads(xp, A, v, need_den)
             yS, dS, M, z = _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den)
