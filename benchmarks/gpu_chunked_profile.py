@@ -5,11 +5,13 @@ attention, Mamba-2, GLA and Gated DeltaNet (``layer(Q, K, V, method="chunked")``
 
 1. **variants** (median of ``--runs`` calls, CUDA events): ``old`` = the path before issue 14's GPU work
    (finiteness as ``all(isfinite(x))`` per array, the simple state-pass kernel, the chunk terms of the
-   delta rule as array operations, the identity family's intra-chunk reads ``A v`` formed apart);
-   ``new`` = all four replaced (one-pass finiteness, the register-tiled state pass, the fused WY kernel,
-   ``A`` handed to the state pass); and ``new`` with one of them switched back, so each one's share
-   shows. The switches are module settings: ``ttr_stats._validation.FUSED_FINITE``,
-   ``ttr_stats.methods._fused.KERNEL`` ("tiled" / "simple"), ``ttr_stats.methods.delta._fused_wy.ENABLED``,
+   delta rule and the identity family's intra-chunk terms as array operations, the intra-chunk reads
+   ``A v`` formed apart); ``new`` = all five replaced (one-pass finiteness, the register-tiled state
+   pass, the fused WY kernel, the fused intra-chunk kernel, ``A`` handed to the state pass); and ``new``
+   with one of them switched back, so each one's share shows. The switches are module settings
+   (:data:`SWITCHES`): ``ttr_stats._validation.FUSED_FINITE``, ``ttr_stats.methods._fused.KERNEL``
+   ("tiled" / "simple"), ``ttr_stats.methods.delta._fused_wy.ENABLED``,
+   ``ttr_stats.methods.identity._fused_intra.ENABLED``,
    ``ttr_stats.methods.identity.chunked.FUSE_INTRA_READS``;
 2. **fla** in the same run (``chunk_simple_gla``, ``chunk_gla``, ``chunk_gated_delta_rule``; imported in a
    try/except: without fla those rows say why), ratio = ours / fla;
@@ -54,6 +56,7 @@ from ttr_stats.layer import TestTimeRegression
 from ttr_stats.methods import _fused
 from ttr_stats.methods.delta import _fused_wy
 from ttr_stats.methods.delta import chunked as dch
+from ttr_stats.methods.identity import _fused_intra
 from ttr_stats.methods.identity import chunked as ich
 
 LAYERS = {  # name -> (factory, gates, fla op)
@@ -63,31 +66,39 @@ LAYERS = {  # name -> (factory, gates, fla op)
     "gated_deltanet": (tt.recipes.gated_deltanet, "ab", "gated_delta_rule"),
 }
 
-VARIANTS = {  # name -> (FUSED_FINITE, _fused.KERNEL, _fused_wy.ENABLED, identity FUSE_INTRA_READS)
-    "old": (False, "simple", False, False),
-    "new": (True, "tiled", True, True),
-    "new, plain finiteness": (False, "tiled", True, True),
-    "new, simple state pass": (True, "simple", True, True),
-    "new, array chunk terms (delta)": (True, "tiled", False, True),
-    "new, A v apart (identity)": (True, "tiled", True, False),
+SWITCHES = {  # short name -> (module, attribute, value on the new path, value on the old path)
+    "finite": (_validation, "FUSED_FINITE", True, False),
+    "kernel": (_fused, "KERNEL", "tiled", "simple"),
+    "wy": (_fused_wy, "ENABLED", True, False),
+    "intra": (_fused_intra, "ENABLED", True, False),
+    "reads": (ich, "FUSE_INTRA_READS", True, False),
 }
-NEW, OLD = VARIANTS["new"], VARIANTS["old"]
+VARIANTS = {  # name -> the switches on their old value (every other one on its new value)
+    "old": tuple(SWITCHES),
+    "new": (),
+    "new, plain finiteness": ("finite",),
+    "new, simple state pass": ("kernel",),
+    "new, array chunk terms (delta)": ("wy",),
+    "new, array intra terms (identity)": ("intra",),
+    "new, A v apart (identity)": ("reads",),
+}
 
 GEOMETRIES = [(32, 128), (16, 64), (16, 128), (32, 256), (64, 256), (8, 64)]  # (columns, threads)
 
 
 @contextlib.contextmanager
-def settings(finite=True, kernel="tiled", wy=True, intra=True, columns=None, threads=None):
-    mods = [(_validation, "FUSED_FINITE"), (_fused, "KERNEL"), (_fused_wy, "ENABLED"),
-            (ich, "FUSE_INTRA_READS"), (_fused, "TILED_COLUMNS"), (_fused, "TILED_THREADS")]  # fmt: skip
-    saved = [getattr(m, k) for m, k in mods]
-    new = [finite, kernel, wy, intra] + ([columns, threads] if columns is not None else saved[4:])
-    for (m, k), v in zip(mods, new, strict=True):
+def settings(old=(), columns=None, threads=None):
+    """Every switch on its new value except those named in ``old``; the tiled kernel's geometry."""
+    todo = [(m, k, o if name in old else n) for name, (m, k, n, o) in SWITCHES.items()]
+    if columns is not None:
+        todo += [(_fused, "TILED_COLUMNS", columns), (_fused, "TILED_THREADS", threads)]
+    saved = [(m, k, getattr(m, k)) for m, k, _ in todo]
+    for m, k, v in todo:
         setattr(m, k, v)
     try:
         yield
     finally:
-        for (m, k), v in zip(mods, saved, strict=True):
+        for m, k, v in saved:
             setattr(m, k, v)
 
 
@@ -229,6 +240,7 @@ PARTS = [  # (label, owner, attribute)
     ("output check", TestTimeRegression, "_check_output"),
     ("chunk terms (fused)", _fused_wy, "chunk_terms"),
     ("chunk terms (array)", dch, "chunk_terms"),
+    ("intra-chunk (scalar, fused)", _fused_intra, "intra_scalar"),
     ("intra-chunk (scalar)", ich, "_intra_scalar"),
     ("intra-chunk (per-dim)", ich, "_intra_per_dim"),
     ("intra-chunk reads A v", ich, "_intra_reads"),
@@ -344,15 +356,15 @@ def main(argv=None):
                 res["errors"]["fla"] = repr(exc)
                 print(f"  fla chunk_{op} failed: {type(exc).__name__}: {exc}")
             dev.free()
-        print(f"  {'variant':<32} {'ms':>8} {'vs fla':>7} {'vs old':>7} {'max rel diff (f64 ref)':>22}")
+        print(f"  {'variant':<36} {'ms':>8} {'vs fla':>7} {'vs old':>7} {'max rel diff (f64 ref)':>22}")
         if fla_s is not None:
             acc = res["fla"]["max_rel_diff"]
             acc = float("nan") if acc is None else acc
-            print(f"  {'fla chunk_' + op:<32} {fla_s * 1e3:8.3f} {1.0:7.2f} {'':>7} {acc:22.2e}")
+            print(f"  {'fla chunk_' + op:<36} {fla_s * 1e3:8.3f} {1.0:7.2f} {'':>7} {acc:22.2e}")
         old_s = None
         for vname, flags in VARIANTS.items():
             try:
-                with settings(*flags):
+                with settings(flags):
                     s, y = dev.time(call, args.warmup, args.runs)
                     acc = accuracy(y)
                 if vname == "old":
@@ -361,17 +373,17 @@ def main(argv=None):
                 vf = f"{s / fla_s:7.2f}" if fla_s else f"{'—':>7}"
                 vo = f"{s / old_s:7.2f}" if old_s else f"{'—':>7}"
                 print(
-                    f"  {vname:<32} {s * 1e3:8.3f} {vf} {vo} {acc if acc is not None else float('nan'):22.2e}"
+                    f"  {vname:<36} {s * 1e3:8.3f} {vf} {vo} {acc if acc is not None else float('nan'):22.2e}"
                 )
                 del y
             except Exception as exc:  # noqa: BLE001
                 res["errors"][vname] = repr(exc)
-                print(f"  {vname:<32} FAILED: {type(exc).__name__}: {exc}")
+                print(f"  {vname:<36} FAILED: {type(exc).__name__}: {exc}")
                 traceback.print_exc(limit=3)
             dev.free()
-        for vname, flags in (("new", NEW), ("old", OLD)):
+        for vname in ("new", "old"):
             try:
-                with settings(*flags):
+                with settings(VARIANTS[vname]):
                     parts = breakdown(dev, call)
                 res[f"breakdown {vname}"] = {k: v * 1e3 for k, v in parts.items()}
                 print(
@@ -404,7 +416,7 @@ def main(argv=None):
         line = []
         for cols, thr in GEOMETRIES:
             try:
-                with settings(*NEW, columns=cols, threads=thr):
+                with settings(columns=cols, threads=thr):
                     s, y = dev.time(call, args.warmup, args.runs)
                     acc = accuracy(y)
                 res[f"tiled {cols}x{thr}"] = {"ms": s * 1e3, "max_rel_diff": acc}

@@ -60,6 +60,7 @@ from ...optimizers import LinearAttentionState
 from .. import _fused
 from ..problem import initial_state
 from ..registry import register
+from . import _fused_intra
 
 __all__ = ["chunked", "chunked_bytes", "DEFAULT_CHUNK", "HOST_MIN_T", "LOG_FLOOR"]
 
@@ -209,8 +210,11 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
         if per_dim:  # the halving multiplies gates, as the recurrence does: no logs needed
             kb = k * bc[..., n0:n1, :, :]
             A, Qg, Kx, a = _intra_per_dim(xp, q, kb, xp.exp(gc[..., n0:n1, :, :]))
-        else:
-            A, Qg, Kx = _intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0], dev)
+        else:  # (only a device gets here) CuPy float32/float64: one kernel (_fused_intra.py)
+            terms = _fused_intra.intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0])
+            if terms is None:
+                terms = _intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0], dev)
+            A, Qg, Kx = terms
         if host:
             y, den = _intra_reads(xp, A, v, need_den)
             yS, dS, M, z = _inter_loop(xp, Qg, v, Kx, a, M, z, need_den)
