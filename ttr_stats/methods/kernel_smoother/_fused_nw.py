@@ -69,24 +69,15 @@ __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float mx(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double mx(double a, double b) { return fmax(a, b); }
 
-// N contiguous values from shared memory as 16-byte (or 8-byte) loads; the address is aligned to them
+// N contiguous values from / to shared memory as 16-byte (or 8-byte) accesses; addresses are aligned to them
 template <typename T, int N> struct Vec {  // N = 1, and the fallback
     static __device__ __forceinline__ void load(const T* p, T* o) {
 #pragma unroll
         for (int i = 0; i < N; ++i) o[i] = p[i];
     }
-};
-template <> struct Vec<float, 8> {
-    static __device__ __forceinline__ void load(const float* p, float* o) {
-        const float4 v = *reinterpret_cast<const float4*>(p);
-        const float4 u = *reinterpret_cast<const float4*>(p + 4);
-        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w; o[4] = u.x; o[5] = u.y; o[6] = u.z; o[7] = u.w;
-    }
-};
-template <> struct Vec<float, 4> {
-    static __device__ __forceinline__ void load(const float* p, float* o) {
-        const float4 v = *reinterpret_cast<const float4*>(p);
-        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
+    static __device__ __forceinline__ void store(T* p, const T* o) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) p[i] = o[i];
     }
 };
 template <> struct Vec<float, 2> {
@@ -94,24 +85,62 @@ template <> struct Vec<float, 2> {
         const float2 v = *reinterpret_cast<const float2*>(p);
         o[0] = v.x; o[1] = v.y;
     }
+    static __device__ __forceinline__ void store(float* p, const float* o) {
+        float2 v;
+        v.x = o[0]; v.y = o[1];
+        *reinterpret_cast<float2*>(p) = v;
+    }
+};
+template <> struct Vec<float, 4> {
+    static __device__ __forceinline__ void load(const float* p, float* o) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        o[0] = v.x; o[1] = v.y; o[2] = v.z; o[3] = v.w;
+    }
+    static __device__ __forceinline__ void store(float* p, const float* o) {
+        float4 v;
+        v.x = o[0]; v.y = o[1]; v.z = o[2]; v.w = o[3];
+        *reinterpret_cast<float4*>(p) = v;
+    }
+};
+template <> struct Vec<float, 8> {
+    static __device__ __forceinline__ void load(const float* p, float* o) {
+        Vec<float, 4>::load(p, o);
+        Vec<float, 4>::load(p + 4, o + 4);
+    }
+    static __device__ __forceinline__ void store(float* p, const float* o) {
+        Vec<float, 4>::store(p, o);
+        Vec<float, 4>::store(p + 4, o + 4);
+    }
 };
 template <> struct Vec<double, 2> {
     static __device__ __forceinline__ void load(const double* p, double* o) {
         const double2 v = *reinterpret_cast<const double2*>(p);
         o[0] = v.x; o[1] = v.y;
     }
+    static __device__ __forceinline__ void store(double* p, const double* o) {
+        double2 v;
+        v.x = o[0]; v.y = o[1];
+        *reinterpret_cast<double2*>(p) = v;
+    }
 };
 template <> struct Vec<double, 4> {
     static __device__ __forceinline__ void load(const double* p, double* o) {
-        const double2 v = *reinterpret_cast<const double2*>(p);
-        const double2 u = *reinterpret_cast<const double2*>(p + 2);
-        o[0] = v.x; o[1] = v.y; o[2] = u.x; o[3] = u.y;
+        Vec<double, 2>::load(p, o);
+        Vec<double, 2>::load(p + 2, o + 2);
+    }
+    static __device__ __forceinline__ void store(double* p, const double* o) {
+        Vec<double, 2>::store(p, o);
+        Vec<double, 2>::store(p + 2, o + 2);
     }
 };
 template <> struct Vec<double, 8> {
     static __device__ __forceinline__ void load(const double* p, double* o) {
         Vec<double, 4>::load(p, o);
         Vec<double, 4>::load(p + 4, o + 4);
+    }
+    static __device__ __forceinline__ void store(double* p, const double* o) {
+        Vec<double, 4>::store(p, o);
+        Vec<double, 4>::store(p + 4, o + 4);
     }
 };
 
@@ -131,7 +160,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* Qs = reinterpret_cast<T*>(smem_raw);  // (dk, LD): the query tile, transposed
     T* Ks = Qs + dk * LD;                    // (dk, LD): the key tile, transposed
-    T* Ps = Ks + dk * LD;                    // (C, LD): weights [key][query]; first the diagonal gate sums
+    T* Ps = Ks + dk * LD;                    // (C, LD): weights [query][key]; first the diagonal gate sums
     T* Vs = Ps + C * LD;                     // (C, DVP)
     T* gk = Vs + C * DVP;                    // (C): the key tile's log-gates
     T* lbk = gk + C;                         // (C): log write strengths, -inf past Tk
@@ -213,7 +242,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
                 Ps[tid * LD + tid] = T(0);
                 for (int t = tid + 1; t < C; ++t) {
                     u += gk[t];
-                    Ps[tid * LD + t] = u;
+                    Ps[t * LD + tid] = u;
                 }
             }
         }
@@ -245,7 +274,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
                 const int n = tx * TM + b;
                 T lg;
                 if (!causal) lg = lbk[n];
-                else if (diag) lg = (n <= r) ? (gsum ? Ps[n * LD + r] + lbk[n] : lbk[n]) : NEG;
+                else if (diag) lg = (n <= r) ? (gsum ? Ps[r * LD + n] + lbk[n] : lbk[n]) : NEG;
                 else lg = gsum ? ((preq[r] + mid) + sufk[n]) + lbk[n] : lbk[n];  // 0 + 0 + 0 + x = x
                 if (causal && window > 0 && (q0 + r) - (k0 + n) >= window) lg = NEG;
                 const T v = (lg == NEG) ? NEG : lg + tau * s[a][b];  // masked: -inf whatever the logit
@@ -279,18 +308,22 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         }
         __syncthreads();  // every thread has read the diagonal gate sums from Ps
 #pragma unroll
-        for (int a = 0; a < TM; ++a)
-#pragma unroll
-            for (int b = 0; b < TM; ++b) Ps[(tx * TM + b) * LD + ty * TM + a] = s[a][b];
+        for (int a = 0; a < TM; ++a)  // 16-byte stores, conflict-free
+            Vec<T, TM>::store(Ps + (ty * TM + a) * LD + tx * TM, s[a]);
         __syncthreads();
-        for (int n = 0; n < C; ++n) {
-            T pa[TM], vb[DVT];
-            Vec<T, TM>::load(Ps + n * LD + ty * TM, pa);
-            Vec<T, DVT>::load(Vs + n * DVP + tx * DVT, vb);
+        for (int n0 = 0; n0 < C; n0 += TM) {  // TM keys at a time: a TM x TM block of weights, TM value rows
+            T pa[TM][TM];
 #pragma unroll
-            for (int a = 0; a < TM; ++a)
+            for (int a = 0; a < TM; ++a) Vec<T, TM>::load(Ps + (ty * TM + a) * LD + n0, pa[a]);
 #pragma unroll
-                for (int j = 0; j < DVT; ++j) acc[a][j] += pa[a] * vb[j];
+            for (int b = 0; b < TM; ++b) {
+                T vb[DVT];
+                Vec<T, DVT>::load(Vs + (n0 + b) * DVP + tx * DVT, vb);
+#pragma unroll
+                for (int a = 0; a < TM; ++a)
+#pragma unroll
+                    for (int j = 0; j < DVT; ++j) acc[a][j] += pa[a][b] * vb[j];
+            }
         }
         if (gsum && kt < qt) mid += tot;
     }
