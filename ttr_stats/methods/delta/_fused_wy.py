@@ -50,6 +50,16 @@ ENABLED = True
 THREADS = 256
 
 _SOURCE = r"""
+// e -> (i, j) with 0 <= j <= i, row-major over a lower triangle (incl. the diagonal): threads walk only
+// the entries that are computed, so no warp idles on the upper half
+__device__ __forceinline__ void tri_index(const int e, int& i, int& j) {
+    int r = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
+    while (r * (r + 1) / 2 > e) --r;
+    while ((r + 1) * (r + 2) / 2 <= e) ++r;
+    i = r;
+    j = e - r * (r + 1) / 2;
+}
+
 template <typename T>
 __global__ void wy_terms(
     const T* __restrict__ K, const T* __restrict__ V, const T* __restrict__ Q,
@@ -107,31 +117,46 @@ __global__ void wy_terms(
     }
     __syncthreads();
     // 2. the system's strictly lower part, the masked reads P and the decayed keys
-    for (int e = tid; e < C * C; e += nt) {
-        const int i = e / C, j = e % C;
-        if (j < i) {
-            T d = T(0);
-            const T* ki = sK + i * ldk;
-            const T* kj = sK + j * ldk;
+    for (int e = tid; e < C * (C - 1) / 2; e += nt) {  // the strictly lower entries (i, j), j < i
+        int i, j;
+        tri_index(e, i, j);
+        i += 1;
+        T d = T(0);
+        const T* ki = sK + i * ldk;
+        const T* kj = sK + j * ldk;
 #pragma unroll 8
-            for (int k = 0; k < dk; ++k) d += ki[k] * kj[k];
-            const T dec = has_gr ? sN[i * ldc + j] : sG[i * ldc + j];
-            sN[i * ldc + j] = (-se[i] * dec) * d;
-        }
+        for (int k = 0; k < dk; ++k) d += ki[k] * kj[k];
+        const T dec = has_gr ? sN[i * ldc + j] : sG[i * ldc + j];
+        sN[i * ldc + j] = (-se[i] * dec) * d;
     }
     T* Pc = P + ch * c * C;
-    for (int e = tid; e < c * C; e += nt) {
-        const int r = e / C, j = e % C, i = r * n + n - 1;
-        T val = T(0);
-        if (j <= i) {
+    if (n == 1) {  // one read a write: P is lower triangular (diagonal included), zeros above
+        for (int e = tid; e < C * (C + 1) / 2; e += nt) {
+            int r, j;
+            tri_index(e, r, j);
             T d = T(0);
             const T* qr = sX + r * ldk;
             const T* kj = sK + j * ldk;
 #pragma unroll 8
             for (int k = 0; k < dk; ++k) d += qr[k] * kj[k];
-            val = sG[i * ldc + j] * d;
+            Pc[r * C + j] = sG[r * ldc + j] * d;
         }
-        Pc[e] = val;
+        for (int e = tid; e < C * C; e += nt)
+            if (e % C > e / C) Pc[e] = T(0);
+    } else {
+        for (int e = tid; e < c * C; e += nt) {
+            const int r = e / C, j = e % C, i = r * n + n - 1;
+            T val = T(0);
+            if (j <= i) {
+                T d = T(0);
+                const T* qr = sX + r * ldk;
+                const T* kj = sK + j * ldk;
+#pragma unroll 8
+                for (int k = 0; k < dk; ++k) d += qr[k] * kj[k];
+                val = sG[i * ldc + j] * d;
+            }
+            Pc[e] = val;
+        }
     }
     T* DKc = DK + ch * C * dk;
     for (int e = tid; e < C * dk; e += nt) {
