@@ -64,19 +64,20 @@ __global__ void intra_scalar(
         sek[i] = T(exp(sG[C - 1] - sG[i])) * sb[i];
     }
     T* Ac = A + ch * C * C;
-    for (int e = tid; e < C * C; e += nt) {
-        const int i = e / C, j = e % C;
-        T val = T(0);
-        if (j <= i) {
-            T d = T(0);
-            const T* qi = sq + i * ldk;
-            const T* kj = sk + j * ldk;
+    for (int e = tid; e < C * (C + 1) / 2; e += nt) {  // the lower triangle only: no idle half-warps
+        int i = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
+        while (i * (i + 1) / 2 > e) --i;
+        while ((i + 1) * (i + 2) / 2 <= e) ++i;
+        const int j = e - i * (i + 1) / 2;
+        T d = T(0);
+        const T* qi = sq + i * ldk;
+        const T* kj = sk + j * ldk;
 #pragma unroll 8
-            for (int c = 0; c < dk; ++c) d += qi[c] * kj[c];
-            val = d * (T(exp(sG[i] - sG[j])) * sb[j]);
-        }
-        Ac[e] = val;
+        for (int c = 0; c < dk; ++c) d += qi[c] * kj[c];
+        Ac[i * C + j] = d * (T(exp(sG[i] - sG[j])) * sb[j]);
     }
+    for (int e = tid; e < C * C; e += nt)
+        if (e % C > e / C) Ac[e] = T(0);
     __syncthreads();
     T* Qc = Qg + ch * C * dk;
     T* Kc = Kx + ch * C * dk;
