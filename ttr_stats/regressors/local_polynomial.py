@@ -115,10 +115,18 @@ class LocalPolynomial(NonparametricRegressor):
         size = max(1, budget // per_query)
         return [(s, min(Tq, s + size)) for s in range(0, Tq, size)] or [(0, 0)]
 
+    def work_dtype(self, xp, dtype):
+        """The dtype the moments are accumulated and solved in: float64 for float32 inputs when
+        ``order >= 1`` (see :func:`widened`), the input dtype otherwise."""
+        return xp.float64 if int(self.order) >= 1 and dtype == xp.float32 else dtype
+
     def _blockwise(self, xp, fn, Q, K, V, logW):
         order = int(self.order)
         if order == 0:
             return xp.matmul(normalised_weights(xp, logW), V)
+        if self.work_dtype(xp, Q.dtype) != Q.dtype:  # float32: the moments in float64, read back in float32
+            Q64, K64, V64, L64 = (xp.astype(x, xp.float64) for x in (Q, K, V, logW))
+            return xp.astype(self._blockwise(xp, fn, Q64, K64, V64, L64), Q.dtype)
         Tq, n, d = Q.shape[-2], K.shape[-2], K.shape[-1]
         P = n_coefficients(d, order)
         itemsize = 8 if Q.dtype == xp.float64 else 4
@@ -241,6 +249,9 @@ class LocalPolynomial(NonparametricRegressor):
         """
         if int(self.order) == 0:
             return normalised_weights(xp, logW)
+        if self.work_dtype(xp, Q.dtype) != Q.dtype:  # float32: in float64 (see ``widened``)
+            Q64, K64, L64 = (xp.astype(x, xp.float64) for x in (Q, K, logW))
+            return xp.astype(self.equivalent_kernel(xp, Q64, K64, L64), Q.dtype)
         W, zbar, Zc, _ = self._centred(xp, Q, K, logW)
         C = xp.matmul(xp.matrix_transpose(Zc * W[..., None]), Zc)
         rho = self._coef_solve(xp, C, zbar[..., None])  # (..., q, P, 1)

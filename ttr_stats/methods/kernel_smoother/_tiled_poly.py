@@ -23,6 +23,9 @@ from __future__ import annotations
 import math
 
 from ...regressors.local_polynomial import n_coefficients
+from . import _tiled_moments
+from ._precision import narrowed, widened
+from ._tiles import TilePlan
 
 
 def _shift(xp, m):
@@ -98,12 +101,47 @@ def local_polynomial(xp, reg, plan, P, budget):
     """Outputs (*batch, T_q, d_v) of the tiled local polynomial regression.
 
     Query blocks are taken in groups whose accumulators (P^2 + P d_v + ... floats per query) fit in
-    ``budget`` bytes, so the memory is O(T (d_k + d_v)) for the inputs and outputs plus the budget.
+    ``budget`` bytes, so the memory is O(T (d_k + d_v)) for the inputs and outputs plus the budget. A
+    float32 call runs in float64 (:mod:`._precision`). Local linear (p = 1) takes the one-pass matrix-product
+    form of :mod:`._tiled_moments` and the exact three passes here only for the query blocks with a query
+    whose moments cancelled.
     """
-    npar = n_coefficients(P.d_k, int(reg.order))
-    per_block = max(1, P.n_batch) * plan.c * (2 * npar * npar + npar * (P.d_v + 2) + 2 * P.d_v + P.d_k)
-    n = max(1, int(budget // (per_block * P.itemsize)))
+    W = widened(reg, P)
+    order = int(reg.order)
+    if order == 1:  # the matrix-product form: its own block length and step size
+        c = plan.c if P.chunk_size is not None else _tiled_moments.BLOCK
+        per_pair = _tiled_moments.per_pair(c, P.d_k, P.d_v)
+        plan = TilePlan(xp, W, plan.sim, c, per_pair, _tiled_moments.STEP_BYTES)
+    elif W is not P:  # the same tiles, made from the float64 copies
+        group = plan.group
+        plan = TilePlan(xp, W, plan.sim, plan.c)
+        plan.group = max(1, group // 2)
+    npar = n_coefficients(P.d_k, order)
+    if order == 1:
+        per_query = _tiled_moments.n_features(P.d_k, P.d_v) + 2 * P.d_k * P.d_k + 2 * P.d_v + 4
+    else:
+        per_query = 2 * npar * npar + npar * (P.d_v + 2) + 2 * P.d_v + P.d_k
+    per_block = max(1, P.n_batch) * plan.c * per_query
+    n = max(1, int(budget // (per_block * W.itemsize)))
     out = []
     for b0 in range(0, plan.nbq, n):
-        out += _group(xp, reg, plan, (b0, min(plan.nbq, b0 + n)), P, npar)
-    return plan.output(out)
+        blocks = (b0, min(plan.nbq, b0 + n))
+        if order == 1:
+            out += _moments_group(xp, reg, plan, blocks, W)
+        else:
+            out += _group(xp, reg, plan, blocks, W, npar)
+    return narrowed(xp, plan.output(out), P)
+
+
+def _moments_group(xp, reg, plan, blocks, P):
+    """Local linear outputs of the query blocks ``blocks`` by :mod:`._tiled_moments`; a block with a query
+    that fails its cancellation check is also computed exactly, and that query takes the exact value."""
+    S, cen = _tiled_moments.accumulate(xp, plan, blocks, P.d_k, P.d_v)
+    out = []
+    for j in range(*blocks):
+        y, ok = _tiled_moments.solve(xp, reg, plan, S, cen, j, P.d_k, P.d_v)
+        if not bool(xp.all(ok)):
+            exact = _group(xp, reg, plan, (j, j + 1), P, P.d_k)[0]
+            y = xp.where(ok[..., None], y, exact)
+        out.append(y)
+    return out

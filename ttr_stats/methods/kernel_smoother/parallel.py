@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from ..registry import register
 from ._common import dense_bytes, dense_log_weights, final_cache
+from ._precision import narrowed, widened
 
 
 def parallel(layer, P):
-    """Return ``(Y, CacheState)``."""
+    """Return ``(Y, CacheState)``. A float32 local polynomial (p >= 1) is computed in float64 from its
+    logits on (:mod:`._precision`)."""
     xp, reg = P.xp, layer.regressor
-    return reg.parallel(xp, P.Q, P.K, P.V, dense_log_weights(xp, reg, P)), final_cache(xp, P)
+    W = widened(reg, P)
+    Y = reg.parallel(xp, W.Q, W.K, W.V, dense_log_weights(xp, reg, W))
+    return narrowed(xp, Y, P), final_cache(xp, P)
 
 
 register(

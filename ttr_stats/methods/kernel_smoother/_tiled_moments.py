@@ -1,0 +1,161 @@
+r"""Tiled local linear regression (p = 1) by matrix products: one pass, raw moments around a centre per
+query block, with a per-query check that sends the queries whose moments cancelled to the exact path.
+
+The exact tiled path (:mod:`._tiled_poly`) forms every pair's difference :math:`k_i - k_r` around each
+query's own reference pair, in three passes over the tiles: memory-bound elementwise work on
+(queries x keys x P) arrays. Here a query block of c queries shares one centre :math:`c_b` (a key of the
+block's positions, so in every query's past), and one product per tile
+
+.. math::
+
+    S \mathrel{+}= \tilde W\, F,\qquad
+    F_i = [1,\ e_i,\ u_i,\ \mathrm{triu}(e_i \otimes e_i),\ e_i \otimes u_i,\ u_i \odot u_i],\quad
+    e_i = k_i - c_b,\ u_i = v_i - v_{c_b}
+
+(:math:`\tilde W = e^{\log w - m}` with the online running maximum m, rescaling S by
+:math:`e^{m_\text{old} - m_\text{new}}` as for softmax) accumulates every weighted moment of the block's
+queries: a BLAS-3 product of c x c_k by c_k x (1 + d + 2 d_v + d (d + 1) / 2 + d d_v). Then per query, with
+:math:`\mu = S_e / S_0`,
+
+.. math::
+
+    C = S_{ee}/S_0 - \mu\mu^\top,\quad C_{zv} = S_{eu}/S_0 - \mu\,\bar u^\top,\quad
+    B = (C + \lambda I)^{+} C_{zv},\quad m(q) = v_{c_b} + \bar u - (c_b + \mu - q)^\top B,
+
+the same centred least squares as the reference (the fitted line does not depend on the centre for p = 1).
+
+The subtraction :math:`S_{ee}/S_0 - \mu\mu^\top` cancels: its rounding is ``eps * tr(S_ee) / S_0``
+instead of the reference's ``eps * tr(C)``. Each query's cancellation factors
+:math:`(S_{ee})_{ll} / (S_0 C_{ll})` per coordinate (and the same for the values) are computed; they bound
+the ratio of this rounding to the reference's entry by entry (off-diagonal entries by Cauchy-Schwarz),
+and every query with one above :data:`MAX_CANCELLATION` (or an exactly zero spread: coincident keys, where the
+reference gives the Nadaraya-Watson value exactly) takes the exact path's output instead. The choice is
+per query, from that query's own moments, so causality stays exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ... import _array
+
+#: block length (queries and keys) when the call gives no ``chunk_size``, and the bytes of one step's
+#: tiles: a few 128 x 128 tiles per step stay in cache (one BLAS thread, n = 2000, d = 8, CPU seconds:
+#: c = 64: 0.09-0.20, c = 128: 0.07-0.09, c = 256: 0.07-0.09 and much slower with two BLAS threads under
+#: load; steps of 1-32 blocks within 30% of each other)
+BLOCK = 128
+STEP_BYTES = 2 * 2**20
+
+#: the largest accepted ratio of raw to centred second moments (rounding at most this times the exact
+#: path's, i.e. ~1.4e-14 relative in float64 before the solve's condition number)
+MAX_CANCELLATION = 64.0
+
+
+def n_features(d_k, d_v):
+    """Columns of F: 1, e, u, the upper triangle of e (x) e, e (x) u, u * u."""
+    return 1 + 2 * d_v + d_k + d_k * (d_k + 1) // 2 + d_k * d_v
+
+
+def per_pair(c, d_k, d_v):
+    """Floats of a step's intermediates per (query, key) pair: log-weights, weights, and F and S spread
+    over the c keys / queries of a tile."""
+    return 3 + 2 * n_features(d_k, d_v) // c
+
+
+def _triangle(d):
+    """Row-major indices of the upper triangle (with the diagonal) of a d x d matrix, and for each of
+    the d * d entries the index of its triangle entry."""
+    upper = [(a, b) for a in range(d) for b in range(a, d)]
+    where = {ab: i for i, ab in enumerate(upper)}
+    full = [where[(min(a, b), max(a, b))] for a in range(d) for b in range(d)]
+    return [a for a, _ in upper], [b for _, b in upper], full
+
+
+def _shift(xp, m):
+    return xp.where(m > -math.inf, m, xp.zeros((), dtype=m.dtype))
+
+
+def centres(xp, plan, j):
+    """The centre key and value of query block ``j``: the pair at the block's first position (the last
+    pair where the block starts after the keys: non-causal calls with more queries than keys)."""
+    nbatch = plan.nbatch
+    kb = min(j, plan.nbk - 1)
+    row = 0 if j < plan.nbk else -1
+    if row == -1:  # the last real key (padding sits at the end of the last key block)
+        last = plan.P.K.shape[-2] - 1
+        kb, row = divmod(last, plan.c)
+    idx = (slice(None),) * nbatch + (kb, slice(row, row + 1), slice(None))
+    return plan.Kb[idx], plan.Vb[idx]  # (*batch, 1, d_k), (*batch, 1, d_v)
+
+
+def _features(xp, E, U):
+    """F of keys E (..., n, d_k) and values U (..., n, d_v) around the centre: (..., n, nf)."""
+    d, dv = E.shape[-1], U.shape[-1]
+    ones = xp.ones(E.shape[:-1] + (1,), dtype=E.dtype, device=_array.device(E))
+    ia, ib, _ = _triangle(d)
+    dev = _array.device(E)
+    ee = xp.take(E, xp.asarray(ia, device=dev), axis=-1) * xp.take(E, xp.asarray(ib, device=dev), axis=-1)
+    eu = xp.reshape(E[..., :, None] * U[..., None, :], E.shape[:-1] + (d * dv,))
+    uu = U * U
+    return xp.concat([ones, E, U, ee, eu, uu], axis=-1)
+
+
+def accumulate(xp, plan, blocks, d_k, d_v):
+    """Moments S (per block: (*batch, c, nf)) and row maxima of the query blocks ``blocks``."""
+    nf = n_features(d_k, d_v)
+    m = plan.zeros((), -math.inf)
+    S = plan.zeros((nf,))
+    cen = [centres(xp, plan, j) for j in range(plan.nbq)]
+    for st in plan.steps(blocks=blocks):
+        ck = xp.stack([cen[j][0] for j in range(st.q0, st.q1)], axis=plan.nbatch)  # (*b, n, 1, d_k)
+        cv = xp.stack([cen[j][1] for j in range(st.q0, st.q1)], axis=plan.nbatch)
+        F = _features(xp, st.K - ck, st.V - cv)  # (*b, n, c_k, nf)
+        s = st.logw
+        m0 = plan.gather(m, st)
+        m1 = xp.maximum(m0, xp.max(s, axis=-1))
+        sh = _shift(xp, m1)
+        p = xp.exp(s - sh[..., None])
+        scale = xp.exp(m0 - sh)  # 0 while the row had no pair
+        plan.scatter(S, st, plan.gather(S, st) * scale[..., None] + xp.matmul(p, F))
+        plan.scatter(m, st, m1)
+    return S, cen
+
+
+def solve(xp, reg, plan, S, cen, j, d_k, d_v):
+    """Output (*batch, c, d_v) of query block ``j`` from its moments, and whether each query passed the
+    cancellation check (*batch, c)."""
+    Sj = S[j]
+    s0 = Sj[..., 0]
+    some = s0 > 0
+    one = xp.ones((), dtype=s0.dtype)
+    zero = xp.zeros((), dtype=s0.dtype)
+    inv = 1.0 / xp.where(some, s0, one)
+    mu = Sj[..., 1 : 1 + d_k] * inv[..., None]
+    ubar = Sj[..., 1 + d_k : 1 + d_k + d_v] * inv[..., None]
+    o = 1 + d_k + d_v
+    n_tri = d_k * (d_k + 1) // 2
+    full = xp.asarray(_triangle(d_k)[2], device=_array.device(Sj))
+    See = xp.take(Sj[..., o : o + n_tri], full, axis=-1)  # the symmetric matrix from its triangle
+    See = xp.reshape(See, s0.shape + (d_k, d_k)) * inv[..., None, None]
+    o += n_tri
+    Seu = xp.reshape(Sj[..., o : o + d_k * d_v], s0.shape + (d_k, d_v)) * inv[..., None, None]
+    Suu = Sj[..., -d_v:] * inv[..., None]
+    C = See - mu[..., :, None] * mu[..., None, :]  # symmetric: both triangles are the same products
+    Czv = Seu - mu[..., :, None] * ubar[..., None, :]
+    B = reg._coef_solve(xp, C, Czv)
+    ck, cv = cen[j]
+    Qj = plan.Qb[(slice(None),) * plan.nbatch + (j, ...)]
+    zbar = (ck - Qj) + mu  # c_b + mu - q, the offset of the weighted mean
+    y = (cv + ubar) - xp.matmul(zbar[..., None, :], B)[..., 0, :]
+    y = xp.where(some[..., None], y, zero)  # no pair of positive weight: the empty memory reads 0
+    # the check, per coordinate: raw second moments over centred ones, for keys and values
+    raw_k = xp.reshape(See, s0.shape + (d_k * d_k,))[..., :: d_k + 1]  # the diagonal, (*b, c, d_k)
+    ok = xp.all(_passes(xp, raw_k, raw_k - mu * mu), axis=-1)
+    ok = ok & xp.all(_passes(xp, Suu, Suu - ubar * ubar), axis=-1)
+    return y, ok | ~some
+
+
+def _passes(xp, raw, centred):
+    """A raw moment within :data:`MAX_CANCELLATION` of its centred value, or exactly zero (every pair at
+    the centre: the centred moment is then exactly zero too)."""
+    return ((raw <= MAX_CANCELLATION * centred) & (centred > 0)) | (raw == 0)
