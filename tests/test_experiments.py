@@ -354,3 +354,40 @@ def test_show_folds_a_series_of_numbered_columns(tmp_path):
     assert f"({n} columns err_t0 ... err_t{4 * (n - 1)} not shown" in text
     # the table still holds every column
     assert {f"err_t{4 * i}" for i in range(n)} <= set(ex.read_results(out)[0])
+
+
+BLAS_SWEEP = textwrap.dedent(
+    """
+    import os
+    import numpy as np
+    from ttr_stats.experiments import Sweep, grid
+
+    def nothing(rng, n):
+        return rng.standard_normal(n)
+
+    def blas(layer, x, cell):
+        from threadpoolctl import threadpool_info
+
+        pools = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        return {"blas_threads": max(pools) if pools else -1, "pid": os.getpid()}
+
+    SWEEP = Sweep("blas", grid({"naive": [{}]}, {"x": [{"n": 3}]}, 6, ["blas"]), data={"x": nothing},
+                  metrics={"blas": blas}, layers={"naive": lambda: None}, cells_per_task=1)
+    """
+)
+
+
+def test_workers_run_blas_single_threaded_and_the_progress_line_counts_cells(tmp_path, capsys):
+    """Every worker process computes with one BLAS thread (the cells are the parallelism), whatever the
+    parent has; the progress line (no tqdm here, or tqdm's bar) counts the cells to the total."""
+    pytest.importorskip("threadpoolctl")
+    path = tmp_path / "blas_sweep.py"
+    path.write_text(BLAS_SWEEP)
+    sweep = ex.load_sweep(path)
+    s = ex.run(sweep, tmp_path / "b", executor="processes", workers=2, progress=True)
+    rows = ex.read_results(s.out)
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert {r["blas_threads"] for r in rows} == {1}
+    assert os.getpid() not in {r["pid"] for r in rows}  # computed in the worker processes
+    err = capsys.readouterr().err
+    assert "6/6" in err and "blas" in err
