@@ -134,7 +134,7 @@ extern "C" int run(unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned 
     os.makedirs(_CACHE, exist_ok=True)
     lib = os.path.join(_CACHE, f"k{key}.so")
     if not os.path.exists(lib):
-        src = os.path.join(_CACHE, f"k{key}.cpp")
+        src = os.path.join(_CACHE, f"k{key}.{os.getpid()}.cpp")  # per process: concurrent runs
         with open(src, "w") as f:
             f.write(code)
         tmp = lib + f".{os.getpid()}"
