@@ -4,6 +4,8 @@ At B = 8, H = 16 (128 heads), T in {1024, 4096}, d_k = d_v = 64 (``--T``, ``--B`
 
 * ``fused``: ``layer(Q, K, V, method="tiled")`` on CuPy, which runs the fused kernel of
   ``ttr_stats/methods/kernel_smoother/_fused_nw.py``;
+* ``fused kernel only, C=...``: the kernel alone on operands prepared outside the timed call (no input
+  checks, no final cache), at each tile length of ``_fused_nw.TILES`` (128: float32 only);
 * ``tiled (array)``: the same call with the kernel switched off (``_fused_nw.ENABLED = False``): the
   array-API tiled path, batched CuPy matrix products;
 * ``parallel``: the dense T x T form, where its ~4 B H T^2 itemsize bytes fit a quarter of free memory;
@@ -288,6 +290,24 @@ class Runner:
                     print(f"{name}: fla failed: {exc}")
         if order == 0:
             self.row(name, T, dname, "fused", ours("tiled"), ref, pairs, flop, peer_ms=peer_ms)
+            try:  # the kernel alone on prepared operands, at each tile length (the layer's checks excluded)
+                P = L._prepare(dQ, dK, dV, None, dla if gates else None, None, None)
+                ops = _fused_nw.operands(dev.xp, L, P)
+                shape = P.batch_shape + (T, P.d_v)
+                for C in _fused_nw.TILES:
+                    if C == 128 and dtype == np.float64:
+                        continue
+
+                    def kernel(C=C):
+                        y = _fused_nw.forward(dev.xp, C=C, **ops)
+                        if y is None:
+                            raise RuntimeError("does not fit shared memory")
+                        return dev.xp.reshape(y, shape)
+
+                    self.row(name, T, dname, f"fused kernel only, C={C}", kernel, ref, pairs, flop,
+                             peer_ms=peer_ms)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                print(f"{name}: kernel-only rows failed: {exc}")
         _fused_nw.ENABLED = False
         try:
             # local linear: quadratic in T; three calls predicted from the smaller T must fit the budget

@@ -184,6 +184,8 @@ def test_fused_path_is_off_the_host_and_for_what_it_does_not_cover(rng):
     assert F.tile_length("float64", 128, 128, 227 * 1024) == 32  # a 64-long float64 tile needs 237 KiB
     assert F.tile_length("float32", 64, 129, 227 * 1024) is None
     assert F.tile_length("float16", 64, 64, 227 * 1024) is None
+    assert F.tile_length("float32", 64, 64, 227 * 1024, prefer=128) == 128
+    assert F.tile_length("float64", 64, 64, 227 * 1024, prefer=128) == 64  # spills: not built for float64
 
 
 # --- 2. the CUDA source on the host (g++) -----------------------------------------------------------------
@@ -246,6 +248,8 @@ HOST_CASES = [  # dtype, TM, T, d_k, d_v: every (dtype, TM) and DVT in {1, 2, 4,
     (np.float32, 4, 150, 64, 64),
     (np.float32, 2, 100, 1, 20),
     (np.float64, 2, 70, 128, 128),
+    (np.float32, 8, 300, 7, 7),  # the 128-long float32 tile (TILES)
+    (np.float32, 8, 260, 64, 64),
 ]
 
 

@@ -55,6 +55,11 @@ NT = 16
 #: most value columns the register tile holds (``NT * 8``)
 MAX_DV = 128
 
+#: tile lengths the kernel is built for (``NT * TM``, TM = 2, 4, 8; 128 in float32 only); :func:`forward`
+#: picks 64 (32 where 64 does not fit shared memory) unless told otherwise (``benchmarks/gpu_tiled.py``
+#: times all three)
+TILES = (32, 64, 128)
+
 _SOURCE = r"""
 #define NT 16
 #define NTHREADS (NT * NT)
@@ -357,13 +362,15 @@ def _shared_words(C, dk, dv, itemsize):
     return 2 * dk * LD + C * LD + C * NT * _dvt(dv) + 4 * C + 1
 
 
-def tile_length(dtype_name, dk, dv, limit_bytes):
-    """The kernel's tile length ``C`` (64, else 32) whose shared memory fits ``limit_bytes``; ``None``
-    where neither does or ``dv > MAX_DV``."""
+def tile_length(dtype_name, dk, dv, limit_bytes, prefer=None):
+    """The kernel's tile length ``C`` (``prefer``, else 64, else 32) whose shared memory fits
+    ``limit_bytes``; ``None`` where none does or ``dv > MAX_DV``. ``prefer`` is one of :data:`TILES`."""
     if dtype_name not in _DTYPES or dv > MAX_DV or dk < 1 or dv < 1:
         return None
     itemsize = 4 if dtype_name == "float32" else 8
-    for C in (64, 32):
+    if prefer == 128 and itemsize == 8:
+        prefer = None  # 8 x 8 double register tiles spill (ptxas: 255 registers and ~1 KiB of spills)
+    for C in ((prefer,) if prefer else ()) + (64, 32):
         if _shared_words(C, dk, dv, itemsize) * itemsize <= limit_bytes:
             return C
     return None
@@ -468,16 +475,16 @@ def nadaraya_watson(layer, P):
     return xp.reshape(Y, P.batch_shape + (P.Q.shape[-2], P.d_v))
 
 
-def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True):
+def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=None):
     """Run the kernel on the operands of :func:`operands` (CuPy); ``(BH, T_q, d_v)`` or ``None`` where the
-    tile does not fit shared memory."""
+    tile does not fit shared memory. ``C``: a tile length of :data:`TILES` to prefer (default 64)."""
     import cupy
 
     BH, Tq, dk = Q.shape
     Tk, dv = V.shape[-2], V.shape[-1]
     tname = _DTYPES[str(Q.dtype)]
     limit = _shared_limit()
-    C = tile_length(str(Q.dtype), dk, dv, limit)
+    C = tile_length(str(Q.dtype), dk, dv, limit, C)
     if C is None:
         return None
     TM, DVT = C // NT, _dvt(dv)
