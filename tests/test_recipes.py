@@ -50,7 +50,7 @@ EXPECTED = {
     "gated_sliding_window_attention",
 }
 #: in the catalogue with a note, outside the generic suites (issue 13)
-CATALOGUE_ONLY = {"huber_attention", "omega_rule"}
+CATALOGUE_ONLY = {"huber_attention", "omega_rule", "path_attention", "deltaformer"}
 
 
 def test_registry_lists_every_recipe_with_its_components():

@@ -7,7 +7,8 @@ array library) and converts the result with ``xp.asarray`` at the end: ``xp=None
 * :func:`random_pairs` -- key/value pairs for associative recall (unit, Gaussian or orthonormal keys);
 * :func:`linear_target` -- a noisy linear regression problem with known coefficients;
 * :func:`mqar` -- multi-query associative recall built the paper's way (bigram memories of token
-  embeddings).
+  embeddings);
+* :func:`mqar_tokens` -- Zoology's token-level MQAR (inputs and labels) for training a model (Fig. 3).
 
 References
 ----------
@@ -22,7 +23,7 @@ import numpy as np
 
 from ._validation import check_scalar
 
-__all__ = ["random_pairs", "linear_target", "mqar", "MQAR", "random_keys"]
+__all__ = ["random_pairs", "linear_target", "mqar", "MQAR", "mqar_tokens", "MQARTokens", "random_keys"]
 
 _KEYS = ("unit", "gaussian", "orthonormal")
 
@@ -312,3 +313,119 @@ def mqar(n_pairs, d, *, embedding="orthonormal", vocab=None, seq_len=None, n_bat
     K = np.concatenate([np.zeros((B, 1, d)), X[:, :-1]], axis=1)
     Q, K, V, E = _to(xp, X, K, X.copy(), E)
     return MQAR(Q, K, V, tokens, E, qpos, targets)
+
+
+class MQARTokens(NamedTuple):
+    """A batch of Zoology-style MQAR token sequences (see :func:`mqar_tokens`).
+
+    Attributes
+    ----------
+    inputs : ndarray of shape (n_batch, T), int64
+        Token ids.
+    labels : ndarray of shape (n_batch, T), int64
+        The value token to predict at each query position, ``IGNORE`` (-100) elsewhere.
+    keys, values : ndarray of shape (n_batch, n_pairs), int64
+        The pairs in context order (key i at position 2i, its value at 2i + 1).
+    query_positions : ndarray of shape (n_batch, n_pairs), int64
+        Where key i is queried (sorted by i, not by position).
+    """
+
+    inputs: object
+    labels: object
+    keys: object
+    values: object
+    query_positions: object
+
+
+#: the label of a position that is not scored (PyTorch's cross-entropy ``ignore_index``)
+IGNORE = -100
+
+
+def mqar_tokens(n_pairs, seq_len, *, vocab=8192, n_batch=1, power_a=0.01, random_non_queries=True, seed=None):
+    r"""Zoology's multi-query associative recall as token ids, for training (paper Fig. 3).
+
+    Each sequence starts with ``n_pairs`` key-value pairs ``k_1 v_1 ... k_P v_P`` (keys drawn without
+    replacement from ``1 .. vocab//2 - 1``, values from ``vocab//2 .. vocab - 1``); after them every key
+    appears once more, at position ``2P + 2 g_i`` with gaps :math:`g_i \in \{0, ..., (T - 2P)/2 - 1\}`
+    drawn without replacement with power-law probabilities :math:`p(g) \propto a\,(g+1)^{a-1}`
+    (``a = power_a``: small a puts the queries close to the context). The label at a query position is the
+    key's value; every other position is ignored (``IGNORE``). The remaining positions of the query region
+    are random tokens of the whole vocabulary (``random_non_queries=True``, Zoology's default) or 0.
+
+    Parameters
+    ----------
+    n_pairs : int >= 1
+        Key-value pairs P.
+    seq_len : int
+        Sequence length T, even, with ``4 P <= T < vocab`` (Zoology's conditions).
+    vocab : int
+        Vocabulary size (Zoology's standard 8192).
+    n_batch : int >= 1
+    power_a : float in (0, 1]
+        Power-law exponent of the query gaps (1: uniform).
+    random_non_queries : bool
+    seed : int or numpy.random.Generator, optional
+
+    Returns
+    -------
+    MQARTokens
+        ``(inputs, labels, keys, values, query_positions)``, NumPy int64 arrays.
+
+    Notes
+    -----
+    Follows ``zoology/data/multiquery_ar.py`` (Arora et al. 2023) with two implementation choices that
+    do not change the distribution: sampling without replacement by random keys (keys and values:
+    uniform orderings; gaps: Gumbel top-k, which draws sequentially proportional to p, as
+    ``numpy.random.choice(replace=False, p=p)`` does), and one NumPy generator for everything. A random
+    filler token may equal one of the sequence's keys (as in Zoology): it is not scored.
+
+    References
+    ----------
+    Arora, Eyuboglu et al. (2023), *Zoology*, arXiv 2312.04927, §3; Wang, Shi & Fox (2025), §7 (Fig. 3).
+
+    Examples
+    --------
+    >>> from ttr_stats.datasets import mqar_tokens
+    >>> d = mqar_tokens(4, 32, vocab=64, n_batch=2, seed=0)
+    >>> d.inputs.shape, int((d.labels != -100).sum())
+    ((2, 32), 8)
+    """
+    P = check_scalar("n_pairs", n_pairs, low=1, integer=True)
+    T = check_scalar("seq_len", seq_len, low=4, integer=True)
+    vocab = check_scalar("vocab", vocab, low=4, integer=True)
+    B = check_scalar("n_batch", n_batch, low=1, integer=True)
+    a = check_scalar("power_a", power_a, low=0.0, high=1.0, low_inclusive=False)
+    if T % 2:
+        raise ValueError(f"seq_len must be even (queries sit at even offsets), got {T}")
+    if 4 * P > T:
+        raise ValueError(f"seq_len = {T} is too short for n_pairs = {P}: need 4 n_pairs <= seq_len")
+    if vocab <= T:
+        raise ValueError(
+            f"vocab = {vocab} must exceed seq_len = {T} (Zoology's condition); use a larger vocab"
+        )
+    n_keys = vocab // 2 - 1  # key tokens 1 .. vocab//2 - 1 (0 is the filler of the non-random variant)
+    n_vals = vocab - vocab // 2
+    if P > n_keys:
+        raise ValueError(f"vocab = {vocab} has {n_keys} key tokens, fewer than n_pairs = {P}")
+    rng = np.random.default_rng(seed)
+    # uniform orderings without replacement: the first P of a random permutation of each row
+    keys = 1 + np.argsort(rng.random((B, n_keys)), axis=1)[:, :P]
+    values = vocab // 2 + np.argsort(rng.random((B, n_vals)), axis=1)[:, :P]
+    space = (T - 2 * P) // 2
+    logp = (a - 1.0) * np.log(np.arange(1, space + 1))  # log of a g^(a-1), constants dropped
+    gumbel = rng.gumbel(size=(B, space))
+    gaps = np.argsort(-(logp + gumbel), axis=1)[:, :P]  # Gumbel top-P = sequential draws proportional to p
+    qpos = 2 * P + 2 * gaps
+    inputs = np.zeros((B, T), dtype=np.int64)
+    inputs[:, 0 : 2 * P : 2] = keys
+    inputs[:, 1 : 2 * P : 2] = values
+    filler = np.ones((B, T), dtype=bool)
+    filler[:, : 2 * P] = False
+    rows = np.arange(B)[:, None]
+    filler[rows, qpos] = False
+    if random_non_queries:
+        inputs[filler] = rng.integers(0, vocab, size=int(filler.sum()))
+    inputs[rows, qpos] = keys
+    labels = np.full((B, T), IGNORE, dtype=np.int64)
+    labels[rows, qpos] = values
+    return MQARTokens(inputs, labels, keys.astype(np.int64), values.astype(np.int64), qpos.astype(np.int64))

@@ -460,6 +460,34 @@ _RECIPES_2025_OTHER = (
 )
 
 
+def path_attention(scale=None):
+    r"""PaTH attention: softmax over keys transported by :math:`P_{ti} = H_t\cdots H_{i+1}`,
+    :math:`H_s = I - \beta_s w_sw_s^\top`.
+
+    :math:`y_t = \sum_{i\le t} p_{ti}v_i`, :math:`p_{ti}\propto\Gamma_{ti}\exp(\tau q_t^\top P_{ti}k_i)`;
+    ``inputs={"w": W, "w_beta": b}`` at call time (W (..., T, d_k), b (..., T)), forgetting gates
+    ``alpha`` as in forgetting attention (fla's ``g`` is ``log_alpha / scale``).
+    Paper row: PaTH (Yang et al. 2025), gated softmax weights x local constant on transported keys x exact.
+    """
+    from .regressors.path import PaTH
+
+    return _layer(w.Gated(alpha=1.0), opt.ClosedForm(), regressor=PaTH(ExpDot(scale)))
+
+
+def deltaformer(scale=None):
+    r"""DeltaFormer: :math:`u_t = v_t - \beta_t m_{t-1}(q_t)`, :math:`y_t = m_t(q_t)`, with
+    :math:`m_t(x) = \sum_{j\le t} \mathrm{softmax}_j(\tau x^\top k_j)\,u_j`.
+
+    A delta rule whose memory is a softmax smoother: the value written is corrected by the residual of a
+    softmax-attention read (call-time ``beta`` is the step; ``alpha`` gates decay the smoother's weights).
+    Paper row: DeltaFormer (Zhong et al. 2025), softmax weights x kernel smoother of corrected values x
+    one delta step per token.
+    """
+    from .regressors.deltaformer import DeltaFormer
+
+    return _layer(w.Gated(alpha=1.0), opt.ClosedForm(), regressor=DeltaFormer(ExpDot(scale)))
+
+
 # --- 2025-26 delta-family layers (issue 13) ---
 # Components: ttr_stats/optimizers/generalized_delta.py (family "generalized_delta", recurrent reference).
 def kda(beta=1.0):
@@ -575,6 +603,14 @@ _CATALOGUE_ONLY = {
         "no generic suites: IRLS re-solves the whole weighted past each step (the state is the growing "
         "cache), may stop at max_iter with an ArithmeticError on their random data, and has no float16 "
         "(tests/test_layers_2025_other.py)"
+    ),
+    path_attention: (
+        "needs per-token inputs (inputs={'w': W, 'w_beta': b}), which the generic call layer(Q, K, V) does "
+        "not pass; continues from its state (the cache of transported keys) (tests/test_path_attn.py)"
+    ),
+    deltaformer: (
+        "the write needs each token's query, so no non-causal call and no memorize(); a causal call "
+        "continues from its state (the cache of corrected values) (tests/test_deltaformer.py)"
     ),
     omega_rule: (
         "cannot continue from a state: the state keeps the window's sums, not its pairs, so a carried "

@@ -47,7 +47,9 @@ def _owners_2025():
     from ..optimizers.kalman import KalmanFilter
     from ..optimizers.log_linear import LogLinearAttention
     from ..optimizers.robust import RobustIRLS
+    from ..regressors.deltaformer import DeltaFormer
     from ..regressors.parallax import Parallax
+    from ..regressors.path import PaTH
 
     return {
         "log_linear": (LogLinearAttention,),
@@ -55,6 +57,8 @@ def _owners_2025():
         "higher_order": (HigherOrderLinearAttention,),
         "robust": (RobustIRLS,),
         "parallax": (Parallax,),
+        "path": (PaTH,),
+        "deltaformer": (DeltaFormer,),
     }
 
 

@@ -157,6 +157,8 @@ FAMILIES = (
     "higher_order",
     "robust",
     "parallax",
+    "path",
+    "deltaformer",
 )
 
 

@@ -1,0 +1,295 @@
+r"""The trained Figure 3 grid on one GPU: MQAR accuracy of linear attention vs unweighted RLS.
+
+Cells: recipe in {linear_attention, rls} x P in {64, 128} x T in {512, 1024, 2048, 4096}; every cell trains
+its seeds together, as replicas of one model (:class:`ttr_stats.train.MQARTrainConfig`, ``seeds``: one
+step trains them all; the replicas are independent). Several cells train at once, one process each on the
+same card (``--workers``; the models are small and launch-bound, so one process leaves the card idle).
+
+Hard wall-clock budget: ``--budget-s`` covers everything, from this script's start to the last CSV row.
+The workers import torch and ttr_stats first (all of them, before any cell); then each cell, when a worker
+takes it, gets the time left shared by the rounds still to come (``ceil(cells left / workers)``) less
+``--overhead-s`` (model, evaluation), and stops early at the global deadline; the learning-rate schedule
+runs on the elapsed fraction of that time, so a slow cell takes fewer steps, not more time. At the
+deadline unfinished workers are terminated and their cells written as ``status=timeout`` (or ``not_run``).
+Rows are appended to the CSV as cells finish, so an interrupted run still leaves one.
+
+Output: ``--out`` (default ``$OUT/mqar_trained.csv`` if ``$OUT`` is set, else
+``paper_figures/data/mqar_trained.csv``), one row per (cell, seed): card, recipe, n_pairs, seq_len, seed,
+steps, seconds of training, seconds of the cell (with its evaluation), final held-out accuracy (argmax over
+the vocabulary at the query positions, ``--eval`` sequences) and loss, the paper's accuracy beside it,
+the settings (lr, batch, method, ...) and the status / error.
+
+Run (the lead, once, on one H200): ``python -m benchmarks.gpu_mqar --budget-s 420``; check the logic on
+a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, about a minute). Without torch it
+says so and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: python benchmarks/gpu_mqar.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: the paper's Fig. 3 accuracies (Wang, Shi & Fox 2025, §7): RLS ~1.00 everywhere; linear attention
+#: 1.00 at P = 64 and these at P = 128
+PAPER = {
+    ("linear_attention", 64): {512: 1.0, 1024: 1.0, 2048: 1.0, 4096: 1.0},
+    ("linear_attention", 128): {512: 0.934, 1024: 0.930, 2048: 0.921, 4096: 0.915},
+    ("rls", 64): {512: 1.0, 1024: 1.0, 2048: 1.0, 4096: 1.0},
+    ("rls", 128): {512: 1.0, 1024: 1.0, 2048: 1.0, 4096: 1.0},
+}
+
+COLUMNS = [
+    "card", "recipe", "n_pairs", "seq_len", "seed", "steps", "train_seconds", "cell_seconds", "accuracy",
+    "loss", "paper_accuracy", "first_loss", "last_train_loss", "lr", "batch_size", "vocab", "d_model",
+    "method", "ridge", "workers", "budget_s", "torch", "git", "status", "error",
+]  # fmt: skip
+
+
+def paper_accuracy(recipe, P, T):
+    return PAPER.get((recipe, P), {}).get(T, float("nan"))
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True)
+        return out.stdout.decode().strip() or "?"
+    except OSError:
+        return "?"
+
+
+def card_name(device):
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_cell(job):
+    """Worker: train one cell (all its seeds) and return its rows (never raises)."""
+    t0 = time.time()
+    cfg_kw, deadline, extra = job
+    base = {
+        "recipe": cfg_kw["recipe"], "n_pairs": cfg_kw["n_pairs"], "seq_len": cfg_kw["seq_len"],
+        "lr": cfg_kw["lr"], "batch_size": cfg_kw["batch_size"], "vocab": cfg_kw["vocab"],
+        "d_model": cfg_kw["d_model"], "method": cfg_kw["method"], "ridge": cfg_kw["ridge"], **extra,
+        "paper_accuracy": paper_accuracy(cfg_kw["recipe"], cfg_kw["n_pairs"], cfg_kw["seq_len"]),
+    }  # fmt: skip
+    try:
+        import torch
+
+        from ttr_stats.train import MQARTrainConfig, train_mqar
+
+        base["torch"] = torch.__version__
+        base["card"] = card_name(cfg_kw["device"])
+        cfg = MQARTrainConfig(**cfg_kw)
+        _, results = train_mqar(cfg, deadline=deadline)
+        cell_s = time.time() - t0
+        return [{**base, **r.row(), "cell_seconds": cell_s, "status": "ok", "error": ""} for r in results]
+    except Exception as exc:  # one failed cell must not stop the grid
+        tb = traceback.format_exc().strip().splitlines()
+        msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300] + " | " + " / ".join(tb[-3:])[:300]
+        return [
+            {**base, "seed": s, "cell_seconds": time.time() - t0, "status": "failed", "error": msg}
+            for s in cfg_kw["seeds"]
+        ]
+
+
+def _init_worker(threads, barrier):
+    """Import everything before the first cell (so that the cells' seconds are training seconds), then
+    wait at ``barrier`` until every worker has."""
+    import torch
+
+    import ttr_stats.train  # noqa: F401
+
+    torch.set_num_threads(threads)
+    try:
+        barrier.wait()
+    except Exception:  # the parent gave up waiting: start anyway
+        pass
+
+
+def cells_of(args):
+    """Cells in the order they are handed out: the longest sequences first, so that a late round holds
+    the short ones; linear attention and RLS of one (P, T) next to each other."""
+    return [(recipe, P, T) for T in sorted(args.T, reverse=True) for P in args.P for recipe in args.recipes]
+
+
+def cell_seconds(n_left, workers, time_left, overhead_s):
+    """Training seconds of the next cell: what is left, shared by the rounds still to come (the cells left,
+    this one included, ``workers`` at a time), less each round's ``overhead_s`` (model, evaluation)."""
+    rounds = math.ceil(n_left / workers)
+    return time_left / rounds - overhead_s
+
+
+class CSVSink:
+    """Appends rows as they come (header first), flushing each, so a killed run keeps its rows."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w", newline="", encoding="utf-8")
+        self.w = csv.DictWriter(self.fh, COLUMNS, extrasaction="ignore")
+        self.w.writeheader()
+        self.fh.flush()
+
+    def write(self, rows):
+        for r in rows:
+            self.w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self):
+        self.fh.close()
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_out = (
+        Path(os.environ["OUT"]) / "mqar_trained.csv"
+        if os.environ.get("OUT")
+        else ROOT / "paper_figures" / "data" / "mqar_trained.csv"
+    )
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ap.add_argument("--budget-s", type=float, default=420.0, help="hard wall-clock budget of the whole run")
+    ap.add_argument("--workers", type=int, default=8, help="training processes on the one card")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (cores / workers)")
+    ap.add_argument("--seeds", type=ints, default=[0, 1, 2], help="seeds, trained together in each cell")
+    ap.add_argument("--P", type=ints, default=[64, 128], help="key-value pairs")
+    ap.add_argument("--T", type=ints, default=[512, 1024, 2048, 4096], help="sequence lengths")
+    ap.add_argument("--recipes", type=lambda s: s.split(","), default=["linear_attention", "rls"])
+    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate")
+    ap.add_argument("--batch", type=int, default=32, help="sequences per step and seed")
+    ap.add_argument("--vocab", type=int, default=8192, help="Zoology's 8192")
+    ap.add_argument("--d-model", type=int, default=64)
+    ap.add_argument("--ridge", type=float, default=1.0, help="RLS prior precision")
+    ap.add_argument("--method", default="chunked")
+    ap.add_argument("--eval", type=int, default=512, help="held-out sequences per seed")
+    ap.add_argument("--max-steps", type=int, default=100_000, help="step cap (time is the budget)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--margin-s", type=float, default=15.0, help="kept back for writing and shutdown")
+    ap.add_argument("--overhead-s", type=float, default=10.0, help="per cell: model build, evaluation")
+    ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 workers: checks the logic")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.device, args.P, args.T, args.vocab, args.batch, args.eval = "cpu", [4], [32, 64], 128, 8, 16
+        args.workers, args.seeds, args.budget_s = 2, [0, 1], min(args.budget_s, 90.0)
+        args.overhead_s, args.margin_s = 5.0, 5.0
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
+    return args
+
+
+def main(argv=None):
+    t_start = time.time()
+    args = parse(argv)
+    deadline = t_start + args.budget_s - args.margin_s
+    try:
+        import torch
+    except ImportError:
+        print("gpu_mqar: needs PyTorch (pip install 'ttr_stats[train]'); nothing run", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"gpu_mqar: --device {args.device} but torch sees no CUDA device; try --dry-run", file=sys.stderr
+        )
+        return 2
+    cells = cells_of(args)
+    extra = {"workers": args.workers, "budget_s": args.budget_s, "git": git_commit()}
+
+    def job(cell, seconds):
+        recipe, P, T = cell
+        kw = dict(
+            recipe=recipe, n_pairs=P, seq_len=T, vocab=args.vocab, d_model=args.d_model,
+            batch_size=args.batch, steps=args.max_steps, seconds=seconds, lr=args.lr, ridge=args.ridge,
+            method=args.method, eval_sequences=args.eval, seeds=tuple(args.seeds), device=args.device,
+            threads=args.threads,
+        )  # fmt: skip
+        return kw, deadline, extra
+
+    sink = CSVSink(args.out)
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked
+    barrier = ctx.Barrier(args.workers + 1)
+    pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.threads, barrier))
+    try:
+        barrier.wait(timeout=max(1.0, (deadline - time.time()) / 3))
+    except Exception:  # BrokenBarrierError on timeout: go on with the workers that are up
+        barrier.abort()
+    print(
+        f"gpu_mqar: {len(cells)} cells x {len(args.seeds)} seeds, {args.workers} workers x {args.threads} "
+        f"threads, ready after {time.time() - t_start:.0f} s; about "
+        f"{cell_seconds(len(cells), args.workers, deadline - time.time(), args.overhead_s):.0f} s of "
+        f"training a cell; budget {args.budget_s:.0f} s -> {args.out}",
+        flush=True,
+    )
+    todo = list(cells)
+    running = {}  # cell -> (AsyncResult, config keywords)
+    n_ok = 0
+    try:
+        while (todo or running) and time.time() < deadline + args.margin_s / 2:
+            while todo and len(running) < args.workers:
+                left = deadline - time.time()
+                secs = cell_seconds(len(todo) + len(running), args.workers, left, args.overhead_s)
+                if secs < 2:
+                    break  # no time for another cell: the rest are written as not run
+                j = job(todo[0], secs)
+                running[todo.pop(0)] = (pool.apply_async(run_cell, (j,)), j[0])
+            if todo and not running:
+                break
+            for cell in [c for c, (r, _) in running.items() if r.ready()]:
+                rows = running.pop(cell)[0].get()
+                sink.write(rows)
+                n_ok += sum(r["status"] == "ok" for r in rows)
+                r0 = rows[0]
+                accs = " ".join(f"{r.get('accuracy', float('nan')):.3f}" for r in rows)
+                print(
+                    f"  {r0['recipe']:16s} P={r0['n_pairs']:<4d} T={r0['seq_len']:<5d} {r0['status']:6s} "
+                    f"steps={r0.get('steps', '-')} acc={accs} (paper {r0['paper_accuracy']}) "
+                    f"{time.time() - t_start:6.0f} s {r0.get('error', '')[:200]}",
+                    flush=True,
+                )
+            time.sleep(0.2)
+    finally:
+        pool.terminate()
+        left = [
+            (c, kw["seeds"], "timeout", "not finished inside --budget-s") for c, (_, kw) in running.items()
+        ]
+        left += [(c, tuple(args.seeds), "not_run", "no time left inside --budget-s") for c in todo]
+        for (recipe, P, T), seeds, status, why in left:
+            rows = [
+                {
+                    "recipe": recipe,
+                    "n_pairs": P,
+                    "seq_len": T,
+                    "seed": s,
+                    "status": status,
+                    "error": why,
+                    "paper_accuracy": paper_accuracy(recipe, P, T),
+                    **extra,
+                }  # fmt: skip
+                for s in seeds
+            ]
+            sink.write(rows)
+        sink.close()
+    print(f"gpu_mqar: {n_ok} seed rows ok, {len(left)} cells unfinished, {time.time() - t_start:.0f} s")
+    return 0 if n_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

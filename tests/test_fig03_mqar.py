@@ -1,0 +1,230 @@
+"""Figure 3 (MQAR): the Zoology token generator, the training module, the grid script and the figure.
+
+Torch tests skip before importing torch (CI has none); the figure runs in quick mode with or without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from ttr_stats.datasets import IGNORE, mqar_tokens
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="needs PyTorch (the train extra)")
+
+
+# ------------------------------------------------------------------------------------------------------
+# the generator
+@pytest.mark.parametrize("random_non_queries", [True, False])
+@pytest.mark.parametrize(("P", "T", "vocab"), [(4, 32, 64), (16, 128, 256), (64, 512, 8192)])
+def test_mqar_tokens_invariants(P, T, vocab, random_non_queries):
+    d = mqar_tokens(P, T, vocab=vocab, n_batch=16, seed=3, random_non_queries=random_non_queries)
+    B = 16
+    assert d.inputs.shape == d.labels.shape == (B, T)
+    assert d.keys.shape == d.values.shape == d.query_positions.shape == (B, P)
+    for b in range(B):
+        keys, vals, qpos = d.keys[b], d.values[b], d.query_positions[b]
+        # keys unique per sequence, from the lower half; values from the upper half
+        assert len(set(keys.tolist())) == P and len(set(vals.tolist())) == P
+        assert np.all((keys >= 1) & (keys < vocab // 2)) and np.all((vals >= vocab // 2) & (vals < vocab))
+        # the context: k_1 v_1 k_2 v_2 ...
+        np.testing.assert_array_equal(d.inputs[b, 0 : 2 * P : 2], keys)
+        np.testing.assert_array_equal(d.inputs[b, 1 : 2 * P : 2], vals)
+        # every key is queried once, in the query region, at an even offset from its start
+        assert len(set(qpos.tolist())) == P
+        assert np.all(qpos >= 2 * P) and np.all(qpos < T) and np.all((qpos - 2 * P) % 2 == 0)
+        np.testing.assert_array_equal(d.inputs[b, qpos], keys)
+        # each query's answer is the value of its key; nothing else is scored
+        ctx = d.inputs[b, : 2 * P]
+        pair_of = {int(k): int(v) for k, v in zip(ctx[0::2], ctx[1::2], strict=True)}
+        scored = np.flatnonzero(d.labels[b] != IGNORE)
+        assert set(scored.tolist()) == set(qpos.tolist())
+        for t in scored:
+            assert d.labels[b, t] == pair_of[int(d.inputs[b, t])]
+            # causality: the answer is in the past (key at 2i, value at 2i + 1 < t)
+            i = int(np.flatnonzero(keys == d.inputs[b, t])[0])
+            assert 2 * i + 1 < t
+        filler = np.ones(T, bool)
+        filler[: 2 * P] = False
+        filler[qpos] = False
+        if not random_non_queries:
+            assert np.all(d.inputs[b, filler] == 0)
+        assert np.all((d.inputs[b] >= 0) & (d.inputs[b] < vocab))
+
+
+def test_mqar_tokens_seeded_and_power_law():
+    a = mqar_tokens(8, 256, vocab=512, n_batch=4, seed=7)
+    b = mqar_tokens(8, 256, vocab=512, n_batch=4, seed=7)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # power_a = 0.01 puts the queries near the context (Zoology's p(g) ~ g^-0.99); uniform (a = 1) does not:
+    # mean gap over 2000 x 8 draws, 4 standard errors apart at least (se of a uniform gap ~ 124/sqrt(16000))
+    near = mqar_tokens(8, 512, vocab=1024, n_batch=2000, seed=1).query_positions - 16
+    flat = mqar_tokens(8, 512, vocab=1024, n_batch=2000, seed=1, power_a=1.0).query_positions - 16
+    assert near.mean() < flat.mean() - 4 * 124 / math.sqrt(near.size)
+    # with a = 1 the gaps are uniform over the (512 - 16) / 2 = 248 slots: mean 247/2 (4 se)
+    assert abs(flat.mean() / 2 - 123.5) < 4 * 71.6 / math.sqrt(flat.size)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"n_pairs": 4, "seq_len": 15}, "even"),
+        ({"n_pairs": 8, "seq_len": 30}, "too short"),
+        ({"n_pairs": 4, "seq_len": 64, "vocab": 64}, "must exceed seq_len"),
+        ({"n_pairs": 4, "seq_len": 32, "power_a": 0.0}, "power_a"),
+        ({"n_pairs": 0, "seq_len": 32}, "n_pairs"),
+    ],
+)
+def test_mqar_tokens_bad_arguments(kw, match):
+    kw = {"vocab": 128, **kw}
+    with pytest.raises(ValueError, match=match):
+        mqar_tokens(**kw)
+
+
+# ------------------------------------------------------------------------------------------------------
+# training (torch)
+def _cfg(**kw):
+    from ttr_stats.train import MQARTrainConfig
+
+    base = dict(n_pairs=4, seq_len=32, vocab=64, d_model=16, batch_size=16, steps=40, lr=1e-2,
+                eval_sequences=32, seeds=(0,), threads=1)  # fmt: skip
+    return MQARTrainConfig(**{**base, **kw})
+
+
+@needs_torch
+@pytest.mark.parametrize("recipe", ["linear_attention", "rls"])
+def test_a_few_steps_reduce_the_loss(recipe):
+    from ttr_stats.train import train_mqar
+
+    _, (r,) = train_mqar(_cfg(recipe=recipe))
+    assert r.steps == 40
+    # at init the read-out is near uniform: loss ~ log(vocab) = 4.16; 40 steps at lr 1e-2 bring the mean
+    # of the last 4 training losses down by 0.3 nats at least (measured: about 0.5-1.5 for both layers)
+    assert abs(r.first_loss - math.log(64)) < 0.1
+    assert r.last_train_loss < r.first_loss - 0.3
+    assert 0.0 <= r.accuracy <= 1.0 and math.isfinite(r.loss)
+
+
+@needs_torch
+def test_replicas_train_as_separate_runs():
+    """Two seeds trained together as replicas give each seed's run alone (float32 rounding: the batched
+    matmuls may sum in another order; 40 steps of AdamW amplify it little at this scale, 1e-4)."""
+    from ttr_stats.train import train_mqar
+
+    _, both = train_mqar(_cfg(seeds=(0, 1), steps=15))
+    for i, s in enumerate((0, 1)):
+        _, (alone,) = train_mqar(_cfg(seeds=(s,), steps=15))
+        assert both[i].seed == s
+        assert abs(both[i].last_train_loss - alone.last_train_loss) < 1e-4
+        assert abs(both[i].loss - alone.loss) < 1e-4
+
+
+@needs_torch
+def test_model_is_causal():
+    """Changing tokens at positions >= s never changes the hidden states before s (the short convolution
+    looks one token back only, and the layer is causal): exactly, not to a tolerance."""
+    import torch
+
+    from ttr_stats.train import build_model
+
+    for recipe in ("linear_attention", "rls"):
+        cfg = _cfg(recipe=recipe, seeds=(0, 1))
+        model = build_model(cfg)
+        x = mqar_tokens(4, 32, vocab=64, n_batch=2, seed=0).inputs
+        tokens = torch.from_numpy(np.stack([x, x[::-1]]))
+        changed = tokens.clone()
+        s = 20
+        changed[..., s:] = (changed[..., s:] + 5) % 64
+        with torch.no_grad():
+            h0, h1 = model.hidden(tokens), model.hidden(changed)
+        assert torch.equal(h0[..., :s, :], h1[..., :s, :])
+        assert not torch.equal(h0[..., s:, :], h1[..., s:, :])
+
+
+def test_config_checks():
+    from ttr_stats.train import MQARTrainConfig
+
+    with pytest.raises(ValueError, match="recipe"):
+        MQARTrainConfig(recipe="mamba")
+    with pytest.raises(ValueError, match="seeds"):
+        MQARTrainConfig(seeds=())
+    with pytest.raises(ValueError, match="must exceed seq_len"):
+        MQARTrainConfig(seq_len=512, vocab=256)
+
+
+def test_lr_schedule():
+    from ttr_stats.train import lr_factor
+
+    assert lr_factor(0.0, 0.1) == 0.0 and lr_factor(0.05, 0.1) == pytest.approx(0.5, abs=1e-15)
+    assert lr_factor(0.1, 0.1) == 1.0 and lr_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-15)
+    assert lr_factor(0.55, 0.1) == pytest.approx(0.5, abs=1e-15)  # cosine midpoint
+
+
+# ------------------------------------------------------------------------------------------------------
+# the grid script's scheduling and CSV (no training)
+def test_grid_cell_seconds_and_sink(tmp_path):
+    from benchmarks import gpu_mqar as g
+
+    # 16 cells on 8 workers with 400 s left: 2 rounds of 200 s, less 10 s overhead each
+    assert g.cell_seconds(16, 8, 400.0, 10.0) == 190.0
+    assert g.cell_seconds(9, 8, 400.0, 10.0) == 190.0 and g.cell_seconds(8, 8, 400.0, 10.0) == 390.0
+    args = g.parse(["--out", str(tmp_path / "x.csv")])
+    cells = g.cells_of(args)
+    assert len(cells) == 16 and cells[0][2] == 4096 and cells[-1][2] == 512
+    sink = g.CSVSink(tmp_path / "x.csv")
+    sink.write([{"recipe": "rls", "n_pairs": 64, "seq_len": 512, "accuracy": 0.5, "status": "ok"}])
+    sink.close()
+    from paper_figures._common import read_csv
+
+    (row,) = read_csv(tmp_path / "x.csv")
+    assert row["recipe"] == "rls" and float(row["accuracy"]) == 0.5 and list(row) == g.COLUMNS
+    assert g.paper_accuracy("linear_attention", 128, 4096) == 0.915
+
+
+# ------------------------------------------------------------------------------------------------------
+# the figure
+def test_figure_quick_runs(tmp_path):
+    from paper_figures import fig03_mqar as f
+    from paper_figures._common import read_csv
+
+    rows = f.main(tmp_path, quick=True, trained_csv=tmp_path / "none.csv")
+    assert (tmp_path / "mqar.png").is_file() and (tmp_path / "mqar_capacity.csv").is_file()
+    assert {r[0] for r in rows} == {"linear_attention", "rls", "deltanet"}
+    # the construction: RLS interpolates the 2P + 2 distinct predecessors while 2P + 2 <= d (d = 16, P = 4)
+    # exactly: every query decodes (ridge 1e-6 moves the outputs by ~1e-6, far below the decoding margin)
+    assert all(r[4] == 1.0 for r in rows if r[0] == "rls" and r[1] == 4)
+    live = read_csv(tmp_path / "mqar_live.csv")
+    if HAS_TORCH:
+        assert {r["recipe"] for r in live} == {"linear_attention", "rls"}
+    else:
+        assert live == []
+    assert not (tmp_path / "mqar_trained.csv").exists()
+
+
+def test_figure_draws_the_gpu_csv(tmp_path):
+    """(b) from a grid CSV: the summary is the mean and s.e. over seeds, the paper's number beside."""
+    from benchmarks import gpu_mqar as g
+    from paper_figures import fig03_mqar as f
+
+    src = tmp_path / "grid.csv"
+    sink = g.CSVSink(src)
+    accs = {("linear_attention", 128, 512): (0.9, 0.8), ("rls", 128, 512): (1.0, 1.0)}
+    for (recipe, P, T), pair in accs.items():
+        sink.write([{"card": "H200", "recipe": recipe, "n_pairs": P, "seq_len": T, "seed": s, "steps": 100,
+                     "accuracy": a, "status": "ok", "paper_accuracy": g.paper_accuracy(recipe, P, T)}
+                    for s, a in enumerate(pair)])  # fmt: skip
+    sink.write([{"recipe": "rls", "n_pairs": 64, "seq_len": 512, "seed": 0, "status": "timeout"}])
+    sink.close()
+    summary = f.summarise(f.trained_rows(src))
+    assert set(summary) == {("linear_attention", 128), ("rls", 128)}  # the timeout row is left out
+    ((T, mean, se, n, paper),) = summary[("linear_attention", 128)]
+    assert (T, n, paper) == (512, 2, 0.934)
+    assert mean == pytest.approx(0.85, abs=1e-12) and se == pytest.approx(0.05, abs=1e-12)
+    f.main(tmp_path / "out", quick=True, trained_csv=src, live=False)
+    assert (tmp_path / "out" / "mqar_trained.csv").read_bytes() == src.read_bytes()
+    assert (tmp_path / "out" / "mqar.png").is_file()
