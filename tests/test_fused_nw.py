@@ -376,3 +376,27 @@ def test_kernel_handles_many_sequences_and_refuses_what_does_not_fit(rng):
     assert rel(cp.asnumpy(got), ref) < F64
     big = cp.zeros((1, 4, 2000))  # d_k = 2000 does not fit shared memory
     assert F.forward(cp, big, big, big[..., :4], big[..., 0], big[..., 0], 1.0, True, 0) is None
+
+
+def test_a_kernel_that_does_not_compile_falls_back_to_the_array_form(monkeypatch, rng):
+    """An NVRTC failure (``cupy.cuda.compiler.CompileException``) warns once and switches the kernel off;
+    the call still returns the array form's outputs. Other errors propagate."""
+
+    class CompileException(Exception):
+        pass
+
+    def broken(xp, **ops):
+        raise CompileException("nw_forward: error: something")
+
+    monkeypatch.setattr(F, "_on_device", lambda xp: True)
+    monkeypatch.setattr(F, "forward", broken)
+    monkeypatch.setattr(F, "ENABLED", True)
+    Q, K, V = data(rng, 70, 3)
+    with pytest.warns(RuntimeWarning, match="did not compile"):
+        got = layer()(Q, K, V, method="tiled")
+    assert not F.ENABLED
+    assert rel(got, layer()(Q, K, V, method="parallel")) < F64
+    monkeypatch.setattr(F, "ENABLED", True)
+    monkeypatch.setattr(F, "forward", lambda xp, **ops: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        layer()(Q, K, V, method="tiled")

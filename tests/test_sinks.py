@@ -97,14 +97,6 @@ def test_layer_with_no_sinks_is_the_dense_softmax(rng):
     assert np.max(np.abs(ref_s[..., :W, :] - ref[..., :W, :])) < TOL
 
 
-def test_layer_refuses_sinks_instead_of_dropping_them(rng):
-    # never the plain window's finite wrong answer: a clear error naming the argument and the remedy
-    Q, K, V = (rng.standard_normal((T, 4)) for _ in range(3))
-    layer = tt.TestTimeRegression(SinkWindow(W, S), LocalPolynomial(0, ExpDot()), tt.optimizers.ClosedForm())
-    with pytest.raises(ValueError, match=r"SinkWindow\(sinks=3\).*matrix\(T\).*sinks=0"):
-        layer(Q, K, V)
-
-
 @pytest.mark.parametrize("bad", [-1, 1.5])
 def test_bad_sinks_are_refused(bad):
     with pytest.raises(ValueError, match="sinks"):
@@ -116,3 +108,280 @@ def test_data_dependent_sinks_need_gates():
         SinkWindow(W, S, alpha=None).matrix(T)
     with pytest.raises(ValueError, match=r"\(\.\.\., T\)"):
         SinkWindow(W, S, alpha=None).matrix(T, alpha=np.ones(T + 1))
+
+
+# --- every method of the layer keeps the sinks ----------------------------------------------------------
+# Tolerances of this part: the dense references below are float64 and independent of the library's methods
+# (the explicit softmax of ``sink_softmax``; a normal-equations solve per query for local linear). For
+# softmax both sides sum at most 307 positive terms of logits |tau q.k| < 3 and gate sums < 30: the
+# rounding is ~(log T + |logit|) eps ~ 1e-15, so 1e-12 leaves three digits of margin and a dropped sink
+# (O(0.1), checked above) cannot hide. Local linear carries a ridge 1e-2 on d_k = 2 slopes, so the 3 x 3
+# normal equations have cond < 1e4 and the two solves differ by < cond eps ~ 1e-12: we allow 1e-11.
+# Float32 inputs are compared with the float64 reference at 1e-5 (sums of <= 307 terms in float32:
+# sqrt(T) (|logit| + log T) eps32 ~ 2e-6; the tiled path uses block-local gate sums, never a difference
+# of cumulative sums).
+F64_NW, F64_LL, F32 = 1e-12, 1e-11, 1e-5
+TAU, RIDGE, TILE = (
+    0.7,
+    1e-2,
+    16,
+)  # chunk_size 16: windows of 5 and sinks of 1, 3 inside one tile, 40 across three
+METHODS = ("parallel", "direct", "recurrent", "tiled", "auto")
+
+
+def local_linear_reference(Q, K, V, G, tau, ridge):
+    """Per query t: weights G_ti exp(tau q_t.k_i) normalised, design [1, k_i - q_t], ridge on the slopes
+    (the library's ridge is scaled by the weight total, 1 here), output the intercept. Float64, plain."""
+    out = np.zeros(Q.shape[:-1] + (V.shape[-1],))
+    for b in np.ndindex(Q.shape[:-2]):
+        for t in range(Q.shape[-2]):
+            logit = tau * K[b] @ Q[b][t]
+            w = G[b][t] * np.exp(logit - logit.max())
+            if not np.any(w > 0):
+                continue  # no pair of positive weight: the empty memory reads 0
+            w = w / w.sum()
+            X = np.concatenate([np.ones((K.shape[-2], 1)), K[b] - Q[b][t]], axis=-1)
+            D = ridge * np.diag([0.0] + [1.0] * K.shape[-1])
+            beta = np.linalg.solve(X.T @ (w[:, None] * X) + D, X.T @ (w[:, None] * V[b]))
+            out[b + (t,)] = beta[0]
+    return out
+
+
+def sink_layer(order, width, sinks, alpha=None):
+    reg = LocalPolynomial(order, ExpDot(TAU), RIDGE if order else 0.0)
+    return tt.TestTimeRegression(SinkWindow(width, sinks, alpha=alpha), reg, tt.optimizers.ClosedForm())
+
+
+def sink_data(rng, T, d_k, batch=(2,)):
+    Q, K, V = (rng.standard_normal(batch + (T, d)) / 2 for d in (d_k, d_k, 3))
+    g = np.log(rng.uniform(0.9, 1.0, batch + (T,)))
+    b = rng.uniform(0.5, 2.0, batch + (T,))
+    return Q, K, V, g, b
+
+
+def sinks_cases():
+    for T in (1, 5, 63, 65, 300):
+        for width in (5, 40):  # narrower / wider than a tile of 16
+            for sinks in sorted({0, 1, 3, width, T + 7}):
+                yield T, width, sinks
+
+
+@pytest.mark.parametrize("order", [0, 1], ids=["nadaraya-watson", "local-linear"])
+@pytest.mark.parametrize("T, width, sinks", list(sinks_cases()))
+def test_every_method_equals_the_dense_reference(rng, order, T, width, sinks):
+    d_k = 4 if order == 0 else 2
+    Q, K, V, g, b = sink_data(rng, T, d_k)
+    G = SinkWindow(width, sinks, alpha=None).matrix(T, log_alpha=g, beta=b)
+    if order == 0:
+        ref, tol = sink_softmax(Q, K, V, G, TAU), F64_NW
+    else:
+        ref, tol = local_linear_reference(Q, K, V, G, TAU, RIDGE), F64_LL
+    layer = sink_layer(order, width, sinks)
+    assert set(layer.supported_methods) == {"parallel", "direct", "recurrent", "tiled"}
+    for m in METHODS:
+        for dtype, bound in ((np.float64, tol), (np.float32, F32)):
+            args = [x.astype(dtype) for x in (Q, K, V)]
+            got = layer(*args, log_alpha=g.astype(dtype), beta=b.astype(dtype), method=m, chunk_size=TILE)
+            assert got.dtype == dtype
+            err = np.max(np.abs(got - ref), initial=0.0)
+            assert err < bound, (m, dtype, err)
+        if m == "auto":
+            assert layer.method_ in layer.supported_methods
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_default_tiles_keep_the_sinks(rng, order):
+    # the default block (128 softmax / 64 local polynomial): sinks in key block 0 of a call of 3-5 blocks,
+    # and sinks spanning two blocks
+    T = 300
+    Q, K, V, g, b = sink_data(rng, T, 2)
+    for width, sinks in ((7, 4), (7, 150), (200, 3)):
+        G = SinkWindow(width, sinks, alpha=None).matrix(T, log_alpha=g, beta=b)
+        ref = sink_softmax(Q, K, V, G, TAU) if order == 0 else local_linear_reference(Q, K, V, G, TAU, RIDGE)
+        got = sink_layer(order, width, sinks)(Q, K, V, log_alpha=g, beta=b, method="tiled")
+        assert np.max(np.abs(got - ref)) < (F64_NW if order == 0 else F64_LL), (width, sinks)
+
+
+def test_tiles_outside_the_window_are_still_skipped(rng):
+    # the sinks add the tiles of their key blocks only: T = 320 in tiles of 16 (20 blocks), window 5, one
+    # sink block: the diagonal, the tile before it and key block 0 for every query block, 20 + 19 + 18
+    from ttr_stats.methods.kernel_smoother._tiles import TilePlan
+
+    layer = sink_layer(0, 5, 3)
+    Q, K, V, g, b = sink_data(rng, 320, 2, batch=())
+    P = layer._prepare(Q, K, V, None, g, b, None)
+    assert P.sinks == 3 and P.window == 5
+    plan = TilePlan(np, P, layer.regressor.log_similarity, 16, budget=1)  # one query block a step
+    visited = sum(st.q1 - st.q0 for st in plan.steps())
+    assert visited == 20 + 19 + 18
+    P0 = sink_layer(0, 5, 0)._prepare(Q, K, V, None, g, b, None)
+    plan0 = TilePlan(np, P0, layer.regressor.log_similarity, 16, budget=1)
+    assert sum(st.q1 - st.q0 for st in plan0.steps()) == 20 + 19
+
+
+def test_hard_reset_forgets_the_sinks_too(rng):
+    # a gate alpha = 0 multiplies every earlier pair's weight, the sinks' included (forgetting attention)
+    T, width, sinks = 65, 5, 3
+    Q, K, V, g, b = sink_data(rng, T, 4)
+    alpha = np.exp(g)
+    alpha[..., 30] = 0.0
+    G = SinkWindow(width, sinks, alpha=None).matrix(T, alpha=alpha, beta=b)
+    assert np.all(G[..., 30:, :sinks] == 0)
+    ref = sink_softmax(Q, K, V, G, TAU)
+    layer = sink_layer(0, width, sinks)
+    for m in METHODS:
+        got = layer(Q, K, V, alpha=alpha, beta=b, method=m, chunk_size=TILE)
+        assert np.max(np.abs(got - ref)) < F64_NW, m
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_no_sinks_is_sliding_window_bit_for_bit(rng, order):
+    T = 65
+    Q, K, V, g, b = sink_data(rng, T, 3)
+    reg = LocalPolynomial(order, ExpDot(TAU), RIDGE if order else 0.0)
+    pairs = [
+        (SinkWindow(5, 0), tt.weights.SlidingWindow(5), {}),
+        (SinkWindow(5, 0, alpha=None), GatedWindow(5, alpha=None), {"log_alpha": g, "beta": b}),
+    ]
+    for sw, plain, kw in pairs:
+        a, p = tt.TestTimeRegression(sw, reg), tt.TestTimeRegression(plain, reg)
+        assert a.supported_methods == p.supported_methods
+        for m in METHODS:
+            ya, sa = a(Q, K, V, method=m, chunk_size=TILE, return_state=True, **kw)
+            yp, sp = p(Q, K, V, method=m, chunk_size=TILE, return_state=True, **kw)
+            assert np.array_equal(ya, yp), (type(plain).__name__, m)
+            assert all(np.array_equal(x, y) for x, y in zip(sa, sp, strict=True))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_lengths_pad_without_touching_the_sinks(rng, order):
+    # right padding: each sequence's outputs and final cache equal those of the unpadded call
+    T, width, sinks = 65, 5, 3
+    Q, K, V, g, b = sink_data(rng, T, 2, batch=(3,))
+    lengths = np.array([T, 40, 2])
+    layer = sink_layer(order, width, sinks)
+    tol = F64_NW if order == 0 else F64_LL
+    for m in METHODS:
+        Y, st = layer(
+            Q, K, V, log_alpha=g, beta=b, lengths=lengths, method=m, chunk_size=TILE, return_state=True
+        )
+        for j, n in enumerate(lengths):
+            y1, s1 = layer(Q[j, :n], K[j, :n], V[j, :n], log_alpha=g[j, :n], beta=b[j, :n], method=m,
+                           chunk_size=TILE, return_state=True)  # fmt: skip
+            assert np.max(np.abs(Y[j, :n] - y1)) < tol, (m, n)
+            assert np.all(Y[j, n:] == 0)
+            lw = st.log_weight[j]
+            assert np.array_equal(np.isfinite(lw[:n]), np.isfinite(s1.log_weight)), (m, n)  # same pairs kept
+            assert np.all(lw[n:] == -np.inf)
+            fin = np.isfinite(s1.log_weight)
+            assert np.max(np.abs(lw[:n][fin] - s1.log_weight[fin]), initial=0.0) < 1e-12
+    # the sequence of 40 keeps its 3 sinks and its last 5 pairs (positions 35..39), not the padding's
+    kept = np.flatnonzero(
+        np.isfinite(layer.memorize(K, V, log_alpha=g, beta=b, lengths=lengths).log_weight[1])
+    )
+    assert list(kept) == [0, 1, 2, 35, 36, 37, 38, 39]
+
+
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("seed", range(6))
+def test_causality_fuzz(order, seed):
+    # outputs before s are bit-for-bit independent of every input at s and after (Q, K, V, gates, beta)
+    r = np.random.default_rng(1300 + seed)
+    T = int(r.integers(2, 90))
+    width, sinks = int(r.integers(1, 20)), int(r.integers(0, 25))
+    s = int(r.integers(1, T))
+    Q, K, V, g, b = sink_data(r, T, 2)
+    Q2, K2, V2, g2, b2 = (x.copy() for x in (Q, K, V, g, b))
+    for x in (Q2, K2, V2):
+        x[..., s:, :] = r.standard_normal(x[..., s:, :].shape) * 3
+    g2[..., s:] = np.log(r.uniform(0.0, 1.0, g2[..., s:].shape))
+    b2[..., s:] = r.uniform(0.1, 9.0, b2[..., s:].shape)
+    layer = sink_layer(order, width, sinks)
+    for m in METHODS:
+        y = layer(Q, K, V, log_alpha=g, beta=b, method=m, chunk_size=TILE)
+        y2 = layer(Q2, K2, V2, log_alpha=g2, beta=b2, method=m, chunk_size=TILE)
+        assert np.array_equal(y[..., :s, :], y2[..., :s, :]), (m, T, width, sinks, s)
+        assert not np.array_equal(y[..., s:, :], y2[..., s:, :])
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_memorize_and_continuation_equal_the_full_run(rng, order):
+    # the memory of a sink window = the sinks + the last w pairs; memorize in two parts = in one = the
+    # methods' final cache, and reading it at q_T gives the causal output at T
+    T, width, sinks, cut = 65, 5, 3, 30
+    Q, K, V, g, b = sink_data(rng, T, 2)
+    layer = sink_layer(order, width, sinks)
+    full = layer.memorize(K, V, log_alpha=g, beta=b)
+    kept = np.flatnonzero(np.isfinite(full.log_weight[0]))
+    assert list(kept) == [0, 1, 2] + list(range(T - width, T))
+    first = layer.memorize(K[:, :cut], V[:, :cut], log_alpha=g[:, :cut], beta=b[:, :cut])
+    both = layer.memorize(K[:, cut:], V[:, cut:], log_alpha=g[:, cut:], beta=b[:, cut:], initial_state=first)
+    assert np.array_equal(np.isfinite(both.log_weight), np.isfinite(full.log_weight))
+    fin = np.isfinite(full.log_weight)
+    # gate sums of <= 65 terms, summed in two orders: ~T eps
+    assert np.max(np.abs(both.log_weight[fin] - full.log_weight[fin])) < 1e-12
+    assert np.array_equal(both.K, full.K) and np.array_equal(both.V, full.V)
+    tol = F64_NW if order == 0 else F64_LL
+    for m in METHODS:
+        Y, st = layer(Q, K, V, log_alpha=g, beta=b, method=m, chunk_size=TILE, return_state=True)
+        assert np.array_equal(np.isfinite(st.log_weight), fin), m
+        assert np.max(np.abs(st.log_weight[fin] - full.log_weight[fin])) < 1e-12, m
+        assert np.max(np.abs(layer.read(both, Q[:, -1:]) - Y[:, -1:])) < tol, m
+
+
+# --- linear memories with additive statistics: the generic loop keeps the sinks ------------------------
+def linear_reference(Q, K, V, G):
+    """Linear attention under dense weights: y_t = sum_i G_ti (q_t . k_i) v_i."""
+    return (G * (Q @ np.swapaxes(K, -1, -2))) @ V
+
+
+def test_linear_attention_loop_and_final_state_keep_the_sinks(rng):
+    # IdentityCovariance: the loop downdates the pair leaving the window (by its decayed weight) unless it
+    # is a sink; memorize's closed form (final_state) keeps the sinks + the window. Sums of <= 65 terms of
+    # size O(1): ~1e-15; 1e-12.
+    T, width, sinks = 65, 5, 3
+    Q, K, V, g, b = sink_data(rng, T, 3)
+    G = SinkWindow(width, sinks, alpha=None).matrix(T, log_alpha=g, beta=b)
+    layer = tt.TestTimeRegression(SinkWindow(width, sinks, alpha=None), tt.regressors.Linear(),
+                                  tt.optimizers.IdentityCovariance())  # fmt: skip
+    assert layer.supported_methods == ("recurrent",)
+    Y, st = layer(Q, K, V, log_alpha=g, beta=b, return_state=True)
+    assert layer.method_ == "recurrent"
+    assert np.max(np.abs(Y - linear_reference(Q, K, V, G))) < 1e-12
+    M_ref = np.einsum("bi,biv,bik->bvk", G[:, -1], V, K)
+    assert np.max(np.abs(st.M - M_ref)) < 1e-12
+    closed = layer.memorize(K, V, log_alpha=g, beta=b)
+    assert all(np.max(np.abs(x - y)) < 1e-12 for x, y in zip(closed, st, strict=True))
+    # the dense identity methods drop the sinks: refused, naming the weights and the remedy
+    with pytest.raises(ValueError, match=r"chunked.*SinkWindow\(sinks=3\).*sinks=0"):
+        layer(Q, K, V, log_alpha=g, beta=b, method="chunked")
+
+
+def test_least_squares_loop_and_final_state_keep_the_sinks(rng):
+    # ClosedForm least squares: M_t = S_t (R_t + ridge I)^{-1} over the sinks + the window; 4 x 4 solves
+    # with ridge 1e-2 (cond < 1e4): 1e-10
+    T, width, sinks = 40, 5, 3
+    Q, K, V = (rng.standard_normal((2, T, 4)) for _ in range(3))
+    G = SinkWindow(width, sinks).matrix(T)
+    layer = tt.TestTimeRegression(
+        SinkWindow(width, sinks), tt.regressors.Linear(), tt.optimizers.ClosedForm(1e-2)
+    )
+    Y, st = layer(Q, K, V, return_state=True)
+    R = np.einsum("ti,bij,bik->btjk", G, K, K) + 1e-2 * np.eye(4)
+    S_ = np.einsum("ti,bij,bik->btjk", G, V, K)
+    ref = np.einsum("btvk,btk->btv", S_ @ np.linalg.inv(R), Q)
+    assert np.max(np.abs(Y - ref)) < 1e-10
+    closed = layer.memorize(K, V)
+    assert all(np.max(np.abs(x - y)) < 1e-12 for x, y in zip(closed, st, strict=True))
+
+
+def test_families_that_would_drop_the_sinks_refuse_them():
+    # Parallax registers windows but not sinks: refused when the layer is built, with the remedy
+    from ttr_stats.regressors.parallax import Parallax
+
+    with pytest.raises(ValueError, match=r"SinkWindow\(sinks=3\).*Parallax.*sinks=0"):
+        tt.TestTimeRegression(SinkWindow(W, S), Parallax(None, ExpDot()), tt.optimizers.ClosedForm())
+    # sinks = 0 is the plain window there
+    tt.TestTimeRegression(SinkWindow(W, 0), Parallax(None, ExpDot()), tt.optimizers.ClosedForm())
+    # a gated window under the kernel smoothers keeps them: every method is supported
+    assert "tiled" in sink_layer(0, W, S).supported_methods

@@ -304,9 +304,12 @@ class SinkWindow(GatedWindow):
     :math:`\sum_{j>i}\log\alpha_j` on every logit); with ``alpha=1`` and no gates this is StreamingLLM's
     mask. ``sinks=0`` is :class:`GatedWindow` exactly.
 
-    No method of the layer applies the sink columns yet (the kernel smoothers' window code keeps the last
-    w pairs only), so a layer refuses ``sinks > 0`` with a clear error rather than compute the plain
-    window; :meth:`matrix` gives the exact dense weights :math:`\Gamma`.
+    In a layer the kernel smoothers (softmax / Nadaraya-Watson and local polynomial regressors: every
+    method, ``"tiled"`` included, whose tile skipping keeps the sink tiles) and the generic recurrent loop
+    of the additive-statistics optimizers (linear attention, least squares: the loop downdates the pair
+    leaving the window only when it is not a sink) run it exactly; a method that would drop the sinks is
+    refused with an error naming these weights (its registry entry has ``sinks=False``). The memory of
+    such a layer is the s sinks plus the last w pairs.
 
     Parameters
     ----------
@@ -328,12 +331,6 @@ class SinkWindow(GatedWindow):
 
     def _validate(self):
         self._check()
-        if int(self.sinks) > 0:
-            raise ValueError(
-                f"weights: SinkWindow(sinks={int(self.sinks)}) is not run by any layer method yet (their "
-                "window keeps the last w pairs only, and would drop the sinks); use "
-                "SinkWindow(...).matrix(T) for the exact weights, or sinks=0 (GatedWindow) in a layer"
-            )
 
     def matrix(self, T, *, alpha=None, log_alpha=None, beta=None):
         r"""Dense causal :math:`\Gamma_{ti} = \gamma_i^{(t)}`, shape (..., T, T), sinks included.

@@ -2,7 +2,8 @@ r"""The memory after the last step, without reading: what ``memorize`` (and the 
 
 The recurrent loop computes every intermediate state only to throw it away when nothing is read. For the
 families whose state is a weighted sum of the pairs the last state has a closed form in the weights of the
-*last* row, :math:`\Gamma_{Ti} = \beta_i \exp(\sum_{j=i+1}^T g_j)\,\mathbb 1[T - i < w]`, and the initial
+*last* row, :math:`\Gamma_{Ti} = \beta_i \exp(\sum_{j=i+1}^T g_j)\,\mathbb 1[T - i < w \text{ or } i < s]`
+(s attention sinks), and the initial
 state decays by :math:`c_T = \exp(\sum_{j\le T} g_j)`:
 
 * identity covariance (linear attention, GLA): :math:`M_T = \sum_i \Gamma_{Ti} v_i k_i^\top + M_0 c_T`,
@@ -59,7 +60,8 @@ def last_row_weights(xp, P: Problem):
     W : array of shape (*batch, T, 1) or (*batch, T, d_k)
         :math:`\Gamma_{Ti} = \beta_i \exp(\sum_{j>i} g_j)`, zero outside the window (the window of each
         sequence ends at its last valid token when ``P.lengths`` is given, as in the loop, which stops
-        downdating there).
+        downdating there); the first ``P.sinks`` pairs (attention sinks) are inside it always, so the
+        state of a sink window layer is that of the sinks plus the window.
     c : array of shape (*batch, 1) or (*batch, d_k)
         :math:`c_T = \exp(\sum_j g_j)`, the decay of the initial state.
     """
@@ -74,6 +76,8 @@ def last_row_weights(xp, P: Problem):
         idx = xp.arange(T, device=P.device)
         end = T if P.lengths is None else P.lengths[..., None]
         keep = idx >= end - P.window  # the last w pairs before the end (later ones have b = 0)
+        if P.sinks:  # and the attention sinks, which never leave (weights.SinkWindow)
+            keep = keep | (idx < P.sinks)
         W = xp.where(keep[..., None], W, xp.zeros((), dtype=W.dtype))
     return W, xp.exp(suffix[..., 0, :])
 

@@ -26,6 +26,10 @@ class Problem(NamedTuple):
     b : array of shape (*batch_shape, T * steps_per_token)
         Write strengths / step sizes.
     window : int or None
+    sinks : int
+        Attention sinks of a window (``weights.SinkWindow``): the first ``sinks`` pairs never leave it, so
+        pair i counts at t when ``i <= t`` and (``t - i < window`` or ``i < sinks``). 0 without a window;
+        a method that cannot keep them registers ``sinks=False`` and is refused.
     state0 : optimizer state or None
     batch_shape : tuple
     T : int
@@ -51,10 +55,6 @@ class Problem(NamedTuple):
         log-weight ``-inf``: excluded), and, in a causal call, zero queries at padded positions (their
         outputs are padding, set to 0 by the layer). The generic loop also freezes the state there, so
         every family's final state is the state after ``lengths`` tokens.
-    inputs : dict of str -> array, or None
-        Per-token inputs a component declares in ``token_inputs`` (PaTH's ``w`` (..., T, d_k) and ``w_beta``
-        (..., T)), checked, in the call's dtype and broadcast to ``batch_shape``; not masked under
-        ``lengths`` (a method that needs identities in the padding makes them).
     """
 
     xp: object
@@ -76,7 +76,7 @@ class Problem(NamedTuple):
     lengths: object = None
     chunk_size: object = None
     gated: bool = True
-    inputs: object = None
+    sinks: int = 0
 
     @property
     def itemsize(self) -> int:

@@ -1,7 +1,8 @@
 """The generic recurrent loop: the definition of every parametric test-time regression layer.
 
 For t = 1..T: decay the state by alpha_t, write (k_t, v_t) with strength beta_t (``steps_per_token``
-pairs for DeltaProduct), remove the pair that leaves a sliding window, then read y_t = read(state, q_t).
+pairs for DeltaProduct), remove the pair that leaves a sliding window (unless it is one of the first
+``P.sinks``: attention sinks stay), then read y_t = read(state, q_t).
 Vectorised over batch dims, a Python loop over t. Registered as the reference (``"recurrent"``) of every
 parametric family; every other method is tested against it.
 """
@@ -37,9 +38,16 @@ def loop(opt, P: Problem, *, read=True):
             i = t * n + j
             a = one if (j or unit) else a_all[..., t, :]
             state = opt.update(state, P.K[..., i, :], P.V[..., i, :], a, P.b[..., i])
-            if P.window is not None and i >= P.window:
+            if P.window is not None and i - P.window >= P.sinks:  # attention sinks never leave
                 o = i - P.window  # the pair leaving the window [i - w + 1, i]
-                state = opt.downdate(state, P.K[..., o, :], P.V[..., o, :], P.b[..., o])
+                k_o, b_o = P.K[..., o, :], P.b[..., o]
+                if not unit:  # its weight now: b_o prod_{j=o+1}^{i} alpha_j (one pair per token here)
+                    d = xp.exp(xp.sum(P.g[..., o + 1 : i + 1, :], axis=-2))
+                    if d.shape[-1] == 1:
+                        b_o = b_o * d[..., 0]
+                    else:  # per-dimension decay: the pair's key has decayed coordinate-wise
+                        k_o = k_o * d
+                state = opt.downdate(state, k_o, P.V[..., o, :], b_o)
         if P.lengths is not None:
             valid = t < P.lengths
             state = type(state)(
@@ -68,9 +76,9 @@ _COMMON = dict(
     run=recurrent, memory=state_bytes, reference=True, rank=90, summary="the generic loop (definition)"
 )
 _FULL = ("float32", "float64")  # a solve a step: NumPy has no half-precision linalg
-register("recurrent", "identity", window=True, per_dimension=True, **_COMMON)
-register("recurrent", "least_squares", window=True, dtypes=_FULL, **_COMMON)
-register("recurrent", "batch_gd", window=True, **_COMMON)
+register("recurrent", "identity", window=True, sinks=True, per_dimension=True, **_COMMON)
+register("recurrent", "least_squares", window=True, sinks=True, dtypes=_FULL, **_COMMON)
+register("recurrent", "batch_gd", window=True, sinks=True, **_COMMON)
 # rls: methods/rls/recurrent.py (this loop in float64, with a condition guard)
 register("recurrent", "delta", multi_write=True, **_COMMON)
 register("recurrent", "neural", **_COMMON)

@@ -101,6 +101,9 @@ class Method:
         The family's definition (the fallback of ``auto``, and what every other method is tested against).
     window : bool
         Runs sliding-window weights.
+    sinks : bool
+        Keeps a window's attention sinks (``weights.SinkWindow(sinks=s)``, ``Problem.sinks``): the first s
+        pairs stay in every prefix's regression.
     per_dimension : bool
         Runs per-dimension decay (GLA).
     multi_write : bool
@@ -121,6 +124,7 @@ class Method:
     rank: int = 100
     reference: bool = False
     window: bool = False
+    sinks: bool = False
     per_dimension: bool = False
     multi_write: bool = False
     dtypes: tuple = ("float16", "float32", "float64")
@@ -132,6 +136,11 @@ class Method:
         w = layer.weights
         if w.window is not None and not self.window:
             return f"{self.name} does not run sliding windows ({type(w).__name__})"
+        if int(getattr(w, "sinks", 0) or 0) > 0 and not self.sinks:
+            return (
+                f"{self.name} keeps the last w pairs only and would drop the attention sinks of "
+                f"{type(w).__name__}(sinks={int(w.sinks)}); use a method that keeps them or sinks=0"
+            )
         if w.per_dimension and not self.per_dimension:
             return f"{self.name} does not run per-dimension decay"
         if int(getattr(layer.optimizer, "steps_per_token", 1)) > 1 and not self.multi_write:
@@ -157,8 +166,6 @@ FAMILIES = (
     "higher_order",
     "robust",
     "parallax",
-    "path",
-    "deltaformer",
 )
 
 

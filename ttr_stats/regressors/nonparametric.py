@@ -25,6 +25,7 @@ from .linear import Regressor
 __all__ = [
     "CacheState",
     "NonparametricRegressor",
+    "kept_pairs",
     "log_gamma",
     "last_log_weights",
     "log_strength",
@@ -59,10 +60,20 @@ def log_strength(xp, b):
     return xp.where(pos, xp.log(safe), xp.asarray(-math.inf, dtype=b.dtype))
 
 
+def kept_pairs(xp, t, i, window, sinks=0):
+    r"""Whether a window keeps pair ``i`` at step ``t`` (broadcasting integer arrays, positions from 0):
+    :math:`t - i < w` or :math:`i < s` (the s attention sinks never leave; StreamingLLM). Causality
+    (``i <= t``) is the caller's."""
+    inside = (t - i) < window
+    return (inside | (i < sinks)) if sinks else inside
+
+
 def last_log_weights(xp, P):
     r"""Log weights of every pair at the last step, :math:`\log\Gamma_{Ti}`, shape (..., T_k).
 
-    Suffix sums of the log-decays (no differences of cumulative sums, so ``-inf`` resets are exact).
+    Suffix sums of the log-decays (no differences of cumulative sums, so ``-inf`` resets are exact). Under
+    a window the last step of a sequence is its last valid token (``P.lengths``, right padding), and its
+    first ``P.sinks`` pairs stay (attention sinks).
     """
     g = P.g[..., 0]
     T = g.shape[-1]
@@ -70,7 +81,10 @@ def last_log_weights(xp, P):
     after = xp.concat([suffix[..., 1:], xp.zeros(g.shape[:-1] + (min(T, 1),), dtype=g.dtype)], axis=-1)
     L = after + log_strength(xp, P.b)
     if P.window is not None and P.window < T:
-        keep = xp.arange(T) >= T - P.window
+        # the window ends at each sequence's last valid pair (padded pairs have -inf already): as the
+        # loop's final cache, which keeps the w pairs before the end of the sequence, not of the padding
+        last = T - 1 if P.lengths is None else P.lengths[..., None] - 1
+        keep = kept_pairs(xp, last, xp.arange(T, device=P.device), P.window, P.sinks)
         L = xp.where(keep, L, xp.asarray(-math.inf, dtype=L.dtype))
     return L
 
@@ -78,8 +92,9 @@ def last_log_weights(xp, P):
 def log_gamma(xp, P, *, causal=True):
     r"""Log weights :math:`\log\Gamma` of shape (..., T_q, T_k), ``-inf`` where a pair is excluded.
 
-    Causal: :math:`\log\Gamma_{ti} = \sum_{j=i+1}^t g_j + \log\beta_i` for ``i <= t`` (and inside the window).
-    Non-causal: the last row, broadcast over the T_q queries.
+    Causal: :math:`\log\Gamma_{ti} = \sum_{j=i+1}^t g_j + \log\beta_i` for ``i <= t`` and inside the
+    window (:func:`kept_pairs`: the last w pairs and the first ``P.sinks``). Non-causal: the last row,
+    broadcast over the T_q queries.
     """
     if not causal:
         last = last_log_weights(xp, P)
@@ -87,8 +102,8 @@ def log_gamma(xp, P, *, causal=True):
     T = P.K.shape[-2]
     L = _array.segsum(xp, P.g[..., 0]) + log_strength(xp, P.b)[..., None, :]
     if P.window is not None and P.window < T:
-        idx = xp.arange(T)
-        inside = (idx[:, None] - idx[None, :]) < P.window
+        idx = xp.arange(T, device=P.device)
+        inside = kept_pairs(xp, idx[:, None], idx[None, :], P.window, P.sinks)
         L = xp.where(inside, L, xp.asarray(-math.inf, dtype=L.dtype))
     return L
 

@@ -469,10 +469,32 @@ def nadaraya_watson(layer, P):
     ops = operands(xp, layer, P)
     if ops is None:
         return None
-    Y = forward(xp, **ops)
+    try:
+        Y = forward(xp, **ops)
+    except Exception as exc:
+        if type(exc).__name__ != "CompileException":  # cupy.cuda.compiler: NVRTC refused the source
+            raise
+        _disable(exc)
+        return None
     if Y is None:
         return None
     return xp.reshape(Y, P.batch_shape + (P.Q.shape[-2], P.d_v))
+
+
+def _disable(exc):
+    """NVRTC could not build the kernel on this installation: say so once and run the array form from now
+    on (the same outputs, slower), rather than failing every ``method="tiled"`` call."""
+    global ENABLED
+    import warnings
+
+    ENABLED = False
+    first = str(exc).strip().splitlines()[:3]
+    warnings.warn(
+        "the fused tiled-softmax kernel did not compile (" + " | ".join(first) + "); method='tiled' runs "
+        "the array form instead (ttr_stats.methods.kernel_smoother._fused_nw.ENABLED = False)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=None):

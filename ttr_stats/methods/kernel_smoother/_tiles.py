@@ -21,9 +21,10 @@ cumulative sum (``docs/derivations/tiled_nonparametric.md``):
 No difference of two cumulative sums is ever formed, so the rounding of a pair's log-weight is relative to
 that pair's own gate sum (not to the whole sequence's, which in float32 would cost ``T |g| eps`` on every
 pair) and a hard reset (``g = -inf``) never meets ``-inf - -inf``. Offsets whose tiles are entirely outside
-a sliding window are skipped, and so are the tiles above the diagonal (causal). A non-causal call (every
-query reads the last memory) has one tile per (query block, key block) pair with the last step's per-key
-log-weights.
+a sliding window are skipped, except the tiles of the key blocks that hold attention sinks (``P.sinks``,
+``weights.SinkWindow``: the first s pairs never leave the window), and so are the tiles above the
+diagonal (causal). A non-causal call (every query reads the last memory) has one tile per (query block,
+key block) pair with the last step's per-key log-weights.
 
 A *step* is one offset (causal) or one key block (non-causal) for a group of consecutive query blocks,
 grouped so that the step's intermediates stay within a byte budget; the accumulators of a method live in
@@ -101,6 +102,8 @@ class TilePlan:
         self.Qb = _blocks(xp, _pad(xp, P.Q, self.nbq * c - Tq, -2), self.nbq, c)
         self.Kb = _blocks(xp, _pad(xp, P.K, self.nbk * c - Tk, -2), self.nbk, c)
         self.Vb = _blocks(xp, _pad(xp, P.V, self.nbk * c - Tk, -2), self.nbk, c)
+        #: key blocks holding an attention sink (``P.sinks``, kept by every query however far back)
+        self.sink_blocks = -(-int(P.sinks) // c) if (P.window is not None and P.causal) else 0
         batch = max(1, P.n_batch)
         self.group = max(1, int(budget // max(1, batch * c * c * per_pair * P.itemsize)))
         shape = P.batch_shape + (self.nbk, c)
@@ -122,11 +125,24 @@ class TilePlan:
 
     # --- which tiles ------------------------------------------------------------------------------------
     def offsets(self):
-        """Causal: the offsets ``o`` with a pair inside the window (all of 0..nb-1 without one)."""
-        nb, c, w = self.nbq, self.c, self.P.window
-        if w is None:
+        """Causal: the offsets ``o`` with a pair inside the window (all of 0..nb-1 without one); with
+        attention sinks every offset, since key block 0 holds a sink for query block ``o``
+        (:meth:`query_blocks` says which query blocks an offset outside the window visits)."""
+        nb = self.nbq
+        if self.P.window is None or self.sink_blocks:
             return list(range(nb))
-        return [o for o in range(nb) if o * c - (c - 1) < w]  # the tile's nearest pair is inside
+        return [o for o in range(nb) if self._in_window(o)]
+
+    def _in_window(self, o):
+        """Whether a tile at offset ``o`` has a pair inside the window (its nearest pair is)."""
+        w = self.P.window
+        return w is None or o * self.c - (self.c - 1) < w
+
+    def query_blocks(self, o, b0, b1):
+        """The query blocks of ``b0 .. b1 - 1`` that offset ``o`` visits: all from ``o`` on inside the
+        window; outside it only those whose key block ``q - o`` holds a sink (``q - o < sink_blocks``)."""
+        lo = max(o, b0)
+        return (lo, b1) if self._in_window(o) else (lo, min(b1, o + self.sink_blocks))
 
     def steps(self, ascending_keys=False, blocks=None):
         """Every step of the query blocks ``blocks = (b0, b1)`` (default all); with ``ascending_keys``
@@ -136,8 +152,9 @@ class TilePlan:
         if self.P.causal:
             offs = [o for o in self.offsets() if o < b1]
             for o in reversed(offs) if ascending_keys else offs:
-                for q0 in range(max(o, b0), b1, n):
-                    yield self._causal(o, q0, min(b1, q0 + n))
+                lo, hi = self.query_blocks(o, b0, b1)
+                for q0 in range(lo, hi, n):
+                    yield self._causal(o, q0, min(hi, q0 + n))
         else:
             for kb in range(self.nbk):
                 for q0 in range(b0, b1, n):
@@ -156,7 +173,10 @@ class TilePlan:
         w = P.window
         if w is not None and o * c + (c - 1) >= w:  # some pairs of the tile are outside the window
             t = xp.arange(c, device=P.device)
-            inside = (o * c + t[:, None] - t[None, :]) < w
+            inside = (o * c + t[:, None] - t[None, :]) < w  # (c, c): the same for every query block
+            if k0 < self.sink_blocks:  # but sinks stay: the key (k0 + n) c + j of the n-th tile, if < s
+                key = xp.arange(k0, k1, device=P.device)[:, None, None] * c + t[None, None, :]
+                inside = inside | (key < P.sinks)  # (n, c, c)
             lg = xp.where(inside, lg, xp.asarray(-math.inf, dtype=lg.dtype))
         Qt, Kt = self.Qb[..., q0:q1, :, :], self.Kb[..., k0:k1, :, :]
         return Step(q0, q1, lg + self.sim(xp, Qt, Kt), Qt, Kt, self.Vb[..., k0:k1, :, :])

@@ -20,5 +20,6 @@ register(
     memory=dense_bytes,
     rank=20,
     window=True,
+    sinks=True,  # dense log-weights from log_gamma, which keeps them
     summary="the per-query definition with dense T x T log-weights",
 )

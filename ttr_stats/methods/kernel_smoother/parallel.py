@@ -25,5 +25,6 @@ register(
     auto=lambda P, free: True,
     rank=10,
     window=True,
+    sinks=True,  # dense log-weights from log_gamma, which keeps them
     summary="softmax / offset-softmax with dense T x T log-weights",
 )

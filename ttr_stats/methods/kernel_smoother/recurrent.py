@@ -2,8 +2,9 @@
 polynomial attention).
 
 At step t decay the cached log-weights by :math:`g_t`, append :math:`(k_t, v_t, \\log\\beta_t)`, drop what
-leaves a window, then solve the weighted regression for :math:`q_t` from its definition
-(``regressor.solve``). With ``causal=False`` every query solves against every pair.
+leaves a window (but never the first ``P.sinks`` pairs: attention sinks), then solve the weighted
+regression for :math:`q_t` from its definition (``regressor.solve``). With ``causal=False`` every query
+solves against every pair.
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ def growing_cache(xp, regressor, P):
         g = P.g[..., t, 0]
         logw = xp.concat([logw + g[..., None], logb[..., t : t + 1]], axis=-1)
         lo = 0 if P.window is None else max(0, t + 1 - P.window)
-        Kc, Vc = P.K[..., lo : t + 1, :], P.V[..., lo : t + 1, :]
-        lw = logw[..., lo : t + 1]
+        s = min(P.sinks, lo)  # the attention sinks that have left the window stay: pairs [0, s) + [lo, t]
+        Kc, Vc, lw = P.K[..., lo : t + 1, :], P.V[..., lo : t + 1, :], logw[..., lo : t + 1]
+        if s:
+            Kc = xp.concat([P.K[..., :s, :], Kc], axis=-2)
+            Vc = xp.concat([P.V[..., :s, :], Vc], axis=-2)
+            lw = xp.concat([logw[..., :s], lw], axis=-1)
         q = P.Q[..., t : t + 1, :]
         logW = lw[..., None, :] + regressor.log_similarity(xp, q, Kc)
         ys.append(regressor.solve(xp, q, Kc, Vc, logW)[..., 0, :])
@@ -49,5 +54,6 @@ register(
     reference=True,
     rank=90,
     window=True,
+    sinks=True,
     summary="the growing cache, one weighted regression per query (definition)",
 )

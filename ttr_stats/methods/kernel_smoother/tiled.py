@@ -98,7 +98,7 @@ def tiled(layer, P):
     if P.Q.shape[-2] == 0 or P.K.shape[-2] == 0:
         Y = xp.zeros(P.batch_shape + (P.Q.shape[-2], P.d_v), dtype=P.dtype, device=P.device)
         return Y, final_cache(xp, P)
-    if int(reg.order) == 0:
+    if int(reg.order) == 0 and not P.sinks:  # the fused kernel's tile skipping has no sink tiles
         from . import _fused_nw  # the fused CUDA kernel on CuPy; None elsewhere or where it does not apply
 
         Y = _fused_nw.nadaraya_watson(layer, P)
@@ -152,5 +152,6 @@ register(
     auto=_auto,
     rank=5,
     window=True,
+    sinks=True,  # the tile plan keeps the sink tiles (_tiles.TilePlan.query_blocks)
     summary="query blocks x key blocks, on-the-fly log-weights, online normaliser (never T x T)",
 )
