@@ -40,10 +40,14 @@ d <= 256 of these layers). See :func:`ttr_stats.methods.delta._wy.inter_chunk`.
 On CuPy the recurrence runs as one fused kernel instead (``methods/_fused.py``: O(N d^2) work, a thread
 block per sequence and block of value columns walking the chunks; measured on an H200 at B = 8, H = 16,
 T = 4096, d = 64, float32: 8.6 ms a call at chunk 32 against 17.3 ms with the scan at its best chunk, 64),
-the scan where the kernel does not apply.
+the scan where the kernel does not apply. The per-chunk terms (decays, the strictly lower
+:math:`\operatorname{diag}(\eta)(R \circ K K^\top)`, the triangular solve, P and D K) run on CuPy as one
+kernel as well (``_fused_wy.py``: a block per chunk, forward substitution in shared memory), the array form
+of :func:`~ttr_stats.methods.delta._wy.chunk_terms` where it does not apply and as its reference.
 
 Exact causality: the triangular system is solved by recursive 2 x 2 blocking with explicit zeros
-above the diagonal (:func:`~ttr_stats.methods.delta._wy.unit_lower_solve`), every intra-chunk matrix
+above the diagonal (:func:`~ttr_stats.methods.delta._wy.unit_lower_solve`; the kernel by forward
+substitution, row i reading rows <= i only), every intra-chunk matrix
 is zero above the diagonal (``exp(-inf)``), and chunk n's start state depends on chunks < n only, so
 changing inputs at positions >= s leaves the outputs before s bit-for-bit unchanged (the leak fallback
 is chosen per call, so it is the one exception: a future ``b lambda >= 1`` switches the whole call to
