@@ -83,6 +83,52 @@ def _check_sinks(w, ref, owner):
         )
 
 
+def _declared_inputs(layer):
+    """``{name: trailing}`` of the per-token inputs the layer's components declare (``token_inputs``):
+    ``"d_k"`` for rows of shape (..., T, d_k), ``None`` for one value per token (..., T)."""
+    out = {}
+    for part in (layer.regressor, layer.optimizer):
+        out.update(getattr(part, "token_inputs", None) or {})
+    return out
+
+
+def _input_arrays(layer, inputs):
+    """The call's ``inputs`` dict as ``{"inputs['name']": array}`` (the names the errors use), checked
+    against what the components declare: every declared name present, no other name."""
+    declared = _declared_inputs(layer)
+    if inputs is None:
+        inputs = {}
+    if not isinstance(inputs, dict):
+        raise TypeError(f"inputs must be a dict of per-token arrays (name -> array), got {type(inputs)}")
+    owner = " and ".join(
+        type(p).__name__ for p in (layer.regressor, layer.optimizer) if getattr(p, "token_inputs", None)
+    )
+    unknown = sorted(set(inputs) - set(declared))
+    if unknown:
+        takes = f"{owner} takes inputs {sorted(declared)}" if declared else "this layer takes none"
+        raise ValueError(f"inputs: {takes}; got unknown {unknown}")
+    for name, trailing in declared.items():
+        if inputs.get(name) is None:
+            shape = "(..., T, d_k)" if trailing else "(..., T)"
+            raise ValueError(
+                f"inputs['{name}'] is required by {owner}: pass inputs={{'{name}': array of shape "
+                f"{shape}, ...}}"
+            )
+    return {f"inputs['{n}']": inputs[n] for n in declared}
+
+
+def _check_input_shapes(declared, arrays, T, d_k):
+    """Each per-token input has T rows (and d_k columns for vector inputs); the error names it."""
+    for name, trailing in declared.items():
+        key = f"inputs['{name}']"
+        x = arrays[key]
+        want = (T, d_k) if trailing else (T,)
+        if x.ndim < len(want) or tuple(x.shape[x.ndim - len(want) :]) != want:
+            shape = f"(..., {T}, {d_k})" if trailing else f"(..., {T})"
+            one = "row" if trailing else "value"
+            raise ValueError(f"{key} must have shape {shape} (one {one} per token), got {tuple(x.shape)}")
+
+
 class TestTimeRegression(BaseEstimator):
     r"""A causal sequence layer defined by the test-time regression it solves.
 
@@ -228,8 +274,9 @@ class TestTimeRegression(BaseEstimator):
 
     # ------------------------------------------------------------------------------------------------
     def _prepare(
-        self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None, chunk_size=None
-    ):
+        self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None, chunk_size=None,
+        inputs=None,
+    ):  # fmt: skip
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
@@ -240,6 +287,7 @@ class TestTimeRegression(BaseEstimator):
                 if gate is not None:
                     raise ValueError(f"{name}: {type(self.regressor).__name__} supports uniform weights only")
         named = {"Q": Q, "K": K, "V": V, "alpha": alpha, "log_alpha": log_alpha, "beta": beta}
+        named.update(_input_arrays(self, inputs))  # per-token inputs a component declares (PaTH's w)
         _check_inputs(named)
         xp, a, dtype = _array.as_float_arrays(named)
         Q, K, V = a["Q"], a["K"], a["V"]
@@ -297,6 +345,11 @@ class TestTimeRegression(BaseEstimator):
                 f"beta must have shape (..., {T_k}) (one value per written pair), got {tuple(b.shape)}"
             )
 
+        declared = _declared_inputs(self)
+        extra = {k: v for k, v in a.items() if k.startswith("inputs[")}
+        _check_input_shapes(declared, extra, T, d_f)
+        for key, x in extra.items():
+            check_finite(xp, key, x)
         named = {
             "Q": Q.shape[:-2],
             "K": K.shape[:-2],
@@ -304,7 +357,13 @@ class TestTimeRegression(BaseEstimator):
             gate_name: g.shape[:-2],
             "beta": b.shape[:-1],
         }
+        for (key, x), trailing in zip(extra.items(), declared.values(), strict=True):
+            named[key] = x.shape[: -2 if trailing else -1]
         batch = broadcast_shapes(named)
+        extra = {
+            key[len("inputs['") : -2]: xp.broadcast_to(x, batch + x.shape[-2 if t else -1 :])
+            for (key, x), t in zip(extra.items(), declared.values(), strict=True)
+        }
         Q = xp.broadcast_to(Q, batch + Q.shape[-2:])
         K = xp.broadcast_to(K, batch + K.shape[-2:])
         V = xp.broadcast_to(V, batch + V.shape[-2:])
@@ -320,16 +379,26 @@ class TestTimeRegression(BaseEstimator):
         Qf, Kf = self._pair_features(xp, Q, K)
         state0 = None
         if initial_state is not None:
-            if self.nonparametric:
+            if self.nonparametric and getattr(self.regressor, "carries_state", False):
+                # a cache that is more than the raw pairs (PaTH's transported keys): its methods continue it
+                if not isinstance(initial_state, CacheState):
+                    raise TypeError(
+                        f"initial_state must be a CacheState (from memorize() or return_state=True), got "
+                        f"{type(initial_state).__name__}"
+                    )
+                state0 = initial_state
+            elif self.nonparametric:
                 raise ValueError(
                     "initial_state: a nonparametric layer's state is its cache of pairs; concatenate the "
                     "earlier keys and values to K and V instead (memorize accepts a CacheState to continue)"
                 )
-            state0 = self._solver().check_state(xp, initial_state, batch, d_f, d_v, dtype)
+            else:
+                state0 = self._solver().check_state(xp, initial_state, batch, d_f, d_v, dtype)
         return Problem(
             xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype,
             steps_per_token=steps, device=device, causal=causal, lengths=lengths,
-            chunk_size=check_chunk_size(chunk_size), gated=gated, sinks=_sinks(self.weights),
+            chunk_size=check_chunk_size(chunk_size), gated=gated,
+            inputs=extra or None, sinks=_sinks(self.weights),
         )  # fmt: skip
 
     def _choose(self, method, P):
@@ -393,6 +462,7 @@ class TestTimeRegression(BaseEstimator):
         causal=True,
         lengths=None,
         chunk_size=None,
+        inputs=None,
     ):
         """Run the layer.
 
@@ -430,6 +500,11 @@ class TestTimeRegression(BaseEstimator):
         chunk_size : int >= 1, optional
             Chunk length of ``method="chunked"`` (default: the method's own, 64 for most); any value
             gives the same outputs up to rounding, it only trades parallelism for work.
+        inputs : dict of str -> array, optional
+            Per-token inputs beyond q, k, v that a component declares in its ``token_inputs`` (PaTH's
+            Householder vectors and strengths: ``inputs={"w": W, "w_beta": b}``, W of shape (..., T, d_k),
+            b of shape (..., T)); every declared name is required, no other is accepted. They broadcast
+            over the batch dims like the gates.
 
         Returns
         -------
@@ -445,14 +520,14 @@ class TestTimeRegression(BaseEstimator):
                     "each sequence's valid pairs only"
                 )
             state = self.memorize(
-                K, V, alpha=alpha, log_alpha=log_alpha, beta=beta, initial_state=initial_state
+                K, V, alpha=alpha, log_alpha=log_alpha, beta=beta, initial_state=initial_state, inputs=inputs
             )
             Y = self.read(state, Q)
             self.method_ = "recurrent"
             return (Y, state) if return_state else Y
         P = self._prepare(
             Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths,
-            chunk_size=chunk_size,
+            chunk_size=chunk_size, inputs=inputs,
         )  # fmt: skip
         m = self._choose(method, P)
         Y, state = self._run(m, P)
@@ -476,7 +551,9 @@ class TestTimeRegression(BaseEstimator):
         self._check_output(P.xp, Y)
         return Y, state
 
-    def memorize(self, K, V, *, alpha=None, log_alpha=None, beta=None, initial_state=None, lengths=None):
+    def memorize(
+        self, K, V, *, alpha=None, log_alpha=None, beta=None, initial_state=None, lengths=None, inputs=None
+    ):
         """Write a whole sequence into the memory and return the final state (no reads).
 
         Parameters
@@ -490,6 +567,8 @@ class TestTimeRegression(BaseEstimator):
             appended and the old weights decay by the new steps' gates).
         lengths : array of ints of shape (...,), optional
             Valid pairs (tokens) of each sequence of a right-padded batch, as in :meth:`__call__`.
+        inputs : dict of str -> array, optional
+            Per-token inputs, as in :meth:`__call__`.
 
         Returns
         -------
@@ -509,15 +588,24 @@ class TestTimeRegression(BaseEstimator):
             )
         T = Kx.shape[-2] // steps
         Q = Kx[..., ::steps, :][..., :T, :]  # placeholder queries: never read
+        if self.nonparametric and getattr(self.regressor, "carries_state", False):
+            # the cache is what the family's reference leaves (PaTH: keys transported to the last step)
+            if getattr(self.regressor, "writes_with_queries", False):
+                raise ValueError(
+                    f"memorize: {type(self.regressor).__name__} writes with each token's query, which "
+                    "memorize(K, V) does not have; run a causal call with return_state=True instead"
+                )
+            P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, lengths=lengths, inputs=inputs)
+            return self._run(registry.reference(self.family), P)[1]
         if self.nonparametric:
-            P = self._prepare(Q, K, V, alpha, log_alpha, beta, None, lengths=lengths)
+            P = self._prepare(Q, K, V, alpha, log_alpha, beta, None, lengths=lengths, inputs=inputs)
             with _array.quiet_overflow(P.xp):
                 return self._extend_cache(P, initial_state)
         # zero placeholders: never read, and a feature map must not overflow on garbage in the padding
         Q = xp.broadcast_to(
             xp.zeros((1, Kx.shape[-1]), dtype=Kx.dtype, device=_array.device(Kx)), Q.shape[-2:]
         )
-        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, lengths=lengths)
+        P = self._prepare(Q, K, V, alpha, log_alpha, beta, initial_state, lengths=lengths, inputs=inputs)
         with _array.quiet_overflow(P.xp):
             state = final_state(self, P)  # the closed form where the family has one, else the loop
         for field in state:

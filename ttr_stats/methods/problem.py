@@ -55,6 +55,10 @@ class Problem(NamedTuple):
         log-weight ``-inf``: excluded), and, in a causal call, zero queries at padded positions (their
         outputs are padding, set to 0 by the layer). The generic loop also freezes the state there, so
         every family's final state is the state after ``lengths`` tokens.
+    inputs : dict of str -> array, or None
+        Per-token inputs a component declares in ``token_inputs`` (PaTH's ``w`` (..., T, d_k) and ``w_beta``
+        (..., T)), checked, in the call's dtype and broadcast to ``batch_shape``; not masked under
+        ``lengths`` (a method that needs identities in the padding makes them).
     """
 
     xp: object
@@ -77,6 +81,7 @@ class Problem(NamedTuple):
     chunk_size: object = None
     gated: bool = True
     sinks: int = 0
+    inputs: object = None
 
     @property
     def itemsize(self) -> int:

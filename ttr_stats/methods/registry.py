@@ -166,6 +166,8 @@ FAMILIES = (
     "higher_order",
     "robust",
     "parallax",
+    "path",
+    "deltaformer",
 )
 
 
