@@ -96,7 +96,9 @@ def _finite_flags(xp, arrays):
         return flags
     out = cupy.zeros(len(todo), dtype=cupy.int32)
     mod = _finite_module()
-    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    from .methods._fused import device_attribute
+
+    sms = device_attribute("MultiProcessorCount", 1)
     for j, i in enumerate(todo):
         x = arrays[i]
         n = x.size

@@ -389,11 +389,23 @@ def _tiled_shared_bytes(R, C, dk, BV, has_A, has_W, itemsize):
     return words * itemsize
 
 
-def _shared_limit():
+_ATTRIBUTES = {}
+
+
+def device_attribute(name, default=None):
+    """An attribute of the current CUDA device, cached per device (``Device.attributes`` queries every
+    attribute of the device at each access: tens of microseconds a call)."""
     import cupy
 
     dev = cupy.cuda.Device()
-    return int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+    key = (dev.id, name)
+    if key not in _ATTRIBUTES:
+        _ATTRIBUTES[key] = int(dev.attributes.get(name, default))
+    return _ATTRIBUTES[key]
+
+
+def _shared_limit():
+    return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
 def layout(R, C, dk, dv, has_A, has_W, itemsize, kernel=None, columns=None, threads=None):

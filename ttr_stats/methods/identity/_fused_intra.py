@@ -112,9 +112,9 @@ def shared_bytes(C, dk, itemsize):
 
 
 def _shared_limit():
-    import cupy
+    from .. import _fused
 
-    return int(cupy.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+    return _fused.device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
 def applies(xp, dtype, C, dk) -> bool:
