@@ -341,6 +341,13 @@ class MQARTokens(NamedTuple):
 IGNORE = -100
 
 
+def _top(scores, k):
+    """Indices of the k largest scores of each row, largest first (argpartition, then sort the k)."""
+    idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, idx, axis=1), axis=1)
+    return np.take_along_axis(idx, order, axis=1)
+
+
 def mqar_tokens(n_pairs, seq_len, *, vocab=8192, n_batch=1, power_a=0.01, random_non_queries=True, seed=None):
     r"""Zoology's multi-query associative recall as token ids, for training (paper Fig. 3).
 
@@ -408,13 +415,13 @@ def mqar_tokens(n_pairs, seq_len, *, vocab=8192, n_batch=1, power_a=0.01, random
     if P > n_keys:
         raise ValueError(f"vocab = {vocab} has {n_keys} key tokens, fewer than n_pairs = {P}")
     rng = np.random.default_rng(seed)
-    # uniform orderings without replacement: the first P of a random permutation of each row
-    keys = 1 + np.argsort(rng.random((B, n_keys)), axis=1)[:, :P]
-    values = vocab // 2 + np.argsort(rng.random((B, n_vals)), axis=1)[:, :P]
+    # without replacement, in draw order: the P smallest of iid uniforms (keys, values) or the P largest of
+    # log p + Gumbel noise (gaps: Gumbel top-P = sequential draws proportional to p), sorted
+    keys = 1 + _top(-rng.random((B, n_keys)), P)
+    values = vocab // 2 + _top(-rng.random((B, n_vals)), P)
     space = (T - 2 * P) // 2
     logp = (a - 1.0) * np.log(np.arange(1, space + 1))  # log of a g^(a-1), constants dropped
-    gumbel = rng.gumbel(size=(B, space))
-    gaps = np.argsort(-(logp + gumbel), axis=1)[:, :P]  # Gumbel top-P = sequential draws proportional to p
+    gaps = _top(logp + rng.gumbel(size=(B, space)), P)
     qpos = 2 * P + 2 * gaps
     inputs = np.zeros((B, T), dtype=np.int64)
     inputs[:, 0 : 2 * P : 2] = keys

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -257,8 +258,13 @@ def build_model(cfg, seeds=None):
 
 
 def _batch(cfg, rngs, n):
-    """(S, n, T) inputs and labels, replica s drawn from ``rngs[s]``."""
+    """(S, n, T) inputs and labels on ``cfg.device``, replica s drawn from ``rngs[s]``."""
     torch = require_torch()
+    return tuple(torch.from_numpy(a).to(cfg.device) for a in _batch_host(cfg, rngs, n))
+
+
+def _batch_host(cfg, rngs, n):
+    """(S, n, T) NumPy inputs and labels, replica s drawn from ``rngs[s]``."""
     ds = [
         mqar_tokens(
             cfg.n_pairs,
@@ -271,9 +277,7 @@ def _batch(cfg, rngs, n):
         )  # fmt: skip
         for rng in rngs
     ]
-    inputs = np.stack([d.inputs for d in ds])
-    labels = np.stack([d.labels for d in ds])
-    return torch.from_numpy(inputs).to(cfg.device), torch.from_numpy(labels).to(cfg.device)
+    return np.stack([d.inputs for d in ds]), np.stack([d.labels for d in ds])
 
 
 def _rngs(seeds, stream):
@@ -377,6 +381,11 @@ def train_mqar(cfg, deadline=None, log=None):
         seconds = min(seconds, deadline - time.time())
     history, losses = [], []
     log_every = max(1, cfg.steps // 20)
+    # the next batch is drawn on a host thread while the device runs this step (NumPy releases the GIL
+    # in its sorts); one thread, so the generators are consumed in the same order as without it
+    pool = ThreadPoolExecutor(max_workers=1)
+    draw = lambda: _batch_host(cfg, rngs, cfg.batch_size)  # noqa: E731
+    nxt = pool.submit(draw)
     t0 = time.perf_counter()
     step = 0
     while step < cfg.steps:
@@ -387,7 +396,8 @@ def train_mqar(cfg, deadline=None, log=None):
         for g in opt.param_groups:
             # the first step is taken at a small, not zero, rate: a zero step would waste it
             g["lr"] = cfg.lr * max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
-        tokens, labels = _batch(cfg, rngs, cfg.batch_size)
+        tokens, labels = (torch.from_numpy(a).to(cfg.device) for a in nxt.result())
+        nxt = pool.submit(draw)
         logits, y = model(tokens, labels)
         ce = per_replica_ce(logits, y)
         opt.zero_grad(set_to_none=True)
@@ -407,6 +417,7 @@ def train_mqar(cfg, deadline=None, log=None):
             if log is not None:
                 log(step, time.perf_counter() - t0, lv)
     train_s = time.perf_counter() - t0
+    pool.shutdown(wait=True)
     acc, loss = evaluate(model, cfg)
     L = np.stack(losses)  # (steps, S)
     tail = L[-max(1, len(L) // 10) :].mean(axis=0)
