@@ -26,7 +26,7 @@ logits *before* the scale: fla's ``(q^T P k + G_t - G_i) * scale`` is ``log_alph
 
 References
 ----------
-Yang, Wang, Zhang, Kim, Shen, Panda & Dao (2025), *PaTH Attention: Position Encoding via Accumulating
+Yang et al. (2025), *PaTH Attention: Position Encoding via Accumulating
 Householder Transformations*, arXiv 2505.16381; flash-linear-attention ``fla/ops/path_attn/naive.py``
 (``naive_path_attn``, the UT form of the products per chunk).
 """
