@@ -324,7 +324,7 @@ class TestTimeRegression(BaseEstimator):
         gate_name = "alpha" if a["alpha"] is not None else "log_alpha"
         if la is not None and la.ndim == 0:
             la = xp.broadcast_to(la, (T, d_f) if self.weights.per_dimension else (T,))
-        g = self.weights.resolve(xp, la, T=T, d_k=d_f, dtype=dtype)
+        g = self.weights.resolve(xp, la, T=T, d_k=d_f, dtype=dtype, device=device)
         lf = opt.log_forgetting()
         if lf:
             g = g + lf
@@ -635,7 +635,7 @@ class TestTimeRegression(BaseEstimator):
                 # the concatenated cache holds every pair from position 0: keep the sinks and the last w
                 n = lw.shape[-1]
                 keep = kept_pairs(xp, n - 1, xp.arange(n, device=P.device), w, _sinks(self.weights))
-                lw = xp.where(keep, lw, xp.asarray(-math.inf, dtype=lw.dtype))
+                lw = xp.where(keep, lw, xp.asarray(-math.inf, dtype=lw.dtype, device=_array.device(lw)))
         return CacheState(K, V, lw)
 
     def read(self, state, Q):

@@ -18,6 +18,7 @@ import math
 
 from sklearn.base import BaseEstimator
 
+from . import _array
 from ._validation import check_bool, check_scalar
 
 __all__ = [
@@ -50,7 +51,7 @@ def bandwidth_to_scale(bandwidth):
 def l2_normalize(xp, x):
     """Rows of ``x`` (..., d) scaled to unit L2 norm; a zero row stays zero."""
     n = xp.linalg.vector_norm(x, axis=-1, keepdims=True)
-    return x / xp.where(n > 0, n, xp.ones((), dtype=x.dtype))
+    return x / xp.where(n > 0, n, xp.ones((), dtype=x.dtype, device=_array.device(x)))
 
 
 class Similarity(BaseEstimator):
@@ -154,4 +155,4 @@ def sq_distances(xp, X, Y):
     xx = xp.sum(X * X, axis=-1)[..., :, None]
     yy = xp.sum(Y * Y, axis=-1)[..., None, :]
     d2 = xx + yy - 2.0 * xp.matmul(X, xp.matrix_transpose(Y))
-    return xp.maximum(d2, xp.zeros((), dtype=d2.dtype))
+    return xp.maximum(d2, xp.zeros((), dtype=d2.dtype, device=_array.device(d2)))

@@ -49,13 +49,15 @@ class Weights(BaseEstimator):
     def _validate(self):
         """Check the hyperparameters (called by the layer before any computation)."""
 
-    def resolve(self, xp, log_alpha, *, T, d_k, dtype):
+    def resolve(self, xp, log_alpha, *, T, d_k, dtype, device=None):
         """Per-step log-decay ``g`` of shape (..., T, 1), or (..., T, d_k) for per-dimension decay.
 
         Parameters
         ----------
         log_alpha : array of shape (..., T) or (..., T, d_k), or None
             Call-time log-gates (already checked to be finite and ``<= 0``). Overrides the constant.
+        device : optional
+            Where a constant decay is created (the inputs' device, :func:`ttr_stats._array.device`).
         """
         self._validate()
         if log_alpha is None:
@@ -66,7 +68,7 @@ class Weights(BaseEstimator):
                     "of shape (..., T) when calling the layer"
                     + (", (..., T, d_k) for per-dimension decay" if self.per_dimension else "")
                 )
-            return xp.full((T, d_k if self.per_dimension else 1), c, dtype=dtype)
+            return xp.full((T, d_k if self.per_dimension else 1), c, dtype=dtype, device=device)
         if not self.accepts_gates:
             raise ValueError(f"alpha: {type(self).__name__} weights take no decay gates (alpha/log_alpha)")
         name = "alpha"
@@ -108,7 +110,8 @@ class Weights(BaseEstimator):
         la = resolve_log_alpha(xp, arrs["alpha"], arrs["log_alpha"])
         if self.per_dimension:
             raise ValueError("alpha: per-dimension decay has no scalar weight matrix Gamma")
-        g = self.resolve(xp, la, T=int(T), d_k=1, dtype=dtype)[..., 0]
+        dev = next((_array.device(a) for a in arrs.values() if a is not None), None)
+        g = self.resolve(xp, la, T=int(T), d_k=1, dtype=dtype, device=dev)[..., 0]
         b = arrs["beta"]
         return decay_matrix(xp, g, b, self.window)
 
@@ -125,15 +128,16 @@ def decay_matrix(xp, g, b=None, window=None):
     window : int, optional
     """
     T = g.shape[-1]
+    dev = _array.device(g)
     if not bool(xp.any(g != 0)):  # no decay: the causal mask itself (skips the T x T segment sums)
-        idx = xp.arange(T)
+        idx = xp.arange(T, device=dev)
         G = xp.astype(idx[:, None] >= idx[None, :], g.dtype)
     else:
         G = xp.exp(_array.segsum(xp, g))
     if window is not None and window < T:
-        idx = xp.arange(T)
+        idx = xp.arange(T, device=dev)
         inside = (idx[:, None] - idx[None, :]) < window
-        G = xp.where(inside, G, xp.zeros((), dtype=G.dtype))
+        G = xp.where(inside, G, xp.zeros((), dtype=G.dtype, device=dev))
     if b is not None:
         G = G * b[..., None, :]
     return G
@@ -281,10 +285,10 @@ class GatedWindow(Weights):
         return math.log(a) if a > 0 else -math.inf
 
 
-def sink_window_mask(xp, T, width, sinks):
+def sink_window_mask(xp, T, width, sinks, device=None):
     r"""Boolean (T, T): :math:`i \le t` and (:math:`t - i < w` or :math:`i < s`), the pairs a sliding window
     of width w with s attention sinks keeps (positions counted from 0)."""
-    idx = xp.arange(int(T))
+    idx = xp.arange(int(T), device=device)
     t, i = idx[:, None], idx[None, :]
     return (i <= t) & (((t - i) < int(width)) | (i < int(sinks)))
 
@@ -343,16 +347,18 @@ class SinkWindow(GatedWindow):
         T = int(T)
         xp, arrs, dtype = _array.as_float_arrays({"alpha": alpha, "log_alpha": log_alpha, "beta": beta})
         la = resolve_log_alpha(xp, arrs["alpha"], arrs["log_alpha"])
+        dev = next((_array.device(a) for a in arrs.values() if a is not None), None)
         if la is None:
             c = self.constant_log_decay()
             if c is None:
                 raise ValueError("alpha: SinkWindow(alpha=None) weights are data-dependent; pass alpha (or "
                                  f"log_alpha) of shape (..., T) = (..., {T})")  # fmt: skip
-            la = xp.full((T,), c, dtype=dtype)
+            la = xp.full((T,), c, dtype=dtype, device=dev)
         elif la.ndim < 1 or la.shape[-1] != T:
             raise ValueError(f"alpha must have shape (..., T) = (..., {T}), got {tuple(la.shape)}")
         G = decay_matrix(xp, la, arrs["beta"], None)
-        return xp.where(sink_window_mask(xp, T, self.width, self.sinks), G, xp.zeros((), dtype=G.dtype))
+        keep = sink_window_mask(xp, T, self.width, self.sinks, device=_array.device(G))
+        return xp.where(keep, G, xp.zeros((), dtype=G.dtype, device=_array.device(G)))
 
 
 __all__ += ["SinkWindow", "sink_window_mask"]

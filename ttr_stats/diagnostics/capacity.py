@@ -257,9 +257,9 @@ def self_weight(layer, K, **gates):
             "(K[:, None] for scalar keys)"
         )
     n = K.shape[-2]
-    V = xp.broadcast_to(xp.eye(n, dtype=dtype), K.shape[:-2] + (n, n))
+    V = xp.broadcast_to(xp.eye(n, dtype=dtype, device=_array.device(K)), K.shape[:-2] + (n, n))
     S = layer(K, K, V, causal=False, **gates)
-    eye = xp.eye(n, dtype=dtype)
+    eye = xp.eye(n, dtype=dtype, device=_array.device(K))
     return xp.sum(S * eye, axis=-1)
 
 

@@ -312,9 +312,9 @@ def mp_condition_limit(n, d):
 def _mp_limit_array(xp, n, d):
     """Elementwise MP limit for an array of (effective) n; ``inf`` where ``n <= d``."""
     big = n > d
-    r = xp.sqrt(d / xp.where(big, n, xp.asarray(2.0 * d + 1.0, dtype=n.dtype)))
+    r = xp.sqrt(d / xp.where(big, n, xp.asarray(2.0 * d + 1.0, dtype=n.dtype, device=_array.device(n))))
     lim = ((1.0 + r) / (1.0 - r)) ** 2
-    return xp.where(big, lim, xp.asarray(math.inf, dtype=n.dtype))
+    return xp.where(big, lim, xp.asarray(math.inf, dtype=n.dtype, device=_array.device(n)))
 
 
 # ------------------------------------------------------------------------------------ Gram conditioning
@@ -346,7 +346,7 @@ class GramConditioning:
         r""":math:`w_t = \sum_i \Gamma_{ti}`, array of shape (..., m)."""
         xp = self._xp
         if self._gamma_rows is None:
-            return xp.asarray([float(x) for x in self.t], dtype=self._K.dtype)
+            return xp.asarray([float(x) for x in self.t], dtype=self._K.dtype, device=_array.device(self._K))
         return xp.sum(self._gamma_rows, axis=-1)
 
     @functools.cached_property
@@ -360,7 +360,7 @@ class GramConditioning:
             return self.total_weight
         w = self.total_weight
         w2 = xp.sum(self._gamma_rows * self._gamma_rows, axis=-1)
-        return w * w / xp.where(w2 > 0, w2, xp.ones((), dtype=w2.dtype))
+        return w * w / xp.where(w2 > 0, w2, xp.ones((), dtype=w2.dtype, device=_array.device(w2)))
 
     @functools.cached_property
     def gram(self):
@@ -368,14 +368,9 @@ class GramConditioning:
         xp, K = self._xp, self._K
         if self._gamma_rows is None:
             outer = K[..., :, :, None] * K[..., :, None, :]
-            G = xp.take(
-                xp.cumulative_sum(outer, axis=outer.ndim - 3),
-                xp.asarray([x - 1 for x in self.t]),
-                axis=outer.ndim - 3,
-            )
-            S = xp.take(
-                xp.cumulative_sum(K, axis=K.ndim - 2), xp.asarray([x - 1 for x in self.t]), axis=K.ndim - 2
-            )
+            rows = xp.asarray([x - 1 for x in self.t], device=_array.device(K))
+            G = xp.take(xp.cumulative_sum(outer, axis=outer.ndim - 3), rows, axis=outer.ndim - 3)
+            S = xp.take(xp.cumulative_sum(K, axis=K.ndim - 2), rows, axis=K.ndim - 2)
         elif self._uniform_rows:
             # uniform weights at a few prefixes: K[:t]^T K[:t] directly (O(t d^2) each, no weighted copy)
             G = xp.stack(
@@ -397,7 +392,7 @@ class GramConditioning:
             # sum_i w_i (k_i - kbar)(k_i - kbar)^T = G - S S^T / w with S = sum_i w_i k_i; the keys were
             # shifted by their overall mean first, so S is small and the subtraction loses little
             w = self.total_weight
-            w_safe = xp.where(w > 0, w, xp.ones((), dtype=w.dtype))
+            w_safe = xp.where(w > 0, w, xp.ones((), dtype=w.dtype, device=_array.device(w)))
             G = G - S[..., :, None] * S[..., None, :] / w_safe[..., None, None]
         return 0.5 * (G + xp.matrix_transpose(G))
 
@@ -419,9 +414,8 @@ class GramConditioning:
         lo, hi = lam[..., 0], lam[..., -1]
         rtol = self._rtol if self._rtol is not None else 100.0 * self.d * float(xp.finfo(lam.dtype).eps)
         ok = (hi > 0) & (lo > rtol * hi)
-        return xp.where(
-            ok, hi / xp.where(ok, lo, xp.ones((), dtype=lo.dtype)), xp.asarray(math.inf, dtype=lo.dtype)
-        )
+        one = xp.ones((), dtype=lo.dtype, device=_array.device(lo))
+        return xp.where(ok, hi / xp.where(ok, lo, one), math.inf * one)
 
     @functools.cached_property
     def mp_limit(self):
@@ -539,8 +533,8 @@ def gram_conditioning(K, *, weights=None, center=False, t=None, rtol=None):
         # centring is shift-invariant: remove the overall mean first so the prefix sums stay small
         K = K - xp.mean(K, axis=-2, keepdims=True)
 
-    idx = xp.arange(T)
-    sel = xp.asarray([x - 1 for x in rows])
+    idx = xp.arange(T, device=_array.device(K))
+    sel = xp.asarray([x - 1 for x in rows], device=_array.device(K))
     if weights is None or type(weights) is Uniform:
         if t is None:
             return GramConditioning(xp, K, None, rows, center, rtol)
@@ -549,7 +543,7 @@ def gram_conditioning(K, *, weights=None, center=False, t=None, rtol=None):
     elif isinstance(weights, Weights):
         if weights.per_dimension:
             raise ValueError("weights: per-dimension decay has no scalar weight matrix Gamma")
-        g = weights.resolve(xp, None, T=T, d_k=1, dtype=dtype)[..., 0]
+        g = weights.resolve(xp, None, T=T, d_k=1, dtype=dtype, device=_array.device(K))[..., 0]
         gamma_rows = xp.take(decay_matrix(xp, g, None, weights.window), sel, axis=0)
     else:
         if not _array.is_array(weights):
@@ -638,7 +632,7 @@ class AttentionWeights:
         qq = xp.sum(self.Q * self.Q, axis=-1)[..., :, None]
         kk = xp.sum(self.K * self.K, axis=-1)[..., None, :]
         d2 = qq + kk - 2.0 * xp.matmul(self.Q, xp.matrix_transpose(self.K))
-        return xp.sqrt(xp.maximum(d2, xp.zeros((), dtype=d2.dtype)))
+        return xp.sqrt(xp.maximum(d2, xp.zeros((), dtype=d2.dtype, device=_array.device(d2))))
 
     @functools.cached_property
     def rank_correlation(self):
@@ -653,7 +647,7 @@ class AttentionWeights:
         rw = _ranks(xp, self.logits)
         rd = _ranks(xp, -self.distances)
         if n < 2:
-            return xp.full(rw.shape[:-1], math.nan, dtype=rw.dtype)
+            return xp.full(rw.shape[:-1], math.nan, dtype=rw.dtype, device=_array.device(rw))
         return 1.0 - 6.0 * xp.sum((rw - rd) ** 2, axis=-1) / (n * (n * n - 1.0))
 
     @functools.cached_property
@@ -826,8 +820,8 @@ def qknorm_report(Q, K, V=None, *, scale, target=None):
     check_finite(xp, "K", K)
     Vv, tgt = arrs["V"], arrs["target"]
     if fn is not None:
-        Vv = xp.astype(xp.asarray(fn(K)), dtype)
-        tgt = xp.astype(xp.asarray(fn(Q)), dtype) if tgt is None else tgt
+        Vv = xp.astype(xp.asarray(fn(K), device=_array.device(K)), dtype)
+        tgt = xp.astype(xp.asarray(fn(Q), device=_array.device(Q)), dtype) if tgt is None else tgt
     if Vv is not None:
         if Vv.ndim < 2 or Vv.shape[-2] != K.shape[-2]:
             raise ValueError(f"V must have shape (..., n, d_v) with n = {K.shape[-2]}, got {tuple(Vv.shape)}")

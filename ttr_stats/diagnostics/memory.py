@@ -99,7 +99,7 @@ def weight_profile(layer, T, **gates):
     lf = float(opt.log_forgetting())
     if lf:
         xp = _array.namespace(row)
-        lag = xp.astype(xp.arange(T - 1, -1, -1), row.dtype)
+        lag = xp.astype(xp.arange(T - 1, -1, -1, device=_array.device(row)), row.dtype)
         row = row * xp.exp(lf * lag)
     return row
 
@@ -151,7 +151,8 @@ def effective_window(layer, T, mass=0.9, **gates):
     recent = xp.cumulative_sum(xp.flip(w, axis=-1), axis=-1)  # weight of the last 1, 2, ... steps
     short = recent < mass * total[..., None]
     # at mass = 1 the two summation orders may differ by rounding: never report more than T steps
-    return xp.minimum(xp.sum(xp.astype(short, xp.int64), axis=-1) + 1, xp.asarray(T, dtype=xp.int64))
+    cap = xp.asarray(T, dtype=xp.int64, device=_array.device(w))
+    return xp.minimum(xp.sum(xp.astype(short, xp.int64), axis=-1) + 1, cap)
 
 
 def constant_decay_window(gamma, mass=None, T=None):

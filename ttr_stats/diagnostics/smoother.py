@@ -232,7 +232,7 @@ def loo_residuals(layer, K, V, **gates):
     theory.md §2; Hastie, Tibshirani & Friedman (2009), *Elements of Statistical Learning*, eq. (7.52).
     """
     xp, S, V, Yhat = _set_fit(layer, K, V, gates)
-    one = xp.ones((), dtype=S.dtype)
+    one = xp.ones((), dtype=S.dtype, device=_array.device(S))
     with _array.quiet_overflow(xp):
         return (V - Yhat) / (one - _diag(xp, S))[..., None]
 

@@ -78,7 +78,7 @@ def last_row_weights(xp, P: Problem):
         keep = idx >= end - P.window  # the last w pairs before the end (later ones have b = 0)
         if P.sinks:  # and the attention sinks, which never leave (weights.SinkWindow)
             keep = keep | (idx < P.sinks)
-        W = xp.where(keep[..., None], W, xp.zeros((), dtype=W.dtype))
+        W = xp.where(keep[..., None], W, xp.zeros((), dtype=W.dtype, device=_array.device(W)))
     return W, xp.exp(suffix[..., 0, :])
 
 

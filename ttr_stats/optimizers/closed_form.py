@@ -257,13 +257,13 @@ class IdentityCovariance(Optimizer):
 
     def finish(self, xp, y, denom):
         """Apply the normalisation to raw outputs ``y`` (..., d_v) given ``denom = q^T z`` (...)."""
-        zero = xp.zeros((), dtype=y.dtype)
+        zero = xp.zeros((), dtype=y.dtype, device=_array.device(y))
         if self.normalize == "sum":
             ok = denom != 0
-            safe = xp.where(ok, denom, xp.ones((), dtype=y.dtype))
+            safe = xp.where(ok, denom, xp.ones((), dtype=y.dtype, device=_array.device(y)))
             return xp.where(ok[..., None], y / safe[..., None], zero)
         if self.normalize == "output":
             n = xp.linalg.vector_norm(y, axis=-1, keepdims=True)
             ok = n > 0
-            return xp.where(ok, y / xp.where(ok, n, xp.ones((), dtype=y.dtype)), zero)
+            return xp.where(ok, y / xp.where(ok, n, zero + 1), zero)
         return y

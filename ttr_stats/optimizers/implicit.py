@@ -2,6 +2,7 @@ r"""Adaptive-step delta rules: the implicit (proximal) update of Longhorn and no
 
 from __future__ import annotations
 
+from .. import _array
 from .._validation import check_scalar
 from .gradient import DeltaRule
 
@@ -64,4 +65,5 @@ class NLMS(DeltaRule):
     def step_size(self, xp, b, k):
         n2 = xp.sum(k * k, axis=-1)
         ok = n2 > 0
-        return xp.where(ok, b / xp.where(ok, n2, xp.ones((), dtype=n2.dtype)), xp.zeros((), dtype=n2.dtype))
+        zero = xp.zeros((), dtype=n2.dtype, device=_array.device(n2))
+        return xp.where(ok, b / xp.where(ok, n2, zero + 1), zero)

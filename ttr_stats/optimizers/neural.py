@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from .. import _array
 from .._validation import check_scalar
 from .base import Optimizer
 
@@ -197,7 +198,7 @@ class MiniBatchGD(GradientOptimizer):
         count = count + 1.0
         full = count >= float(self.batch_size)
         start = tuple(xp.where(_expand(full, p), p, s) for p, s in zip(params, start, strict=True))
-        count = xp.where(full, xp.zeros((), dtype=count.dtype), count)
+        count = xp.where(full, xp.zeros((), dtype=count.dtype, device=_array.device(count)), count)
         return params + start + (count,)
 
 

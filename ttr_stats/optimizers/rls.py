@@ -115,4 +115,5 @@ class RecursiveLeastSquares(Optimizer):
         """R_0 = P_0^{-1} (the prior in closed form), shape (..., d_k, d_k)."""
         xp = _array.namespace(state.P)
         d = state.P.shape[-1]
-        return xp.linalg.solve(state.P, xp.broadcast_to(xp.eye(d, dtype=state.P.dtype), state.P.shape))
+        eye = xp.eye(d, dtype=state.P.dtype, device=_array.device(state.P))
+        return xp.linalg.solve(state.P, xp.broadcast_to(eye, state.P.shape))

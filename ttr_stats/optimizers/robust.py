@@ -59,7 +59,8 @@ def irls(xp, K, V, w, *, loss, delta, p, ridge, max_iter, tol):
         r = xp.matrix_transpose(V) - xp.matmul(M, Kt)  # (..., d_v, n)
         a = xp.abs(r)
         if loss == "huber":
-            f = xp.where(a <= delta, xp.ones((), dtype=a.dtype), delta / xp.maximum(a, 1e-300 + 0 * a))
+            one = xp.ones((), dtype=a.dtype, device=_array.device(a))
+            f = xp.where(a <= delta, one, delta / xp.maximum(a, 1e-300 + 0 * a))
         else:
             f = xp.maximum(a, 1e-8 + 0 * a) ** (p - 2.0)
         new = wls(W0 * f)

@@ -18,6 +18,7 @@ fla; constant here: the layer's call has no gate for it), ``chunk_size`` is ``ba
 
 from __future__ import annotations
 
+from .. import _array
 from .._validation import check_scalar
 from .neural import Momentum, _expand
 
@@ -65,5 +66,5 @@ class MiniBatchMomentum(Momentum):
         count = count + 1.0
         full = count >= float(self.batch_size)
         start = tuple(xp.where(_expand(full, p), p, s) for p, s in zip(params, start, strict=True))
-        count = xp.where(full, xp.zeros((), dtype=count.dtype), count)
+        count = xp.where(full, xp.zeros((), dtype=count.dtype, device=_array.device(count)), count)
         return params + S + start + (count,)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 
+from .. import _array
+
 __all__ = ["ACTIVATIONS", "activation", "layer_norm", "layer_norm_backward", "matvec", "rmatvec", "outer"]
 
 #: the epsilon of layer normalisation (TTT's value)
@@ -30,7 +32,7 @@ def _silu(xp, x):
 
 def _relu(xp, x):
     pos = x > 0
-    zero = xp.zeros((), dtype=x.dtype)
+    zero = xp.zeros((), dtype=x.dtype, device=_array.device(x))
     return xp.where(pos, x, zero), xp.astype(pos, x.dtype)
 
 

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .. import _array
 from .._validation import check_scalar
 from .linear import Regressor
 
@@ -84,20 +85,21 @@ class FeatureMap(Regressor):
         self._validate()
         d = x.shape[-1]
         if self.phi == "elu_plus_one":
-            return xp.where(x > 0, x + 1.0, xp.exp(xp.minimum(x, xp.zeros((), dtype=x.dtype))))
+            zero = xp.zeros((), dtype=x.dtype, device=_array.device(x))
+            return xp.where(x > 0, x + 1.0, xp.exp(xp.minimum(x, zero)))
         if self.phi == "relu":
-            return xp.maximum(x, xp.zeros((), dtype=x.dtype))
+            return xp.maximum(x, xp.zeros((), dtype=x.dtype, device=_array.device(x)))
         if self.phi == "taylor":
             tau = self._resolved_scale(d)
             outer = (x[..., :, None] * x[..., None, :]) * (tau / math.sqrt(2.0))
-            ones = xp.ones(x.shape[:-1] + (1,), dtype=x.dtype)
+            ones = xp.ones(x.shape[:-1] + (1,), dtype=x.dtype, device=_array.device(x))
             return xp.concat([ones, math.sqrt(tau) * x, xp.reshape(outer, x.shape[:-1] + (d * d,))], axis=-1)
         W, b = self.projection(d)
-        W = xp.asarray(W, dtype=x.dtype)
+        W = xp.asarray(W, dtype=x.dtype, device=_array.device(x))
         D = int(self.n_features)
         if self.phi == "random_fourier":
             proj = xp.matmul(x, xp.matrix_transpose(W)) / float(self.bandwidth)
-            return math.sqrt(2.0 / D) * xp.cos(proj + xp.asarray(b, dtype=x.dtype))
+            return math.sqrt(2.0 / D) * xp.cos(proj + xp.asarray(b, dtype=x.dtype, device=_array.device(x)))
         return xp.exp(self.log_features(xp, x))
 
     def log_features(self, xp, x):
@@ -106,7 +108,7 @@ class FeatureMap(Regressor):
         if self.phi != "positive_random":
             raise ValueError(f"phi: log_features exists for 'positive_random' only, got {self.phi!r}")
         d = x.shape[-1]
-        W = xp.asarray(self.projection(d)[0], dtype=x.dtype)
+        W = xp.asarray(self.projection(d)[0], dtype=x.dtype, device=_array.device(x))
         xt = math.sqrt(self._resolved_scale(d)) * x
         sq = 0.5 * xp.sum(xt * xt, axis=-1, keepdims=True)
         return xp.matmul(xt, xp.matrix_transpose(W)) - sq - 0.5 * math.log(int(self.n_features))

@@ -99,7 +99,7 @@ class KernelRidge(NonparametricRegressor):
 
     def _gram(self, xp, K):
         n = K.shape[-2]
-        return self.kern(xp, K, K) + float(self.ridge) * xp.eye(n, dtype=K.dtype)
+        return self.kern(xp, K, K) + float(self.ridge) * xp.eye(n, dtype=K.dtype, device=_array.device(K))
 
     def _check_pd(self, xp, L):
         if not bool(xp.all(xp.isfinite(L))):
@@ -118,9 +118,9 @@ class KernelRidge(NonparametricRegressor):
         """
         n = state.K.shape[-2]
         if n == 0:
-            return xp.zeros(Q.shape[:-1] + (state.V.shape[-1],), dtype=Q.dtype)
+            return xp.zeros(Q.shape[:-1] + (state.V.shape[-1],), dtype=Q.dtype, device=_array.device(Q))
         keep = state.log_weight > -math.inf  # (..., n)
-        zero = xp.zeros((), dtype=state.K.dtype)
+        zero = xp.zeros((), dtype=state.K.dtype, device=_array.device(state.K))
         both = keep[..., :, None] & keep[..., None, :]
         eye = xp.eye(n, dtype=state.K.dtype, device=_array.device(state.K))
         G = xp.where(both, self._gram(xp, state.K), eye)

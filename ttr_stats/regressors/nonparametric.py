@@ -56,8 +56,8 @@ def log_strength(xp, b):
     the layer's ``quiet_overflow``); equal to ``xp.log(b)`` bit for bit.
     """
     pos = b > 0
-    safe = xp.where(pos, b, xp.ones((), dtype=b.dtype))
-    return xp.where(pos, xp.log(safe), xp.asarray(-math.inf, dtype=b.dtype))
+    safe = xp.where(pos, b, xp.ones((), dtype=b.dtype, device=_array.device(b)))
+    return xp.where(pos, xp.log(safe), xp.asarray(-math.inf, dtype=b.dtype, device=_array.device(b)))
 
 
 def kept_pairs(xp, t, i, window, sinks=0):
@@ -78,14 +78,15 @@ def last_log_weights(xp, P):
     g = P.g[..., 0]
     T = g.shape[-1]
     suffix = xp.flip(xp.cumulative_sum(xp.flip(g, axis=-1), axis=-1), axis=-1)  # sum_{j >= i} g_j
-    after = xp.concat([suffix[..., 1:], xp.zeros(g.shape[:-1] + (min(T, 1),), dtype=g.dtype)], axis=-1)
+    zero = xp.zeros(g.shape[:-1] + (min(T, 1),), dtype=g.dtype, device=_array.device(g))
+    after = xp.concat([suffix[..., 1:], zero], axis=-1)
     L = after + log_strength(xp, P.b)
     if P.window is not None and P.window < T:
         # the window ends at each sequence's last valid pair (padded pairs have -inf already): as the
         # loop's final cache, which keeps the w pairs before the end of the sequence, not of the padding
         last = T - 1 if P.lengths is None else P.lengths[..., None] - 1
         keep = kept_pairs(xp, last, xp.arange(T, device=P.device), P.window, P.sinks)
-        L = xp.where(keep, L, xp.asarray(-math.inf, dtype=L.dtype))
+        L = xp.where(keep, L, xp.asarray(-math.inf, dtype=L.dtype, device=_array.device(L)))
     return L
 
 
@@ -104,7 +105,7 @@ def log_gamma(xp, P, *, causal=True):
     if P.window is not None and P.window < T:
         idx = xp.arange(T, device=P.device)
         inside = kept_pairs(xp, idx[:, None], idx[None, :], P.window, P.sinks)
-        L = xp.where(inside, L, xp.asarray(-math.inf, dtype=L.dtype))
+        L = xp.where(inside, L, xp.asarray(-math.inf, dtype=L.dtype, device=_array.device(L)))
     return L
 
 
@@ -119,8 +120,9 @@ def normalised_weights(xp, logW):
         return logW
     mx = xp.max(logW, axis=-1, keepdims=True)
     some = mx > -math.inf
-    W = xp.exp(logW - xp.where(some, mx, xp.zeros((), dtype=mx.dtype)))  # exp(-inf) = 0 in empty rows
-    return W / xp.where(some, xp.sum(W, axis=-1, keepdims=True), xp.ones((), dtype=W.dtype))
+    zero = xp.zeros((), dtype=mx.dtype, device=_array.device(mx))
+    W = xp.exp(logW - xp.where(some, mx, zero))  # exp(-inf) = 0 in empty rows
+    return W / xp.where(some, xp.sum(W, axis=-1, keepdims=True), zero + 1)
 
 
 class NonparametricRegressor(Regressor):

@@ -41,7 +41,7 @@ def direct(layer, P):
             f"levels = {L}; pass levels >= ceil(log2 T) + 1"
         )
     lam = xp.stack([opt.lam(xp, t0 + t, P.batch_shape, P.dtype, P.device) for t in range(P.T)], axis=-2)
-    onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype)  # (T, T, L)
+    onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype, device=P.device)
     Lam = xp.sum(lam[..., :, None, :] * onehot, axis=-1)  # (..., T, T): lambda_t^(ell(t, i))
     H = Lam * xp.exp(segsum(xp, P.g[..., 0])) * P.b[..., None, :]
     A = H * xp.matmul(P.Q, xp.matrix_transpose(P.K))
