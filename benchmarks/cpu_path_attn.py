@@ -1,7 +1,7 @@
 """PaTH attention on the host: the chunked method against the recurrent reference and fla's naive code,
 all measured in this run (ratios, not absolute times, are the result).
 
-    python benchmarks/path_attn.py [--T 256 1024] [--d 64] [--heads 4] [--repeat 3]
+    python -m benchmarks.cpu_path_attn [--T 256 1024] [--d 64] [--heads 4] [--repeat 3]
 
 Prints, per T: seconds of each variant (best of ``repeat``), its ratio to the recurrent reference, and its
 max abs difference to it (float64 NumPy for ours; fla's runs in float32 torch).
