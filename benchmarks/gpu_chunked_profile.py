@@ -241,6 +241,7 @@ PARTS = [  # (label, owner, attribute)
     ("chunk terms (fused)", _fused_wy, "chunk_terms"),
     ("chunk terms (array)", dch, "chunk_terms"),
     ("intra-chunk (scalar, fused)", _fused_intra, "intra_scalar"),
+    ("intra-chunk (per-dim, fused)", _fused_intra, "intra_per_dim"),
     ("intra-chunk (scalar)", ich, "_intra_scalar"),
     ("intra-chunk (per-dim)", ich, "_intra_per_dim"),
     ("intra-chunk reads A v", ich, "_intra_reads"),

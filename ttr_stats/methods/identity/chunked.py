@@ -208,8 +208,14 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
         n1 = min(N, n0 + step)
         q, k, v = Qc[..., n0:n1, :, :], Kc[..., n0:n1, :, :], Vc[..., n0:n1, :, :]
         if per_dim:  # the halving multiplies gates, as the recurrence does: no logs needed
-            kb = k * bc[..., n0:n1, :, :]
-            A, Qg, Kx, a = _intra_per_dim(xp, q, kb, xp.exp(gc[..., n0:n1, :, :]))
+            terms = None
+            if not host:  # CuPy float32/float64: one kernel (_fused_intra.py; the chunk products unused)
+                terms = _fused_intra.intra_per_dim(xp, q, k, g64[..., n0:n1, :, :], bc[..., n0:n1, :, 0])
+            if terms is None:
+                kb = k * bc[..., n0:n1, :, :]
+                A, Qg, Kx, a = _intra_per_dim(xp, q, kb, xp.exp(gc[..., n0:n1, :, :]))
+            else:
+                A, Qg, Kx = terms
         else:  # (only a device gets here) CuPy float32/float64: one kernel (_fused_intra.py)
             terms = _fused_intra.intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0])
             if terms is None:
