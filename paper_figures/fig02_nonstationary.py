@@ -117,16 +117,18 @@ def peak_window(T):
     return int(round(PEAK_FRACTION[0] * T)), int(round(PEAK_FRACTION[1] * T))
 
 
-def simulate(n_seeds, T, d, rho=RHO, seed=SEED):
+def simulate(n_seeds, T, d, rho=RHO, seed=SEED, k0_scale=1.0):
     r"""Keys, values, queries and targets of the experiment.
 
     Returns ``(Q, K, V, target)``, each of shape (n_seeds, T, d): ``K[:, t] = k_t``,
     ``V[:, t] = v_t = k_{t+1}/\|k_{t+1}\|``, ``Q[:, t] = k_{t+1}``, ``target[:, t] = v_{t+1}``.
+    ``k0_scale`` multiplies the initial key :math:`k_0 \sim N(0, \Sigma)` (the paper does not give it;
+    ``experiments/fig02_settings.py`` tries others). The random draws do not depend on it.
     """
     rng = np.random.default_rng(seed)
     sigma = (1.0 - rho) * np.eye(d) + rho * np.ones((d, d))
     L = np.linalg.cholesky(sigma)
-    k0 = rng.standard_normal((n_seeds, d)) @ L.T
+    k0 = float(k0_scale) * (rng.standard_normal((n_seeds, d)) @ L.T)
     eps = rng.standard_normal((n_seeds, T + 1, d)) @ L.T
     k = np.empty((n_seeds, T + 2, d))
     k[:, 0] = k0

@@ -265,7 +265,7 @@ def test_cli_run_show_and_scheduler(sweep_file, tmp_path, capsys, cluster):
     assert "ArithmeticError: broken layer, ridge 1.0" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["fig02_temperature", "bias_variance", "capacity"])
+@pytest.mark.parametrize("name", ["fig02_temperature", "fig02_settings", "bias_variance", "capacity"])
 def test_shipped_experiments_quick(name, tmp_path):
     full = ex.load_sweep(ROOT / "experiments" / f"{name}.py")
     sweep = ex.load_sweep(ROOT / "experiments" / f"{name}.py", quick=True)
@@ -280,6 +280,11 @@ def test_shipped_experiments_quick(name, tmp_path):
         assert ls and max(r["recall_error"] for r in ls) < 1e-20
     elif name == "bias_variance":
         assert all(r["variance"] > 0 and np.isfinite(r["theory_mse"]) for r in rows)
+    elif name == "fig02_settings":
+        # squared distances of unit vectors lie in [0, 4]; the peak lies in the first phase (before T/4)
+        assert all(0 <= r["late"] < 4 and 0 <= r["peak"] < 4 and 0 <= r["single_peak"] < 4 for r in rows)
+        assert all(r["peak_t"] < r["data.T"] // 4 for r in rows)
+        assert {r["data.k0"] for r in rows} == {"figure", "stationary"}
     else:
         assert {r["recipe"] for r in rows} == {"softmax_qknorm", "linear_attention", "rls", "naive"}
         assert all(0 <= r["late"] < 4 for r in rows)  # squared distances of unit vectors lie in [0, 4]
