@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ... import _array
 from ..registry import register
-from ._common import empty, final_cache, gram_bytes
+from ._common import cholesky, empty, final_cache, gram_bytes
 
 
 def parallel(layer, P):
@@ -20,9 +20,7 @@ def parallel(layer, P):
     T = P.T
     if T == 0:
         return empty(xp, P), final_cache(xp, P)
-    with _array.quiet_overflow(xp):
-        L = _array.cholesky(xp, reg._gram(xp, P.K))
-    reg._check_pd(xp, L)
+    L = cholesky(xp, reg, reg._gram(xp, P.K))  # a FloatingPointError naming ridge, not a raw LinAlgError
     Z = _array.solve_triangular(xp, L, P.V)  # L^{-1} V: its first t rows are L_t^{-1} V_t
     idx = xp.arange(T, device=P.device)
     causal = idx[:, None] <= idx[None, :]  # [i, t]: pair i is visible to query t

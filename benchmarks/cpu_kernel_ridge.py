@@ -1,0 +1,76 @@
+r"""CPU: causal kernel ridge (every prefix's fit read at its query) by ``method="blocked"`` (the Cholesky
+factor grown a block of keys at a time) against the row-by-row reference ``"recurrent"``, the
+whole-factor ``"parallel"`` and scikit-learn ``KernelRidge`` refitted on every prefix, in one run.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.cpu_kernel_ridge            # T in {250, 500, 1000, 2000}
+    .venv/bin/python -m benchmarks.cpu_kernel_ridge --quick    # T in {250, 500}
+
+rbf kernel (gamma = 1/d), ridge 1e-2, d = 8, d_v = 1, float64, one sequence. Printed per T: best-of-n
+seconds of each, the ratios to blocked (> 1: blocked is faster) and max |method - blocked| / max |blocked|.
+scikit-learn is timed up to T = 1000 (its T refits cost ~T^4 / 12 flops: ~10 s at T = 1000 here) and the
+reference up to T = 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import ttr_stats as tt
+
+
+def best(fn, n):
+    out, t = None, float("inf")
+    for _ in range(n):
+        s = time.perf_counter()
+        out = fn()
+        t = min(t, time.perf_counter() - s)
+    return out, t
+
+
+def sklearn_prefixes(Q, K, V, ridge, gamma):
+    from sklearn.kernel_ridge import KernelRidge
+
+    return np.stack(
+        [
+            KernelRidge(alpha=ridge, kernel="rbf", gamma=gamma)
+            .fit(K[: t + 1], V[: t + 1])
+            .predict(Q[t : t + 1])[0]
+            for t in range(K.shape[0])
+        ]
+    )
+
+
+def case(T, rng, d=8, ridge=1e-2):
+    Q, K = rng.standard_normal((2, T, d))
+    V = np.sin(K).sum(-1, keepdims=True) + 0.1 * rng.standard_normal((T, 1))
+    layer = tt.recipes.kernel_regression("rbf", ridge, gamma=1.0 / d)
+    n = 3 if T <= 1000 else 2
+    ours, t_blk = best(lambda: layer(Q, K, V, method="blocked"), n)
+    row = [f"T={T:<5} blocked {t_blk:8.4f}s"]
+    peers = [("parallel", lambda: layer(Q, K, V, method="parallel"), n)]
+    if T <= 1000:
+        peers.append(("recurrent", lambda: layer(Q, K, V, method="recurrent"), 1))
+        peers.append(("sklearn", lambda: sklearn_prefixes(Q, K, V, ridge, 1.0 / d), 1))
+    for name, fn, reps in peers:
+        out, t = best(fn, reps)
+        diff = np.abs(out - ours).max() / np.abs(ours).max()
+        row.append(f"{name} {t:8.4f}s ({t / t_blk:6.1f}x, diff {diff:.1e})")
+    print("  ".join(row), flush=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    for T in (250, 500) if args.quick else (250, 500, 1000, 2000):
+        case(T, rng)
+
+
+if __name__ == "__main__":
+    main()
