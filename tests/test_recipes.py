@@ -48,6 +48,7 @@ EXPECTED = {
     "higher_order_linear_attention",
     "kalman_filter",
     "gated_sliding_window_attention",
+    "sink_window_attention",
 }
 #: in the catalogue with a note, outside the generic suites (issue 13)
 CATALOGUE_ONLY = {"huber_attention", "omega_rule", "path_attention", "deltaformer"}

@@ -385,3 +385,38 @@ def test_families_that_would_drop_the_sinks_refuse_them():
     tt.TestTimeRegression(SinkWindow(W, 0), Parallax(None, ExpDot()), tt.optimizers.ClosedForm())
     # a gated window under the kernel smoothers keeps them: every method is supported
     assert "tiled" in sink_layer(0, W, S).supported_methods
+
+
+# --- the recipe -----------------------------------------------------------------------------------------
+def test_recipe_is_streamingllm_and_gated(rng):
+    # sink_window_attention(): StreamingLLM's mask without gates, forgetting attention with sinks with them
+    T, width, sinks = 65, 8, 4
+    Q, K, V, g, b = sink_data(rng, T, 4)
+    layer = tt.recipes.sink_window_attention(window=width, sinks=sinks, scale=TAU)
+    plain = sink_softmax(Q, K, V, sink_window_mask(np, T, width, sinks).astype(float), TAU)
+    gated = sink_softmax(Q, K, V, SinkWindow(width, sinks, alpha=None).matrix(T, log_alpha=g), TAU)
+    for m in METHODS:
+        assert np.max(np.abs(layer(Q, K, V, method=m, chunk_size=TILE) - plain)) < F64_NW, m
+        assert np.max(np.abs(layer(Q, K, V, log_alpha=g, method=m, chunk_size=TILE) - gated)) < F64_NW, m
+    with pytest.raises(ValueError, match="sinks"):
+        tt.recipes.sink_window_attention(sinks=-1)
+
+
+def test_gpt_oss_sink_logit_is_one_sink_pair(rng):
+    # gpt-oss: y_t = sum_{t-i<w} e^{tau q.k_i} v_i / (e^b + sum_{t-i<w} e^{tau q.k_i}), a learned logit b in
+    # the denominator only. As the docstring says: a first pair of value 0 whose logit is b for every
+    # query (a feature 1 on the queries, 0 on the keys, the key (0, ..., 0, b / tau)), kept as one sink.
+    T, width, d, sink_logit = 65, 8, 4, 1.3
+    Q, K, V = (rng.standard_normal((2, T, n)) / 2 for n in (d, d, 3))
+    logits = TAU * Q @ np.swapaxes(K, -1, -2)
+    inside = sink_window_mask(np, T, width, 0)
+    e = np.where(inside, np.exp(logits), 0.0)
+    ref = (e @ V) / (np.exp(sink_logit) + e.sum(-1, keepdims=True))
+    Qa = np.concatenate([np.ones((2, T + 1, 1)), np.concatenate([np.zeros((2, 1, d)), Q], 1)], -1)
+    k0 = np.concatenate([np.zeros((2, 1, 1)) + sink_logit / TAU, np.zeros((2, 1, d))], -1)
+    Ka = np.concatenate([k0, np.concatenate([np.zeros((2, T, 1)), K], -1)], 1)
+    Va = np.concatenate([np.zeros((2, 1, 3)), V], 1)
+    layer = tt.recipes.sink_window_attention(window=width, sinks=1, scale=TAU)
+    for m in METHODS:
+        got = layer(Qa, Ka, Va, method=m, chunk_size=TILE)[:, 1:]
+        assert np.max(np.abs(got - ref)) < F64_NW, m

@@ -450,6 +450,24 @@ def gated_sliding_window_attention(window=64, scale=None):
     return _layer(w.GatedWindow(window), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
 
 
+def sink_window_attention(window=64, sinks=4, scale=None):
+    r"""Sliding-window softmax attention with attention sinks: the first ``sinks`` pairs never leave.
+
+    Weights :math:`\gamma_i^{(t)} = \beta_i\prod_{j>i}\alpha_j\,\mathbb{1}[t-i<w \text{ or } i<s]`
+    (:class:`~ttr_stats.weights.SinkWindow`), local constant, exact: at step t
+    :math:`\hat m(q_t) = \arg\min_m \sum_{i\le t}\gamma_i^{(t)} s(k_i, q_t)\|v_i - m\|^2`, the weighted
+    mean of the s first and the w most recent values. Without gates it is StreamingLLM's mask; call-time
+    ``alpha`` gives the gated variant (sliding-window forgetting attention with sinks). gpt-oss's learned
+    sink logit :math:`b` (a term :math:`e^b` in the softmax denominator only) is one sink pair of value 0
+    whose logit is :math:`b` for every query: append a feature 1 to the queries and 0 to the keys,
+    prepend the key :math:`(0, \ldots, 0, b/\tau)` with value 0, and use ``sinks=1`` (tests/test_sinks.py).
+    Paper row: StreamingLLM (Xiao et al. 2023, arXiv 2309.17453), sink window x local constant x exact.
+    """
+    check_scalar("window", window, low=1, integer=True)
+    check_scalar("sinks", sinks, low=0, integer=True)
+    return _layer(w.SinkWindow(window, sinks), opt.ClosedForm(), regressor=LocalPolynomial(0, ExpDot(scale)))
+
+
 _RECIPES_2025_OTHER = (
     log_linear_attention,
     log_linear_mamba2,
@@ -457,6 +475,7 @@ _RECIPES_2025_OTHER = (
     higher_order_linear_attention,
     kalman_filter,
     gated_sliding_window_attention,
+    sink_window_attention,
 )
 
 

@@ -12,12 +12,14 @@ online (running-max) normaliser; never a T x T array (``docs/derivations/tiled_n
 Log-weights come from the per-position log-gates (:mod:`._tiles`): block-local cumulative sums, never a
 difference of two cumulative sums, so a pair's rounding is relative to its own gate sum and ``-inf``
 resets are exact. Tiles above the diagonal (causal) or outside a window are skipped, so causal attention
-does about half the work of the dense form and a window of w does O(T w). Gaussian similarities are
+does about half the work of the dense form and a window of w does O(T w); attention sinks
+(``weights.SinkWindow``: the first s pairs never leave the window) add the tiles of their key blocks only,
+O(T s) more. Gaussian similarities are
 formed per tile by the ``||q||^2 + ||k||^2 - 2 q.k`` expansion (no T x T x d differences anywhere).
 
 The array API (NumPy, CuPy, torch): on a GPU a sequence of batched matrix products; for softmax / NW on
 CuPy the fused kernel of :mod:`._fused_nw` runs instead wherever it applies (float32 / float64,
-``d_v <= 128``, ``ExpDot`` or ``Gaussian``).
+``d_v <= 128``, ``ExpDot`` or ``Gaussian``, no attention sinks).
 
 Measured on this project's shared 2-core CPU (one BLAS thread, float64, best of 2-3 calls, causal,
 ``d_k = d_v``), seconds parallel / tiled and the ratio (> 1: tiled faster):
