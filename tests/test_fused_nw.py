@@ -128,6 +128,48 @@ def test_reference_tile_lengths_agree(rng, C):
     assert rel(F.fused_nw_reference(np, C=C, **ops), F.fused_nw_reference(np, C=96, **ops)) < F64
 
 
+def dense_nw(Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0):
+    """The operands' definition with dense (BH, T, T) log-weights: ``segsum(g) + logb + tau q.k``, pairs
+    ``i <= t`` with ``t - i < window`` or ``i < sinks`` (causal); ``logb + tau q.k`` (non-causal)."""
+    from ttr_stats import _array
+    from ttr_stats.regressors.nonparametric import normalised_weights
+
+    logits = tau * Q @ np.swapaxes(K, -1, -2)
+    if not causal:
+        return normalised_weights(np, logits + logb[:, None, :]) @ V
+    T = K.shape[1]
+    t, i = np.arange(T)[:, None], np.arange(T)[None, :]
+    L = _array.segsum(np, g) + logb[:, None, :]
+    if window:
+        L = np.where(((t - i) < window) | (i < sinks), L, -np.inf)
+    return normalised_weights(np, np.where(L == -np.inf, -np.inf, L + logits)) @ V
+
+
+@pytest.mark.parametrize(("window", "sinks"), [(5, 1), (5, 3), (40, 64), (40, 65), (100, 500), (1, 200)])
+@pytest.mark.parametrize("C", [32, 64])
+def test_reference_keeps_attention_sinks(rng, window, sinks, C):
+    """Sinks with windows narrower and wider than a tile, sink blocks ending at and just past a tile
+    edge, more sinks than T, under gates with resets and write strengths: the dense definition."""
+    T = 300
+    Q, K, V = data(rng, T, 7, batch=(3,))
+    g = log_gates(rng, (3, T), strength=0.3, p=0.01)
+    logb = np.log(rng.uniform(0.5, 2.0, (3, T)))
+    ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=0.4, causal=True, window=window, gated=True, sinks=sinks)
+    assert rel(F.fused_nw_reference(np, C=C, **ops), dense_nw(**ops)) < F64
+
+
+def test_operands_carry_sinks_of_a_window(rng):
+    """Problem.sinks (where the layer has it) reaches the kernel with a window, and is dropped without one
+    (a window as wide as T keeps every pair)."""
+    Q, K, V = data(rng, 10, 3)
+    L = layer(tt.weights.SlidingWindow(4))
+    P = L._prepare(Q, K, V, None, None, None, None)
+    if "sinks" not in P._fields:
+        pytest.skip("this Problem has no sinks yet")
+    assert F.operands(np, L, P._replace(sinks=2))["sinks"] == 2
+    assert F.operands(np, L, P._replace(sinks=2, window=10))["sinks"] == 0
+
+
 def test_reference_with_lengths_and_empty_sequences(reference_kernel, rng):
     T = 150
     Q, K, V = data(rng, T, 4, batch=(4,))
@@ -170,7 +212,7 @@ def test_reference_is_exactly_causal(reference_kernel, rng):
 
 def test_fused_path_is_off_the_host_and_for_what_it_does_not_cover(rng):
     """On NumPy the dispatch returns None (the array form runs); operands refuse local polynomials of
-    order >= 1, attention sinks and (causal) T_q != T_k."""
+    order >= 1 and (causal) T_q != T_k."""
     Q, K, V = data(rng, 10, 3)
     L = layer()
     P = L._prepare(Q, K, V, None, None, None, None)
@@ -178,8 +220,6 @@ def test_fused_path_is_off_the_host_and_for_what_it_does_not_cover(rng):
     assert F.operands(np, L, P) is not None
     assert F.operands(np, layer(order=1), P) is None
     assert F.operands(np, L, P._replace(Q=Q[:, :5])) is None
-    if "sinks" in P._fields:
-        assert F.operands(np, L, P._replace(sinks=2)) is None
     assert F.tile_length("float32", 64, 64, 227 * 1024) == 64
     assert F.tile_length("float64", 128, 128, 227 * 1024) == 32  # a 64-long float64 tile needs 237 KiB
     assert F.tile_length("float32", 64, 129, 227 * 1024) is None
@@ -221,7 +261,7 @@ def _host_kernel(tname, TM, DVT):
     cuda_on_host = pytest.importorskip("cuda_on_host")
     if not cuda_on_host.available():
         pytest.skip("no g++")
-    types = [f"const {tname}*"] * 5 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 3
+    types = [f"const {tname}*"] * 6 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 4
     return cuda_on_host.compile_kernel(F._SOURCE, f"nw_forward<{tname}, {TM}, {DVT}>", types, _HOST_SHIM)
 
 
@@ -234,10 +274,11 @@ def _run_host(ops, TM):
     C = F.NT * TM
     Y = np.full((BH, Tq, dv), np.nan, dtype=dt)
     arrs = [np.ascontiguousarray(ops[k], dtype=dt) for k in ("Q", "K", "V", "g", "logb")]
+    arrs.append(np.ascontiguousarray(F._tile_totals(np, arrs[3], C)))  # as forward() passes them
     smem = F._shared_words(C, dk, dv, dt.itemsize) * dt.itemsize
     grid = (BH * -(-Tq // C),)
     sizes = (BH, Tq, Tk, dk, dv)
-    flags = (int(ops["causal"]), ops["window"], int(ops["gated"]))
+    flags = (int(ops["causal"]), ops["window"], int(ops["gated"]), ops.get("sinks", 0))
     kern(grid, (F.NT * F.NT,), smem, *arrs, Y, *sizes, ops["tau"], *flags)
     return Y
 
@@ -248,16 +289,20 @@ HOST_CASES = [  # dtype, TM, T, d_k, d_v: every (dtype, TM) and DVT in {1, 2, 4,
     (np.float32, 4, 150, 64, 64),
     (np.float32, 2, 100, 1, 20),
     (np.float64, 2, 70, 128, 128),
-    (np.float32, 8, 300, 7, 7),  # the 128-long float32 tile (TILES)
-    (np.float32, 8, 260, 64, 64),
+    (np.float32, 8, 300, 7, 20),  # the 128-long float32 tile (TILES)
 ]
 
 
+MODES = ["causal", "gated", "gated window 19", "gated window 45", "gated window 19 sinks 3",
+         "gated window 30 sinks 70", "window 19 sinks 3", "non-causal"]  # fmt: skip
+
+
 @pytest.mark.parametrize(("dtype", "TM", "T", "dk", "dv"), HOST_CASES)
-@pytest.mark.parametrize("mode", ["causal", "gated", "gated window 19", "gated window 45", "non-causal"])
+@pytest.mark.parametrize("mode", MODES)
 def test_cuda_source_on_the_host_equals_the_reference(rng, dtype, TM, T, dk, dv, mode):
     """Windows narrower than a tile and wider than a 32-long one; gated runs over >= 3 tiles use the
-    totals of the tiles in between (``mid``)."""
+    totals of the tiles in between (``mid``), with sinks those of the tiles jumped over too (70 sinks:
+    over two 32-long tiles, and more than some T)."""
     Q, K, V = (rng.standard_normal((2, T, n)).astype(dtype) for n in (dk, dk, dv))
     g = np.zeros((2, T), dtype=dtype)
     logb = np.zeros((2, T), dtype=dtype)
@@ -266,15 +311,21 @@ def test_cuda_source_on_the_host_equals_the_reference(rng, dtype, TM, T, dk, dv,
         g = log_gates(rng, (2, T), p=0.01, strength=0.2).astype(dtype)
         logb = np.log(rng.uniform(0.5, 2.0, (2, T))).astype(dtype)
         logb[1, 3] = -np.inf  # a padded pair
-        window = int(mode.split()[-1]) if "window" in mode else 0
     elif mode == "non-causal":
         logb = -rng.uniform(0, 3, (2, T)).astype(dtype)
+    words = mode.split()
+    window = int(words[words.index("window") + 1]) if "window" in words else 0
+    sinks = int(words[-1]) if "sinks" in words else 0
     gated = mode.startswith("gated")  # "causal": the kernel's path without gate sums
     ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=dk**-0.5, causal=causal, window=window, gated=gated)
+    ops["sinks"] = sinks
     got = _run_host(ops, TM)
     ref = F.fused_nw_reference(np, C=F.NT * TM, **ops)
     assert not np.isnan(got).any()  # every output written, no read of unwritten shared memory
-    assert rel(got, ref) < (F32 if dtype == np.float32 else F64), (mode, rel(got, ref))
+    tol = F32 if dtype == np.float32 else F64
+    assert rel(got, ref) < tol, (mode, rel(got, ref))
+    if dtype == np.float64:  # and both equal the dense definition
+        assert rel(ref, dense_nw(**ops)) < F64, mode
 
 
 def test_cuda_source_on_the_host_skips_tiles_behind_a_reset(rng):

@@ -18,11 +18,11 @@ with the gate sums of :mod:`._tiles` (block-local, never a difference of two cum
   tiles strictly between (carried as the kernel walks the key tiles from the diagonal backwards) and the
   suffix of the key tile after i.
 
-Key tiles after the query tile (causal), before a sliding window, or behind a hard reset (``mid = -inf``)
-are never visited. Each thread owns ``TM`` query rows x ``TM`` keys of a tile's logits and ``TM`` rows x
-``DVT`` value columns of the accumulator (register tiles: two vector loads from shared memory per
-``TM^2`` multiply-adds). A non-causal call (every query reads the last memory) visits every key tile with
-the last step's per-key log-weights.
+Key tiles after the query tile (causal), before a sliding window (but for the sink tiles), or behind a
+hard reset (``mid = -inf``) are never visited. Each thread owns ``TM`` query rows x ``TM`` keys of a
+tile's logits and ``TM`` rows x ``DVT`` value columns of the accumulator (register tiles: two vector loads
+from shared memory per ``TM^2`` multiply-adds). A non-causal call (every query reads the last memory)
+visits every key tile with the last step's per-key log-weights.
 
 Operands are prepared by :func:`operands` (the same for the kernel and :func:`fused_nw_reference`):
 ``Q, K, V`` as (BH, T, d), the log-gates ``g`` and the log write strengths ``logb`` as (BH, T_k), the logit
@@ -34,8 +34,10 @@ after shifting queries and keys by the first key as :func:`ttr_stats.similarity.
 :func:`nadaraya_watson` returns ``None`` wherever the kernel does not apply (not CuPy, a dtype other than
 float32 / float64, ``d_v > 128``, a tile that does not fit shared memory, a similarity other than
 ``ExpDot`` / ``Gaussian``, a local polynomial of order >= 1), and the caller then runs the array form.
-Attention sinks (``weights.SinkWindow``) are refused explicitly: the kernel's window skip would drop the
-sink tiles, which the array form keeps. :data:`ENABLED` switches the kernel off; an NVRTC compile failure
+Attention sinks (``weights.SinkWindow``: keys ``i < sinks`` never leave the window) are kept: where the
+window would end the walk over key tiles, it jumps to the last tile holding a sink, adding the totals of
+the tiles jumped over (computed once per call, ``_tile_totals``) to the gate sum between, and the per-pair
+mask is ``t - i < w or i < sinks``. :data:`ENABLED` switches the kernel off; an NVRTC compile failure
 does so too, with one warning. Calls where no gate can decay (``Problem.gated`` False: every log-gate is 0)
 form no gate sums at all. Inputs are validated by the layer (finite entries); from finite inputs the kernel
 gives finite outputs (a row without a pair of positive weight reads 0, as ``normalised_weights`` does).
@@ -160,12 +162,14 @@ template <> struct Vec<double, 8> {
 // One block: sequence bh, query tile qt (rows q0 .. q0 + C - 1). Thread (ty, tx) owns the query rows
 // ty*TM .. ty*TM+TM-1, the keys tx*TM .. tx*TM+TM-1 of each tile's logits and the value columns
 // tx*DVT .. tx*DVT+DVT-1 of the accumulator. gated = 0: every log-gate is 0 (no gate sums formed).
+// sinks > 0 (with a window): keys i < sinks stay at every t >= i (attention sinks); TOT holds every key
+// tile's total log-gate (BH, nkt), for the tiles jumped over between the window and the sink tiles.
 template <typename T, int TM, int DVT>
 __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
-    const T* __restrict__ G, const T* __restrict__ LB, T* __restrict__ Y,
+    const T* __restrict__ G, const T* __restrict__ LB, const T* __restrict__ TOT, T* __restrict__ Y,
     const int BH, const int Tq, const int Tk, const int dk, const int dv,
-    const T tau, const int causal, const int window, const int gated)
+    const T tau, const int causal, const int window, const int gated, const int sinks)
 {
     constexpr int C = NT * TM;            // tile length, queries and keys
     constexpr int LD = C + 16 / (int)sizeof(T);  // padded row of the transposed tiles (keeps 16 B alignment)
@@ -225,11 +229,20 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
 
     const int nkt = (Tk + C - 1) / C;
     const int kt_hi = causal ? qt : nkt - 1;
+    const int last_sink_tile = (causal && window > 0 && sinks > 0) ? (sinks - 1) / C : -1;
     for (int kt = kt_hi; kt >= 0; --kt) {
+        // every pair of this tile and of all earlier ones is outside the window: go on at the last tile
+        // holding a sink (adding the totals of the tiles jumped over to mid), or stop
+        if (causal && window > 0 && q0 - (kt * C + C - 1) >= window) {
+            if (kt > last_sink_tile) {
+                if (last_sink_tile < 0) break;
+                if (gsum)
+                    for (int j = kt; j > last_sink_tile; --j) mid += TOT[(size_t)bh * nkt + j];
+                kt = last_sink_tile;
+            }
+        }
         const int k0 = kt * C;
-        // every pair of this tile and of all earlier ones is outside the window, or behind a reset
-        if (causal && window > 0 && q0 - (k0 + C - 1) >= window) break;
-        if (gsum && kt < qt && mid == NEG) break;
+        if (gsum && kt < qt && mid == NEG) break;  // behind a hard reset: every earlier weight is 0
         __syncthreads();  // the previous tile's Ks / Vs / Ps / gk reads are done
         for (int r = warp; r < C; r += NTHREADS / 32) {
             const int t = k0 + r;
@@ -289,7 +302,7 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
                 if (!causal) lg = lbk[n];
                 else if (diag) lg = (n <= r) ? (gsum ? Ps[r * LD + n] + lbk[n] : lbk[n]) : NEG;
                 else lg = gsum ? ((preq[r] + mid) + sufk[n]) + lbk[n] : lbk[n];  // 0 + 0 + 0 + x = x
-                if (causal && window > 0 && (q0 + r) - (k0 + n) >= window) lg = NEG;
+                if (causal && window > 0 && (q0 + r) - (k0 + n) >= window && k0 + n >= sinks) lg = NEG;
                 const T v = (lg == NEG) ? NEG : lg + tau * s[a][b];  // masked: -inf whatever the logit
                 s[a][b] = v;
                 rmax[a] = mx(rmax[a], v);
@@ -412,8 +425,8 @@ def operands(xp, layer, P):
     """The kernel's operands of a call, or ``None`` where the kernel does not apply to it.
 
     Returns a dict ``Q (BH, T_q, d_k), K (BH, T_k, d_k), V (BH, T_k, d_v), g (BH, T_k), logb (BH, T_k),
-    tau, causal, window, gated`` (``window`` 0: none). Non-causal: ``g`` is 0 and ``logb`` the last step's
-    per-key log-weights (window included).
+    tau, causal, window, gated, sinks`` (``window`` 0: none; ``sinks``: the first keys a window keeps).
+    Non-causal: ``g`` is 0 and ``logb`` the last step's per-key log-weights (window included).
     """
     from ...regressors.nonparametric import last_log_weights, log_strength
     from ...similarity import ExpDot, Gaussian
@@ -422,8 +435,6 @@ def operands(xp, layer, P):
     sim = getattr(reg, "similarity", None)
     if int(getattr(reg, "order", -1)) != 0 or type(sim) not in (ExpDot, Gaussian):
         return None
-    if getattr(P, "sinks", 0) or getattr(layer.weights, "sinks", 0):
-        return None  # sink columns are not in the kernel: the array form handles them
     if P.steps_per_token != 1 or str(P.dtype) not in _DTYPES:
         return None
     Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
@@ -463,6 +474,7 @@ def operands(xp, layer, P):
         "causal": bool(P.causal),
         "window": window,
         "gated": bool(P.gated),  # False: no gate can decay, every g is 0 (known without reading g)
+        "sinks": int(getattr(P, "sinks", 0) or 0) if window else 0,  # a window wider than T keeps all
     }
 
 
@@ -505,7 +517,7 @@ def _disable(exc):
     )
 
 
-def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=None):
+def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=None):
     """Run the kernel on the operands of :func:`operands` (CuPy); ``(BH, T_q, d_v)`` or ``None`` where the
     tile does not fit shared memory. ``C``: a tile length of :data:`TILES` to prefer (default 64)."""
     import cupy
@@ -521,6 +533,7 @@ def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=None):
     dt = Q.dtype
     Qf, Kf, Vf = (cupy.ascontiguousarray(x, dtype=dt) for x in (Q, K, V))
     gf, lf = (cupy.ascontiguousarray(x, dtype=dt) for x in (g, logb))
+    tot = _tile_totals(cupy, gf, C) if (causal and gated and window and sinks) else gf
     Y = cupy.empty((BH, Tq, dv), dtype=dt)
     smem = _shared_words(C, dk, dv, dt.itemsize) * dt.itemsize
     kern = _kernel(tname, TM, DVT)
@@ -529,14 +542,24 @@ def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=None):
     nqt = -(-Tq // C)
     i32 = cupy.int32
     scal = cupy.float32 if tname == "float" else cupy.float64
-    args = (Qf, Kf, Vf, gf, lf, Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv), scal(tau))
-    args += (i32(int(causal)), i32(int(window)), i32(int(gated)))
+    args = (Qf, Kf, Vf, gf, lf, cupy.ascontiguousarray(tot), Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
+    args += (scal(tau), i32(int(causal)), i32(int(window)), i32(int(gated)), i32(int(sinks)))
     kern((BH * nqt,), (NT * NT,), args, shared_mem=smem)
     return Y
 
 
+def _tile_totals(xp, g, C):
+    """Each key tile's total log-gate, (BH, nkt) (zero-padded past T_k)."""
+    BH, Tk = g.shape
+    nkt = -(-Tk // C)
+    pad = nkt * C - Tk
+    if pad:
+        g = xp.concat([g, xp.zeros((BH, pad), dtype=g.dtype, device=array_api_compat.device(g))], axis=-1)
+    return xp.sum(xp.reshape(g, (BH, nkt, C)), axis=-1)
+
+
 # --- the reference: the kernel's tile order in array operations ------------------------------------------
-def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=64):
+def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=64):
     """:func:`forward` as array operations in the kernel's order (any namespace): per query tile the key
     tiles from the diagonal backwards, the same gate sums (diagonal: running sums in ``segsum``'s order;
     earlier tiles: ``((pre + mid) + suf) + logb``), the same skips and the same online normaliser. Vectorised
@@ -558,6 +581,7 @@ def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=
         return xp.concat([rows, pad], axis=1)
 
     r = xp.arange(C, device=dev)
+    tot_all = _tile_totals(xp, g, C) if (causal and window > 0 and sinks > 0) else None
     out = []
     for qt in range(nqt):
         q0 = qt * C
@@ -567,10 +591,16 @@ def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=
         acc = xp.zeros((BH, C, dv), dtype=dt, device=dev)
         preq = xp.cumulative_sum(tile(g, q0, Tk), axis=-1) if causal else None
         mid = xp.zeros((BH,), dtype=dt, device=dev)
-        for kt in range(qt if causal else nkt - 1, -1, -1):
+        last_sink_tile = (sinks - 1) // C if (causal and window > 0 and sinks > 0) else -1
+        kt = qt if causal else nkt - 1
+        while kt >= 0:
+            if causal and window > 0 and q0 - (kt * C + C - 1) >= window and kt > last_sink_tile:
+                if last_sink_tile < 0:
+                    break
+                for j in range(kt, last_sink_tile, -1):  # the tiles jumped over, into the gate sums
+                    mid = mid + tot_all[:, j]
+                kt = last_sink_tile
             k0 = kt * C
-            if causal and window > 0 and q0 - (k0 + C - 1) >= window:
-                break
             if causal and kt < qt and bool(xp.all(mid == -math.inf)):
                 break  # the kernel breaks per sequence; skipping all-(-inf) tiles changes nothing
             Kt, Vt = tile(K, k0, Tk), tile(V, k0, Tk)
@@ -592,6 +622,7 @@ def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=
                     lg = ((preq[:, :, None] + mid[:, None, None]) + suf[:, None, :]) + lb[:, None, :]
                 if window > 0:
                     inside = ((q0 + r)[:, None] - (k0 + r)[None, :]) < window
+                    inside = inside | ((k0 + r)[None, :] < sinks)  # attention sinks stay
                     lg = xp.where(inside, lg, neg)
             S = xp.matmul(Qt, xp.matrix_transpose(Kt))
             s = xp.where(lg == -math.inf, neg, lg + tau * S)
@@ -604,6 +635,7 @@ def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, C=
             acc = acc * scale[..., None] + xp.matmul(p, Vt)
             if causal and kt < qt:
                 mid = mid + tot
+            kt -= 1
         one = xp.ones((), dtype=dt, device=dev)
         out.append(acc / xp.where(ell > 0, ell, one)[..., None])
     Y = xp.concat(out, axis=1) if out else xp.zeros((BH, 0, dv), dtype=dt, device=dev)
