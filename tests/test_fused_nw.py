@@ -355,13 +355,16 @@ def test_kernel_equals_reference_and_parallel(rng, dtype, T, d):
     g = log_gates(rng, (2, T))
     logb = np.log(rng.uniform(0.5, 2.0, (2, T)))
     tol = F32 if dtype == np.float32 else F64
-    for causal, window in ((True, 0), (True, 37), (True, 300), (False, 0)):
-        ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=d**-0.5, causal=causal, window=window)
+    cases = [(True, 0, 0), (True, 37, 0), (True, 300, 0), (True, 37, 5), (True, 37, 70), (False, 0, 0)]
+    for causal, window, sinks in cases:
+        ops = dict(Q=Q, K=K, V=V, g=g, logb=logb, tau=d**-0.5, causal=causal, window=window, sinks=sinks)
         ref = F.fused_nw_reference(np, **ops)  # float64 on the host
         dev = {k: cp.asarray(v, dtype=dtype) if isinstance(v, np.ndarray) else v for k, v in ops.items()}
         got = F.forward(cp, **dev)
         assert got is not None and got.dtype == dtype
-        assert rel(cp.asnumpy(got), ref) < tol, (causal, window)
+        assert rel(cp.asnumpy(got), ref) < tol, (causal, window, sinks)
+        if T <= 65:  # and the dense definition
+            assert rel(cp.asnumpy(got), dense_nw(**ops)) < tol, (causal, window, sinks)
 
 
 @gpu
