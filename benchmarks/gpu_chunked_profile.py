@@ -21,8 +21,8 @@ attention, Mamba-2, GLA and Gated DeltaNet (``layer(Q, K, V, method="chunked")``
 4. **breakdown** of one new (and one old) call into validation (``_prepare``), chunk terms (delta),
    intra-chunk products (identity), state pass, output check and the rest, from CUDA events around each
    part (no extra synchronisation inside the call);
-5. **sweeps**: the new path at chunk 16 / 32 / 64, and the tiled state pass's launch geometry
-   (value columns a block, threads a block) at the default chunk.
+5. **sweeps**: the new path at chunk 16 / 32 / 64, the tiled state pass's launch geometry (value
+   columns a block, threads a block) and the per-chunk kernels' threads a block, at the default chunk.
 
 Every variant runs in its own try/except: a failure prints its error and the run goes on. Target: under
 3 minutes on an H100/H200 (the first calls compile NVRTC and Triton kernels). Output: tables on stdout and
@@ -82,6 +82,12 @@ VARIANTS = {  # name -> the switches on their old value (every other one on its 
     "new, array intra terms (identity)": ("intra",),
     "new, A v apart (identity)": ("reads",),
 }
+
+#: threads a block of the per-chunk kernels: (label, module, attribute, values, the gate kinds it serves)
+KNOBS = [
+    ("WY kernel threads", _fused_wy, "THREADS", (128, 256, 512), ("ab",)),
+    ("intra kernel threads", _fused_intra, "THREADS", (128, 256, 512), ("", "a", "ad")),
+]
 
 GEOMETRIES = [(32, 128), (16, 64), (16, 128), (32, 256), (64, 256), (8, 64)]  # (columns, threads)
 
@@ -428,6 +434,24 @@ def main(argv=None):
                 line.append(f"{cols}/{thr}: FAILED {type(exc).__name__}: {exc}")
             dev.free()
         print("  tiled state pass geometry (ms a call, default chunk): " + "; ".join(line))
+        for label, mod, attr, values, families in KNOBS:
+            if kind not in families:
+                continue
+            line, saved = [], getattr(mod, attr)
+            for val in values:
+                try:
+                    setattr(mod, attr, val)
+                    s, y = dev.time(call, args.warmup, args.runs)
+                    res[f"{label} {val}"] = {"ms": s * 1e3}
+                    line.append(f"{val}: {s * 1e3:.3f}")
+                    del y
+                except Exception as exc:  # noqa: BLE001
+                    res["errors"][f"{label} {val}"] = repr(exc)
+                    line.append(f"{val}: FAILED {type(exc).__name__}: {exc}")
+                finally:
+                    setattr(mod, attr, saved)
+                dev.free()
+            print(f"  {label} (ms a call): " + "; ".join(line))
         print(f"  [{time.perf_counter() - t_start:.0f} s so far]")
     out = Path(args.out)
     try:
