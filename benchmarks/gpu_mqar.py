@@ -165,7 +165,7 @@ def parse(argv=None):
     )
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     ap.add_argument("--budget-s", type=float, default=420.0, help="hard wall-clock budget of the whole run")
-    ap.add_argument("--workers", type=int, default=8, help="training processes on the one card")
+    ap.add_argument("--workers", type=int, default=16, help="training processes on the one card")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (cores / workers)")
     ap.add_argument("--seeds", type=ints, default=[0, 1, 2], help="seeds, trained together in each cell")
     ap.add_argument("--P", type=ints, default=[64, 128], help="key-value pairs")
@@ -183,11 +183,12 @@ def parse(argv=None):
     ap.add_argument("--margin-s", type=float, default=15.0, help="kept back for writing and shutdown")
     ap.add_argument("--overhead-s", type=float, default=10.0, help="per cell: model build, evaluation")
     ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument("--no-preflight", action="store_true", help="skip the 3-step check of each layer")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 workers: checks the logic")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.P, args.T, args.vocab, args.batch, args.eval = "cpu", [4], [32, 64], 128, 8, 16
-        args.workers, args.seeds, args.budget_s = 2, [0, 1], min(args.budget_s, 90.0)
+        args.workers, args.seeds, args.budget_s = 2, [0, 1], min(args.budget_s, 150.0)
         args.overhead_s, args.margin_s = 5.0, 5.0
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -238,6 +239,25 @@ def main(argv=None):
         f"training a cell; budget {args.budget_s:.0f} s -> {args.out}",
         flush=True,
     )
+    if not args.no_preflight:  # a few steps of each layer on the card: a broken path fails here, in seconds
+        checks = []
+        for recipe in args.recipes:
+            kw, _, _ = job((recipe, 4, 64), 30.0)
+            kw.update(vocab=128, batch_size=4, steps=3, eval_sequences=4, seeds=(0,))
+            checks.append(pool.apply_async(run_cell, ((kw, deadline, extra),)))
+        bad = [
+            r for c in checks for r in c.get(timeout=max(1.0, deadline - time.time())) if r["status"] != "ok"
+        ]
+        if bad:
+            for r in bad:
+                print(f"gpu_mqar: preflight {r['recipe']} failed: {r['error']}", file=sys.stderr, flush=True)
+            sink.write(bad)
+            sink.close()
+            pool.terminate()
+            return 1
+        print(
+            f"gpu_mqar: preflight ok ({', '.join(args.recipes)}) at {time.time() - t_start:.0f} s", flush=True
+        )
     todo = list(cells)
     running = {}  # cell -> (AsyncResult, config keywords)
     n_ok = 0
