@@ -13,7 +13,7 @@ import math
 
 from .. import _array
 from .._validation import check_scalar
-from ..similarity import sq_distances
+from ..similarity import l1_distances, sq_distances
 from .nonparametric import NonparametricRegressor
 
 __all__ = ["KernelRidge", "KERNELS", "kernel_matrix"]
@@ -37,9 +37,9 @@ def kernel_matrix(xp, X, Y, kernel, *, gamma=None, degree=3, coef0=1.0):
     if kernel in ("rbf", "gaussian"):
         g = 1.0 / d if gamma is None else float(gamma)
         return xp.exp(-g * sq_distances(xp, X, Y))
-    if kernel == "laplacian":  # L1 distances need the explicit differences: O(n_x n_y d) memory
+    if kernel == "laplacian":  # L1 distances a few features at a time: no (n_x, n_y, d) tensor
         g = 1.0 / d if gamma is None else float(gamma)
-        return xp.exp(-g * xp.sum(xp.abs(X[..., :, None, :] - Y[..., None, :, :]), axis=-1))
+        return xp.exp(-g * l1_distances(xp, X, Y))
     dot = xp.matmul(X, xp.matrix_transpose(Y))
     if kernel == "exp-dot":
         return xp.exp((1.0 / math.sqrt(d) if gamma is None else float(gamma)) * dot)

@@ -72,7 +72,7 @@ def _triangle(d):
 
 
 def _shift(xp, m):
-    return xp.where(m > -math.inf, m, xp.zeros((), dtype=m.dtype))
+    return xp.where(m > -math.inf, m, xp.zeros((), dtype=m.dtype, device=_array.device(m)))
 
 
 def centres(xp, plan, j):
@@ -127,14 +127,15 @@ def solve(xp, reg, plan, S, cen, j, d_k, d_v):
     Sj = S[j]
     s0 = Sj[..., 0]
     some = s0 > 0
-    one = xp.ones((), dtype=s0.dtype)
-    zero = xp.zeros((), dtype=s0.dtype)
+    dev = _array.device(s0)
+    one = xp.ones((), dtype=s0.dtype, device=dev)
+    zero = xp.zeros((), dtype=s0.dtype, device=dev)
     inv = 1.0 / xp.where(some, s0, one)
     mu = Sj[..., 1 : 1 + d_k] * inv[..., None]
     ubar = Sj[..., 1 + d_k : 1 + d_k + d_v] * inv[..., None]
     o = 1 + d_k + d_v
     n_tri = d_k * (d_k + 1) // 2
-    full = xp.asarray(_triangle(d_k)[2], device=_array.device(Sj))
+    full = xp.asarray(_triangle(d_k)[2], device=dev)
     See = xp.take(Sj[..., o : o + n_tri], full, axis=-1)  # the symmetric matrix from its triangle
     See = xp.reshape(See, s0.shape + (d_k, d_k)) * inv[..., None, None]
     o += n_tri
