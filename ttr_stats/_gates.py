@@ -85,7 +85,7 @@ def check_lengths(xp, lengths, batch_shape, T, device=None):
         ) from exc
     if host.size and (host.min() < 0 or host.max() > T):
         raise ValueError(f"lengths must lie in [0, T] = [0, {T}], got values in [{host.min()}, {host.max()}]")
-    return xp.asarray(np.ascontiguousarray(host), device=device)
+    return xp.asarray(np.array(host), device=device)  # a writable copy: torch warns on read-only views
 
 
 def _token_mask(xp, lengths, T, steps):

@@ -30,7 +30,7 @@ def cholesky(xp, reg, A):
             L = _array.cholesky(xp, A)
     except Exception as exc:
         if any(c.__name__ in ("LinAlgError", "_LinAlgError") for c in type(exc).__mro__):
-            reg._check_pd(xp, xp.asarray(float("nan")))
+            reg._check_pd(xp, xp.asarray(float("nan"), device=_array.device(A)))
         raise
     reg._check_pd(xp, L)
     return L

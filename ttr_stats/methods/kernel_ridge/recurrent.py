@@ -34,7 +34,7 @@ def growing_cholesky(xp, reg, P):
             d2 = ktt
             zt = P.V[..., t, :]
         if not bool(xp.all(d2 > 0)):
-            reg._check_pd(xp, xp.asarray(math.nan))
+            reg._check_pd(xp, xp.asarray(math.nan, device=P.device))
         diag = xp.sqrt(d2)
         L[..., t, t] = diag
         Z[..., t, :] = zt / diag[..., None]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from ... import _array
 from ...regressors.local_polynomial import n_coefficients
 from . import _tiled_moments
 from ._precision import narrowed, widened
@@ -30,7 +31,7 @@ from ._tiles import TilePlan
 
 def _shift(xp, m):
     """The row maximum, 0 where a row has no finite entry (its weights are then exp(-inf) = 0)."""
-    return xp.where(m > -math.inf, m, xp.zeros((), dtype=m.dtype))
+    return xp.where(m > -math.inf, m, xp.zeros((), dtype=m.dtype, device=_array.device(m)))
 
 
 def reference_pairs(xp, plan, blocks, d_k, d_v):
@@ -62,7 +63,7 @@ def _tile_terms(xp, reg, plan, st, m, ell, kr, vr):
     """Normalised weights (*b, n, c, c_k), design differences (*b, n, c, c_k, P) and value differences."""
     mq, lq = plan.gather(m, st), plan.gather(ell, st)
     krq, vrq = plan.gather(kr, st), plan.gather(vr, st)
-    lsafe = xp.where(lq > 0, lq, xp.ones((), dtype=lq.dtype))
+    lsafe = xp.where(lq > 0, lq, xp.ones((), dtype=lq.dtype, device=_array.device(lq)))
     W = xp.exp(st.logw - _shift(xp, mq)[..., None]) / lsafe[..., None]
     E = st.K[..., None, :, :] - krq[..., :, None, :]  # e_i = k_i - k_r, pair by pair
     R = krq - st.Q  # d_r = k_r - q

@@ -177,7 +177,7 @@ class TilePlan:
             if k0 < self.sink_blocks:  # but sinks stay: the key (k0 + n) c + j of the n-th tile, if < s
                 key = xp.arange(k0, k1, device=P.device)[:, None, None] * c + t[None, None, :]
                 inside = inside | (key < P.sinks)  # (n, c, c)
-            lg = xp.where(inside, lg, xp.asarray(-math.inf, dtype=lg.dtype))
+            lg = xp.where(inside, lg, xp.asarray(-math.inf, dtype=lg.dtype, device=P.device))
         Qt, Kt = self.Qb[..., q0:q1, :, :], self.Kb[..., k0:k1, :, :]
         return Step(q0, q1, lg + self.sim(xp, Qt, Kt), Qt, Kt, self.Vb[..., k0:k1, :, :])
 

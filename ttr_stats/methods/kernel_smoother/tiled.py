@@ -83,13 +83,14 @@ def nadaraya_watson(xp, plan, P):
         s = st.logw
         m0 = plan.gather(m, st)
         m1 = xp.maximum(m0, xp.max(s, axis=-1))
-        sh = xp.where(m1 > -math.inf, m1, xp.zeros((), dtype=m1.dtype))  # a row with no pair yet: shift 0
+        zero = xp.zeros((), dtype=m1.dtype, device=P.device)
+        sh = xp.where(m1 > -math.inf, m1, zero)  # a row with no pair yet: shift 0
         p = xp.exp(s - sh[..., None])
         scale = xp.exp(m0 - sh)  # 0 while the row had no pair (m0 = -inf)
         plan.scatter(ell, st, plan.gather(ell, st) * scale + xp.sum(p, axis=-1))
         plan.scatter(acc, st, plan.gather(acc, st) * scale[..., None] + xp.matmul(p, st.V))
         plan.scatter(m, st, m1)
-    one = xp.ones((), dtype=P.dtype)
+    one = xp.ones((), dtype=P.dtype, device=P.device)
     # a row without a pair of positive weight reads 0 (the empty memory), as normalised_weights does
     return plan.output([a / xp.where(e > 0, e, one)[..., None] for a, e in zip(acc, ell, strict=True)])
 
