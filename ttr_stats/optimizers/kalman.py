@@ -88,8 +88,9 @@ class KalmanFilter(Optimizer):
         Pk = matvec(xp, P, k)
         s = b / (1.0 + b * xp.sum(k * Pk, axis=-1))  # b = 0 (padding) is an exact no-op
         M = M + outer(v - matvec(xp, M, k), s[..., None] * Pk)
-        w = xp.sqrt(s)[..., None] * Pk  # P - s Pk Pk^T as P - w w^T: stays exactly symmetric
-        return RLSState(M, P - outer(w, w))
+        # P - s (Pk Pk^T) stays exactly symmetric; not w w^T with w = sqrt(s) Pk, whose derivative is
+        # infinite at s = 0 (padded steps), where autograd made NaN gradients
+        return RLSState(M, P - s[..., None, None] * outer(Pk, Pk))
 
     def memory(self, state):
         return state.M

@@ -100,10 +100,10 @@ class RecursiveLeastSquares(Optimizer):
         kPk = xp.sum(k * Pk, axis=-1)
         s = b / (kPk * b + (1.0 if a is None else a[..., 0]))
         M = M + outer(v - matvec(xp, M, k), s[..., None] * Pk)
-        # P - s Pk Pk^T as P - w w^T with w = sqrt(s) Pk (s >= 0): w_i w_j = w_j w_i exactly, so a
-        # symmetric P stays exactly symmetric with no symmetrising pass
-        w = xp.sqrt(s)[..., None] * Pk
-        P = P - outer(w, w)
+        # P - s (Pk Pk^T): (Pk_i Pk_j) s = (Pk_j Pk_i) s exactly, so a symmetric P stays exactly symmetric
+        # with no symmetrising pass. (Not w w^T with w = sqrt(s) Pk: sqrt has an infinite derivative at
+        # s = 0, the padded steps of lengths=, where autograd then made 0 * inf = NaN gradients.)
+        P = P - s[..., None, None] * outer(Pk, Pk)
         if a is not None:
             P = P / a[..., 0, None, None]
         return RLSState(M, P)

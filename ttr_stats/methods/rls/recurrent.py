@@ -121,12 +121,12 @@ def recurrent(layer, P):
     guard = _Guarded(opt, xp, R0, decayed)
     Y, state = loop(guard, P64._replace(state0=s0))
     if guard.first is not None and bool(xp.any(guard.first != 0)):
-        t = int(xp.min(xp.where(guard.first == 0, xp.asarray(P.T + 1), guard.first))) - 1
+        t = int(xp.min(xp.where(guard.first == 0, P.T + 1, guard.first))) - 1
         raise _refusal(layer, t, decayed)
     if P.T and not bool(xp.all(xp.isfinite(Y))):  # a non-finite M: the first output it reached
         rows = xp.all(xp.isfinite(Y), axis=-1)
         rows = xp.reshape(rows, (-1, P.T)) if rows.ndim != 1 else rows[None, :]
-        t = int(xp.min(xp.where(rows, P.T, xp.arange(P.T))))
+        t = int(xp.min(xp.where(rows, P.T, xp.arange(P.T, device=P.device))))
         raise _refusal(layer, t, decayed)
     back = lambda x: x if x.dtype == P.dtype else xp.astype(x, P.dtype)  # noqa: E731
     return back(Y), type(state)(*(back(f) for f in state))
