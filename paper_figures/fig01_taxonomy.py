@@ -77,10 +77,9 @@ def _plain(text):
 
 def _group(regressor, optimizer):
     """The taxonomy column: nonparametric and neural regressors by regressor, the rest by optimizer family."""
-    kind = type(regressor).__name__
-    if kind in ("LocalPolynomial", "KernelRidge"):
+    if getattr(regressor, "nonparametric", False):  # kernel smoothers, kernel ridge, Parallax, PaTH, ...
         return "nonparametric"
-    if kind == "MLP":
+    if type(regressor).__name__ == "MLP":
         return "neural"
     return str(getattr(optimizer, "family", None) or type(optimizer).__name__)
 
