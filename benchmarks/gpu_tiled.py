@@ -25,7 +25,7 @@ centred second moments per pair), max |diff| = max |y - y64| / max |y64| on the 
 depend on those tokens only), peak = CuPy pool bytes beyond the inputs (torch rows: torch's counter).
 
 Each variant runs in its own try/except (a failure prints its error and the run goes on); a variant that
-would start after ``--budget-s`` seconds (170) is skipped and says so. Prints a table; writes nothing.
+would start after ``--budget-s`` seconds (150) is skipped and says so. Prints a table; writes nothing.
 
 Run: ``python -m benchmarks.gpu_tiled [--T 1024,4096]``; ``--cpu-dry-run`` checks the logic on NumPy at
 small sizes (the fused kernel replaced by its NumPy reference; torch's peers on the CPU if torch is there).
@@ -359,7 +359,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--check-T", type=int, default=512)
     ap.add_argument("--ll-max-T", type=int, default=4096, help="local linear only up to this T")
-    ap.add_argument("--budget-s", type=float, default=170.0)
+    ap.add_argument("--budget-s", type=float, default=150.0)
     ap.add_argument("--float64", default="1", help="0: skip the float64 NW rows")
     ap.add_argument("--cpu-dry-run", action="store_true")
     a = ap.parse_args(argv)
