@@ -1,8 +1,10 @@
 r"""The trained Figure 3 grid on one GPU: MQAR accuracy of linear attention vs unweighted RLS.
 
 Cells: recipe in {linear_attention, rls} x P in {64, 128} x T in {512, 1024, 2048, 4096}; every cell trains
-its seeds together, as replicas of one model (:class:`ttr_stats.train.MQARTrainConfig`, ``seeds``: one
-step trains them all; the replicas are independent). Several cells train at once, one process each on the
+its seeds and learning rates (``--seeds``, ``--lrs``) together, as replicas of one model
+(:class:`ttr_stats.train.MQARTrainConfig`, ``seeds`` and ``lrs``: one step trains them all; the replicas are
+independent). Zoology sweeps the learning rate and reports the best; the figure keeps, per cell, the rate
+with the best mean accuracy over the seeds. Several cells train at once, one process each on the
 same card (``--workers``; the models are small and launch-bound, so one process leaves the card idle).
 
 Hard wall-clock budget: ``--budget-s`` covers everything, from this script's start to the last CSV row.
@@ -14,7 +16,7 @@ deadline unfinished workers are terminated and their cells written as ``status=t
 Rows are appended to the CSV as cells finish, so an interrupted run still leaves one.
 
 Output: ``--out`` (default ``$OUT/mqar_trained.csv`` if ``$OUT`` is set, else
-``paper_figures/data/mqar_trained.csv``), one row per (cell, seed): card, recipe, n_pairs, seq_len, seed,
+``paper_figures/data/mqar_trained.csv``), one row per (cell, lr, seed): card, recipe, n_pairs, seq_len, seed,
 steps, seconds of training, seconds of the cell (with its evaluation), final held-out accuracy (argmax over
 the vocabulary at the query positions, ``--eval`` sequences) and loss, the paper's accuracy beside it,
 the settings (lr, batch, method, ...) and the status / error.
@@ -102,8 +104,10 @@ def run_cell(job):
     except Exception as exc:  # one failed cell must not stop the grid
         tb = traceback.format_exc().strip().splitlines()
         msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300] + " | " + " / ".join(tb[-3:])[:300]
+        lrs = cfg_kw.get("lrs") or (cfg_kw["lr"],)
         return [
-            {**base, "seed": s, "cell_seconds": time.time() - t0, "status": "failed", "error": msg}
+            {**base, "seed": s, "lr": lr, "cell_seconds": time.time() - t0, "status": "failed", "error": msg}
+            for lr in lrs
             for s in cfg_kw["seeds"]
         ]
 
@@ -171,7 +175,11 @@ def parse(argv=None):
     ap.add_argument("--P", type=ints, default=[64, 128], help="key-value pairs")
     ap.add_argument("--T", type=ints, default=[512, 1024, 2048, 4096], help="sequence lengths")
     ap.add_argument("--recipes", type=lambda s: s.split(","), default=["linear_attention", "rls"])
-    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW peak learning rate")
+    ap.add_argument(
+        "--lrs", type=lambda x: [float(v) for v in x.split(",") if v], default=[3e-3, 1e-2],
+        help="AdamW peak learning rates, each trained (as replicas) beside the seeds; the figure keeps the "
+        "best per cell, as Zoology's sweeps do",
+    )  # fmt: skip
     ap.add_argument("--batch", type=int, default=32, help="sequences per step and seed")
     ap.add_argument("--vocab", type=int, default=8192, help="Zoology's 8192")
     ap.add_argument("--d-model", type=int, default=64)
@@ -216,9 +224,9 @@ def main(argv=None):
         recipe, P, T = cell
         kw = dict(
             recipe=recipe, n_pairs=P, seq_len=T, vocab=args.vocab, d_model=args.d_model,
-            batch_size=args.batch, steps=args.max_steps, seconds=seconds, lr=args.lr, ridge=args.ridge,
-            method=args.method, eval_sequences=args.eval, seeds=tuple(args.seeds), device=args.device,
-            threads=args.threads,
+            batch_size=args.batch, steps=args.max_steps, seconds=seconds, lr=args.lrs[0],
+            lrs=tuple(args.lrs), ridge=args.ridge, method=args.method, eval_sequences=args.eval,
+            seeds=tuple(args.seeds), device=args.device, threads=args.threads,
         )  # fmt: skip
         return kw, deadline, extra
 
@@ -243,7 +251,7 @@ def main(argv=None):
         checks = []
         for recipe in args.recipes:
             kw, _, _ = job((recipe, 4, 64), 30.0)
-            kw.update(vocab=128, batch_size=4, steps=3, eval_sequences=4, seeds=(0,))
+            kw.update(vocab=128, batch_size=4, steps=3, eval_sequences=4, seeds=(0,), lrs=None)
             checks.append(pool.apply_async(run_cell, ((kw, deadline, extra),)))
         bad = [
             r for c in checks for r in c.get(timeout=max(1.0, deadline - time.time())) if r["status"] != "ok"

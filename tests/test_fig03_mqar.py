@@ -125,6 +125,46 @@ def test_replicas_train_as_separate_runs():
 
 
 @needs_torch
+def test_replica_adamw_is_torch_adamw():
+    """One replica of ReplicaAdamW follows torch.optim.AdamW step for step (float64 parameters: the same
+    operations in another order, 1e-12 after 5 steps), and slices with other rates follow their own."""
+    import torch
+
+    from ttr_stats.train import ReplicaAdamW
+
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    grads = [torch.randn(3, 4, 5, generator=gen, dtype=torch.float64) for _ in range(5)]
+    lrs = torch.tensor([1e-2, 3e-3, 1e-1], dtype=torch.float64)
+    ours = torch.nn.Parameter(p0.clone())
+    opt = ReplicaAdamW([([ours], 0.1)])
+    for g in grads:
+        ours.grad = g.clone()
+        opt.step(lrs)
+    for s in range(3):
+        ref = torch.nn.Parameter(p0[s].clone())
+        topt = torch.optim.AdamW([ref], lr=float(lrs[s]), weight_decay=0.1)
+        for g in grads:
+            ref.grad = g[s].clone()
+            topt.step()
+        assert torch.allclose(ours[s], ref, rtol=0, atol=1e-12)
+
+
+@needs_torch
+def test_learning_rates_as_replicas():
+    """lrs=(a, b) trains one replica per (lr, seed); each equals the run with that single rate (1e-4, as
+    for the seeds)."""
+    from ttr_stats.train import train_mqar
+
+    cfg = _cfg(seeds=(0,), lrs=(3e-3, 1e-2), steps=10)
+    assert cfg.replicas == [(3e-3, 0), (1e-2, 0)]
+    _, both = train_mqar(cfg)
+    for r in both:
+        _, (alone,) = train_mqar(_cfg(seeds=(0,), lr=r.lr, steps=10))
+        assert abs(r.last_train_loss - alone.last_train_loss) < 1e-4 and r.lr == alone.lr
+
+
+@needs_torch
 def test_model_is_causal():
     """Changing tokens at positions >= s never changes the hidden states before s (the short convolution
     looks one token back only, and the layer is causal): exactly, not to a tolerance."""
@@ -213,17 +253,19 @@ def test_figure_draws_the_gpu_csv(tmp_path):
 
     src = tmp_path / "grid.csv"
     sink = g.CSVSink(src)
-    accs = {("linear_attention", 128, 512): (0.9, 0.8), ("rls", 128, 512): (1.0, 1.0)}
-    for (recipe, P, T), pair in accs.items():
+    accs = {("linear_attention", 128, 512, 1e-2): (0.9, 0.8), ("linear_attention", 128, 512, 3e-3): (0.1, 0.9),
+            ("rls", 128, 512, 1e-2): (1.0, 1.0)}  # fmt: skip
+    for (recipe, P, T, lr), pair in accs.items():
         sink.write([{"card": "H200", "recipe": recipe, "n_pairs": P, "seq_len": T, "seed": s, "steps": 100,
-                     "accuracy": a, "status": "ok", "paper_accuracy": g.paper_accuracy(recipe, P, T)}
+                     "lr": lr, "accuracy": a, "status": "ok",
+                     "paper_accuracy": g.paper_accuracy(recipe, P, T)}
                     for s, a in enumerate(pair)])  # fmt: skip
     sink.write([{"recipe": "rls", "n_pairs": 64, "seq_len": 512, "seed": 0, "status": "timeout"}])
     sink.close()
     summary = f.summarise(f.trained_rows(src))
     assert set(summary) == {("linear_attention", 128), ("rls", 128)}  # the timeout row is left out
-    ((T, mean, se, n, paper),) = summary[("linear_attention", 128)]
-    assert (T, n, paper) == (512, 2, 0.934)
+    ((T, mean, se, n, paper, lr),) = summary[("linear_attention", 128)]
+    assert (T, n, paper, lr) == (512, 2, 0.934, 1e-2)  # the better of the two rates
     assert mean == pytest.approx(0.85, abs=1e-12) and se == pytest.approx(0.05, abs=1e-12)
     f.main(tmp_path / "out", quick=True, trained_csv=src, live=False)
     assert (tmp_path / "out" / "mqar_trained.csv").read_bytes() == src.read_bytes()

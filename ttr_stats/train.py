@@ -87,6 +87,9 @@ class MQARTrainConfig:
     seeds : tuple of int
         One model replica per seed, trained together (:func:`build_model`); seed s draws replica s's
         parameters and its training and evaluation sequences.
+    lrs : tuple of float, optional
+        Several peak learning rates in one run (Zoology sweeps the rate and keeps the best): one replica
+        per (lr, seed), see :attr:`replicas`; None: ``(lr,)``.
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     threads : int or None
@@ -111,6 +114,7 @@ class MQARTrainConfig:
     power_a: float = 0.01
     random_non_queries: bool = True
     seeds: tuple = (0,)
+    lrs: tuple | None = None
     device: str = "cpu"
     threads: int | None = None
 
@@ -125,6 +129,11 @@ class MQARTrainConfig:
         if not seeds or any(isinstance(x, bool) or not isinstance(x, (int, np.integer)) for x in seeds):
             raise ValueError(f"seeds must be a non-empty tuple of integers, got {self.seeds!r}")
         object.__setattr__(self, "seeds", tuple(int(x) for x in seeds))
+        if self.lrs is not None:
+            lrs = tuple(float(x) for x in self.lrs)
+            if not lrs or not all(x > 0 for x in lrs):
+                raise ValueError(f"lrs must be a non-empty tuple of positive rates, got {self.lrs!r}")
+            object.__setattr__(self, "lrs", lrs)
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0 or None, got {self.seconds!r}")
         if not (self.lr > 0 and 0 <= self.warmup < 1 and self.weight_decay >= 0 and self.ridge > 0):
@@ -135,12 +144,18 @@ class MQARTrainConfig:
         # the data conditions, checked here so that a bad cell fails before any training
         mqar_tokens(self.n_pairs, self.seq_len, vocab=self.vocab, n_batch=1, seed=0)
 
+    @property
+    def replicas(self):
+        """The (lr, seed) of each model replica, lr-major."""
+        return [(lr, s) for lr in (self.lrs or (self.lr,)) for s in self.seeds]
+
 
 @dataclass
 class TrainResult:
     """What :func:`train_mqar` returns for one replica (seed): :meth:`row` gives a CSV row."""
 
     seed: int
+    lr: float  # the replica's peak learning rate
     accuracy: float  # held-out accuracy at the end
     loss: float  # held-out cross-entropy at the end
     first_loss: float  # training loss of the first step
@@ -251,8 +266,9 @@ def _model_class():
 
 
 def build_model(cfg, seeds=None):
-    """The model of ``cfg`` on ``cfg.device``: one replica per seed of ``seeds`` (default ``cfg.seeds``)."""
-    seeds = cfg.seeds if seeds is None else tuple(seeds)
+    """The model of ``cfg`` on ``cfg.device``: one replica per seed of ``seeds`` (default: the seeds of
+    ``cfg.replicas``)."""
+    seeds = [s for _, s in cfg.replicas] if seeds is None else tuple(seeds)
     model = _model_class()(make_layer(cfg), cfg.vocab, cfg.d_model, seeds, cfg.qk_norm, cfg.method)
     return model.to(cfg.device)
 
@@ -305,7 +321,7 @@ def evaluate(model, cfg, n_sequences=None, seeds=None, batch_size=None):
     accuracy, loss : ndarray of shape (S,)
     """
     torch = require_torch()
-    seeds = cfg.seeds if seeds is None else tuple(seeds)
+    seeds = [s for _, s in cfg.replicas] if seeds is None else tuple(seeds)
     n = cfg.eval_sequences if n_sequences is None else int(n_sequences)
     rngs = _rngs(seeds, 1)
     bs = batch_size or cfg.batch_size
@@ -343,6 +359,45 @@ def _clip_per_replica(params, max_norm):
         g.mul_(scale.reshape((-1,) + (1,) * (g.ndim - 1)))
 
 
+class ReplicaAdamW:
+    """AdamW (decoupled weight decay, torch's defaults: betas (0.9, 0.999), eps 1e-8) with one learning
+    rate per replica: ``lr`` of shape (S,) scales the update of slice s of every parameter.
+
+    torch.optim.AdamW takes one rate per parameter group, and a replica is a slice of every parameter;
+    the update is elementwise, so each slice gets exactly the update AdamW would give a model alone
+    (tests/test_fig03_mqar.py checks it against torch.optim.AdamW).
+    """
+
+    def __init__(self, groups, betas=(0.9, 0.999), eps=1e-8):
+        torch = require_torch()
+        self.groups = [(list(ps), float(wd)) for ps, wd in groups]
+        self.b1, self.b2, self.eps, self.t = betas[0], betas[1], eps, 0
+        self.state = {id(p): (torch.zeros_like(p), torch.zeros_like(p)) for ps, _ in self.groups for p in ps}
+
+    def zero_grad(self):
+        for ps, _ in self.groups:
+            for p in ps:
+                p.grad = None
+
+    def step(self, lr):
+        """One step with rates ``lr`` (tensor of shape (S,) on the parameters' device)."""
+        torch = require_torch()
+        self.t += 1
+        c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
+        with torch.no_grad():
+            for ps, wd in self.groups:
+                for p in ps:
+                    if p.grad is None:
+                        continue
+                    m, v = self.state[id(p)]
+                    r = lr.reshape((-1,) + (1,) * (p.ndim - 1)).to(p.dtype)
+                    if wd:
+                        p.mul_(1 - r * wd)
+                    m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
+                    v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
+                    p.sub_(r * (m / c1) / ((v / c2).sqrt() + self.eps))
+
+
 def train_mqar(cfg, deadline=None, log=None):
     """Train the model of ``cfg`` (one replica per seed) and return ``(model, [TrainResult, ...])``.
 
@@ -353,6 +408,11 @@ def train_mqar(cfg, deadline=None, log=None):
         ``time.time()`` by which training must stop whatever ``cfg`` says (the grid's hard limit).
     log : callable, optional
         Called as ``log(step, elapsed_s, losses)`` (losses: one per replica) about 20 times in a run.
+
+    Returns
+    -------
+    model, list of TrainResult
+        One result per replica, in the order of ``cfg.replicas``.
 
     Notes
     -----
@@ -371,11 +431,9 @@ def train_mqar(cfg, deadline=None, log=None):
     params = list(model.parameters())
     decay = [p for n, p in model.named_parameters() if n in decay_names]
     no_decay = [p for n, p in model.named_parameters() if n not in decay_names]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-    )
-    rngs = _rngs(cfg.seeds, 0)
+    opt = ReplicaAdamW([(decay, cfg.weight_decay), (no_decay, 0.0)])
+    peak = torch.tensor([lr for lr, _ in cfg.replicas], dtype=torch.float64, device=cfg.device)
+    rngs = _rngs([s for _, s in cfg.replicas], 0)
     seconds = math.inf if cfg.seconds is None else float(cfg.seconds)
     if deadline is not None:
         seconds = min(seconds, deadline - time.time())
@@ -393,17 +451,16 @@ def train_mqar(cfg, deadline=None, log=None):
         progress = max(step / cfg.steps, elapsed / seconds)
         if progress >= 1.0 and step > 0:
             break
-        for g in opt.param_groups:
-            # the first step is taken at a small, not zero, rate: a zero step would waste it
-            g["lr"] = cfg.lr * max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
+        # the first step is taken at a small, not zero, rate: a zero step would waste it
+        factor = max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
         tokens, labels = (torch.from_numpy(a).to(cfg.device) for a in nxt.result())
         nxt = pool.submit(draw)
         logits, y = model(tokens, labels)
         ce = per_replica_ce(logits, y)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         ce.sum().backward()
         _clip_per_replica(params, 1.0)
-        opt.step()
+        opt.step(peak * factor)
         step += 1
         lv = ce.detach().cpu().numpy()
         if not np.all(np.isfinite(lv)):
@@ -424,6 +481,7 @@ def train_mqar(cfg, deadline=None, log=None):
     results = [
         TrainResult(
             seed=seed,
+            lr=lr,
             accuracy=float(acc[i]),
             loss=float(loss[i]),
             first_loss=float(L[0, i]),
@@ -433,6 +491,6 @@ def train_mqar(cfg, deadline=None, log=None):
             seconds_per_step=train_s / step,
             history=[(h[0], h[1], h[2][i]) for h in history],
         )  # fmt: skip
-        for i, seed in enumerate(cfg.seeds)
+        for i, (lr, seed) in enumerate(cfg.replicas)
     ]
     return model, results
