@@ -256,3 +256,21 @@ def test_torch_cpu_counts_as_host_memory():
 def test_chunk_constant_is_used():
     """The suites' chunk length splits the T = 14 sequences into several chunks, the last one partial."""
     assert 14 % CHUNK and 14 // CHUNK >= 2
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "mamba2", "gla", "performer", "based"])
+def test_the_device_path_of_chunked_identity_keeps_the_device(name, monkeypatch):
+    """CUDA tensors take identity/chunked.py's device path (every chunk at once, grouped state passes):
+    run it on the CPU, under the proxy, by declaring the CPU a device."""
+    from ttr_stats.methods.identity import chunked as ic
+
+    info = next(r for r in recipes() if r.name == name)
+    layer, Q, K, V, gates = recipe_case(info, seed=6)
+    monkeypatch.setattr(ic, "_on_host", lambda xp, device: False)
+    for label, extra in variants(layer, "chunked"):
+        kw = {**gates, **extra}
+        ref = layer(Q, K, V, method="chunked", **kw)
+        tkw = {k: _t(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+        with torch.device(META):
+            out = layer(_t(Q), _t(K), _t(V), method="chunked", **tkw)
+        _compare(out, ref, 1e-10, f"{name} device path {label}")

@@ -131,3 +131,18 @@ def test_scalar_gate_gradient_at_a_tiny_decay():
     out = _grads(layer, "chunked", names, arrays, G, chunk_size=CHUNK)
     i = names.index("alpha")
     assert rel_err(out[i], ref[i]) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "mamba2", "gla"])
+def test_gradients_through_the_device_path_of_chunked_identity(name, monkeypatch):
+    """CUDA tensors take identity/chunked.py's device path (all chunks at once, grouped state passes):
+    its gradients, run on the CPU by declaring the CPU a device, equal the loop's (float64, 1e-9)."""
+    from ttr_stats.methods.identity import chunked as ic
+
+    layer = _layer(name)
+    names, arrays, G = _case(name)
+    ref = _grads(layer, "recurrent", names, arrays, G)
+    monkeypatch.setattr(ic, "_on_host", lambda xp, device: False)
+    out = _grads(layer, "chunked", names, arrays, G, chunk_size=CHUNK)
+    for n, a, b in zip(names, out, ref, strict=True):
+        assert rel_err(a, b) < 1e-9, (name, n, rel_err(a, b))
