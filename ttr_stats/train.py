@@ -7,11 +7,16 @@ one :class:`~ttr_stats.TestTimeRegression` layer run on the torch tensors by the
 (``method="chunked"`` by default, autograd through it), an output projection with a residual, a final
 norm and the tied embedding as the read-out. No MLP, one head, d_k = d_v = d_model.
 
-Training follows Zoology (Arora et al. 2023, ``zoology/train.py``): AdamW, cross-entropy on the query
-positions only (the other labels are ignored), a cosine learning-rate schedule to 0, accuracy = argmax
-over the whole vocabulary at the query positions. Differences, chosen for a fixed wall-clock budget:
-fresh sequences every step (Zoology reuses a fixed training set for many epochs), a linear warm-up, and a
-schedule that runs on ``max(step / steps, elapsed / seconds)`` so that it ends when either budget does.
+Training follows Zoology (Arora et al. 2023, ``zoology/train.py``): AdamW (weight decay 0.1 on the
+matrices), cross-entropy on the query positions only (the other labels are ignored), a cosine
+learning-rate schedule to 0, accuracy = argmax over the whole vocabulary at the query positions, the
+read-out tied to the embedding, no positional embedding. Differences, chosen for a fixed wall-clock
+budget: fresh sequences every step (Zoology reuses a fixed training set for many epochs; no dropout is then
+needed), a linear warm-up, a schedule that runs on ``max(step / steps, elapsed / seconds)`` so that it
+ends when either budget does, gradient clipping at norm 1 (per replica), and several seeds and learning
+rates trained at once as independent replicas of one model (:class:`ReplicaAdamW`). Choices the paper does
+not state: q and k are L2-normalised after the convolution (``qk_norm``; linear attention's sums and the
+RLS ridge then act on a fixed scale) and RLS has ridge 1 (``P_0 = I``) on those unit keys.
 
 PyTorch is optional (``pip install 'ttr_stats[train]'``); this module imports it only when a function
 needs it, so importing :mod:`ttr_stats.train` never fails.
