@@ -12,10 +12,10 @@ import ttr_stats as tt
 
 torch = pytest.importorskip("torch")
 
-# torch on CUDA is not supported yet: the library creates helper arrays (eye, arange, initial states) without
-# device=, which torch puts on the CPU (CuPy uses the current device, so it is unaffected). Measured on the
-# H200: every cuda case failed with "Expected all tensors to be on the same device".
-DEVICES = ["cpu"]
+# every array the library creates follows the inputs' device (tests/test_torch_device.py proves it on the
+# CPU, tests/test_torch_cuda.py runs the whole matrix on a GPU); before that every cuda case failed with
+# "Expected all tensors to be on the same device"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 RECIPES = {
     "linear_attention": tt.recipes.linear_attention,
     "mesa": lambda: tt.recipes.mesa(ridge=0.5),
