@@ -68,7 +68,10 @@ class KernelRidge(NonparametricRegressor):
     (O(t^2) per step: :math:`\ell = L_{t-1}^{-1}\kappa(K_{<t}, k_t)`,
     :math:`L_{tt} = (\kappa(k_t,k_t) + \lambda - \|\ell\|^2)^{1/2}`); ``"direct"`` solves each prefix system
     afresh (O(T^4) in all: the definition); ``"parallel"`` factors the full Gram matrix once and obtains
-    every prefix solution from masked triangular solves (O(T^3)). No intercept, like scikit-learn's
+    every prefix solution from masked triangular solves (O(T^3)); ``"blocked"`` grows the factor a block
+    of keys at a time and solves each block's queries against the factor up to the block's end (O(T^3)
+    with a third of parallel's query work, ``method="auto"`` on causal host calls from T = 256;
+    ``docs/derivations/blocked_cholesky.md``). No intercept, like scikit-learn's
     ``KernelRidge``. Uniform weights only: decay would change every prefix system, not just extend it.
     """
 
