@@ -204,7 +204,8 @@ def plot(cap_rows, d, trained, live, live_cfg, has_torch):
             pts = [r for r in live if r[0] == recipe and math.isnan(r[5])]
             final = [r for r in live if r[0] == recipe and not math.isnan(r[5])]
             if pts:
-                label = f"{recipe}: accuracy {final[0][5]:.2f} after {final[0][2]} steps"
+                f = final[0]
+                label = f"{recipe}: held-out accuracy {f[5]:.2f} after {f[2]} steps, {f[3]:.0f} s"
                 ax_c.plot([r[2] for r in pts], [r[4] for r in pts], color=colors[recipe], marker=".",
                           label=label)  # fmt: skip
         lc = live_cfg

@@ -450,7 +450,7 @@ def train_mqar(cfg, deadline=None, log=None):
     draw = lambda: _batch_host(cfg, rngs, cfg.batch_size)  # noqa: E731
     nxt = pool.submit(draw)
     t0 = time.perf_counter()
-    step = 0
+    step, last_log = 0, 0.0
     while step < cfg.steps:
         elapsed = time.perf_counter() - t0
         progress = max(step / cfg.steps, elapsed / seconds)
@@ -474,7 +474,9 @@ def train_mqar(cfg, deadline=None, log=None):
                 f"T={cfg.seq_len}); lower lr or, for rls, raise ridge"
             )
         losses.append(lv)
-        if step % log_every == 0 or step == 1:
+        now = time.perf_counter() - t0
+        if step % log_every == 0 or step == 1 or now - last_log >= seconds / 40:  # ~20-40 points a run
+            last_log = now
             history.append((step, time.perf_counter() - t0, lv.tolist()))
             if log is not None:
                 log(step, time.perf_counter() - t0, lv)
