@@ -198,7 +198,7 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
     if not per_dim:
         G = xp.cumulative_sum(g64[..., 0], axis=-1)  # (..., N, C): log-decay from the chunk start
         if host:
-            M, z = _scalar_host(xp, Qc, Kc, Vc, G, bc[..., 0], M0, z0, out, dout, dev)
+            M, z = _scalar_host(xp, Qc, Kc, Vc, G, g64[..., 0], bc[..., 0], M0, z0, out, dout, dev)
             return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
     else:
         gc = _chunks(xp, g, N, C, Cp, dev)  # padded with log-gate 0: the padding does not decay
@@ -219,7 +219,7 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
         else:  # (only a device gets here) CuPy float32/float64: one kernel (_fused_intra.py)
             terms = _fused_intra.intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0])
             if terms is None:
-                terms = _intra_scalar(xp, q, k, G[..., n0:n1, :], bc[..., n0:n1, :, 0], dev)
+                terms = _intra_scalar(xp, q, k, g64[..., n0:n1, :, 0], bc[..., n0:n1, :, 0], dev)
             A, Qg, Kx = terms
         if host:
             y, den = _intra_reads(xp, A, v, need_den)
@@ -257,11 +257,24 @@ def _unchunk(xp, y, den, lead, C, T, dv):
     return y, den
 
 
-def _scalar_host(xp, Qc, Kc, Vc, G, b, M, z, out, dout, dev):
+def _after(xp, g):
+    """``sum_{m > i} g[..., m]`` along the last axis (reverse cumulative sums, not ``G_last - G_i``).
+
+    Equal to rounding in the forward pass, but a difference of cumulative sums differentiates into O(1)
+    terms that cancel: after a gate of exp(-50), autograd's dL/dalpha (= dL/dlog_alpha / alpha) was 0 where
+    the loop's is O(1). Segment sums (:func:`_segsum`) and these suffix sums keep every derivative a sum of
+    terms of its own size.
+    """
+    rc = xp.flip(xp.cumulative_sum(xp.flip(g, axis=-1), axis=-1), axis=-1)  # sum_{m >= i}
+    return xp.concat([rc[..., 1:], xp.zeros_like(rc[..., :1])], axis=-1)
+
+
+def _scalar_host(xp, Qc, Kc, Vc, G, g, b, M, z, out, dout, dev):
     """Scalar decay on the host: one chunk at a time, all of its work while its arrays are in cache.
 
     Qc, Kc (..., N, C, dk), Vc (..., N, C, dv), G (..., N, C) float64 log-decays from each chunk start,
-    b (..., N, C), (M, z) the initial state. Per chunk: ``A = (q k^T) o Gamma``,
+    g (..., N, C) the float64 log-gates themselves, b (..., N, C), (M, z) the initial state. Per chunk:
+    ``A = (q k^T) o Gamma`` (Gamma from segment sums of g),
     ``y = A v + e^G o (q M^T)``, ``M <- a M + v^T (k o b e^{G_last - G})``. The outputs are written into
     ``out`` (..., N, C, dv) and, unless it is None, ``dout`` (..., N, C); returns the final ``(M, z)``.
     """
@@ -270,15 +283,13 @@ def _scalar_host(xp, Qc, Kc, Vc, G, b, M, z, out, dout, dev):
     causal = idx[:, None] >= idx[None, :]
     if not bool(xp.any(G != 0)):  # no decay in the call: every factor e^{...} is exactly 1
         return _nodecay_host(xp, Qc, Kc, Vc, b, M, z, out, dout, xp.astype(causal, dt))
-    ninf = xp.asarray(-math.inf, dtype=G.dtype, device=dev)
     Glast = G[..., -1:]
     eG = _ex(xp, G, dt)[..., None]  # (..., N, C, 1): decay from the chunk start
-    fac = (_ex(xp, Glast - G, dt) * b)[..., None]  # (..., N, C, 1): write strength decayed to the end
+    fac = (_ex(xp, _after(xp, g), dt) * b)[..., None]  # (..., N, C, 1): write strength decayed to the end
     a = _ex(xp, Glast, dt)[..., None]  # (..., N, 1, 1): the whole chunk's decay
     for n in range(Qc.shape[-3]):
         q, k, v = Qc[..., n, :, :], Kc[..., n, :, :], Vc[..., n, :, :]
-        Gn = G[..., n, :]
-        W = _ex(xp, xp.where(causal, Gn[..., :, None] - Gn[..., None, :], ninf), dt) * b[..., n, None, :]
+        W = _ex(xp, _segsum(xp, g[..., n, :], dev), dt) * b[..., n, None, :]
         A = (q @ xp.matrix_transpose(k)) * W
         out[..., n, :, :] = A @ v + eG[..., n, :, :] * (q @ xp.matrix_transpose(M))
         if dout is not None:
@@ -308,23 +319,21 @@ def _nodecay_host(xp, Qc, Kc, Vc, b, M, z, out, dout, mask):
     return M, z
 
 
-def _intra_scalar(xp, q, k, G, b, dev):
+def _intra_scalar(xp, q, k, g, b, dev):
     """The intra-chunk matrix of scalar decay for a block of chunks, and the chunk factors (device).
 
-    q, k (..., n, C, dk), G (..., n, C) float64, b (..., n, C).
+    q, k (..., n, C, dk), g (..., n, C) float64 log-gates, b (..., n, C); ``G`` below is their cumulative
+    sum from each chunk start (the differences come from :func:`_segsum` and :func:`_after`).
 
     Returns
     -------
     A (..., n, C, C) = (q k^T) o (e^{G_i - G_j} b_j) on the causal triangle, Qg = q e^G,
     Kx = k b e^{G_last - G}
     """
-    C, dt = G.shape[-1], q.dtype
-    idx = xp.arange(C, device=dev)
-    ninf = xp.asarray(-math.inf, dtype=G.dtype, device=dev)
-    D = xp.where(idx[:, None] >= idx[None, :], G[..., :, None] - G[..., None, :], ninf)
-    A = (q @ xp.matrix_transpose(k)) * (_ex(xp, D, dt) * b[..., None, :])
-    Qg = q * _ex(xp, G, dt)[..., None]
-    Kx = k * (_ex(xp, G[..., -1:] - G, dt) * b)[..., None]
+    dt = q.dtype
+    A = (q @ xp.matrix_transpose(k)) * (_ex(xp, _segsum(xp, g, dev), dt) * b[..., None, :])
+    Qg = q * _ex(xp, xp.cumulative_sum(g, axis=-1), dt)[..., None]
+    Kx = k * (_ex(xp, _after(xp, g), dt) * b)[..., None]
     return A, Qg, Kx
 
 
