@@ -131,7 +131,7 @@ class LocalPolynomial(NonparametricRegressor):
         P = n_coefficients(d, order)
         itemsize = 8 if Q.dtype == xp.float64 else 4
         batch = math.prod(logW.shape[:-2])
-        free = _array.free_device_bytes(xp)  # on a GPU, blocks of up to 1/8 of free memory
+        free = _array.free_device_bytes(xp, _array.device(Q))  # on a GPU, blocks of up to 1/8 of free memory
         budget = max(BLOCK_BYTES, free // 8) if free is not None else BLOCK_BYTES
         out = [
             fn(xp, Q[..., a:b, :], K, V, logW[..., a:b, :])

@@ -69,8 +69,8 @@ def _per_pair(layer, P):
     return 3 * n_coefficients(P.d_k, order) + 2 * P.d_v + P.d_k
 
 
-def _budget(xp):
-    free = _array.free_device_bytes(xp)
+def _budget(xp, device=None):
+    free = _array.free_device_bytes(xp, device)  # a CUDA device's free memory (CuPy or torch), or None
     return max(STEP_BYTES, free // 8) if free is not None else STEP_BYTES
 
 
@@ -107,7 +107,7 @@ def tiled(layer, P):
         Y = _fused_nw.nadaraya_watson(layer, P)
         if Y is not None:
             return Y, final_cache(xp, P)
-    plan_budget = _budget(xp)
+    plan_budget = _budget(xp, P.device)
     plan = TilePlan(xp, P, reg.log_similarity, _block(layer, P), _per_pair(layer, P), plan_budget)
     if int(reg.order) == 0:
         Y = nadaraya_watson(xp, plan, P)
