@@ -274,3 +274,17 @@ def test_the_device_path_of_chunked_identity_keeps_the_device(name, monkeypatch)
         with torch.device(META):
             out = layer(_t(Q), _t(K), _t(V), method="chunked", **tkw)
         _compare(out, ref, 1e-10, f"{name} device path {label}")
+
+
+@pytest.mark.parametrize("info", recipes(), ids=lambda r: r.name)
+def test_auto_with_device_memory_keeps_the_device(info, monkeypatch):
+    """What auto picks on a GPU (the device rules: whatever fits a quarter of free memory, e.g. dense
+    prefix solves) runs with the device threaded: a pretend 16 GiB device, NumPy and torch alike."""
+    monkeypatch.setattr(_array, "free_device_bytes", lambda xp, device=None: 2**34)
+    layer, Q, K, V, gates = recipe_case(info, seed=7)
+    ref = layer(Q, K, V, **gates)
+    chosen = layer.method_
+    with torch.device(META):
+        out = layer(_t(Q), _t(K), _t(V), **{k: _t(v) for k, v in gates.items()})
+    assert layer.method_ == chosen
+    _compare(out, ref, 1e-10, f"{info.name} auto on a device ({chosen})")
