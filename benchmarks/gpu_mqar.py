@@ -114,7 +114,9 @@ def run_cell(job):
 
 def _init_worker(threads, barrier):
     """Import everything before the first cell (so that the cells' seconds are training seconds), then
-    wait at ``barrier`` until every worker has."""
+    wait at ``barrier`` until every worker has. Sixteen processes share the card: expandable segments keep
+    each one's cached blocks from fragmenting (the T = 4096 cells hold a few GB each)."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
     import ttr_stats.train  # noqa: F401
@@ -187,6 +189,11 @@ def parse(argv=None):
     ap.add_argument("--method", default="chunked")
     ap.add_argument("--eval", type=int, default=512, help="held-out sequences per seed")
     ap.add_argument("--max-steps", type=int, default=100_000, help="step cap (time is the budget)")
+    ap.add_argument(
+        "--max-tokens", type=int, default=2**18,
+        help="most tokens (replicas x sequences x T) in one forward/backward: longer steps are split into "
+        "micro-batches (RLS at T = 4096 holds ~120 MB a sequence; 16 processes share the card)",
+    )  # fmt: skip
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--margin-s", type=float, default=15.0, help="kept back for writing and shutdown")
     ap.add_argument("--overhead-s", type=float, default=10.0, help="per cell: model build, evaluation")
@@ -226,7 +233,7 @@ def main(argv=None):
             recipe=recipe, n_pairs=P, seq_len=T, vocab=args.vocab, d_model=args.d_model,
             batch_size=args.batch, steps=args.max_steps, seconds=seconds, lr=args.lrs[0],
             lrs=tuple(args.lrs), ridge=args.ridge, method=args.method, eval_sequences=args.eval,
-            seeds=tuple(args.seeds), device=args.device, threads=args.threads,
+            seeds=tuple(args.seeds), device=args.device, threads=args.threads, max_tokens=args.max_tokens,
         )  # fmt: skip
         return kw, deadline, extra
 

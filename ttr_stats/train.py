@@ -95,6 +95,9 @@ class MQARTrainConfig:
     lrs : tuple of float, optional
         Several peak learning rates in one run (Zoology sweeps the rate and keeps the best): one replica
         per (lr, seed), see :attr:`replicas`; None: ``(lr,)``.
+    max_tokens : int, optional
+        Most tokens (replicas x sequences x T) in one forward/backward pass: a larger step is split into
+        micro-batches whose gradients add up to the step's (memory bound; None: no split).
     device : str
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
     threads : int or None
@@ -120,6 +123,7 @@ class MQARTrainConfig:
     random_non_queries: bool = True
     seeds: tuple = (0,)
     lrs: tuple | None = None
+    max_tokens: int | None = None
     device: str = "cpu"
     threads: int | None = None
 
@@ -451,6 +455,10 @@ def train_mqar(cfg, deadline=None, log=None):
     nxt = pool.submit(draw)
     t0 = time.perf_counter()
     step, last_log = 0, 0.0
+    nb = cfg.batch_size
+    mb = nb  # sequences of each replica in one forward/backward pass
+    if cfg.max_tokens is not None:
+        mb = max(1, min(nb, cfg.max_tokens // (len(cfg.replicas) * cfg.seq_len)))
     while step < cfg.steps:
         elapsed = time.perf_counter() - t0
         progress = max(step / cfg.steps, elapsed / seconds)
@@ -460,10 +468,13 @@ def train_mqar(cfg, deadline=None, log=None):
         factor = max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
         tokens, labels = (torch.from_numpy(a).to(cfg.device) for a in nxt.result())
         nxt = pool.submit(draw)
-        logits, y = model(tokens, labels)
-        ce = per_replica_ce(logits, y)
         opt.zero_grad()
-        ce.sum().backward()
+        ce = torch.zeros(len(cfg.replicas), dtype=torch.float32, device=cfg.device)
+        for i in range(0, nb, mb):  # every sequence has P scored positions: equal weights are exact
+            logits, y = model(tokens[:, i : i + mb], labels[:, i : i + mb])
+            part = per_replica_ce(logits, y) * ((min(i + mb, nb) - i) / nb)
+            part.sum().backward()
+            ce = ce + part.detach()
         _clip_per_replica(params, 1.0)
         opt.step(peak * factor)
         step += 1
