@@ -454,3 +454,17 @@ def test_a_kernel_that_does_not_compile_falls_back_to_the_array_form(monkeypatch
     monkeypatch.setattr(F, "forward", lambda xp, **ops: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         layer()(Q, K, V, method="tiled")
+
+
+@pytest.mark.parametrize(("window", "sinks"), [(5, 1), (5, 3), (40, 70), (300, 4)])
+@pytest.mark.parametrize("gated", [False, True])
+def test_reference_behind_sink_window_layers_equals_parallel(reference_kernel, rng, window, sinks, gated):
+    """``recipes.sink_window_attention`` (StreamingLLM; call-time alpha: the gated variant) through the
+    fused path equals the dense method: Problem.sinks reaches the kernel's operands."""
+    T = 200
+    Q, K, V = data(rng, T, 7)
+    L = tt.recipes.sink_window_attention(window, sinks)
+    kw = {"alpha": resets(rng, (2, T), strength=0.3), "beta": rng.uniform(0.5, 2.0, (2, T))} if gated else {}
+    got, ref = (L(Q, K, V, method=m, **kw) for m in ("tiled", "parallel"))
+    assert rel(got, ref) < F64
+    assert reference_kernel and reference_kernel[-1]["sinks"] == (sinks if window < T else 0)

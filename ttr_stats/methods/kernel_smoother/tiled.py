@@ -19,7 +19,8 @@ formed per tile by the ``||q||^2 + ||k||^2 - 2 q.k`` expansion (no T x T x d dif
 
 The array API (NumPy, CuPy, torch): on a GPU a sequence of batched matrix products; for softmax / NW on
 CuPy the fused kernel of :mod:`._fused_nw` runs instead wherever it applies (float32 / float64,
-``d_v <= 128``, ``ExpDot`` or ``Gaussian``, no attention sinks).
+``d_v <= 128``, ``ExpDot`` or ``Gaussian``; attention sinks included: it jumps from the window to the
+sink tiles).
 
 Measured on this project's shared 2-core CPU (one BLAS thread, float64, best of 2-3 calls, causal,
 ``d_k = d_v``), seconds parallel / tiled and the ratio (> 1: tiled faster):
@@ -101,7 +102,7 @@ def tiled(layer, P):
     if P.Q.shape[-2] == 0 or P.K.shape[-2] == 0:
         Y = xp.zeros(P.batch_shape + (P.Q.shape[-2], P.d_v), dtype=P.dtype, device=P.device)
         return Y, final_cache(xp, P)
-    if int(reg.order) == 0 and not P.sinks:  # the fused kernel's tile skipping has no sink tiles
+    if int(reg.order) == 0:
         from . import _fused_nw  # the fused CUDA kernel on CuPy; None elsewhere or where it does not apply
 
         Y = _fused_nw.nadaraya_watson(layer, P)
