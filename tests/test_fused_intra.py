@@ -31,20 +31,21 @@ TOL_ORDER, TOL64, TOL32 = 1e-12, 1e-10, 1e-5
 
 
 def operands(rng, lead, C, dk, log_alpha=None, dtype=np.float64):
-    """q, k (lead, C, dk), G (lead, C) float64 as the call site forms it (cumulative clamped log-gates),
-    b (lead, C)."""
+    """q, k (lead, C, dk), the clamped float64 log-gates g (lead, C) and their cumulative sums G (what
+    the call site hands the kernel; the reference ``_intra_scalar`` takes g itself and forms segment and
+    suffix sums, for autograd's sake), b (lead, C)."""
     q = rng.standard_normal(lead + (C, dk)).astype(dtype)
     k = rng.standard_normal(lead + (C, dk)).astype(dtype)
     g = -rng.uniform(0, 0.5, lead + (C,)) if log_alpha is None else np.full(lead + (C,), float(log_alpha))
-    G = np.cumsum(np.maximum(g, ich.LOG_FLOOR), axis=-1)
+    g = np.maximum(g, ich.LOG_FLOOR)
     b = rng.uniform(0.2, 1.0, lead + (C,)).astype(dtype)
-    return q, k, G, b
+    return q, k, g, np.cumsum(g, axis=-1), b
 
 
-def reference(q, k, G, b):
+def reference(q, k, g, b):
     import array_api_compat.numpy as xp
 
-    return ich._intra_scalar(xp, q, k, G, b, None)
+    return ich._intra_scalar(xp, q, k, g, b, None)
 
 
 def _gxx():
@@ -86,9 +87,9 @@ def emulated(q, k, G, b, per_dim=False):
 )
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -7.0, -50.0, -2000.0])
 def test_cuda_source_on_the_host_equals_the_reference(rng, dtype, lead, C, dk, log_alpha):
-    q, k, G, b = operands(rng, lead, C, dk, log_alpha, dtype)
+    q, k, g, G, b = operands(rng, lead, C, dk, log_alpha, dtype)
     got = emulated(q, k, G, b)
-    ref = reference(q, k, G, b)
+    ref = reference(q, k, g, b)
     tol = TOL32 if dtype == np.float32 else TOL_ORDER
     for name, x, y in zip(("A", "Qg", "Kx"), got, ref, strict=True):
         assert np.all(np.isfinite(x)), name
@@ -185,7 +186,8 @@ def test_kernel_does_not_apply_off_cupy():
     import array_api_compat.numpy as xp
 
     assert not fi.applies(xp, np.dtype("float32"), 32, 64)
-    assert fi.intra_scalar(xp, *operands(np.random.default_rng(0), (1,), 4, 2)) is None
+    q, k, _, G, b = operands(np.random.default_rng(0), (1,), 4, 2)
+    assert fi.intra_scalar(xp, q, k, G, b) is None
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
@@ -220,11 +222,11 @@ def test_kernel_matches_the_reference(rng, dtype, lead, C, dk):
     import array_api_compat.cupy as cxp
     import cupy as cp
 
-    q, k, G, b = operands(rng, lead, C, dk, None, dtype)
+    q, k, g, G, b = operands(rng, lead, C, dk, None, dtype)
     got = fi.intra_scalar(cxp, cp.asarray(q), cp.asarray(k), cp.asarray(G), cp.asarray(b))
     assert got is not None
     tol = TOL32 if dtype == np.float32 else TOL_ORDER
-    for name, x, y in zip(("A", "Qg", "Kx"), got, reference(q, k, G, b), strict=True):
+    for name, x, y in zip(("A", "Qg", "Kx"), got, reference(q, k, g, b), strict=True):
         assert x.dtype == dtype and x.shape == y.shape, name
         assert rel_err(cp.asnumpy(x), y) < tol, (name, rel_err(cp.asnumpy(x), y))
 

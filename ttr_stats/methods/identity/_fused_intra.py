@@ -13,7 +13,10 @@ operations and order as the reference (so the two agree to rounding):
 * ``Q_g = q_i * float(exp(G_i))`` and ``K_x = k_j * (float(exp(G_L - G_j)) * b_j)``.
 
 Every exponent is ``<= 0`` (G is a cumulative sum of clamped log-gates ``<= 0``, so it only decreases),
-so nothing overflows. :func:`intra_scalar` returns ``None`` where the kernel does not apply (not CuPy,
+so nothing overflows. The reference forms the same exponents as segment and suffix sums of the gates
+(so that autograd's derivatives keep their size, a torch concern); the kernel's float64 differences of
+cumulative sums equal them to rounding (at most one ulp of G, ~1e-13 for |G| < 1e3), and CuPy has no
+autograd. :func:`intra_scalar` returns ``None`` where the kernel does not apply (not CuPy,
 not float32/float64, a chunk too big for shared memory). :data:`ENABLED` switches it off.
 """
 
