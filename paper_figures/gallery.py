@@ -108,7 +108,9 @@ CAPTIONS = {
         "Higher-order local regression and exact least squares track a changing stream better than linear "
         "attention (paper §7).",
         "At the last step the error is {0} for linear attention, {1} for RLS and {2} for local linear p = 1. "
-        "The early peaks are lower than the paper's (see the issue and the script's docstring).",
+        "The early peaks are lower than the paper's at this noise correlation (ρ = 0.5, which the paper does "
+        "not give): at ρ = 0.9 they reach its 0.5–0.8 for RLS and p = 1, p = 0 excepted "
+        "(experiments/fig02_settings.py; paper_figures/README.md has the numbers).",
         (
             N("nonstationary.csv", "linear_attention_mean"),
             N("nonstationary.csv", "rls_mean"),
