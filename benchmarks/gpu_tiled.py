@@ -11,8 +11,9 @@ At B = 8, H = 16 (128 heads), T in {1024, 4096}, d_k = d_v = 64 (``--T``, ``--B`
 * ``parallel``: the dense T x T form, where its ~4 B H T^2 itemsize bytes fit a quarter of free memory;
 * peers, same numbers as torch tensors (zero-copy DLPack): ``torch SDPA causal``
   (``scaled_dot_product_attention(is_causal=True)``), ``torch SDPA window mask`` (a boolean (T, T) mask
-  ``0 <= t - i < w``), for forgetting attention ``torch SDPA + bias`` (the dense (B, H, T, T) float mask of
-  the gate sums, built outside the timed call) and fla's ``parallel_forgetting_attn`` if fla is there;
+  ``0 <= t - i < w``, with ``or i < 4`` for the sink window), for forgetting attention ``torch SDPA +
+  bias`` (the dense (B, H, T, T) float mask of the gate sums, built outside the timed call) and fla's
+  ``parallel_forgetting_attn`` if fla is there;
 * local linear attention (p = 1, ridge 1e-2): ``tiled (array)`` only (no fused form yet) and its share of
   the card's float32 matrix-product rate measured in the same run (``cupy.matmul`` 8192^2).
 
@@ -50,6 +51,7 @@ from ttr_stats.regressors import LocalPolynomial
 from ttr_stats.similarity import ExpDot
 
 WINDOW = 512
+SINKS = 4
 
 
 def layer(weights=None, order=0, ridge=0.0):
@@ -61,6 +63,12 @@ def layer(weights=None, order=0, ridge=0.0):
 CASES = [  # name, layer factory, gates ("" or "a": log_alpha), peer kind
     ("causal softmax", lambda: layer(), "", "sdpa"),
     (f"sliding window {WINDOW}", lambda: layer(tt.weights.SlidingWindow(WINDOW)), "", "sdpa_window"),
+    (
+        f"window {WINDOW} + {SINKS} sinks",
+        lambda: tt.recipes.sink_window_attention(WINDOW, SINKS),
+        "",
+        "sdpa_sink",
+    ),  # fmt: skip
     ("forgetting attention", lambda: layer(tt.weights.Gated()), "a", "sdpa_bias"),
     ("local linear (ridge 1e-2)", lambda: layer(order=1, ridge=1e-2), "", None),
 ]
@@ -179,9 +187,10 @@ def matmul_rate(dev):
 
 
 def pair_count(name, B, H, T):
-    if name.startswith("sliding"):
+    if name.startswith(("sliding", "window")):
         w = min(WINDOW, T)
-        return B * H * (w * (w + 1) // 2 + (T - w) * w)
+        sinks = SINKS * max(0, T - w) if name.startswith("window") else 0  # each later query's sink pairs
+        return B * H * (w * (w + 1) // 2 + (T - w) * w + sinks)
     return B * H * T * (T + 1) // 2
 
 
@@ -193,8 +202,10 @@ def torch_peer(dev, kind, dQ, dK, dV, dla, T, d):
     if kind == "sdpa":
         return "torch SDPA causal", lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     t = torch.arange(T, device=q.device)
-    if kind == "sdpa_window":
-        mask = ((t[:, None] - t[None, :]) >= 0) & ((t[:, None] - t[None, :]) < WINDOW)
+    if kind in ("sdpa_window", "sdpa_sink"):
+        lag = t[:, None] - t[None, :]
+        keep = (lag < WINDOW) | (t[None, :] < SINKS) if kind == "sdpa_sink" else lag < WINDOW
+        mask = (lag >= 0) & keep
         return "torch SDPA window mask", lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     if kind == "sdpa_bias":
         G = torch.cumsum(dev.to_torch(dla), dim=-1)  # the peer's own convention: G_t - G_i
@@ -388,7 +399,8 @@ def main(argv=None):
     for T in (int(t) for t in a.T.split(",")):
         for name, make, gates, peer in CASES:
             for dtype in (np.float32, np.float64):
-                if dtype == np.float64 and (a.float64 == "0" or name.startswith("local") or gates):
+                f32_only = name.startswith(("local", "window")) or gates
+                if dtype == np.float64 and (a.float64 == "0" or f32_only):
                     continue
                 try:
                     run.case(name, make, gates, peer, T, dtype)
