@@ -39,10 +39,9 @@ def test_fast_method_gradients_equal_central_differences(name):
     layer = _layer(name)
     names, arrays = grad_inputs(name)
     xs = tuple(torch.tensor(a, requires_grad=True) for a in arrays)
-    for m in (fast_method(layer), "recurrent"):
-        assert torch.autograd.gradcheck(
-            lambda *x, m=m: _call(layer, m, names, x), xs, eps=1e-6, atol=1e-7, rtol=1e-5
-        )
+    # the fast method only: the recurrent one equals it to 1e-9 below, which chains it to the differences
+    m = fast_method(layer)
+    assert torch.autograd.gradcheck(lambda *x: _call(layer, m, names, x), xs, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 def _grads(layer, method, names, arrays, G, dtype=torch.float64, **extra):
