@@ -11,6 +11,9 @@ def resolve_log_alpha(xp, alpha, log_alpha):
     """Return log-gates from exactly one of ``alpha`` (in [0, 1]) and ``log_alpha`` (<= 0), or None.
 
     ``alpha = 0`` (a hard reset) becomes ``-inf``; every later computation is written to accept it.
+    Under autograd the gradient with respect to such an ``alpha`` entry is 0 in every method, where the
+    layer's true derivative (it is linear in each alpha_t) is not: train gates through ``log_alpha`` (e.g.
+    ``logsigmoid``) or keep ``alpha > 0``; elsewhere gradients equal the loop's (tests/test_torch_grad.py).
     """
     if alpha is not None and log_alpha is not None:
         raise ValueError("alpha and log_alpha: pass at most one of them (log_alpha = log(alpha))")
