@@ -205,8 +205,6 @@ def parse(argv=None):
         args.device, args.P, args.T, args.vocab, args.batch, args.eval = "cpu", [4], [32, 64], 128, 8, 16
         args.workers, args.seeds, args.budget_s = 2, [0, 1], min(args.budget_s, 150.0)
         args.overhead_s, args.margin_s = 5.0, 5.0
-    if args.threads is None:
-        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
     return args
 
 
@@ -225,6 +223,9 @@ def main(argv=None):
         )
         return 2
     cells = cells_of(args)
+    args.workers = max(1, min(args.workers, len(cells)))  # an idle worker would only hold a CUDA context
+    if args.threads is None:
+        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
     extra = {"workers": args.workers, "budget_s": args.budget_s, "git": git_commit()}
 
     def job(cell, seconds):
