@@ -258,6 +258,17 @@ def test_figure_quick_runs(tmp_path):
     assert not (tmp_path / "mqar_trained.csv").exists()
 
 
+def test_figure_without_torch_draws_panel_a(tmp_path, monkeypatch):
+    """Without PyTorch the figure still draws (a), says so in (c) and writes an empty live CSV."""
+    from paper_figures import fig03_mqar as f
+    from paper_figures._common import read_csv
+
+    monkeypatch.setattr(f, "torch_available", lambda: False)
+    f.main(tmp_path, quick=True, trained_csv=tmp_path / "none.csv")
+    assert (tmp_path / "mqar.png").is_file() and read_csv(tmp_path / "mqar_live.csv") == []
+    assert len(read_csv(tmp_path / "mqar_capacity.csv")) == 3 * len(f.QUICK["P"]) * len(f.QUICK["T"])
+
+
 def test_figure_draws_the_gpu_csv(tmp_path):
     """(b) from a grid CSV: the summary is the mean and s.e. over seeds, the paper's number beside."""
     from benchmarks import gpu_mqar as g
