@@ -34,13 +34,12 @@ arXiv 2505.19488; flash-linear-attention ``fla/ops/deltaformer/naive.py``
 
 from __future__ import annotations
 
-from ..similarity import ExpDot, Similarity
-from .nonparametric import NonparametricRegressor, normalised_weights
+from .nonparametric import SimilaritySmoother
 
 __all__ = ["DeltaFormer"]
 
 
-class DeltaFormer(NonparametricRegressor):
+class DeltaFormer(SimilaritySmoother):
     r"""A softmax smoother of delta-corrected values (module notes).
 
     Parameters
@@ -54,18 +53,3 @@ class DeltaFormer(NonparametricRegressor):
     carries_state = True
     #: the write reads the memory at the token's query: memorize(K, V) and non-causal calls cannot run it
     writes_with_queries = True
-
-    def __init__(self, similarity=None):
-        self.similarity = ExpDot() if similarity is None else similarity
-
-    def _validate(self):
-        if not isinstance(self.similarity, Similarity):
-            raise TypeError(f"similarity must be a ttr_stats.similarity.Similarity, got {self.similarity!r}")
-        self.similarity._validate()
-
-    def log_similarity(self, xp, Q, K):
-        return self.similarity.log_weights(xp, Q, K)
-
-    def solve(self, xp, Q, K, V, logW):
-        """The smoother's read: the normalised weights times the (corrected) values."""
-        return xp.matmul(normalised_weights(xp, logW), V)

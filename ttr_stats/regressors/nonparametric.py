@@ -20,6 +20,7 @@ import math
 from typing import NamedTuple
 
 from .. import _array
+from ..similarity import ExpDot, Similarity
 from .linear import Regressor
 
 __all__ = [
@@ -167,3 +168,26 @@ class NonparametricRegressor(Regressor):
         Q = self.prepare(xp, Q)
         logW = state.log_weight[..., None, :] + self.log_similarity(xp, Q, state.K)
         return self.solve(xp, Q, state.K, state.V, logW)
+
+
+class SimilaritySmoother(NonparametricRegressor):
+    """A local constant fit under one :class:`~ttr_stats.similarity.Similarity` (``ExpDot`` by default).
+
+    The shared part of the smoothers whose families differ only in what they cache (PaTH's transported
+    keys, DeltaFormer's corrected values): the read is ``softmax(logW) @ V`` over that cache.
+    """
+
+    def __init__(self, similarity=None):
+        self.similarity = ExpDot() if similarity is None else similarity
+
+    def _validate(self):
+        if not isinstance(self.similarity, Similarity):
+            raise TypeError(f"similarity must be a ttr_stats.similarity.Similarity, got {self.similarity!r}")
+        self.similarity._validate()
+
+    def log_similarity(self, xp, Q, K):
+        return self.similarity.log_weights(xp, Q, K)
+
+    def solve(self, xp, Q, K, V, logW):
+        """The local constant fit: the normalised weights times the (cached) values."""
+        return xp.matmul(normalised_weights(xp, logW), V)

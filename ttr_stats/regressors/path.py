@@ -33,8 +33,7 @@ Householder Transformations*, arXiv 2505.16381; flash-linear-attention ``fla/ops
 
 from __future__ import annotations
 
-from ..similarity import ExpDot, Similarity
-from .nonparametric import NonparametricRegressor, normalised_weights
+from .nonparametric import SimilaritySmoother
 
 __all__ = ["PaTH", "householder"]
 
@@ -48,7 +47,7 @@ def householder(xp, X, w, beta):
     return X - beta[..., None, None] * proj * w[..., None, :]
 
 
-class PaTH(NonparametricRegressor):
+class PaTH(SimilaritySmoother):
     r"""Nadaraya-Watson with PaTH's transported keys (module notes).
 
     Parameters
@@ -63,18 +62,3 @@ class PaTH(NonparametricRegressor):
     #: the cache holds transported keys, not the raw pairs: a carried state continues through the family's
     #: methods (memorize() runs the reference, initial_state is a CacheState)
     carries_state = True
-
-    def __init__(self, similarity=None):
-        self.similarity = ExpDot() if similarity is None else similarity
-
-    def _validate(self):
-        if not isinstance(self.similarity, Similarity):
-            raise TypeError(f"similarity must be a ttr_stats.similarity.Similarity, got {self.similarity!r}")
-        self.similarity._validate()
-
-    def log_similarity(self, xp, Q, K):
-        return self.similarity.log_weights(xp, Q, K)
-
-    def solve(self, xp, Q, K, V, logW):
-        """The local constant fit: the normalised weights times the values."""
-        return xp.matmul(normalised_weights(xp, logW), V)
