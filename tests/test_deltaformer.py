@@ -89,9 +89,9 @@ def fla_deltaformer():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_equals_fla_naive_deltaformer(rng, method):
+    ref = fla_deltaformer()  # skips without torch / fla, before torch is imported
     import torch
 
-    ref = fla_deltaformer()
     Q, K, V, beta, _ = draw(rng, T=40, d=8, d_v=8)  # fla's naive code needs d_v = d_k
     t = lambda x: torch.tensor(np.swapaxes(x, 1, 2), dtype=torch.float32)  # noqa: E731 - (B,H,T,.)->(B,T,H,.)
     o = np.swapaxes(ref(t(Q), t(K), t(V), t(beta)).numpy(), 1, 2)

@@ -94,9 +94,9 @@ def fla_path():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_equals_fla_naive_path_attn(rng, method):
+    ref = fla_path()  # skips without torch / fla, before torch is imported
     import torch
 
-    ref = fla_path()
     Q, K, V, W, bw, g = draw(rng, T=45, d=8, d_v=8)  # fla's naive code needs d_v = d_k (v padded like q)
     scale = 0.4
     t = lambda x: torch.tensor(np.swapaxes(x, 1, 2), dtype=torch.float32)  # noqa: E731 - (B,H,T,.)->(B,T,H,.)
