@@ -426,23 +426,36 @@ def test_gpt_oss_sink_logit_is_one_sink_pair(rng):
 def test_gated_window_loop_downdates_the_decayed_weight(rng, sinks):
     # under decay the pair leaving a window has weight b_o prod_{j=o+1}^{t} alpha_j, not b_o: the generic
     # loop (the definition) removes exactly that (it removed b_o before, 5.0 off the dense weights here),
-    # with or without sinks; direct / parallel equal it. Sums of <= 40 O(1) terms: 1e-12.
+    # with or without sinks; direct / parallel (and chunked without sinks) equal it. Sums of <= 40 O(1)
+    # terms: 1e-12.
     T, width = 40, 5
     Q, K, V, g, b = sink_data(rng, T, 3)
     G = SinkWindow(width, sinks, alpha=None).matrix(T, log_alpha=g, beta=b)
     ref = linear_reference(Q, K, V, G)
     weights = SinkWindow(width, sinks, alpha=None) if sinks else GatedWindow(width, alpha=None)
     layer = tt.TestTimeRegression(weights, tt.regressors.Linear(), tt.optimizers.IdentityCovariance())
-    for m in set(layer.supported_methods) - {"chunked"}:
+    assert sinks or "chunked" in layer.supported_methods
+    for m in layer.supported_methods:
         assert np.max(np.abs(layer(Q, K, V, log_alpha=g, beta=b, method=m) - ref)) < 1e-12, m
 
 
-@pytest.mark.xfail(strict=True, reason="identity 'chunked' subtracts a delayed run whose pairs carry b_o, "
-                   "not b_o prod alpha over the window: wrong under decay (methods/identity/chunked.py)")  # fmt: skip
-def test_gated_window_identity_chunked(rng):
-    T, width = 40, 5
-    Q, K, V, g, b = sink_data(rng, T, 3)
+@pytest.mark.parametrize("T, width, chunk", [(40, 5, None), (65, 40, 16), (63, 7, 8), (1000, 100, 64)])
+@pytest.mark.parametrize("gates", ["mild", "strong", "extreme"])
+def test_gated_window_identity_chunked(rng, T, width, chunk, gates):
+    """The chunked form's window subtracts a delayed run whose pairs carry the decay they took inside the
+    window (b_o prod_{j in window} alpha_j): exact against the dense weights at mild (log alpha in
+    [log 0.9, 0]), strong (-7 everywhere) and extreme gates (-50 at one step in ten). Tolerance 1e-12
+    relative to the largest output: float64 sums of at most T terms of size O(1)."""
+    d_k = 3
+    Q, K, V, g, b = sink_data(rng, T, d_k)
+    if gates == "strong":
+        g = np.full_like(g, -7.0)
+    elif gates == "extreme":
+        g = np.where(rng.uniform(size=g.shape) < 0.1, -50.0, g)
     ref = linear_reference(Q, K, V, GatedWindow(width, alpha=None).matrix(T, log_alpha=g, beta=b))
     layer = tt.TestTimeRegression(GatedWindow(width, alpha=None), tt.regressors.Linear(),
                                   tt.optimizers.IdentityCovariance())  # fmt: skip
-    assert np.max(np.abs(layer(Q, K, V, log_alpha=g, beta=b, method="chunked") - ref)) < 1e-12
+    out = layer(Q, K, V, log_alpha=g, beta=b, method="chunked", chunk_size=chunk)
+    assert np.all(np.isfinite(out))
+    assert np.max(np.abs(out - ref)) < 1e-12 * max(1.0, np.max(np.abs(ref)))
+    assert np.max(np.abs(layer(Q, K, V, log_alpha=g, beta=b, method="recurrent") - ref)) < 1e-10

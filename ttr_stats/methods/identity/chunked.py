@@ -43,9 +43,11 @@ tests that check them: ``docs/derivations/identity_chunked.md``.
   and the grouped form is the fallback where the kernel does not apply. The kernel is handed the
   intra-chunk matrix A as well and adds its reads :math:`A V` (and their denominators) to the state
   reads itself, so the output is written once (no ``A @ v`` matmul, no sum of two outputs).
-* Sliding windows: the recurrence removes the pair leaving the window undecayed and lets the removal decay
-  from then on, i.e. it subtracts the same layer run on keys and values delayed by ``w`` steps (same gates,
-  zero initial state). Both runs go through the kernel at once, stacked on a leading axis.
+* Sliding windows: the recurrence removes the pair leaving the window with the weight it has reached,
+  :math:`\beta_i\prod_{j=i+1}^{i+w}\alpha_j`, and lets the removal decay from then on, i.e. it subtracts
+  the same layer run on keys and values delayed by ``w`` steps whose weights carry that in-window decay
+  (same gates, zero initial state; the in-window log-sums run in blocks of ``w``, so their digits do not
+  depend on T). Both runs go through the kernel at once, stacked on a leading axis.
 
 Memory ``O(T d + T C)`` on the host; on a device ``O(T d^2 / C + T C)``; never ``O(T^2)``.
 """
@@ -157,9 +159,14 @@ def chunked(layer, P):
     z0 = xp.broadcast_to(s0.z, P.batch_shape + (P.d_k,))
     windowed = w is not None and w < P.T
     if windowed:  # the run on the pairs delayed by w (the removals), stacked behind the run itself
-        K = xp.stack([K, _delay(xp, K, w, -2, dev)])
+        # a removed pair carries the decay it took inside the window: at t it is pair t - w with weight
+        # b_{t-w} prod_{j=t-w+1}^{t} alpha_j (windowed weights have scalar gates, g is (..., T, 1))
+        Kd, bd = _delay(xp, K, w, -2, dev), _delay(xp, b, w, -1, dev)
+        if _has_decay(xp, g):
+            bd = bd * _ex(xp, _window_log_sum(xp, g, w, dev), b.dtype)[..., 0]
+        K = xp.stack([K, Kd])
         V = xp.stack([V, _delay(xp, V, w, -2, dev)])
-        b = xp.stack([b, _delay(xp, b, w, -1, dev)])
+        b = xp.stack([b, bd])
         Q = xp.broadcast_to(Q, (2,) + Q.shape)
         g = xp.broadcast_to(g, (2,) + g.shape)
         M0 = xp.stack([M0, xp.zeros_like(M0)])
@@ -171,6 +178,34 @@ def chunked(layer, P):
     if den is None:
         den = xp.zeros(y.shape[:-1], dtype=P.dtype, device=dev)
     return opt.finish(xp, y, den), LinearAttentionState(M, z)
+
+
+def _has_decay(xp, g):
+    """Whether any log-gate is below 0 (with none, the window's removals carry their weight unchanged)."""
+    return bool(xp.any(g < 0))
+
+
+def _window_log_sum(xp, g, w, dev):
+    """``(..., T, e)`` float64: at t, the sum of the (clamped) log-gates over ``(t - w, t]``.
+
+    Sums run inside aligned blocks of ``w`` steps (a window spans at most two), so every partial sum is
+    at most ``w`` gates deep: the digits do not depend on T, and the clamp at :data:`LOG_FLOOR` keeps
+    every sum finite (``alpha = 0`` gives ``-1000 w``, exactly 0 after ``exp``).
+    """
+    f64 = xp.float64
+    g = xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
+    T, e = g.shape[-2], g.shape[-1]
+    nb = -(-T // w)
+    gp = _pad_rows(xp, g, nb * w - T, -2, dev)
+    blocks = xp.reshape(gp, gp.shape[:-2] + (nb, w, e))
+    pre = xp.cumulative_sum(blocks, axis=-2)  # inclusive prefix sums inside each block
+    total = pre[..., -1:, :]
+    # suffix of the previous block from offset r + 1 (t = n w + r): total - prefix up to r
+    suf = total - pre
+    zero = xp.zeros(suf.shape[:-3] + (1, w, e), dtype=f64, device=dev)
+    suf_prev = xp.concat([zero, suf[..., :-1, :, :]], axis=-3)
+    out = xp.reshape(pre + suf_prev, gp.shape)
+    return out[..., :T, :]
 
 
 def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
