@@ -162,7 +162,7 @@ def chunked(layer, P):
         # a removed pair carries the decay it took inside the window: at t it is pair t - w with weight
         # b_{t-w} prod_{j=t-w+1}^{t} alpha_j (windowed weights have scalar gates, g is (..., T, 1))
         Kd, bd = _delay(xp, K, w, -2, dev), _delay(xp, b, w, -1, dev)
-        if _has_decay(xp, g):
+        if P.gated:  # from the layer and call, never from gate values (causality, Problem.gated)
             bd = bd * _ex(xp, _window_log_sum(xp, g, w, dev), b.dtype)[..., 0]
         K = xp.stack([K, Kd])
         V = xp.stack([V, _delay(xp, V, w, -2, dev)])
@@ -178,11 +178,6 @@ def chunked(layer, P):
     if den is None:
         den = xp.zeros(y.shape[:-1], dtype=P.dtype, device=dev)
     return opt.finish(xp, y, den), LinearAttentionState(M, z)
-
-
-def _has_decay(xp, g):
-    """Whether any log-gate is below 0 (with none, the window's removals carry their weight unchanged)."""
-    return bool(xp.any(g < 0))
 
 
 def _window_log_sum(xp, g, w, dev):
