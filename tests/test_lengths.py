@@ -68,3 +68,43 @@ def test_reads_leave_out_pairs_of_log_weight_minus_inf(name, rng):
     # 1e-12 relative, as above: the kept pairs alone, the excluded ones as exact zeros
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-12, name
     assert np.array_equal(none, np.zeros_like(none)), name  # no kept pair: the empty memory's 0
+
+
+def _windowed_layers():
+    w, o = tt.weights, tt.optimizers
+    return {
+        "linear-window": tt.TestTimeRegression(weights=w.SlidingWindow(5), optimizer=o.IdentityCovariance()),
+        "linear-window-sum": tt.TestTimeRegression(
+            weights=w.SlidingWindow(5), optimizer=o.IdentityCovariance("sum")
+        ),
+        "gated-window": tt.TestTimeRegression(weights=w.GatedWindow(5, alpha=None),
+                                              optimizer=o.IdentityCovariance()),  # fmt: skip
+        "least-squares-window": tt.TestTimeRegression(weights=w.SlidingWindow(5),
+                                                      optimizer=o.ClosedForm(ridge=1.0)),  # fmt: skip
+    }
+
+
+@pytest.mark.parametrize("name", list(_windowed_layers()))
+def test_windowed_final_state_is_the_state_after_the_valid_tokens(name, rng):
+    """Under a sliding window the padded steps are identities for the state's contents but would still
+    move the window: the final state after T padded steps must be the state after ``lengths`` tokens
+    (before the fix the dense and chunked forms returned a window emptied by the padding: M = 0), for
+    every method, equal to each sequence run alone. 1e-12 relative: the same <= 5 pairs summed (or one
+    ridge solve of a 4 x 4 system with ridge 1) in the same or another order."""
+    layer = _windowed_layers()[name]
+    T, lengths = 30, (30, 12, 20, 3)
+    B = len(lengths)
+    Q, K, V = (_unit(rng, (B, T, 4)) for _ in range(3))
+    gates = {}
+    if name == "gated-window":
+        gates["log_alpha"] = -rng.uniform(0.0, 0.5, (B, T))
+    for method in layer.supported_methods:
+        Y, state = layer(Q, K, V, method=method, lengths=np.array(lengths), return_state=True, **gates)
+        for i, L in enumerate(lengths):
+            own_gates = {k: v[i, :L] for k, v in gates.items()}
+            y, own = layer(Q[i, :L], K[i, :L], V[i, :L], method=method, return_state=True, **own_gates)
+            assert np.max(np.abs(Y[i, :L] - y)) < 1e-12 * max(1.0, np.max(np.abs(y))), (method, i)
+            assert np.all(Y[i, L:] == 0), (method, i)
+            for field, a, b in zip(own._fields, state, own, strict=True):
+                a = np.asarray(a)[i]
+                assert np.max(np.abs(a - b)) <= 1e-12 * max(1.0, np.max(np.abs(b))), (method, i, field)

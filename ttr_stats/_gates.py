@@ -159,3 +159,37 @@ def zero_padding(xp, Y, lengths):
     """Outputs at padded positions set to 0: Y (..., T, d_v)."""
     tok = xp.arange(Y.shape[-2], device=_device_of(lengths)) < lengths[..., None]
     return xp.where(tok[..., None], Y, xp.zeros((), dtype=Y.dtype, device=_device_of(Y)))
+
+
+def roll_rows(xp, X, shift, axis_len, batch_shape, steps=1):
+    r"""``X`` (..., axis_len * steps, e) with each sequence's rows rolled forward by ``shift * steps``:
+    ``out[t] = X[(t - shift * steps) mod n]``; ``shift`` is an integer array of shape ``batch_shape``.
+
+    With ``shift = T - lengths`` the padding (identity steps) moves in front of each sequence and its
+    valid tokens end at T, where a windowed method's final state is read (:func:`right_align`).
+    A negative shift undoes it.
+    """
+    n = axis_len * steps
+    X = xp.broadcast_to(X, tuple(batch_shape) + tuple(X.shape[-2:]))
+    t = xp.arange(n, device=_device_of(X))
+    idx = xp.remainder(t - xp.astype(shift, t.dtype)[..., None] * steps, n)  # (..., n)
+    idx = xp.broadcast_to(idx[..., None], idx.shape + (X.shape[-1],))
+    return xp.take_along_axis(X, idx, axis=-2)
+
+
+def right_align(xp, P):
+    """``(P', shift)``: the problem with each padded sequence rolled so that its valid tokens end at T.
+
+    Under a sliding window the padding steps are identities for the state's contents but still move the
+    window: a method that reads its final state after step T (the dense and chunked forms) would return
+    the window after the padding, pairs removed by steps that do not exist. Rolling the padding to the
+    front makes step T the sequence's last valid step; the outputs are rolled back by the caller.
+    """
+    shift = P.T - xp.astype(P.lengths, xp.int64)
+    bs, T, steps = P.batch_shape, P.T, P.steps_per_token
+    Q = roll_rows(xp, P.Q, shift, T, bs)
+    K = roll_rows(xp, P.K, shift, T, bs, steps)
+    V = roll_rows(xp, P.V, shift, T, bs, steps)
+    g = roll_rows(xp, P.g, shift, T, bs)
+    b = roll_rows(xp, P.b[..., None], shift, T, bs, steps)[..., 0]
+    return P._replace(Q=Q, K=K, V=V, g=g, b=b), shift
