@@ -375,14 +375,18 @@ def test_least_squares_loop_and_final_state_keep_the_sinks(rng):
     assert all(np.max(np.abs(x - y)) < 1e-12 for x, y in zip(closed, st, strict=True))
 
 
-def test_families_that_would_drop_the_sinks_refuse_them():
-    # Parallax registers windows but not sinks: refused when the layer is built, with the remedy
-    from ttr_stats.regressors.parallax import Parallax
-
-    with pytest.raises(ValueError, match=r"SinkWindow\(sinks=3\).*Parallax.*sinks=0"):
-        tt.TestTimeRegression(SinkWindow(W, S), Parallax(None, ExpDot()), tt.optimizers.ClosedForm())
+def test_methods_that_would_drop_the_sinks_refuse_them():
+    # least squares' direct prefix solve runs windows but not sinks: refused, naming the weights and the
+    # remedy (Parallax, which refused them until issue 13's leftovers, keeps them now:
+    # tests/test_issue13_parallax_sinks.py)
+    ls = tt.TestTimeRegression(SinkWindow(W, S), tt.regressors.Linear(), tt.optimizers.ClosedForm(1e-2))
+    assert ls.supported_methods == ("recurrent",)
+    Q, K, V = (np.ones((T, 2)) for _ in range(3))
+    with pytest.raises(ValueError, match=r"direct.*SinkWindow\(sinks=3\).*sinks=0"):
+        ls(Q, K, V, method="direct")
     # sinks = 0 is the plain window there
-    tt.TestTimeRegression(SinkWindow(W, 0), Parallax(None, ExpDot()), tt.optimizers.ClosedForm())
+    ls0 = tt.TestTimeRegression(SinkWindow(W, 0), tt.regressors.Linear(), tt.optimizers.ClosedForm(1e-2))
+    assert "direct" in ls0.supported_methods
     # a gated window under the kernel smoothers keeps them: every method is supported
     assert "tiled" in sink_layer(0, W, S).supported_methods
 
