@@ -24,7 +24,6 @@ from ttr_stats.diagnostics import conditioning as C
 Z = 4.0  # standard errors per Monte Carlo check (two-sided p ~ 6e-5)
 
 
-
 # ------------------------------------------------------------------------------------------ helpers
 def mean_se(x):
     x = np.asarray(x, dtype=np.float64)
@@ -568,3 +567,39 @@ def test_fig_qknorm_quick(tmp_path):
     assert float(r_hi["n_eff"]) + Z * float(r_hi["n_eff_se"]) < float(q_hi["n_eff"])
     assert float(r_hi["nw_mse"]) - float(q_hi["nw_mse"]) > Z * float(r_hi["mse_diff_se"])
     assert out["png"].name == "qknorm.png"
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.9])
+def test_gram_keeps_the_attention_sinks(rng, alpha):
+    # SinkWindow: the first s pairs stay in every prefix's weights, so the Gram of the weights object must
+    # equal the Gram of its dense matrix() (the same entries, so the same sums: 1e-12 relative on
+    # eigenvalues of t >= 2d prefixes, ~T eps of sums of <= 40 outer products), and differ from the plain
+    # window's once the sinks have left it (by O(1): whole pairs are missing there)
+    T, d, width, sinks = 40, 3, 8, 4
+    K = rng.standard_normal((2, T, d)) + 0.3
+    sw = tt.weights.SinkWindow(width, sinks, alpha=alpha)
+    D = sw.matrix(T)
+    plain = C.gram_conditioning(K, weights=tt.weights.GatedWindow(width, alpha=alpha))
+    for center in (False, True):
+        for tsel in (None, [6, 13, 40]):
+            got = C.gram_conditioning(K, weights=sw, center=center, t=tsel)
+            ref = C.gram_conditioning(K, weights=D, center=center, t=tsel)
+            ts = list(got.t)
+            assert ts == list(ref.t)
+            big = [j for j, t in enumerate(ts) if t >= 2 * d]
+            assert rel_err(got.eigenvalues[..., big, :], ref.eigenvalues[..., big, :]) < 1e-12, (center, tsel)
+            assert rel_err(got.n_eff, ref.n_eff) < 1e-12
+            # and by hand on the last prefix: sum_i D_Ti k_i k_i^T with the sinks' rows in it
+            if not center and tsel is not None:
+                g = D[-1]
+                assert np.count_nonzero(g) == width + sinks
+                lam = np.linalg.eigvalsh(np.einsum("i,bij,bik->bjk", g, K, K))
+                assert rel_err(got.eigenvalues[..., -1, :], lam) < 1e-12
+    # the sinks matter past t = w + s: the plain window's Gram there lacks the s sink pairs
+    assert (
+        rel_err(C.gram_conditioning(K, weights=sw).eigenvalues[..., -1, :], plain.eigenvalues[..., -1, :])
+        > 1e-2
+    )
+    # sinks = 0 is the plain window exactly
+    z = C.gram_conditioning(K, weights=tt.weights.SinkWindow(width, 0, alpha=alpha))
+    assert np.array_equal(z.eigenvalues, plain.eigenvalues)

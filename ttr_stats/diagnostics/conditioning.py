@@ -30,7 +30,7 @@ from scipy import special
 from .. import _array
 from .._validation import check_finite, check_scalar
 from ..similarity import l2_normalize
-from ..weights import Uniform, Weights, decay_matrix
+from ..weights import Uniform, Weights, decay_matrix, sink_window_mask
 
 __all__ = [
     "log_sphere_moment",
@@ -472,8 +472,9 @@ def gram_conditioning(K, *, weights=None, center=False, t=None, rtol=None):
         Keys of a sequence (any leading batch dimensions).
     weights : Weights or array of shape (..., T, T), optional
         A ``tt.weights`` object with constant decay (``Uniform``, ``ExponentialDecay``, ``SlidingWindow``,
-        ``Gated(alpha=c)``) or a dense lower-triangular :math:`\Gamma` (for data-dependent gates pass
-        ``weights.matrix(T, alpha=...)``). Default: uniform.
+        ``Gated(alpha=c)``, ``SinkWindow``: its sinks stay in every prefix's Gram) or a dense
+        lower-triangular :math:`\Gamma` (for data-dependent gates pass ``weights.matrix(T, alpha=...)``).
+        Default: uniform.
     center : bool
         Subtract the (weighted) prefix mean :math:`\bar k_t = \sum_i \Gamma_{ti} k_i / \sum_i \Gamma_{ti}`.
     t : sequence of int, optional
@@ -543,8 +544,16 @@ def gram_conditioning(K, *, weights=None, center=False, t=None, rtol=None):
     elif isinstance(weights, Weights):
         if weights.per_dimension:
             raise ValueError("weights: per-dimension decay has no scalar weight matrix Gamma")
-        g = weights.resolve(xp, None, T=T, d_k=1, dtype=dtype, device=_array.device(K))[..., 0]
-        gamma_rows = xp.take(decay_matrix(xp, g, None, weights.window), sel, axis=0)
+        dev = _array.device(K)
+        g = weights.resolve(xp, None, T=T, d_k=1, dtype=dtype, device=dev)[..., 0]
+        sinks = int(getattr(weights, "sinks", 0) or 0)
+        if sinks and weights.window is not None:  # SinkWindow: the first s pairs stay in every prefix
+            G = decay_matrix(xp, g, None, None)
+            keep = sink_window_mask(xp, T, weights.window, sinks, device=dev)
+            G = xp.where(keep, G, xp.zeros((), dtype=G.dtype, device=dev))
+        else:
+            G = decay_matrix(xp, g, None, weights.window)
+        gamma_rows = xp.take(G, sel, axis=0)
     else:
         if not _array.is_array(weights):
             raise ValueError(
