@@ -254,6 +254,28 @@ def test_support_table_lists_every_registered_method():
         assert set(names) <= set(registry.method_names())
 
 
+def test_support_table_flags_are_each_references():
+    # columns: window, sinks, per-dim decay, read at the header's positions (cells are padded to the
+    # column width); each is the family reference's registry flag
+    lines = tt.methods.support_table().splitlines()
+    head = lines[0]
+    cols = {c: head.index(c) for c in ("methods", "window", "sinks", "per-dim decay")}
+    assert cols["methods"] < cols["window"] < cols["sinks"] < cols["per-dim decay"]
+    seen = set()
+    for line in lines[1:]:
+        fam = line.split()[0]
+        ref = registry.reference(fam)
+        assert line[cols["window"] - 2 : cols["window"]] == "  ", line  # the methods cell ends before it
+        want = {"window": ref.window, "sinks": ref.sinks, "per-dim decay": ref.per_dimension}
+        for c, flag in want.items():
+            assert line[cols[c] :].split()[0] == ("yes" if flag else "no"), (fam, c, line)
+        assert "-" != line.split()[1], (fam, "no optimizer or regressor listed")
+        seen.add(fam)
+    assert seen == {f for f in registry.FAMILIES if registry.methods_for(f)}
+    # issue 13: Parallax's reference keeps a SinkWindow's sinks, log-linear attention's has no window
+    assert registry.reference("parallax").sinks and not registry.reference("log_linear").sinks
+
+
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_supported_methods_include_the_reference_and_auto_picks_one_of_them(name, rng):
     layer = make_layer(name)

@@ -318,22 +318,41 @@ def fits_device(P, method_memory, free):
     return method_memory(P) <= free // 4
 
 
-def support_table() -> str:
-    """A readable table generated from the registry: family -> components, methods (first = preferred by
-    ``auto``), and whether the family's reference runs windows and per-dimension decay."""
+def _owners_of(family) -> str:
+    """The optimizers or regressors declaring ``family`` (the catalogue's list; for a family it does not
+    list, the imported concrete classes whose ``family`` it is, e.g. issue 13's ``generalized_delta``)."""
+    from ..optimizers import generalized_delta  # noqa: F401 - not re-exported: import its classes
+    from ..optimizers.base import Optimizer
+    from ..regressors.nonparametric import NonparametricRegressor
     from ._catalogue import FAMILY_OWNERS
 
+    if family in FAMILY_OWNERS:
+        return ", ".join(c.__name__ for c in FAMILY_OWNERS[family])
+    found, todo = [], [Optimizer, NonparametricRegressor]
+    while todo:
+        cls = todo.pop(0)
+        subs = cls.__subclasses__()
+        todo.extend(subs)
+        same = [c for c in subs if getattr(c, "family", None) == family and not c.__name__.startswith("_")]
+        if getattr(cls, "family", None) == family and not cls.__name__.startswith("_") and not same:
+            found.append(cls.__name__)
+    return ", ".join(dict.fromkeys(found)) or "-"
+
+
+def support_table() -> str:
+    """A readable table generated from the registry: family -> components, methods (first = preferred by
+    ``auto``), and whether the family's reference runs windows, a window's attention sinks
+    (``weights.SinkWindow``) and per-dimension decay. Columns are as wide as their longest cell plus two
+    spaces, so a cell never runs into the next one."""
     _load()
-    rows = [f"{'family':<17}{'optimizer or regressor':<38}{'methods':<38}{'window':<8}per-dim decay"]
+    yes = lambda flag: "yes" if flag else "no"  # noqa: E731
+    rows = [("family", "optimizer or regressor", "methods", "window", "sinks", "per-dim decay")]
     for fam in FAMILIES:
         ms = methods_for(fam)
         if not ms:
             continue
-        owners = ", ".join(c.__name__ for c in FAMILY_OWNERS.get(fam, ()))
         ref = next((m for m in ms if m.reference), ms[-1])
-        yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-        rows.append(
-            f"{fam:<17}{owners:<38}{', '.join(m.name for m in ms):<38}{yes(ref.window):<8}"
-            f"{yes(ref.per_dimension)}"
-        )
-    return "\n".join(rows)
+        flags = (yes(ref.window), yes(ref.sinks), yes(ref.per_dimension))
+        rows.append((fam, _owners_of(fam), ", ".join(m.name for m in ms)) + flags)
+    widths = [max(len(r[j]) for r in rows) + 2 for j in range(len(rows[0]) - 1)]
+    return "\n".join("".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + r[-1] for r in rows)
