@@ -47,7 +47,10 @@ tests that check them: ``docs/derivations/identity_chunked.md``.
   :math:`\beta_i\prod_{j=i+1}^{i+w}\alpha_j`, and lets the removal decay from then on, i.e. it subtracts
   the same layer run on keys and values delayed by ``w`` steps whose weights carry that in-window decay
   (same gates, zero initial state; the in-window log-sums run in blocks of ``w``, so their digits do not
-  depend on T). Both runs go through the kernel at once, stacked on a leading axis.
+  depend on T). Both runs go through the kernel at once, stacked on a leading axis. The window's few
+  terms are then a difference of two prefix sums: in float32 the relative error grows like eps T / w
+  (measured 2.5e-4 at T = 16000, w = 7, sum-normalised); ``method="banded"`` (``banded.py``) sums the
+  window directly and ``auto`` prefers it for float32 windows and narrow float64 ones.
 
 Memory ``O(T d + T C)`` on the host; on a device ``O(T d^2 / C + T C)``; never ``O(T^2)``.
 """
