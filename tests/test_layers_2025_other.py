@@ -114,6 +114,7 @@ def test_log_linear_refuses_too_few_levels(rng):
 def test_log_linear_matches_fla_naive(rng):
     naive = fla_naive("log_linear_attn", "naive_log_linear_attn")  # skips without torch, einops or fla
     import torch
+
     B, H, T, D, L = 2, 2, 32, 8, 6
     Q, K, V = ((rng.standard_normal((B, H, T, D)) / np.sqrt(D)).astype(np.float32) for _ in range(3))
     g = np.log(rng.uniform(0.7, 1.0, (B, H, T))).astype(np.float32)
@@ -131,6 +132,7 @@ def test_log_linear_matches_fla_naive(rng):
 def test_gated_sliding_window_matches_fla_forgetting_attn(rng):
     naive = fla_naive("forgetting_attn", "naive_forgetting_attn")  # skips without torch, einops or fla
     import torch
+
     B, H, T, D, w = 2, 2, 32, 8, 5
     Q, K, V = (rng.standard_normal((B, H, T, D)).astype(np.float32) for _ in range(3))
     g = np.log(rng.uniform(0.5, 1.0, (B, H, T))).astype(np.float32)
@@ -291,3 +293,46 @@ def test_kalman_process_noise_keeps_the_covariance_above_q(rng):
     assert np.linalg.eigvalsh(s_rls.P).min() < 0.01  # static state: P -> 0 like d_k / t = 0.003
     assert isinstance(tt.recipes.kalman_filter().optimizer, KalmanFilter)
     assert isinstance(tt.recipes.log_linear_attention().optimizer, LogLinearAttention)
+
+
+# --- PaTH and DeltaFormer in the generic method-agreement contract -------------------------------------
+# tests/test_methods.py::test_all_methods_agree_with_recurrent iterates over tt.recipes.registry() and calls
+# layer(Q, K, V, **gates) with its own gate table; PaTH needs per-token inputs and DeltaFormer is outside
+# registry() (tt.recipes.catalogue() notes why), so the same contract is asked of them here, on the shared
+# generic inputs of test_causality.make_inputs (which draws PaTH's inputs from its token_inputs); their
+# causality is in the generic suite itself (test_causality.CAUSAL_CASES).
+# Tolerance: 1e-10 relative as test_methods (methods sum the same terms in another order: PaTH's chunked
+# form carries queries and keys to chunk boundaries, T = 17 products of O(1) reflections, ~1e2 eps).
+@pytest.mark.parametrize("name", ["path_attention", "deltaformer"])
+def test_catalogue_layers_methods_agree_with_recurrent(name):
+    from conftest import rel_err
+    from test_causality import chunk_sizes, make_inputs, make_layer
+
+    from ttr_stats.methods import registry
+
+    layer = make_layer(name)
+    r = np.random.default_rng(1317)
+    batch, T = (2, 3), 17
+    Q, K, V, gates = make_inputs(layer, r, batch, T, d_k=4, d_v=3)
+    assert (name == "path_attention") == ("inputs" in gates)
+    ref, ref_state = layer(Q, K, V, method="recurrent", return_state=True, **gates)
+    assert ref.shape == batch + (T, 3)
+    assert len(layer.supported_methods) >= 2  # something to agree with
+    for m in layer.supported_methods:
+        for cs in chunk_sizes(m, T):
+            Y, state = layer(Q, K, V, method=m, chunk_size=cs, return_state=True, **gates)
+            assert layer.method_ == m
+            assert rel_err(Y, ref) < TOL64, (name, m, cs, rel_err(Y, ref))
+            for f in state._fields:  # the cache: same pairs, same log-weights (-inf where excluded)
+                a, b = np.asarray(getattr(state, f)), np.asarray(getattr(ref_state, f))
+                out = np.isneginf(b)
+                assert np.array_equal(np.isneginf(a), out), (name, m, f)
+                assert rel_err(np.where(out, 0, a), np.where(out, 0, b)) < TOL64, (name, m, f)
+    # auto picks a supported method and returns what it returns; unsupported ones are refused, listed
+    Y = layer(Q, K, V, method="auto", **gates)
+    assert layer.method_ in layer.supported_methods
+    assert np.array_equal(Y, layer(Q, K, V, method=layer.method_, **gates))
+    for m in (x for x in registry.method_names() if x != "auto" and x not in layer.supported_methods):
+        with pytest.raises(ValueError, match="supported") as info:
+            layer(Q, K, V, method=m, **gates)
+        assert all(repr(ok) in str(info.value) for ok in layer.supported_methods), (name, m)
