@@ -13,7 +13,10 @@ Tolerances:
 fla's naive files are loaded by path (fla's package ``__init__`` imports Triton, absent on the CPU).
 Where fla-core 0.5.2 has no naive reference (the gated Oja rule: a Triton kernel only; the
 preconditioned delta rule: on fla's main branch only) the reference here is a line-by-line
-transcription of fla's code, cited at the function.
+transcription of fla's code, cited at the function. Comba has no recipe of its own: with p = k it is
+Gated DeltaNet, for any p the DPLR rows of ``rwkv7()``; fla-core 0.5.2's recurrent and chunk Comba
+references are two different recursions (decayed vs undecayed error read), each matched (see the Comba
+block).
 """
 
 import importlib.util
@@ -79,7 +82,9 @@ def test_kda_equals_fla_naive_recurrent_and_chunk():
     beta = rng.uniform(0.2, 1.0, (B, H, T))
     scale = DK**-0.5
     Y, state = _ours(tt.recipes.kda(), Q * scale, K, V, log_alpha=g, beta=beta)
-    args = [_bthd(torch, x) for x in (Q, K, V, g)] + [torch.tensor(np.swapaxes(beta, 1, 2), dtype=torch.float32)]
+    args = [_bthd(torch, x) for x in (Q, K, V, g)] + [
+        torch.tensor(np.swapaxes(beta, 1, 2), dtype=torch.float32)
+    ]
     o, S = fla.naive_recurrent_kda(*args, scale=scale, output_final_state=True)
     _report("kda vs naive_recurrent_kda", float(np.abs(Y - np.swapaxes(o.numpy(), 1, 2)).max()))
     _report("kda state (M = S^T)", float(np.abs(state.M - np.swapaxes(S.numpy(), -1, -2)).max()))
@@ -191,6 +196,81 @@ def test_rwkv7_step_is_a_preconditioned_sgd_step_with_decoupled_decay(rng):
     grad = np.outer(M0 @ kap, kap) - np.outer(v, k / eta)
     ref = M0 * al - grad * eta
     assert np.abs(st.M - ref).max() < TOL_F64 * np.abs(ref).max()
+
+
+# --- Comba ----------------------------------------------------------------------------------------------
+# fla-core 0.5.2 ships two Comba references that are NOT the same recursion (they differ by 8e-2 on these
+# inputs; measured in the tests below):
+# * naive_recurrent_comba: S <- exp(g) S; u = beta (v - S^T p); S <- S + k u^T. In the memory layout
+#   (M = S^T): M_t = M' + beta_t (v_t - M' p_t) k_t^T, M' = alpha_t M_{t-1}: the delta step on the newest
+#   pair's error read at p_t from the decayed memory, written along k_t. With p = k it is Gated DeltaNet
+#   (the issue's "Comba with p = k").
+# * naive_chunk_comba reads the error from the undecayed memory (its W uses the exclusive decay cumsum):
+#   M_t = alpha_t M_{t-1} + beta_t (v_t - M_{t-1} p_t) k_t^T, the decay decoupled from the error as in
+#   RWKV-7 (with p = k this is not Gated DeltaNet).
+# Both are the DPLR form M_{t-1}(alpha I + a b^T) + beta v k^T with b = k and a = -c beta p, c = alpha_t
+# (recurrent) or 1 (chunk): rwkv7() with key rows (k, -p, k), beta rows (beta, c beta, 1), value rows
+# (v, 0, 0) and the scalar gate on every channel.
+def _comba_inputs(rng):
+    Q, K, P = (_unit(rng, (B, H, T, DK)) for _ in range(3))
+    V = rng.standard_normal((B, H, T, DV))
+    beta = rng.uniform(0.2, 1.0, (B, H, T))
+    g = -rng.uniform(0.0, 0.5, (B, H, T))
+    return Q, K, V, P, beta, g
+
+
+def _fla_comba(torch, fla, Q, K, V, P, beta, g, scale):
+    """fla's naive_recurrent_comba (output, final state) and naive_chunk_comba (output) on (B, H, T, d)
+    arrays; outputs (B, H, T, d_v), state [B, H, K, V]."""
+    q, k, v, p = (_bthd(torch, x) for x in (Q, K, V, P))
+    bt, gt = (torch.tensor(np.swapaxes(x, 1, 2), dtype=torch.float32) for x in (beta, g))
+    o, S = fla.naive_recurrent_comba(q, k, v, p, beta=bt, g=gt, scale=scale, output_final_state=True)
+    o2, _ = fla.naive_chunk_comba(q, k, v, p, g=gt, beta=bt, chunk_size=16, scale=scale)
+    return np.swapaxes(o.numpy(), 1, 2), np.swapaxes(o2.numpy(), 1, 2), S.numpy()
+
+
+def _comba_as_dplr(Q, K, V, P, beta, g, scale, decayed_read):
+    """rwkv7()'s DPLR layer on Comba's rows (see the block comment), float32."""
+    c = np.exp(g) if decayed_read else np.ones_like(g)
+    rows = interleave(K, -P, K)
+    brows = interleave(beta, c * beta, np.ones_like(beta), scalar=True)
+    Vrows = interleave(V, np.zeros_like(V), np.zeros_like(V))
+    gk = np.repeat(g[..., None], DK, -1)
+    return _ours(tt.recipes.rwkv7(), Q * scale, rows, Vrows, log_alpha=gk, beta=brows)
+
+
+def test_comba_with_p_equal_k_is_gated_deltanet_as_fla_naive_recurrent():
+    torch = pytest.importorskip("torch")
+    fla = _fla("comba")
+    rng = np.random.default_rng(5)
+    Q, K, V, _, beta, g = _comba_inputs(rng)
+    scale = DK**-0.5
+    o, o2, S = _fla_comba(torch, fla, Q, K, V, K, beta, g, scale)
+    Y, state = _ours(tt.recipes.gated_deltanet(), Q * scale, K, V, log_alpha=g, beta=beta)
+    _report("gated_deltanet vs naive_recurrent_comba(p=k)", float(np.abs(Y - o).max()))
+    _report("gated_deltanet state (M = S^T)", float(np.abs(state.M - np.swapaxes(S, -1, -2)).max()))
+    # fla's chunk reference reads the undecayed memory: not Gated DeltaNet, but the decoupled DPLR form
+    assert float(np.abs(Y - o2).max()) > 1e-2
+    Yc, _ = _comba_as_dplr(Q, K, V, K, beta, g, scale, decayed_read=False)
+    _report("decoupled delta (DPLR rows) vs naive_chunk_comba(p=k)", float(np.abs(Yc - o2).max()))
+
+
+def test_comba_with_any_p_is_the_dplr_form_as_fla_naive():
+    torch = pytest.importorskip("torch")
+    fla = _fla("comba")
+    rng = np.random.default_rng(6)
+    Q, K, V, P, beta, g = _comba_inputs(rng)
+    scale = DK**-0.5
+    o, o2, S = _fla_comba(torch, fla, Q, K, V, P, beta, g, scale)
+    Y, state = _comba_as_dplr(Q, K, V, P, beta, g, scale, decayed_read=True)
+    _report("rwkv7 (Comba rows, decayed read) vs naive_recurrent_comba", float(np.abs(Y - o).max()))
+    _report("rwkv7 (Comba rows) state (M = S^T)", float(np.abs(state.M - np.swapaxes(S, -1, -2)).max()))
+    Yc, _ = _comba_as_dplr(Q, K, V, P, beta, g, scale, decayed_read=False)
+    _report("rwkv7 (Comba rows, undecayed read) vs naive_chunk_comba", float(np.abs(Yc - o2).max()))
+    # the two fla references differ, and p != k matters (Gated DeltaNet is O(1e-1) away)
+    assert float(np.abs(o - o2).max()) > 1e-2
+    Yg, _ = _ours(tt.recipes.gated_deltanet(), Q * scale, K, V, log_alpha=g, beta=beta)
+    assert float(np.abs(Yg - o).max()) > 1e-2
 
 
 # --- preconditioned delta rule ------------------------------------------------------------------------
