@@ -152,6 +152,23 @@ def test_gdn2_with_equal_scalar_gates_is_kda(rng):
     assert np.abs(y - ref).max() < TOL_F64 * np.abs(ref).max()
 
 
+def test_gdn2_step_is_preconditioned_sgd_on_the_gated_value_regressed_on_the_erase_key(rng):
+    """From a warm start M_0 (float64): M_1 = M' - grad l(M') Diag(b)^-1, M' = M_0 Diag(alpha),
+    l(M) = 1/2 ||w * v - M (b * k)||^2, grad l(M) = -(w * v - M (b * k)) (b * k)^T, for b > 0 (the
+    docstring's objective, written out; 1e-12 relative: a handful of roundings)."""
+    M0 = rng.standard_normal((DV, DK))
+    k, v = _unit(rng, (DK,)), rng.standard_normal(DV)
+    al, b, wg = rng.uniform(0.5, 1.0, DK), rng.uniform(0.2, 1.0, DK), rng.uniform(0.2, 1.0, DV)
+    _, st = tt.recipes.gdn2()(k[None], interleave(k[None], b[None]), interleave(v[None], wg[None]),
+                              alpha=al[None], initial_state=tt.optimizers.MemoryState(M0),
+                              return_state=True)  # fmt: skip
+    Mp = M0 * al
+    kt = b * k
+    grad = -np.outer(wg * v - Mp @ kt, kt)
+    ref = Mp - grad / b
+    assert np.abs(st.M - ref).max() < TOL_F64 * np.abs(ref).max()
+
+
 # --- DPLR / IPLR / RWKV-7 -----------------------------------------------------------------------------
 def _dplr_inputs(rng):
     Q, K = _unit(rng, (B, H, T, DK)), _unit(rng, (B, H, T, DK))
