@@ -384,7 +384,9 @@ def parallax(probe=None, scale=None):
     r"""Parallax: softmax attention minus :math:`\mathrm{Cov}_p(v, k)\,r_t`, a probe-corrected NW.
 
     With :math:`r = \Sigma^{-1}(\bar k - q)` (``probe="local_linear"``) it is local linear attention; a
-    (d_k, d_k) ``probe`` W gives :math:`r_t = W q_t`; ``None`` is softmax attention.
+    (d_k, d_k) ``probe`` W gives :math:`r_t = W q_t`; ``None`` is softmax attention. Any scalar weights
+    run it (``Gated`` gates, windows, ``SinkWindow`` with its sinks kept: ``TestTimeRegression(weights,
+    Parallax(...), ClosedForm())``); the means and the covariance are then taken under those weights.
     Paper row: Parallax (arXiv 2605.29157), softmax weights x local linear (given slope) x closed form.
     """
     from .regressors.parallax import Parallax
