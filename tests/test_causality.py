@@ -5,7 +5,9 @@ must leave every output before s *bit-for-bit* unchanged (``np.array_equal``, no
 method never lets a later row enter an earlier output, not even through rounding (a dense solve mixing the
 rows of a triangular system, a normaliser or a max taken over the whole sequence, a chunk-wide reduction
 would all show up here). The cases are generated from ``tt.recipes.registry()`` and each layer's
-``supported_methods``, so a newly registered method (``"chunked"``) is covered as soon as it lands.
+``supported_methods``, so a newly registered method (``"chunked"``) is covered as soon as it lands, plus
+the catalogue-only recipes whose causal call needs per-token inputs or is causal-only (PaTH, DeltaFormer:
+:data:`CATALOGUE_CAUSAL`).
 
 The helpers :func:`make_layer`, :func:`make_inputs` and :func:`chunk_sizes` are shared with
 ``test_registry.py``.
