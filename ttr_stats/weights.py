@@ -309,7 +309,8 @@ class SinkWindow(GatedWindow):
     mask. ``sinks=0`` is :class:`GatedWindow` exactly.
 
     In a layer the kernel smoothers (softmax / Nadaraya-Watson and local polynomial regressors: every
-    method, ``"tiled"`` included, whose tile skipping keeps the sink tiles) and the generic recurrent loop
+    method, ``"tiled"`` included, whose tile skipping keeps the sink tiles), Parallax (both methods) and
+    the generic recurrent loop
     of the additive-statistics optimizers (linear attention, least squares: the loop downdates the pair
     leaving the window only when it is not a sink) run it exactly; a method that would drop the sinks is
     refused with an error naming these weights (its registry entry has ``sinks=False``). The memory of
