@@ -24,6 +24,17 @@ tile's logits and ``TM`` rows x ``DVT`` value columns of the accumulator (regist
 from shared memory per ``TM^2`` multiply-adds). A non-causal call (every query reads the last memory)
 visits every key tile with the last step's per-key log-weights.
 
+Two variants (:data:`VARIANT`). ``"v1"`` is the above. ``"v2"`` (``nw_forward2``, the default) has query
+tiles longer than key tiles (float32: 128 queries x 64 keys, 128 threads; float64: 64 x 32; see
+:data:`CONFIGS`, :data:`SWEEP`), each thread owning ``RM`` rows x ``RN`` keys of the logits and ``RM`` rows x
+``DVT`` columns of the accumulator (16 multiply-adds per 16-byte shared load, twice v1's; row-major tiles
+with conflict-free strides), logits in log2 units (log2 e folded into the scale, ``exp2``), the normaliser
+rescaled once per key tile and summed across threads once at the end, and the gate sums of key tiles
+before the query tile read from three block-local arrays computed once per call (:func:`tile_sums`:
+prefixes within query tiles, suffixes within key tiles, tile totals), so that per pair the log-weight is
+two adds; key tiles inside the query tile form running sums per key column as v1's diagonal does. v2 covers
+every case v1 does; where its tiles do not fit shared memory it falls back to v1.
+
 Operands are prepared by :func:`operands` (the same for the kernel and :func:`fused_nw_reference`):
 ``Q, K, V`` as (BH, T, d), the log-gates ``g`` and the log write strengths ``logb`` as (BH, T_k), the logit
 scale. QKNorm is already applied to the Problem's queries and keys (the regressor's ``prepare``); a
@@ -54,7 +65,15 @@ import math
 
 import array_api_compat
 
-__all__ = ["ENABLED", "nadaraya_watson", "operands", "forward", "fused_nw_reference", "tile_length"]
+__all__ = [
+    "ENABLED",
+    "VARIANT",
+    "nadaraya_watson",
+    "operands",
+    "forward",
+    "fused_nw_reference",
+    "tile_length",
+]
 
 #: set False to run the array form of ``method="tiled"`` on CuPy as well (the tests compare the two)
 ENABLED = True
@@ -367,10 +386,275 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         }
     }
 }
+
+// ---- variant "v2": register tiles of RM query rows x RN keys, key tiles of BK = NTX * RN, query tiles of
+// BQ = NTY * RM (a multiple of BK), NTY * NTX threads. Thread (ty, tx) owns the query rows ty + NTY * a,
+// the keys tx + NTX * b of each key tile (conflict-free 16-byte reads of the row-major key tile: its row
+// length in 16-byte units is odd) and the value columns tx * W + NTX * W * c + w (W = 16 / sizeof(T)).
+// Logits are in log2 units (log2 e folded into tau2 and the log-weights): p = exp2(v - max). Gated calls
+// read three precomputed block-local gate sums: PRE (inclusive prefix within each query tile), SUF
+// (exclusive suffix within each key tile), TOT (each key tile's total); a key tile inside the query tile
+// forms its gate sums as running sums per key column in shared memory (segsum's order). vec: bit 1 - Q / K
+// rows are 16-byte aligned (d_k % W == 0), bit 2 - V rows are (d_v % W == 0).
+template <typename T> __device__ __forceinline__ T ex2(T x);
+template <> __device__ __forceinline__ float ex2<float>(float x) { return exp2f(x); }
+template <> __device__ __forceinline__ double ex2<double>(double x) { return exp2(x); }
+
+template <typename T, int N>
+__device__ __forceinline__ void load_row(const T* __restrict__ src, int n_valid, bool vec, T* o) {
+    if (vec && n_valid >= N) {
+        Vec<T, N>::load(src, o);
+    } else {
+#pragma unroll
+        for (int w = 0; w < N; ++w) o[w] = (w < n_valid) ? src[w] : T(0);
+    }
+}
+
+template <typename T, int NTY, int NTX, int RM, int RN, int DVT>
+__global__ void __launch_bounds__(NTY * NTX) nw_forward2(
+    const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
+    const T* __restrict__ G, const T* __restrict__ LB, const T* __restrict__ PRE,
+    const T* __restrict__ SUF, const T* __restrict__ TOT, T* __restrict__ Y,
+    const int BH, const int Tq, const int Tk, const int dk, const int dv,
+    const T tau2, const int causal, const int window, const int gated, const int sinks, const int vec)
+{
+    constexpr int NTH = NTY * NTX;
+    constexpr int W = 16 / (int)sizeof(T);
+    constexpr int BQ = NTY * RM, BK = NTX * RN;
+    constexpr int DVP = NTX * DVT;
+    constexpr int LDP = BK + 32 / (int)sizeof(T);  // weights' row: conflict-free scalar stores
+    static_assert(BQ % BK == 0, "a key tile lies before or inside a query tile");
+    static_assert(BK % W == 0 && DVT % W == 0 && 32 % NTX == 0 && NTH % 32 == 0, "tile shape");
+    const T NEG = neg_inf<T>();
+    const T L2E = T(1.4426950408889634);
+    const int dkp = (dk + W - 1) / W * W;
+    const int LDK = ((dkp / W) % 2 == 0) ? dkp + W : dkp;  // odd in 16-byte units
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* Qs = reinterpret_cast<T*>(smem_raw);  // (BQ, LDK) the query tile, zero past dk
+    T* Ks = Qs + BQ * LDK;                   // (BK, LDK) the key tile
+    T* Vs = Ks + BK * LDK;                   // (BK, DVP) the value tile, zero past dv
+    T* Ps = Vs + BK * DVP;                   // (BQ, LDP) weights; first the in-tile gate sums
+    T* gq = Ps + BQ * LDP;                   // (BQ) the query tile's log-gates
+    T* preq = gq + BQ;                       // (BQ) PRE of the query tile
+    T* keyk = preq + BQ;                     // (BK) (SUF +) log write strength, times log2 e; -inf past Tk
+
+    const int nqt = (Tq + BQ - 1) / BQ;
+    const long long idx = blockIdx.x;
+    const int bh = (int)(idx % BH);
+    const int qt = causal ? nqt - 1 - (int)(idx / BH) : (int)(idx / BH);  // causal: heavy tiles first
+    const int q0 = qt * BQ;
+    const int tid = threadIdx.x;
+    const int tx = tid % NTX, ty = tid / NTX;
+    const bool gsum = causal && gated;
+    const bool vqk = (vec & 1) != 0, vv = (vec & 2) != 0;
+
+    const T* Qb = Q + (size_t)bh * Tq * dk;
+    const T* Kb = K + (size_t)bh * Tk * dk;
+    const T* Vb = V + (size_t)bh * Tk * dv;
+    const T* Gb = G + (size_t)bh * Tk;
+    const T* LBb = LB + (size_t)bh * Tk;
+    const int nch = dkp / W, nvc = DVP / W;  // 16-byte chunks of a query / key row, of a value row
+
+    for (int e = tid; e < BQ * nch; e += NTH) {
+        const int r = e / nch, c = (e - r * nch) * W;
+        const int t = q0 + r;
+        T v[W];
+        load_row<T, W>(Qb + (size_t)t * dk + c, (t < Tq) ? dk - c : 0, vqk, v);
+        Vec<T, W>::store(Qs + r * LDK + c, v);
+    }
+    if (gsum)
+        for (int r = tid; r < BQ; r += NTH) {
+            const int t = q0 + r;
+            gq[r] = (t < Tk) ? Gb[t] : T(0);
+            preq[r] = (t < Tq) ? PRE[(size_t)bh * Tq + t] : T(0);
+        }
+
+    T acc[RM][DVT];
+    T m[RM], lp[RM];  // running max (log2 units) and this thread's part of the normaliser
+#pragma unroll
+    for (int a = 0; a < RM; ++a) {
+        m[a] = NEG;
+        lp[a] = T(0);
+#pragma unroll
+        for (int j = 0; j < DVT; ++j) acc[a][j] = T(0);
+    }
+    T mid = T(0);  // sum of the totals of the key tiles strictly between kt and the query tile
+
+    const int nkt = (Tk + BK - 1) / BK;
+    const int kt_hi = causal ? (min(q0 + BQ, Tk) - 1) / BK : nkt - 1;
+    const int last_sink_tile = (causal && window > 0 && sinks > 0) ? (sinks - 1) / BK : -1;
+    for (int kt = kt_hi; kt >= 0; --kt) {
+        if (causal && window > 0 && q0 - (kt * BK + BK - 1) >= window && kt > last_sink_tile) {
+            if (last_sink_tile < 0) break;  // every pair of this tile and of all earlier ones is outside
+            if (gsum)
+                for (int j = kt; j > last_sink_tile; --j) mid += TOT[(size_t)bh * nkt + j];
+            kt = last_sink_tile;  // go on at the last tile holding a sink
+        }
+        const int k0 = kt * BK;
+        const bool before = causal && k0 < q0;  // else: inside the query tile (causal) or non-causal
+        const bool diag = causal && !before;
+        if (gsum && before && mid == NEG) break;  // behind a hard reset: every earlier weight is 0
+        __syncthreads();  // the previous tile's reads of Ks / Vs / Ps / keyk are done
+        for (int e = tid; e < BK * nch; e += NTH) {
+            const int r = e / nch, c = (e - r * nch) * W;
+            const int t = k0 + r;
+            T v[W];
+            load_row<T, W>(Kb + (size_t)t * dk + c, (t < Tk) ? dk - c : 0, vqk, v);
+            Vec<T, W>::store(Ks + r * LDK + c, v);
+        }
+        for (int e = tid; e < BK * nvc; e += NTH) {
+            const int r = e / nvc, c = (e - r * nvc) * W;
+            const int t = k0 + r;
+            T v[W];
+            load_row<T, W>(Vb + (size_t)t * dv + c, (t < Tk) ? dv - c : 0, vv, v);
+            Vec<T, W>::store(Vs + r * DVP + c, v);
+        }
+        for (int n = tid; n < BK; n += NTH) {
+            const int i = k0 + n;
+            T lb = (i < Tk) ? LBb[i] : NEG;
+            if (gsum && before && i < Tk) lb = SUF[(size_t)bh * Tk + i] + lb;
+            keyk[n] = lb * L2E;
+            if (gsum && diag) {  // column n: sum_{j=i+1}^{t} g_j for t >= i, in segsum's order
+                const int ri = i - q0;
+                T u = T(0);
+                Ps[ri * LDP + n] = T(0);
+                for (int r = ri + 1; r < BQ; ++r) {
+                    u += gq[r];
+                    Ps[r * LDP + n] = u;
+                }
+            }
+        }
+        __syncthreads();
+
+        T s[RM][RN];
+#pragma unroll
+        for (int a = 0; a < RM; ++a)
+#pragma unroll
+            for (int b = 0; b < RN; ++b) s[a][b] = T(0);
+        for (int k = 0; k < dkp; k += W) {
+            T kv[RN][W];
+#pragma unroll
+            for (int b = 0; b < RN; ++b) Vec<T, W>::load(Ks + (tx + NTX * b) * LDK + k, kv[b]);
+#pragma unroll
+            for (int a = 0; a < RM; ++a) {
+                T qv[W];
+                Vec<T, W>::load(Qs + (ty + NTY * a) * LDK + k, qv);
+#pragma unroll
+                for (int b = 0; b < RN; ++b)
+#pragma unroll
+                    for (int w = 0; w < W; ++w) s[a][b] += qv[w] * kv[b][w];
+            }
+        }
+        const bool wedge = causal && window > 0 && (q0 + BQ - 1) - k0 >= window;  // a pair outside it
+        T kterm[RN];
+#pragma unroll
+        for (int b = 0; b < RN; ++b) kterm[b] = keyk[tx + NTX * b];
+#pragma unroll
+        for (int a = 0; a < RM; ++a) {
+            const int r = ty + NTY * a;
+            const T rterm = (gsum && before) ? (preq[r] + mid) * L2E : T(0);
+            T rmax = NEG;
+#pragma unroll
+            for (int b = 0; b < RN; ++b) {
+                const int n = tx + NTX * b;
+                T lg = rterm + kterm[b];
+                if (diag || wedge) {
+                    const int t = q0 + r, i = k0 + n;
+                    if (diag) {
+                        if (i > t) lg = NEG;
+                        else if (gsum) lg = Ps[r * LDP + n] * L2E + kterm[b];
+                    }
+                    if (wedge && t - i >= window && i >= sinks) lg = NEG;
+                }
+                const T v = (lg == NEG) ? NEG : lg + tau2 * s[a][b];  // masked: -inf whatever the logit
+                s[a][b] = v;
+                rmax = mx(rmax, v);
+            }
+#pragma unroll
+            for (int off = NTX / 2; off > 0; off >>= 1)
+                rmax = mx(rmax, __shfl_xor_sync(0xffffffffu, rmax, off));
+            const T mn = mx(m[a], rmax);
+            const T sh = (mn == NEG) ? T(0) : mn;  // a row with no pair yet: weights exp2(-inf) = 0
+            const T scale = ex2(m[a] - sh);         // 0 while the row had no pair (m = -inf)
+            T rs = T(0);
+#pragma unroll
+            for (int b = 0; b < RN; ++b) {
+                const T p = ex2(s[a][b] - sh);
+                s[a][b] = p;
+                rs += p;
+            }
+            lp[a] = lp[a] * scale + rs;
+            m[a] = mn;
+#pragma unroll
+            for (int j = 0; j < DVT; ++j) acc[a][j] *= scale;
+        }
+        // each thread overwrites only the gate sums it read itself: no barrier between
+#pragma unroll
+        for (int a = 0; a < RM; ++a)
+#pragma unroll
+            for (int b = 0; b < RN; ++b) Ps[(ty + NTY * a) * LDP + tx + NTX * b] = s[a][b];
+        __syncthreads();
+        for (int n0 = 0; n0 < BK; n0 += W) {
+            T pv[RM][W];
+#pragma unroll
+            for (int a = 0; a < RM; ++a) Vec<T, W>::load(Ps + (ty + NTY * a) * LDP + n0, pv[a]);
+#pragma unroll
+            for (int w = 0; w < W; ++w) {
+#pragma unroll
+                for (int c = 0; c < DVT / W; ++c) {
+                    T vw[W];
+                    Vec<T, W>::load(Vs + (n0 + w) * DVP + tx * W + NTX * W * c, vw);
+#pragma unroll
+                    for (int a = 0; a < RM; ++a)
+#pragma unroll
+                        for (int j = 0; j < W; ++j) acc[a][c * W + j] += pv[a][w] * vw[j];
+                }
+            }
+        }
+        if (gsum && before) mid += TOT[(size_t)bh * nkt + kt];
+    }
+
+    T* Yb = Y + (size_t)bh * Tq * dv;
+#pragma unroll
+    for (int a = 0; a < RM; ++a) {
+        T l = lp[a];
+#pragma unroll
+        for (int off = NTX / 2; off > 0; off >>= 1) l += __shfl_xor_sync(0xffffffffu, l, off);
+        const int t = q0 + ty + NTY * a;
+        if (t >= Tq) continue;
+        const T den = (l > T(0)) ? l : T(1);  // no pair of positive weight: reads 0
+#pragma unroll
+        for (int c = 0; c < DVT / W; ++c)
+#pragma unroll
+            for (int j = 0; j < W; ++j) {
+                const int col = tx * W + NTX * W * c + j;
+                if (col < dv) Yb[(size_t)t * dv + col] = acc[a][c * W + j] / den;
+            }
+    }
+}
 """
 
 _DTYPES = {"float32": "float", "float64": "double"}
 _MODULES: dict = {}
+
+#: which kernel :func:`forward` runs by default: ``"v2"`` (register tiles of ``RM`` x ``RN``, query tiles
+#: longer than key tiles, exp2 with log2 e folded in, precomputed gate sums) or ``"v1"`` (square ``C``-long
+#: tiles, 16 x 16 threads; kept so that a GPU run can compare). v2 falls back to v1 where its tiles do not
+#: fit shared memory.
+VARIANT = "v2"
+
+#: v2's default tile shape per dtype, ``(NTY, NTX, RM, RN)``: ``NTY * NTX`` threads, query tiles of
+#: ``BQ = NTY * RM`` rows, key tiles of ``BK = NTX * RN`` (``BQ % BK == 0``, ``NTX`` divides 32)
+CONFIGS = {"float32": (16, 8, 8, 8), "float64": (16, 8, 4, 4)}
+
+#: shapes ``benchmarks/gpu_fused_nw.py`` sweeps (each must satisfy the constraints of :data:`CONFIGS`)
+SWEEP = {
+    "float32": ((16, 8, 8, 8), (16, 8, 4, 8), (32, 8, 4, 8), (8, 8, 8, 8), (16, 8, 8, 4), (32, 4, 4, 8)),
+    "float64": ((16, 8, 4, 4), (16, 8, 4, 8), (16, 8, 2, 4), (8, 8, 4, 4)),
+}
+
+#: most accumulator entries (``RM * DVT``) a v2 thread holds in float32 (double: half): beyond it RM halves
+_MAX_ACC = 64
 
 
 def _dvt(dv):
@@ -404,12 +688,69 @@ def _shared_limit():
     return int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
 
 
+def _v2_shape(dtype_name, dk, dv, limit_bytes, config=None):
+    """v2's template arguments ``(NTY, NTX, RM, RN, DVT)`` and shared bytes for a call, or ``None`` where its
+    tiles do not fit ``limit_bytes`` (or ``dv > MAX_DV``)."""
+    if dtype_name not in _DTYPES or dv > MAX_DV or dk < 1 or dv < 1:
+        return None
+    itemsize = 4 if dtype_name == "float32" else 8
+    W = 16 // itemsize
+    NTY, NTX, RM, RN = config or CONFIGS[dtype_name]
+    DVT = W * -(-dv // (NTX * W))
+    if config is None:
+        while RM * DVT * itemsize > _MAX_ACC * 4 and NTY * RM // 2 >= NTX * RN and RM > 1:
+            RM //= 2  # wide values: fewer rows a thread, so that the accumulator stays in registers
+    BQ, BK = NTY * RM, NTX * RN
+    if BQ % BK or BK % W or 32 % NTX or (NTY * NTX) % 32:
+        raise ValueError(f"config {(NTY, NTX, RM, RN)}: needs BQ % BK == 0, BK % {W} == 0, NTX | 32")
+    dkp = -(-dk // W) * W
+    LDK = dkp + W if (dkp // W) % 2 == 0 else dkp
+    LDP = BK + 32 // itemsize
+    words = (BQ + BK) * LDK + BK * NTX * DVT + BQ * LDP + 2 * BQ + BK
+    if words * itemsize > limit_bytes:
+        return None
+    return (NTY, NTX, RM, RN, DVT), words * itemsize
+
+
+def tile_sums(xp, g, BQ, BK, Tq):
+    """v2's gate sums, all block-local: ``PRE`` (BH, T_q) the inclusive prefix of g within each query tile
+    of ``BQ``, ``SUF`` (BH, T_k) the exclusive suffix within each key tile of ``BK`` (a shifted inclusive
+    suffix, never a difference), ``TOT`` (BH, n_key_tiles) each key tile's total."""
+    BH, Tk = g.shape
+    dev = array_api_compat.device(g)
+
+    def tiles(n, B):
+        nt = -(-n // B)
+        x = g[:, : min(n, Tk)]
+        pad = nt * B - x.shape[1]
+        if pad:
+            x = xp.concat([x, xp.zeros((BH, pad), dtype=g.dtype, device=dev)], axis=-1)
+        return xp.reshape(x, (BH, nt, B))
+
+    pre = xp.reshape(xp.cumsum(tiles(Tq, BQ), axis=-1), (BH, -1))[:, :Tq]
+    incl = xp.flip(xp.cumsum(xp.flip(tiles(Tk, BK), axis=-1), axis=-1), axis=-1)  # sum_{j=i}^{end}
+    zero = xp.zeros(incl.shape[:2] + (1,), dtype=g.dtype, device=dev)
+    suf = xp.reshape(xp.concat([incl[..., 1:], zero], axis=-1), (BH, -1))[:, :Tk]
+    return pre, suf, incl[..., 0]
+
+
 def _kernel(tname, TM, DVT):
     key = (tname, TM, DVT)
     if key not in _MODULES:
         import cupy
 
         name = f"nw_forward<{tname}, {TM}, {DVT}>"
+        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
+        _MODULES[key] = mod.get_function(name)
+    return _MODULES[key]
+
+
+def _kernel2(tname, shape):
+    key = (tname,) + tuple(shape)
+    if key not in _MODULES:
+        import cupy
+
+        name = f"nw_forward2<{tname}, {', '.join(str(x) for x in shape)}>"
         mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
         _MODULES[key] = mod.get_function(name)
     return _MODULES[key]
@@ -517,9 +858,66 @@ def _disable(exc):
     )
 
 
-def forward(xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=None):
+def forward(
+    xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=None, variant=None, config=None
+):
     """Run the kernel on the operands of :func:`operands` (CuPy); ``(BH, T_q, d_v)`` or ``None`` where the
-    tile does not fit shared memory. ``C``: a tile length of :data:`TILES` to prefer (default 64)."""
+    tile does not fit shared memory. ``variant``: ``"v1"`` or ``"v2"`` (default :data:`VARIANT`); v1's
+    ``C``: a tile length of :data:`TILES` to prefer (default 64); v2's ``config``: ``(NTY, NTX, RM, RN)``
+    (default :data:`CONFIGS`). Passing ``C`` alone selects v1."""
+    variant = variant or ("v1" if C is not None else VARIANT)
+    if variant not in ("v1", "v2"):
+        raise ValueError(f"variant must be 'v1' or 'v2', not {variant!r}")
+    if variant == "v2":
+        Y = _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config)
+        if Y is not None or config is not None:
+            return Y
+    return _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C)
+
+
+def _aligned(cupy, x, dt):
+    """C-contiguous, of dtype ``dt``, its data 16-byte aligned (a view into another array may not be)."""
+    x = cupy.ascontiguousarray(x, dtype=dt)
+    return x if x.data.ptr % 16 == 0 else x.copy()
+
+
+def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
+    import cupy
+
+    BH, Tq, dk = Q.shape
+    Tk, dv = V.shape[-2], V.shape[-1]
+    dt = Q.dtype
+    tname = _DTYPES[str(dt)]
+    got = _v2_shape(str(dt), dk, dv, _shared_limit(), config)
+    if got is None:
+        return None
+    shape, smem = got
+    NTY, NTX, RM, RN, DVT = shape
+    Qf, Kf, Vf, gf, lf = (_aligned(cupy, x, dt) for x in (Q, K, V, g, logb))
+    if causal and gated:
+        pre, suf, tot = (cupy.ascontiguousarray(x) for x in tile_sums(cupy, gf, NTY * RM, NTX * RN, Tq))
+    else:
+        pre = suf = tot = gf  # never read
+    Y = cupy.empty((BH, Tq, dv), dtype=dt)
+    kern = _kernel2(tname, shape)
+    if smem > 48 * 1024:
+        kern.max_dynamic_shared_size_bytes = smem
+    W = 16 // dt.itemsize
+    vec = (1 if dk % W == 0 else 0) | (2 if dv % W == 0 else 0)
+    nqt = -(-Tq // (NTY * RM))
+    i32 = cupy.int32
+    scal = cupy.float32 if tname == "float" else cupy.float64
+    args = (Qf, Kf, Vf, gf, lf, pre, suf, tot, Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
+    flags = (i32(int(causal)), i32(int(window)), i32(int(gated)), i32(int(sinks)), i32(vec))
+    args += (scal(tau * _LOG2E),) + flags
+    kern((BH * nqt,), (NTY * NTX,), args, shared_mem=smem)
+    return Y
+
+
+_LOG2E = 1.4426950408889634
+
+
+def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C):
     import cupy
 
     BH, Tq, dk = Q.shape
