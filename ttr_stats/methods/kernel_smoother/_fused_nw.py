@@ -54,9 +54,11 @@ form no gate sums at all. Inputs are validated by the layer (finite entries); fr
 gives finite outputs (a row without a pair of positive weight reads 0, as ``normalised_weights`` does).
 
 Trust: :func:`fused_nw_reference` equals ``method="parallel"`` to 1e-10 (float64) on the host, the CUDA
-source itself run on the host by ``tests/cuda_on_host.py`` equals the reference, and on a GPU
-``tests/test_fused_nw.py`` compares the kernel with both; ``benchmarks/gpu_tiled.py`` times it against
-torch SDPA. Not yet measured on a GPU at the time of writing.
+source itself (both variants) run on the host by ``tests/cuda_on_host.py`` equals the reference, and on a
+GPU ``tests/test_fused_nw.py`` (v1, and the default through the layers) and ``tests/test_fused_nw_tiled.py``
+(v2, every shape of :data:`SWEEP`) compare the kernel with both; ``benchmarks/gpu_tiled.py`` times the
+layer against torch SDPA, ``benchmarks/gpu_fused_nw.py`` both variants and v2's tile shapes against torch
+SDPA and fla. v1 was measured on an H200 (docs/benchmarks.md); v2 not yet at the time of writing.
 """
 
 from __future__ import annotations
@@ -397,7 +399,15 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
 // forms its gate sums as running sums per key column in shared memory (segsum's order). vec: bit 1 - Q / K
 // rows are 16-byte aligned (d_k % W == 0), bit 2 - V rows are (d_v % W == 0).
 template <typename T> __device__ __forceinline__ T ex2(T x);
+#ifdef __CUDA_ARCH__  // the MUFU approximation (relative error ~2^-22; a result below 2^-126 reads 0)
+template <> __device__ __forceinline__ float ex2<float>(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#else
 template <> __device__ __forceinline__ float ex2<float>(float x) { return exp2f(x); }
+#endif
 template <> __device__ __forceinline__ double ex2<double>(double x) { return exp2(x); }
 
 template <typename T, int N>
@@ -716,6 +726,7 @@ def tile_sums(xp, g, BQ, BK, Tq):
     """v2's gate sums, all block-local: ``PRE`` (BH, T_q) the inclusive prefix of g within each query tile
     of ``BQ``, ``SUF`` (BH, T_k) the exclusive suffix within each key tile of ``BK`` (a shifted inclusive
     suffix, never a difference), ``TOT`` (BH, n_key_tiles) each key tile's total."""
+    xp = array_api_compat.array_namespace(g)  # the compatible namespace (raw CuPy has no concat)
     BH, Tk = g.shape
     dev = array_api_compat.device(g)
 
@@ -727,8 +738,8 @@ def tile_sums(xp, g, BQ, BK, Tq):
             x = xp.concat([x, xp.zeros((BH, pad), dtype=g.dtype, device=dev)], axis=-1)
         return xp.reshape(x, (BH, nt, B))
 
-    pre = xp.reshape(xp.cumsum(tiles(Tq, BQ), axis=-1), (BH, -1))[:, :Tq]
-    incl = xp.flip(xp.cumsum(xp.flip(tiles(Tk, BK), axis=-1), axis=-1), axis=-1)  # sum_{j=i}^{end}
+    pre = xp.reshape(xp.cumulative_sum(tiles(Tq, BQ), axis=-1), (BH, -1))[:, :Tq]
+    incl = xp.flip(xp.cumulative_sum(xp.flip(tiles(Tk, BK), axis=-1), axis=-1), axis=-1)  # sum_{j=i}^{end}
     zero = xp.zeros(incl.shape[:2] + (1,), dtype=g.dtype, device=dev)
     suf = xp.reshape(xp.concat([incl[..., 1:], zero], axis=-1), (BH, -1))[:, :Tk]
     return pre, suf, incl[..., 0]
@@ -948,6 +959,7 @@ def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C):
 
 def _tile_totals(xp, g, C):
     """Each key tile's total log-gate, (BH, nkt) (zero-padded past T_k)."""
+    xp = array_api_compat.array_namespace(g)  # the compatible namespace (raw CuPy has no concat)
     BH, Tk = g.shape
     nkt = -(-Tk // C)
     pad = nkt * C - Tk
