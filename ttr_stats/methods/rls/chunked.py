@@ -23,8 +23,12 @@ refused from -5 on; float32 inputs 5e-8 from float64 at T = 16384.
 
 from __future__ import annotations
 
+import array_api_compat
+import numpy as np
+
 from ..._gates import check_decay_representable
 from ...optimizers import RLSState
+from .. import _host_threads
 from ..least_squares._prefix import (
     Layout,
     Singular,
@@ -75,7 +79,13 @@ def layout(P):
 
 
 def chunked(layer, P):
-    """Return ``(Y, final_state)``; Y of shape (*batch, T, d_v)."""
+    """Return ``(Y, final_state)``; Y of shape (*batch, T, d_v).
+
+    NumPy arrays: the batch rows (heads, sequences) are split over threads (``_host_threads``), every
+    slice on the chunk grid of the whole call, so each row gets the very same operations whatever the split
+    (every step is per row: batched matmuls, factorisations per matrix). A refusal in any slice reruns the
+    whole batch in one piece, so the error names the same first position as an unsplit call.
+    """
     opt = layer.optimizer
     xp = P.xp
     s0 = initial_state(opt, P)
@@ -84,6 +94,50 @@ def chunked(layer, P):
     wd = work_dtype(P)
     check_decay_representable(xp, P.g, type(opt).__name__, dtype=wd)
     lay = layout(P)
+    L = P.n_batch
+    if not array_api_compat.is_numpy_namespace(xp) or _host_threads.n_threads(L) == 1:
+        return _run(layer, P, s0, lay, wd)
+    flat = _flat_rows(P, s0)
+    try:
+        parts = _host_threads.run_split(lambda sl: _run(layer, *_slice_rows(P, flat, sl), lay, wd), L)
+    except FloatingPointError:
+        return _run(layer, P, s0, lay, wd)
+    lead = P.batch_shape
+    Y = np.reshape(np.concatenate([p[0] for p in parts]), lead + (P.T, P.d_v))
+    M = np.reshape(np.concatenate([p[1].M for p in parts]), lead + (P.d_v, P.d_k))
+    Pm = np.reshape(np.concatenate([p[1].P for p in parts]), lead + (P.d_k, P.d_k))
+    return Y, RLSState(M, Pm)
+
+
+def _flat_rows(P, s0):
+    """The per-row arrays of P and the initial state, broadcast to the batch and flattened to one axis."""
+    lead, L = P.batch_shape, P.n_batch
+
+    def f(x, tail):
+        return np.reshape(np.broadcast_to(x, lead + tail), (L,) + tail)
+
+    T, n = P.T, P.K.shape[-2]
+    return dict(
+        Q=f(P.Q, (T, P.d_k)), K=f(P.K, (n, P.d_k)), V=f(P.V, (n, P.d_v)), g=f(P.g, (T, P.g.shape[-1])),
+        b=f(P.b, (n,)), M=f(s0.M, (P.d_v, P.d_k)), P=f(s0.P, (P.d_k, P.d_k)),
+        lengths=None if P.lengths is None else f(P.lengths, ()),
+    )  # fmt: skip
+
+
+def _slice_rows(P, flat, sl):
+    """``(P_slice, state_slice)``: rows ``sl`` of the flattened batch, as a problem of batch (rows,)."""
+    rows = len(range(*sl.indices(P.n_batch)))
+    Ps = P._replace(
+        Q=flat["Q"][sl], K=flat["K"][sl], V=flat["V"][sl], g=flat["g"][sl], b=flat["b"][sl],
+        lengths=None if flat["lengths"] is None else flat["lengths"][sl], batch_shape=(rows,), state0=None,
+    )  # fmt: skip
+    return Ps, RLSState(flat["M"][sl], flat["P"][sl])
+
+
+def _run(layer, P, s0, lay, wd):
+    """The chunked method on P from state s0 on the chunk grid ``lay``."""
+    opt = layer.optimizer
+    xp = P.xp
     Q, K, V = (lay.split(xp, as_work(xp, x, wd)) for x in (P.Q, P.K, P.V))  # (..., n, C, .)
     g = lay.split(xp, as_work(xp, P.g[..., 0], wd), time_axis_last=True)  # (..., n, C)
     b = lay.split(xp, as_work(xp, P.b, wd), time_axis_last=True)

@@ -31,6 +31,11 @@ and 118 at -10 without an error. The chunked method is exact further (to cond(R_
 
 from __future__ import annotations
 
+import math
+
+import array_api_compat
+import numpy as np
+
 from ... import _array
 from ..._gates import check_decay_representable
 from ..least_squares._prefix import singular_error
@@ -118,10 +123,14 @@ def recurrent(layer, P):
     s0 = type(s0)(s0.M, 0.5 * (s0.P + xp.matrix_transpose(s0.P)))
     R0 = opt.prior_precision(s0)
     R0 = xp.broadcast_to(R0, P.batch_shape + (P.d_k, P.d_k))
-    guard = _Guarded(opt, xp, R0, decayed)
-    Y, state = loop(guard, P64._replace(state0=s0))
-    if guard.first is not None and bool(xp.any(guard.first != 0)):
-        t = int(xp.min(xp.where(guard.first == 0, P.T + 1, guard.first))) - 1
+    if _fast_applies(xp, opt, P64):
+        Y, state, first = _numpy_loop(opt, P64, s0, R0, decayed)
+    else:
+        guard = _Guarded(opt, xp, R0, decayed)
+        Y, state = loop(guard, P64._replace(state0=s0))
+        first = guard.first
+    if first is not None and bool(xp.any(first != 0)):
+        t = int(xp.min(xp.where(first == 0, P.T + 1, first))) - 1
         raise _refusal(layer, t, decayed)
     if P.T and not bool(xp.all(xp.isfinite(Y))):  # a non-finite M: the first output it reached
         rows = xp.all(xp.isfinite(Y), axis=-1)
@@ -130,6 +139,92 @@ def recurrent(layer, P):
         raise _refusal(layer, t, decayed)
     back = lambda x: x if x.dtype == P.dtype else xp.astype(x, P.dtype)  # noqa: E731
     return back(Y), type(state)(*(back(f) for f in state))
+
+
+def _fast_applies(xp, opt, P):
+    """Whether :func:`_numpy_loop` computes this call: NumPy float64 arrays, the optimizer's own update,
+    read and memory (not a subclass's), one pair a token, no window and no ``lengths``."""
+    from ...optimizers import RecursiveLeastSquares
+    from ...optimizers.base import Optimizer
+
+    cls = type(opt)
+    return (
+        array_api_compat.is_numpy_namespace(xp)
+        and P.dtype == np.float64
+        and P.T > 0
+        and P.lengths is None
+        and P.window is None
+        and P.steps_per_token == 1
+        and cls.update is RecursiveLeastSquares.update
+        and cls.memory is RecursiveLeastSquares.memory
+        and cls.read is Optimizer.read
+    )
+
+
+def _numpy_loop(opt, P, s0, R0, decayed):
+    """The guarded loop of :class:`_Guarded` for NumPy arrays, the same arithmetic in place.
+
+    Every step does what ``RecursiveLeastSquares.update`` and :meth:`_Guarded.update` do, in the same
+    order and with the same roundings (tests check the outputs, the final state and the refusals bit for
+    bit against the generic loop), but into one preallocated buffer: the outer products by ``einsum``
+    (2x faster than a broadcast multiply, the same products), the updates in place (no fresh d x d arrays
+    a step). The guard is not thinned: every step's estimate and trace drift are computed, kept per token
+    and turned into the first failing position once, after the loop. Returns ``(Y, state, first)`` as the
+    generic path's ``(Y, state, guard.first)``.
+    """
+    lead, T, dk, dv = P.batch_shape, P.T, P.d_k, P.d_v
+    L = math.prod(lead)
+    Kf = np.reshape(P.K, (L, T, dk))
+    Vf = np.reshape(P.V, (L, T, dv))
+    Qf = np.reshape(P.Q, (L, T, dk))
+    bf = np.reshape(np.broadcast_to(P.b, lead + (T,)), (L, T))
+    M = np.array(np.reshape(np.broadcast_to(s0.M, lead + (dv, dk)), (L, dv, dk)), order="C")
+    Pm = np.array(np.reshape(np.broadcast_to(s0.P, lead + (dk, dk)), (L, dk, dk)), order="C")
+    R = np.array(np.reshape(np.broadcast_to(R0, lead + (dk, dk)), (L, dk, dk)), order="C")
+    a_all = None if not decayed else np.reshape(np.exp(np.broadcast_to(P.g, lead + (T, 1))), (L, T))
+    Y = np.empty((L, T, dv))
+    # one scratch d x d buffer for the three outer products: M, P, R and it are the whole working set
+    # (2 MB at 16 heads and d = 64, an L2 cache; a buffer each made the loop ~15% slower)
+    buf = np.empty((L, max(dv, dk), dk))
+    bufM, bufD = buf[:, :dv, :], buf[:, :dk, :]
+    est, drift = np.empty((T, L)), np.empty((T, L))
+    Rf, Pf = np.reshape(R, (L, dk * dk)), np.reshape(Pm, (L, dk * dk))
+    eps2 = float(np.finfo(np.float64).eps) ** 2
+    for t in range(T):
+        k, v, b = Kf[:, t], Vf[:, t], bf[:, t]
+        # RecursiveLeastSquares.update, then Optimizer.read (each state array is updated and read while
+        # it is in cache)
+        Pk = np.matmul(Pm, k[:, :, None])[..., 0]
+        kPk = np.sum(k * Pk, axis=-1)
+        if a_all is None:
+            s = b / (kPk * b + 1.0)
+        else:
+            a = a_all[:, t]
+            s = b / (kPk * b + a)
+        r = v - np.matmul(M, k[:, :, None])[..., 0]
+        M += np.einsum("li,lj->lij", r, s[:, None] * Pk, out=bufM)
+        Y[:, t] = np.matmul(M, Qf[:, t][:, :, None])[..., 0]
+        # s (Pk_i Pk_j): the product of the two, then by s, as the update's s * outer(Pk, Pk)
+        np.einsum("li,lj->lij", Pk, Pk, out=bufD)
+        bufD *= s[:, None, None]
+        Pm -= bufD
+        if a_all is not None:
+            Pm /= a[:, None, None]
+        pp = np.vecdot(Pf, Pf)
+        # _Guarded.update: R <- a R + (b k) k^T, the estimate and the drift
+        np.einsum("li,lj->lij", b[:, None] * k, k, out=bufD)
+        if a_all is not None:
+            R *= a[:, None, None]
+        R += bufD
+        e = np.vecdot(Rf, Rf) * pp * eps2
+        est[t] = e if a_all is None else e / (a * a)
+        drift[t] = np.abs(np.vecdot(Rf, Pf) - dk) / dk
+    limit = DECAY_LIMIT if decayed else NO_DECAY_LIMIT
+    ok = (est <= limit * limit) & (drift <= TRACE_LIMIT)  # NaN compares False: refused
+    bad = ~ok
+    first = np.where(np.any(bad, axis=0), np.argmax(bad, axis=0) + 1, 0)
+    state = type(s0)(np.reshape(M, lead + (dv, dk)), np.reshape(Pm, lead + (dk, dk)))
+    return np.reshape(Y, lead + (T, dv)), state, np.reshape(first, lead)
 
 
 def _refusal(layer, t, decayed):
