@@ -11,17 +11,21 @@ directly on the kernel's operands (``_fused_nw.forward``; no layer checks), for
 * peers on the same numbers: ``torch SDPA`` float32 (default backend choice; and forced to the
   memory-efficient and the math backend), with ``torch.backends.cuda.matmul.allow_tf32`` as found (printed;
   the math backend's matrix products use TF32 only when it is True) and once with it True;
-  the window as a boolean (T, T) mask; for forgetting attention fla's ``parallel_forgetting_attn`` in a
-  child process per Triton float32 precision (``TRITON_F32_DEFAULT`` = tf32, Triton's default for
-  ``tl.dot`` on float32, i.e. what fla runs unless told; ieee, plain float32 FMA, the fair comparison with
-  our float32; tf32x3, three TF32 products, float32-like accuracy on tensor cores).
+  the window as a boolean (T, T) mask; and fla's Triton kernels (``parallel_attn`` for causal softmax and,
+  with ``window_size``, the window; ``parallel_forgetting_attn``), run at the end in one child process per
+  Triton float32 precision (``--fla-precisions``; ``TRITON_F32_DEFAULT``): ieee (plain float32 FMA: the
+  fair comparison with our float32), tf32 (Triton's default for ``tl.dot`` on float32, i.e. what fla runs
+  unless told: TF32 tensor cores, ~1e-3 off float64), tf32x3 (three TF32 products: float32-like accuracy on
+  tensor cores; torch's memory-efficient SDPA does the same for float32 on sm80+).
 
 Columns: ms = median of ``--runs`` (10) calls, each with the device synchronised before and after (wall
 clock, after two warm-ups; the first compiles); x peer = ms / ms of the float32 SDPA row of the case (for
-forgetting attention: of fla ieee); TFLOP/s = 4 d per causal pair; diff64 = max |y - y64| / max |y64| on the
-first head's first ``--check-T`` tokens against a float64 dense reference computed on the host (causal:
-those outputs depend on those tokens only); vs v1 = the same measure over the whole output against ``v1
-C=64`` of the same dtype (our rows). A row that would start after ``--budget-s`` (210 s) is skipped.
+forgetting attention: none, see the summary); TFLOP/s = 4 d per causal pair; diff64 = max |y - y64| / max
+|y64| on the first head's first ``--check-T`` tokens against a float64 dense reference computed on the host
+(causal: those outputs depend on those tokens only); vs v1 = the same measure over the whole output against
+``v1 C=64`` of the same dtype (our rows). A row (or fla child) that would start after ``--budget-s`` (170 s)
+is skipped and says so. The summary at the end: per case, T and dtype the default v2, the best v2 shape and
+the best v1 against each peer (SDPA as it chose its backend, fla ieee, fla tf32).
 
 Run (GPU): ``python -m benchmarks.gpu_fused_nw [--T 1024,4096,16384] [--out results/gpu_fused_nw.txt]``;
 ``--dry-run`` runs the logic on the host at tiny sizes with the kernel replaced by its NumPy reference.
@@ -47,7 +51,7 @@ from ttr_stats.methods.kernel_smoother import _fused_nw as F
 
 WINDOW = 512
 CASES = ("causal softmax", "forgetting attention", f"sliding window {WINDOW}")
-FLA_PRECISIONS = ("tf32", "ieee", "tf32x3")
+FLA_PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
 class Env:
@@ -238,71 +242,101 @@ def _under(ctx, backend, fn):
         return fn()
 
 
-def fla_rows(env, tab, Ts, a, refs, npairs):
-    """fla parallel_forgetting_attn, one child process per Triton float32 precision (all T in it)."""
-    for prec in FLA_PRECISIONS:
-        label = f"fla parallel_forgetting_attn ({prec})"
-        if env.dry:
-            for T in Ts:
-                tab.add("forgetting attention", T, "float32", label, note="skipped: dry run")
+def fla_rows(env, tab, refs, a, npairs, t0):
+    """fla's Triton kernels (``parallel_attn``: causal softmax, and with ``window_size`` the window;
+    ``parallel_forgetting_attn``), one child process per Triton float32 precision (all cases in it)."""
+    keys = sorted(refs)  # (case, T)
+    for prec in a.fla_precisions.split(","):
+        label = f"fla ({prec})"
+        if env.dry or time.perf_counter() - t0 > a.budget_s:
+            for case, T in keys:
+                tab.add(
+                    case, T, "float32", label, note="skipped: " + ("dry run" if env.dry else "time budget")
+                )
             continue
         envv = dict(os.environ, TRITON_F32_DEFAULT=prec)
+        Ts = sorted({T for _, T in keys})
         cmd = [sys.executable, "-m", "benchmarks.gpu_fused_nw", "--fla-child", "--T", ",".join(map(str, Ts)),
                "--B", str(a.B), "--H", str(a.H), "--d", str(a.d), "--runs", str(a.runs),
                "--check-T", str(a.check_T)]  # fmt: skip
         try:
-            res = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=150,
+            res = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=a.fla_timeout_s,
                                  cwd=str(Path(__file__).resolve().parents[1]))  # fmt: skip
             got = {}
             for ln in res.stdout.splitlines():
                 if ln.startswith("{"):
                     r = json.loads(ln)
-                    got[r["T"]] = r
+                    got[(r["case"], r["T"])] = r
             if not got:
                 raise RuntimeError(
                     ((res.stderr or res.stdout).strip().splitlines() or ["no output"])[-1][:100]
                 )
-            for T in Ts:
-                if T not in got:
-                    tab.add("forgetting attention", T, "float32", label, note="failed: no result")
+            for case, T in keys:
+                r = got.get((case, T))
+                if r is None:
+                    tab.add(case, T, "float32", label, note="failed: no result")
                     continue
-                r = got[T]
+                if "error" in r:
+                    tab.add(case, T, "float32", label, note=f"failed: {r['error']}"[:120])
+                    continue
                 yh = np.asarray(r["y"], dtype=np.float64)
-                rate = npairs[T] * 4 * a.d / r["ms"] / 1e9
-                tab.add("forgetting attention", T, "float32", label, r["ms"], None, rate, rel(yh, refs[T]),
-                        None, f"fla {r['version']}")  # fmt: skip
+                rate = npairs[(case, T)] * 4 * a.d / r["ms"] / 1e9
+                d64 = rel(yh, refs[(case, T)])
+                tab.add(
+                    case, T, "float32", f"{r['fn']} ({prec})", r["ms"], None, rate, d64, None, r["versions"]
+                )
         except Exception as exc:  # noqa: BLE001
-            tab.add("forgetting attention", 0, "float32", label, note=f"failed: {exc}"[:120])
+            for case, T in keys:
+                tab.add(case, T, "float32", label, note=f"failed: {type(exc).__name__}: {exc}"[:120])
 
 
 def fla_child(a):
     import cupy as cp
     import fla
     import torch
+    import triton
+    from fla.ops.attn.parallel import parallel_attn
     from fla.ops.forgetting_attn import parallel_forgetting_attn
 
+    versions = f"fla {fla.__version__}, triton {triton.__version__}, TRITON_F32_DEFAULT="
+    versions += os.environ.get("TRITON_F32_DEFAULT", "")
     for T in (int(t) for t in a.T.split(",")):
         Q, K, V, la = make_inputs(cp, a.B, a.H, T, a.d)
         q, k, v = (
             torch.from_dlpack(x).reshape(a.B, a.H, T, -1).transpose(1, 2).contiguous() for x in (Q, K, V)
         )
         g = torch.from_dlpack(la).reshape(a.B, a.H, T).transpose(1, 2).contiguous()
-
-        def fn(q=q, k=k, v=v, g=g):
-            return parallel_forgetting_attn(q, k, v, g)  # scale d^-1/2 by default
-
-        ts = []
-        for i in range(a.runs + 2):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            y = fn()
-            torch.cuda.synchronize()
-            if i >= 2:
-                ts.append(time.perf_counter() - t0)
-        y0 = y[0, : a.check_T, 0].double().cpu().numpy()  # batch 0, head 0: (n, d)
-        out = {"T": T, "ms": statistics.median(ts) * 1e3, "y": y0.tolist(), "version": fla.__version__}
-        print(json.dumps(out), flush=True)
-        del q, k, v, g, y, Q, K, V, la
+        calls = {  # scale d^-1/2 by default; fla's window keeps keys [t - w + 1, t], as ours
+            "causal softmax": ("parallel_attn", lambda q=q, k=k, v=v: parallel_attn(q, k, v)),
+            "forgetting attention": (
+                "parallel_forgetting_attn",
+                lambda q=q, k=k, v=v, g=g: parallel_forgetting_attn(q, k, v, g),
+            ),
+            CASES[2]: (
+                "parallel_attn window_size",
+                lambda q=q, k=k, v=v: parallel_attn(q, k, v, window_size=WINDOW),
+            ),
+        }
+        for case, (name, fn) in calls.items():
+            if T > 4096 and case != "causal softmax":
+                continue
+            out = {"case": case, "T": T, "fn": name, "versions": versions}
+            try:
+                ts = []
+                for i in range(a.runs + 2):
+                    torch.cuda.synchronize()
+                    t1 = time.perf_counter()
+                    y = fn()
+                    torch.cuda.synchronize()
+                    if i >= 2:
+                        ts.append(time.perf_counter() - t1)
+                out["ms"] = statistics.median(ts) * 1e3
+                out["y"] = y[0, : a.check_T, 0].double().cpu().numpy().tolist()  # batch 0, head 0: (n, d)
+                del y
+            except Exception as exc:  # noqa: BLE001
+                out["error"] = f"{type(exc).__name__}: {exc}"[:200]
+            print(json.dumps(out), flush=True)
+        del q, k, v, g, Q, K, V, la
         torch.cuda.empty_cache()
         cp.get_default_memory_pool().free_all_blocks()
     return 0
@@ -317,7 +351,9 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--check-T", type=int, default=256)
     ap.add_argument("--f64-max-T", type=int, default=4096)
-    ap.add_argument("--budget-s", type=float, default=210.0)
+    ap.add_argument("--budget-s", type=float, default=170.0, help="no row (nor fla child) starts after it")
+    ap.add_argument("--fla-precisions", default=",".join(FLA_PRECISIONS))
+    ap.add_argument("--fla-timeout-s", type=float, default=90.0)
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
@@ -345,9 +381,8 @@ def main(argv=None):
             ops32 = case_ops(env.xp, case, Q, K, V, la, env.xp.float32)
             ref = dense64({k: env.host(v) if hasattr(v, "shape") else v for k, v in ops32.items()}, n)
             peer = None
-            if case.startswith("forgetting"):  # its peer is fla, run at the end (child processes)
-                fla_refs[T], fla_pairs[T] = ref, npairs
-            elif not a.no_peers:
+            fla_refs[(case, T)], fla_pairs[(case, T)] = ref, npairs  # fla runs at the end (children)
+            if not case.startswith("forgetting") and not a.no_peers:
                 peer = torch_rows(env, tab, case, T, ops32, ref, n, a, npairs)
             for dtype in (np.float32, np.float64):
                 dname = np.dtype(dtype).name
@@ -383,10 +418,7 @@ def main(argv=None):
                 if not env.dry:
                     env.xp.get_default_memory_pool().free_all_blocks()
     if fla_refs and not a.no_peers:
-        if time.perf_counter() - t0 > a.budget_s + 60:
-            tab.add("forgetting attention", 0, "float32", "fla", note="skipped: time budget")
-        else:
-            fla_rows(env, tab, sorted(fla_refs), a, fla_refs, fla_pairs)
+        fla_rows(env, tab, fla_refs, a, fla_pairs, t0)
     lines = summary(tab.recs)
     total = f"# total {time.perf_counter() - t0:.0f} s"
     print("\n".join(lines + [total]))
@@ -408,6 +440,7 @@ def summary(recs):
         rs = [r for r in recs if (r["case"], r["T"], r["dtype"]) == (case, T, dt) and r["ms"]]
         peers = [r for r in rs if r["variant"].startswith("torch SDPA") and "[" not in r["variant"]]
         peers += [r for r in rs if "(ieee)" in r["variant"] or "(tf32)" in r["variant"]]
+        peers = sorted(peers, key=lambda r: "(tf32)" in r["variant"])
         if dt == "float64":  # the float32 peer of the same case
             peers = [r for r in recs if (r["case"], r["T"], r["dtype"]) == (case, T, "float32") and r["ms"]
                      and r["variant"].startswith("torch SDPA") and "[" not in r["variant"]]  # fmt: skip
