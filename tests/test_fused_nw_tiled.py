@@ -216,3 +216,17 @@ def test_v2_on_the_card_equals_reference_v1_and_dense(rng, dtype, T, d):
             assert rel(cp.asnumpy(got), cp.asnumpy(v1)) < tol, (mode, config, "v1")
             if T <= 65:
                 assert rel(cp.asnumpy(got), dense_nw(**ops64)) < tol, (mode, config, "dense")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "config"),
+    [(np.float32, c) for c in F.SWEEP["float32"]] + [(np.float64, c) for c in F.SWEEP["float64"]],
+)
+def test_v2_source_on_the_host_for_every_sweep_shape(rng, dtype, config):
+    """Every shape the benchmark sweeps (and the GPU test runs) is correct on the host first."""
+    for mode in ("gated window 45 sinks 70", "causal", "non-causal"):
+        ops, ops64 = operands(rng, dtype, 150, 64 if dtype == np.float32 else 7, 64, mode)
+        if dtype == np.float32:
+            ops["Q"] = (ops["Q"] * (7 / 64) ** 0.5).astype(dtype)
+            ops64["Q"] = ops["Q"].astype(np.float64)
+        _check(run_host_v2(ops, config), ops64, dtype, (mode, config))
