@@ -45,10 +45,15 @@ def test_tile_sums_are_block_local(rng, T, BQ, BK):
 
 def test_v2_shapes():
     big = 227 * 1024
-    assert F._v2_shape("float32", 64, 64, big)[0] == (16, 8, 8, 8, 8)
-    assert F._v2_shape("float32", 64, 128, big)[0] == (16, 8, 4, 8, 16)  # wide values: fewer rows
-    assert F._v2_shape("float64", 64, 64, big)[0] == (16, 8, 4, 4, 8)
-    assert F._v2_shape("float32", 1, 1, big)[0] == (16, 8, 8, 8, 4)
+    assert F._v2_shape("float32", 64, 64, big)[0] == (16, 8, 8, 8, 8, 0)
+    assert F._v2_shape("float32", 64, 128, big)[0] == (16, 8, 4, 8, 16, 0)  # wide values: fewer rows
+    assert F._v2_shape("float64", 64, 64, big)[0] == (16, 8, 4, 4, 8, 0)
+    assert F._v2_shape("float32", 1, 1, big)[0] == (16, 8, 8, 8, 4, 0)
+    one, two = (
+        F._v2_shape("float32", 64, 64, big)[1],
+        F._v2_shape("float32", 64, 64, big, (16, 8, 8, 8, 1))[1],
+    )
+    assert two - one == 4 * 64 * (68 + 64)  # DB: a second key (64 x 68) and value (64 x 64) tile
     assert F._v2_shape("float32", 64, 129, big) is None
     assert F._v2_shape("float16", 64, 64, big) is None
     assert F._v2_shape("float32", 2000, 64, big) is None  # does not fit: forward falls back to v1 / None
@@ -90,7 +95,7 @@ def run_host_v2(ops, config=None):
     dt = ops["Q"].dtype
     tname = "float" if dt == np.float32 else "double"
     shape, smem = F._v2_shape(str(dt), dk, dv, 1 << 20, config)
-    NTY, NTX, RM, RN, _ = shape
+    NTY, NTX, RM, RN, _, _ = shape
     kern = _host_kernel2(tname, shape)
     arrs = [_aligned(ops[k], dt) for k in ("Q", "K", "V", "g", "logb")]
     arrs += [_aligned(x, dt) for x in F.tile_sums(np, arrs[3], NTY * RM, NTX * RN, Tq)]
@@ -132,7 +137,8 @@ def operands(rng, dtype, T, dk, dv, mode, logit=None, strength=0.2):
 
 MODES = ["causal", "gated", "gated -50", "gated window 19", "gated window 100", "gated window 19 sinks 3",
          "gated window 30 sinks 70", "window 19 sinks 3", "window 70 sinks 65", "non-causal"]  # fmt: skip
-SHAPES = [(np.float32, None), (np.float64, None), (np.float32, (32, 4, 4, 8)), (np.float32, (16, 8, 4, 8))]
+SHAPES = [(np.float32, None), (np.float64, None), (np.float32, (32, 4, 4, 8)), (np.float32, (16, 8, 4, 8)),
+          (np.float32, (16, 8, 8, 8, 1)), (np.float64, (16, 8, 4, 4, 1))]  # fmt: skip
 
 
 def _check(got, ops64, dtype, what):

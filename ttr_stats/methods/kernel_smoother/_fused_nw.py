@@ -420,7 +420,35 @@ __device__ __forceinline__ void load_row(const T* __restrict__ src, int n_valid,
     }
 }
 
-template <typename T, int NTY, int NTX, int RM, int RN, int DVT>
+// one 16-byte chunk of a key / value row into shared memory; async (DB, 16-byte aligned rows): cp.async,
+// zero-filled where n_valid < W (past the sequence or the row), waited for by cp_async_wait
+template <typename T, int W>
+__device__ __forceinline__ void copy_chunk(T* dst, const T* src, int n_valid, bool vec, bool async) {
+#ifdef __CUDA_ARCH__
+    if (async && vec) {
+        const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+        const int bytes = (n_valid >= W) ? 16 : 0;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes)
+                     : "memory");
+        return;
+    }
+#endif
+    T v[W];
+    load_row<T, W>(src, n_valid, vec, v);
+    Vec<T, W>::store(dst, v);
+}
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+#else  // the host emulator copies at once
+static inline void cp_async_commit() {}
+static inline void cp_async_wait1() {}
+static inline void cp_async_wait_all() {}
+#endif
+
+// DB = 1: two key / value buffers, the next tile fetched with cp.async while this one is used
+template <typename T, int NTY, int NTX, int RM, int RN, int DVT, int DB>
 __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
     const T* __restrict__ G, const T* __restrict__ LB, const T* __restrict__ PRE,
@@ -441,9 +469,9 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     const int LDK = ((dkp / W) % 2 == 0) ? dkp + W : dkp;  // odd in 16-byte units
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* Qs = reinterpret_cast<T*>(smem_raw);  // (BQ, LDK) the query tile, zero past dk
-    T* Ks = Qs + BQ * LDK;                   // (BK, LDK) the key tile
-    T* Vs = Ks + BK * LDK;                   // (BK, DVP) the value tile, zero past dv
-    T* Ps = Vs + BK * DVP;                   // (BQ, LDP) weights; first the in-tile gate sums
+    T* Ks0 = Qs + BQ * LDK;                  // (1 + DB, BK, LDK) the key tile(s)
+    T* Vs0 = Ks0 + (1 + DB) * BK * LDK;      // (1 + DB, BK, DVP) the value tile(s), zero past dv
+    T* Ps = Vs0 + (1 + DB) * BK * DVP;       // (BQ, LDP) weights; first the in-tile gate sums
     T* gq = Ps + BQ * LDP;                   // (BQ) the query tile's log-gates
     T* preq = gq + BQ;                       // (BQ) PRE of the query tile
     T* keyk = preq + BQ;                     // (BK) (SUF +) log write strength, times log2 e; -inf past Tk
@@ -493,32 +521,48 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     const int nkt = (Tk + BK - 1) / BK;
     const int kt_hi = causal ? (min(q0 + BQ, Tk) - 1) / BK : nkt - 1;
     const int last_sink_tile = (causal && window > 0 && sinks > 0) ? (sinks - 1) / BK : -1;
-    for (int kt = kt_hi; kt >= 0; --kt) {
-        if (causal && window > 0 && q0 - (kt * BK + BK - 1) >= window && kt > last_sink_tile) {
-            if (last_sink_tile < 0) break;  // every pair of this tile and of all earlier ones is outside
-            if (gsum)
-                for (int j = kt; j > last_sink_tile; --j) mid += TOT[(size_t)bh * nkt + j];
-            kt = last_sink_tile;  // go on at the last tile holding a sink
-        }
-        const int k0 = kt * BK;
-        const bool before = causal && k0 < q0;  // else: inside the query tile (causal) or non-causal
-        const bool diag = causal && !before;
-        if (gsum && before && mid == NEG) break;  // behind a hard reset: every earlier weight is 0
-        __syncthreads();  // the previous tile's reads of Ks / Vs / Ps / keyk are done
+    // key tiles (rows k0 .. k0 + BK - 1) into buffer b: cp.async where DB, else loads and stores
+    auto fetch = [&](int k0, int b) {
+        T* Kd = Ks0 + b * (BK * LDK);
+        T* Vd = Vs0 + b * (BK * DVP);
         for (int e = tid; e < BK * nch; e += NTH) {
             const int r = e / nch, c = (e - r * nch) * W;
             const int t = k0 + r;
-            T v[W];
-            load_row<T, W>(Kb + (size_t)t * dk + c, (t < Tk) ? dk - c : 0, vqk, v);
-            Vec<T, W>::store(Ks + r * LDK + c, v);
+            const T* src = (t < Tk) ? Kb + (size_t)t * dk + c : Kb;
+            copy_chunk<T, W>(Kd + r * LDK + c, src, (t < Tk) ? dk - c : 0, vqk, DB != 0);
         }
         for (int e = tid; e < BK * nvc; e += NTH) {
             const int r = e / nvc, c = (e - r * nvc) * W;
             const int t = k0 + r;
-            T v[W];
-            load_row<T, W>(Vb + (size_t)t * dv + c, (t < Tk) ? dv - c : 0, vv, v);
-            Vec<T, W>::store(Vs + r * DVP + c, v);
+            const T* src = (t < Tk && c < dv) ? Vb + (size_t)t * dv + c : Vb;
+            copy_chunk<T, W>(Vd + r * DVP + c, src, (t < Tk) ? dv - c : 0, vv, DB != 0);
         }
+    };
+    // the walk: from kt_hi backwards; where the window would end it (every pair of the next tile and of all
+    // earlier ones outside it), on at the last tile holding a sink, or stop
+    int kt = kt_hi, buf = 0;
+    if (DB) {
+        fetch(kt * BK, 0);
+        cp_async_commit();
+    }
+    while (kt >= 0) {
+        const int k0 = kt * BK;
+        const bool before = causal && k0 < q0;  // else: inside the query tile (causal) or non-causal
+        const bool diag = causal && !before;
+        if (gsum && before && mid == NEG) break;  // behind a hard reset: every earlier weight is 0
+        int nxt = kt - 1;
+        if (nxt >= 0 && causal && window > 0 && q0 - (nxt * BK + BK - 1) >= window && nxt > last_sink_tile)
+            nxt = last_sink_tile;  // -1 without sinks: stop
+        __syncthreads();  // the previous tile's reads of Ks / Vs / Ps / keyk are done
+        if (DB) {
+            if (nxt >= 0) fetch(nxt * BK, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait1();  // this tile's copies (the group before the newest) have landed
+        } else {
+            fetch(k0, 0);
+        }
+        const T* Ks = Ks0 + buf * (BK * LDK);
+        const T* Vs = Vs0 + buf * (BK * DVP);
         for (int n = tid; n < BK; n += NTH) {
             const int i = k0 + n;
             T lb = (i < Tk) ? LBb[i] : NEG;
@@ -622,7 +666,12 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
             }
         }
         if (gsum && before) mid += TOT[(size_t)bh * nkt + kt];
+        if (gsum)
+            for (int j = kt - 1; j > nxt && nxt >= 0; --j) mid += TOT[(size_t)bh * nkt + j];  // jumped over
+        kt = nxt;
+        buf ^= DB;
     }
+    if (DB) cp_async_wait_all();  // no copy outstanding when the block ends (a break behind a reset)
 
     T* Yb = Y + (size_t)bh * Tq * dv;
 #pragma unroll
@@ -653,14 +702,25 @@ _MODULES: dict = {}
 #: fit shared memory.
 VARIANT = "v2"
 
-#: v2's default tile shape per dtype, ``(NTY, NTX, RM, RN)``: ``NTY * NTX`` threads, query tiles of
-#: ``BQ = NTY * RM`` rows, key tiles of ``BK = NTX * RN`` (``BQ % BK == 0``, ``NTX`` divides 32)
+#: v2's default tile shape per dtype, ``(NTY, NTX, RM, RN[, DB])``: ``NTY * NTX`` threads, query tiles of
+#: ``BQ = NTY * RM`` rows, key tiles of ``BK = NTX * RN`` (``BQ % BK == 0``, ``NTX`` divides 32); ``DB = 1``:
+#: two key / value buffers in shared memory, the next tile copied by ``cp.async`` while this one is used
+#: (more shared memory: fewer blocks per SM; default 0, one buffer, two blocks per SM in float32 at d = 64)
 CONFIGS = {"float32": (16, 8, 8, 8), "float64": (16, 8, 4, 4)}
 
 #: shapes ``benchmarks/gpu_fused_nw.py`` sweeps (each must satisfy the constraints of :data:`CONFIGS`)
 SWEEP = {
-    "float32": ((16, 8, 8, 8), (16, 8, 4, 8), (32, 8, 4, 8), (8, 8, 8, 8), (16, 8, 8, 4), (32, 4, 4, 8)),
-    "float64": ((16, 8, 4, 4), (16, 8, 4, 8), (16, 8, 2, 4), (8, 8, 4, 4)),
+    "float32": (
+        (16, 8, 8, 8),
+        (16, 8, 8, 8, 1),
+        (16, 8, 4, 8),
+        (16, 8, 4, 8, 1),
+        (32, 8, 4, 8),
+        (8, 8, 8, 8),
+        (16, 8, 8, 4),
+        (32, 4, 4, 8),
+    ),  # fmt: skip
+    "float64": ((16, 8, 4, 4), (16, 8, 4, 4, 1), (16, 8, 4, 8), (16, 8, 2, 4), (8, 8, 4, 4)),
 }
 
 #: most accumulator entries (``RM * DVT``) a v2 thread holds in float32 (double: half): beyond it RM halves
@@ -705,21 +765,22 @@ def _v2_shape(dtype_name, dk, dv, limit_bytes, config=None):
         return None
     itemsize = 4 if dtype_name == "float32" else 8
     W = 16 // itemsize
-    NTY, NTX, RM, RN = config or CONFIGS[dtype_name]
+    NTY, NTX, RM, RN, *rest = config or CONFIGS[dtype_name]
+    DB = int(rest[0]) if rest else 0
     DVT = W * -(-dv // (NTX * W))
     if config is None:
         while RM * DVT * itemsize > _MAX_ACC * 4 and NTY * RM // 2 >= NTX * RN and RM > 1:
             RM //= 2  # wide values: fewer rows a thread, so that the accumulator stays in registers
     BQ, BK = NTY * RM, NTX * RN
-    if BQ % BK or BK % W or 32 % NTX or (NTY * NTX) % 32:
-        raise ValueError(f"config {(NTY, NTX, RM, RN)}: needs BQ % BK == 0, BK % {W} == 0, NTX | 32")
+    if BQ % BK or BK % W or 32 % NTX or (NTY * NTX) % 32 or DB not in (0, 1):
+        raise ValueError(f"config {config}: needs BQ % BK == 0, BK % {W} == 0, NTX | 32, DB in (0, 1)")
     dkp = -(-dk // W) * W
     LDK = dkp + W if (dkp // W) % 2 == 0 else dkp
     LDP = BK + 32 // itemsize
-    words = (BQ + BK) * LDK + BK * NTX * DVT + BQ * LDP + 2 * BQ + BK
+    words = (BQ + (1 + DB) * BK) * LDK + (1 + DB) * BK * NTX * DVT + BQ * LDP + 2 * BQ + BK
     if words * itemsize > limit_bytes:
         return None
-    return (NTY, NTX, RM, RN, DVT), words * itemsize
+    return (NTY, NTX, RM, RN, DVT, DB), words * itemsize
 
 
 def tile_sums(xp, g, BQ, BK, Tq):
@@ -903,7 +964,7 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
     if got is None:
         return None
     shape, smem = got
-    NTY, NTX, RM, RN, DVT = shape
+    NTY, NTX, RM, RN, DVT, _ = shape
     Qf, Kf, Vf, gf, lf = (_aligned(cupy, x, dt) for x in (Q, K, V, g, logb))
     if causal and gated:
         pre, suf, tot = (cupy.ascontiguousarray(x) for x in tile_sums(cupy, gf, NTY * RM, NTX * RN, Tq))
