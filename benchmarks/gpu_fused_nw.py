@@ -204,10 +204,11 @@ def torch_rows(env, tab, case, T, ops, ref, n, a, npairs):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         forced = [("", None), (" [efficient]", SDPBackend.EFFICIENT_ATTENTION), (" [math]", SDPBackend.MATH)]
-    except ImportError:
+    except ImportError:  # an older torch: the default choice only
+        SDPBackend = sdpa_kernel = None
         forced = [("", None)]
     for suffix, backend in forced:
-        if (env.dry and backend is not None) or (backend == getattr(SDPBackend, "MATH", 0) and T > 4096):
+        if backend is not None and (env.dry or (backend == SDPBackend.MATH and T > 4096)):
             continue
         try:
             fn = call if backend is None else (lambda b=backend: _under(sdpa_kernel, b, call))
@@ -219,7 +220,7 @@ def torch_rows(env, tab, case, T, ops, ref, n, a, npairs):
             del y
         except Exception as exc:  # noqa: BLE001 - a backend that does not apply
             tab.add(case, T, "float32", label + suffix, note=f"failed: {type(exc).__name__}: {str(exc)[:80]}")
-    if not env.dry and not ops["window"] and T <= 4096:
+    if not env.dry and not ops["window"] and T <= 4096 and SDPBackend is not None:
         try:
             torch.backends.cuda.matmul.allow_tf32 = True
             ms, y = timed(lambda: _under(sdpa_kernel, SDPBackend.MATH, call))
