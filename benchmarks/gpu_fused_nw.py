@@ -249,7 +249,7 @@ def fla_rows(env, tab, refs, a, npairs, t0):
     keys = sorted(refs)  # (case, T)
     for prec in a.fla_precisions.split(","):
         label = f"fla ({prec})"
-        if env.dry or time.perf_counter() - t0 > a.budget_s:
+        if env.dry or time.perf_counter() - t0 > min(a.budget_s, a.max_s - 20):
             for case, T in keys:
                 tab.add(
                     case, T, "float32", label, note="skipped: " + ("dry run" if env.dry else "time budget")
@@ -261,8 +261,9 @@ def fla_rows(env, tab, refs, a, npairs, t0):
                "--B", str(a.B), "--H", str(a.H), "--d", str(a.d), "--runs", str(a.runs),
                "--check-T", str(a.check_T)]  # fmt: skip
         try:
-            res = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=a.fla_timeout_s,
-                                 cwd=str(Path(__file__).resolve().parents[1]))  # fmt: skip
+            left = min(a.fla_timeout_s, a.max_s - (time.perf_counter() - t0))  # the run stays under --max-s
+            root = str(Path(__file__).resolve().parents[1])
+            res = subprocess.run(cmd, env=envv, capture_output=True, text=True, timeout=left, cwd=root)
             got = {}
             for ln in res.stdout.splitlines():
                 if ln.startswith("{"):
@@ -355,6 +356,9 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=170.0, help="no row (nor fla child) starts after it")
     ap.add_argument("--fla-precisions", default=",".join(FLA_PRECISIONS))
     ap.add_argument("--fla-timeout-s", type=float, default=90.0)
+    ap.add_argument(
+        "--max-s", type=float, default=230.0, help="an fla child is stopped where it would pass it"
+    )
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
