@@ -155,13 +155,17 @@ def test_lengths_on_every_backend(name, method, backend):
     Y, state = layer(backend.put(Q), backend.put(K), backend.put(V), method=method,
                      lengths=backend.put(lengths), return_state=True, **put)  # fmt: skip
     assert backend.is_native(Y)
-    # 1e-12: the same operations; only LAPACK paths may differ between namespaces (kernel ridge ~1e-14)
-    assert rel_err(backend.get(Y), ref) < TOL_LENGTHS, (name, method)
+    # the same operations, except the factorisations: cuSOLVER and LAPACK round differently, so outputs
+    # differ by eps times the prefix systems' condition number, as between the chained runs (module
+    # docstring: up to ~1e5-1e6 for least squares near t ~ d): TOL_CHAIN. Measured on an H200 (CuPy
+    # 14.2): least_squares direct 6.1e-11, local linear direct 1.2e-12; kernel ridge ~1e-14
+    tol = TOL_LENGTHS if backend.name == "numpy" else TOL_CHAIN
+    assert rel_err(backend.get(Y), ref) < tol, (name, method)
     for field, a, b in zip(ref_state._fields, state, ref_state, strict=True):
         a, b = backend.get(a), np.asarray(b)
         out = np.isneginf(b)  # a cache's excluded pairs: log-weight -inf on both
         assert np.array_equal(np.isneginf(a), out), (name, method, field)
-        assert rel_err(np.where(out, 0, a), np.where(out, 0, b)) < TOL_LENGTHS, (name, method, field)
+        assert rel_err(np.where(out, 0, a), np.where(out, 0, b)) < tol, (name, method, field)
 
 
 @pytest.mark.parametrize("kind", ["random", "huge"])
