@@ -1,11 +1,17 @@
-r"""The trained Figure 3 grid on one GPU: MQAR accuracy of linear attention vs unweighted RLS.
+r"""The trained Figure 3 grid on N GPUs: MQAR accuracy of linear attention vs unweighted RLS.
 
 Cells: recipe in {linear_attention, rls} x P in {64, 128} x T in {512, 1024, 2048, 4096}; every cell trains
 its seeds and learning rates (``--seeds``, ``--lrs``) together, as replicas of one model
 (:class:`ttr_stats.train.MQARTrainConfig`, ``seeds`` and ``lrs``: one step trains them all; the replicas are
 independent). Zoology sweeps the learning rate and reports the best; the figure keeps, per cell, the rate
-with the best mean accuracy over the seeds. Several cells train at once, one process each on the
-same card (``--workers``; the models are small and launch-bound, so one process leaves the card idle).
+with the best mean accuracy over the seeds.
+
+GPUs: ``--gpus all`` (every card torch sees), ``--gpus N`` (the first N) or ``--gpus 0,2,5``. One pool of
+``--workers-per-gpu`` processes per card, each pool started with ``CUDA_VISIBLE_DEVICES`` set to its card
+(so a worker's ``cuda`` is that card); the cells go to the pools in turn, the longest first. Default
+workers per card: enough that every cell runs at once (``ceil(cells / gpus)``: 2 on 8 cards, 16 on one;
+the models are small and launch-bound, so one process leaves a card idle). ``--device cpu --gpus 2``
+fakes two cards with CPU workers (the scheduling, the CSV and the shutdown, without a GPU).
 
 Hard wall-clock budget: ``--budget-s`` covers everything, from this script's start to the last CSV row.
 The workers import torch and ttr_stats first (all of them, before any cell); then each cell, when a worker
@@ -15,15 +21,20 @@ runs on the elapsed fraction of that time, so a slow cell takes fewer steps, not
 deadline unfinished workers are terminated and their cells written as ``status=timeout`` (or ``not_run``).
 Rows are appended to the CSV as cells finish, so an interrupted run still leaves one.
 
-Output: ``--out`` (default ``$OUT/mqar_trained.csv`` if ``$OUT`` is set, else
-``paper_figures/data/mqar_trained.csv``), one row per (cell, lr, seed): card, recipe, n_pairs, seq_len, seed,
-steps, seconds of training, seconds of the cell (with its evaluation), final held-out accuracy (argmax over
-the vocabulary at the query positions, ``--eval`` sequences) and loss, the paper's accuracy beside it,
-the settings (lr, batch, method, ...) and the status / error.
+Batch: ``--batch`` sequences per replica and step at T = 512, scaled by ``(512 / T) ** --batch-scale``
+for longer T (``--batch-scale 0``: the same batch everywhere; 1: the same tokens a step, so a T = 4096
+cell takes as many steps as a T = 512 one). Every sequence carries P scored queries whatever T, so the
+gradient's signal is per sequence and a long cell, at a fixed budget, trades sequences for steps.
 
-Run (the lead, once, on one H200): ``python -m benchmarks.gpu_mqar --budget-s 420``; check the logic on
-a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, about a minute). Without torch it
-says so and exits with status 2.
+Output: ``--out`` (default ``$OUT/mqar_trained.csv`` if ``$OUT`` is set, else
+``paper_figures/data/mqar_trained.csv``), one row per (cell, lr, seed): card (and gpu index), recipe,
+n_pairs, seq_len, seed, steps, seconds of training, seconds of the cell (with its evaluation), final
+held-out accuracy (argmax over the vocabulary at the query positions, ``--eval`` sequences) and loss, the
+paper's accuracy beside it, the settings (lr, batch, method, ...), torch version and the status / error.
+
+Run (8 cards): ``python -m benchmarks.gpu_mqar --gpus all --budget-s 520 --out $OUT/mqar_trained.csv``;
+check the logic on a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, two fake cards,
+about a minute). Without torch it says so and exits with status 2.
 """
 
 from __future__ import annotations
@@ -54,9 +65,9 @@ PAPER = {
 }
 
 COLUMNS = [
-    "card", "recipe", "n_pairs", "seq_len", "seed", "steps", "train_seconds", "cell_seconds", "accuracy",
-    "loss", "paper_accuracy", "first_loss", "last_train_loss", "lr", "batch_size", "vocab", "d_model",
-    "method", "ridge", "workers", "budget_s", "torch", "git", "status", "error",
+    "card", "gpu", "recipe", "n_pairs", "seq_len", "seed", "steps", "train_seconds", "cell_seconds",
+    "accuracy", "loss", "paper_accuracy", "first_loss", "last_train_loss", "lr", "batch_size", "vocab",
+    "d_model", "method", "ridge", "gpus", "workers", "budget_s", "torch", "git", "status", "error",
 ]  # fmt: skip
 
 
@@ -97,6 +108,7 @@ def run_cell(job):
 
         base["torch"] = torch.__version__
         base["card"] = card_name(cfg_kw["device"])
+        base["gpu"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         cfg = MQARTrainConfig(**cfg_kw)
         _, results = train_mqar(cfg, deadline=deadline)
         cell_s = time.time() - t0
@@ -114,8 +126,9 @@ def run_cell(job):
 
 def _init_worker(threads, barrier):
     """Import everything before the first cell (so that the cells' seconds are training seconds), then
-    wait at ``barrier`` until every worker has. Sixteen processes share the card: expandable segments keep
-    each one's cached blocks from fragmenting (the T = 4096 cells hold a few GB each)."""
+    wait at ``barrier`` until every worker has. Up to sixteen processes share a card: expandable segments
+    keep each one's cached blocks from fragmenting (the T = 4096 cells hold a few GB each). The card is the
+    one ``CUDA_VISIBLE_DEVICES`` names, set by :func:`start_pools` before this process was spawned."""
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
@@ -162,6 +175,38 @@ class CSVSink:
         self.fh.close()
 
 
+def batch_of(args, T):
+    """Sequences per replica and step at length T: ``--batch`` at T = 512, times (512 / T) ** batch_scale
+    for longer T (at least ``--min-batch``)."""
+    scale = (512 / T) ** args.batch_scale if T > 512 else 1.0
+    return max(args.min_batch, int(round(args.batch * scale)))
+
+
+def gpu_list(spec, device, count=None):
+    """The cards of ``--gpus``: "all" (every card: ``count`` or torch's), "N" (the first N) or "0,2,5".
+    With a CPU ``device`` the names are only labels of fake cards (one worker pool each)."""
+    spec = str(spec).strip()
+    if spec == "all":
+        if count is None:
+            import torch
+
+            count = torch.cuda.device_count() if str(device).startswith("cuda") else 1
+        return [str(i) for i in range(max(1, count))]
+    parts = [x.strip() for x in spec.split(",") if x.strip()]
+    if not parts or not all(x.isdigit() for x in parts):
+        raise ValueError(f"--gpus must be 'all', a count or a list of card indices, got {spec!r}")
+    if len(parts) == 1:
+        n = int(parts[0])
+        if n < 1:
+            raise ValueError(f"--gpus must be at least 1, got {spec!r}")
+        if count is not None and str(device).startswith("cuda") and n > count:
+            raise ValueError(f"--gpus {n}: torch sees only {count} card(s)")
+        return [str(i) for i in range(n)]
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"--gpus lists a card twice: {spec!r}")
+    return parts
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_out = (
@@ -170,42 +215,79 @@ def parse(argv=None):
         else ROOT / "paper_figures" / "data" / "mqar_trained.csv"
     )
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    ap.add_argument("--budget-s", type=float, default=420.0, help="hard wall-clock budget of the whole run")
-    ap.add_argument("--workers", type=int, default=16, help="training processes on the one card")
+    ap.add_argument("--budget-s", type=float, default=520.0, help="hard wall-clock budget of the whole run")
+    ap.add_argument(
+        "--gpus", default="all",
+        help="cards: 'all', a count N (the first N) or indices '0,2,5'; one worker pool per card "
+        "(CUDA_VISIBLE_DEVICES); with --device cpu, fake cards",
+    )  # fmt: skip
+    ap.add_argument(
+        "--workers-per-gpu", "--workers", dest="workers", type=int, default=None,
+        help="training processes per card (default: ceil(cells / cards), every cell at once, at most 16)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (cores / workers)")
     ap.add_argument("--seeds", type=ints, default=[0, 1, 2], help="seeds, trained together in each cell")
     ap.add_argument("--P", type=ints, default=[64, 128], help="key-value pairs")
     ap.add_argument("--T", type=ints, default=[512, 1024, 2048, 4096], help="sequence lengths")
     ap.add_argument("--recipes", type=lambda s: s.split(","), default=["linear_attention", "rls"])
     ap.add_argument(
-        "--lrs", type=lambda x: [float(v) for v in x.split(",") if v], default=[3e-3, 1e-2],
+        "--lrs", type=lambda x: [float(v) for v in x.split(",") if v], default=[1e-3, 3e-3],
         help="AdamW peak learning rates, each trained (as replicas) beside the seeds; the figure keeps the "
         "best per cell, as Zoology's sweeps do",
     )  # fmt: skip
-    ap.add_argument("--batch", type=int, default=32, help="sequences per step and seed")
+    ap.add_argument("--batch", type=int, default=64, help="sequences per step and replica at T <= 512")
+    ap.add_argument(
+        "--batch-scale", type=float, default=0.5,
+        help="batch at T > 512: --batch * (512 / T) ** this (0: constant sequences, 1: constant tokens)",
+    )  # fmt: skip
+    ap.add_argument("--min-batch", type=int, default=16, help="smallest batch after --batch-scale")
     ap.add_argument("--vocab", type=int, default=8192, help="Zoology's 8192")
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--ridge", type=float, default=1.0, help="RLS prior precision")
     ap.add_argument("--method", default="chunked")
+    ap.add_argument("--warmup", type=float, default=0.05, help="warm-up fraction of each cell's schedule")
     ap.add_argument("--eval", type=int, default=512, help="held-out sequences per seed")
     ap.add_argument("--max-steps", type=int, default=100_000, help="step cap (time is the budget)")
     ap.add_argument(
-        "--max-tokens", type=int, default=2**18,
+        "--max-tokens", type=int, default=2**19,
         help="most tokens (replicas x sequences x T) in one forward/backward: longer steps are split into "
-        "micro-batches (RLS at T = 4096 holds ~120 MB a sequence; 16 processes share the card)",
+        "micro-batches (RLS at T = 4096 holds ~120 MB a sequence; several processes share a card)",
     )  # fmt: skip
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", default="cuda", help="cuda (each pool's card) or cpu (fake cards)")
     ap.add_argument("--margin-s", type=float, default=15.0, help="kept back for writing and shutdown")
     ap.add_argument("--overhead-s", type=float, default=10.0, help="per cell: model build, evaluation")
     ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--no-preflight", action="store_true", help="skip the 3-step check of each layer")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 workers: checks the logic")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 fake cards: checks the logic")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.P, args.T, args.vocab, args.batch, args.eval = "cpu", [4], [32, 64], 128, 8, 16
-        args.workers, args.seeds, args.budget_s = 2, [0, 1], min(args.budget_s, 150.0)
+        args.gpus, args.seeds, args.budget_s = "2", [0, 1], min(args.budget_s, 150.0)
+        args.workers, args.min_batch = 1, 4
         args.overhead_s, args.margin_s = 5.0, 5.0
+    for name in ("budget_s", "batch", "min_batch", "eval", "max_steps"):
+        if not getattr(args, name) > 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.workers is not None and args.workers < 1:
+        ap.error(f"--workers-per-gpu must be at least 1, got {args.workers}")
     return args
+
+
+def start_pools(ctx, gpus, workers, threads, barrier):
+    """One spawn pool of ``workers`` processes per card, each started with ``CUDA_VISIBLE_DEVICES`` = its
+    card (spawned children copy the parent's environment when they start; the parent's own is restored)."""
+    pools = []
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        for g in gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = g
+            pools.append(ctx.Pool(workers, initializer=_init_worker, initargs=(threads, barrier)))
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return pools
 
 
 def main(argv=None):
@@ -217,24 +299,37 @@ def main(argv=None):
     except ImportError:
         print("gpu_mqar: needs PyTorch (pip install 'ttr_stats[train]'); nothing run", file=sys.stderr)
         return 2
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    on_gpu = args.device.startswith("cuda")
+    if on_gpu and not torch.cuda.is_available():
         print(
             f"gpu_mqar: --device {args.device} but torch sees no CUDA device; try --dry-run", file=sys.stderr
         )
         return 2
+    if on_gpu and args.device != "cuda":
+        print("gpu_mqar: pick cards with --gpus; --device is 'cuda' or 'cpu'", file=sys.stderr)
+        return 2
+    try:
+        gpus = gpu_list(args.gpus, args.device, torch.cuda.device_count() if on_gpu else None)
+    except ValueError as exc:
+        print(f"gpu_mqar: {exc}", file=sys.stderr)
+        return 2
     cells = cells_of(args)
-    args.workers = max(1, min(args.workers, len(cells)))  # an idle worker would only hold a CUDA context
+    if args.workers is None:
+        args.workers = min(16, math.ceil(len(cells) / len(gpus)))
+    n_workers = max(1, min(args.workers * len(gpus), len(cells)))
+    per_gpu = math.ceil(n_workers / len(gpus))
     if args.threads is None:
-        args.threads = max(1, (os.cpu_count() or 1) // args.workers)
-    extra = {"workers": args.workers, "budget_s": args.budget_s, "git": git_commit()}
+        args.threads = max(1, (os.cpu_count() or 1) // (per_gpu * len(gpus)))
+    extra = {"workers": per_gpu, "gpus": len(gpus), "budget_s": args.budget_s, "git": git_commit()}
 
     def job(cell, seconds):
         recipe, P, T = cell
         kw = dict(
             recipe=recipe, n_pairs=P, seq_len=T, vocab=args.vocab, d_model=args.d_model,
-            batch_size=args.batch, steps=args.max_steps, seconds=seconds, lr=args.lrs[0],
+            batch_size=batch_of(args, T), steps=args.max_steps, seconds=seconds, lr=args.lrs[0],
             lrs=tuple(args.lrs), ridge=args.ridge, method=args.method, eval_sequences=args.eval,
-            seeds=tuple(args.seeds), device=args.device, threads=args.threads, max_tokens=args.max_tokens,
+            warmup=args.warmup, seeds=tuple(args.seeds), device=args.device, threads=args.threads,
+            max_tokens=args.max_tokens,
         )  # fmt: skip
         return kw, deadline, extra
 
@@ -242,69 +337,88 @@ def main(argv=None):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA cannot be forked
-    barrier = ctx.Barrier(args.workers + 1)
-    pool = ctx.Pool(args.workers, initializer=_init_worker, initargs=(args.threads, barrier))
+    barrier = ctx.Barrier(per_gpu * len(gpus) + 1)
+    pools = start_pools(ctx, gpus, per_gpu, args.threads, barrier)
     try:
         barrier.wait(timeout=max(1.0, (deadline - time.time()) / 3))
     except Exception:  # BrokenBarrierError on timeout: go on with the workers that are up
         barrier.abort()
+    slots = per_gpu * len(gpus)
     print(
-        f"gpu_mqar: {len(cells)} cells x {len(args.seeds)} seeds, {args.workers} workers x {args.threads} "
-        f"threads, ready after {time.time() - t_start:.0f} s; about "
-        f"{cell_seconds(len(cells), args.workers, deadline - time.time(), args.overhead_s):.0f} s of "
-        f"training a cell; budget {args.budget_s:.0f} s -> {args.out}",
+        f"gpu_mqar: {len(cells)} cells x {len(args.seeds)} seeds x {len(args.lrs)} rates on {len(gpus)} "
+        f"card(s) [{','.join(gpus)}] ({args.device}), {per_gpu} workers a card x {args.threads} threads, "
+        f"ready after {time.time() - t_start:.0f} s; about "
+        f"{cell_seconds(len(cells), slots, deadline - time.time(), args.overhead_s):.0f} s of training a "
+        f"cell; budget {args.budget_s:.0f} s -> {args.out}",
         flush=True,
     )
-    if not args.no_preflight:  # a few steps of each layer on the card: a broken path fails here, in seconds
+    if not args.no_preflight:  # a few steps of each layer on every card: a broken path fails in seconds
         checks = []
-        for recipe in args.recipes:
-            kw, _, _ = job((recipe, 4, 64), 30.0)
-            kw.update(vocab=128, batch_size=4, steps=3, eval_sequences=4, seeds=(0,), lrs=None)
-            checks.append(pool.apply_async(run_cell, ((kw, deadline, extra),)))
+        for pool in pools:
+            for recipe in args.recipes:
+                kw, _, _ = job((recipe, 4, 64), 30.0)
+                kw.update(vocab=128, batch_size=4, steps=3, eval_sequences=4, seeds=(0,), lrs=None)
+                checks.append(pool.apply_async(run_cell, ((kw, deadline, extra),)))
         bad = [
             r for c in checks for r in c.get(timeout=max(1.0, deadline - time.time())) if r["status"] != "ok"
         ]
         if bad:
             for r in bad:
-                print(f"gpu_mqar: preflight {r['recipe']} failed: {r['error']}", file=sys.stderr, flush=True)
+                print(
+                    f"gpu_mqar: preflight {r['recipe']} failed on card {r.get('gpu', '?')}: {r['error']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             sink.write(bad)
             sink.close()
-            pool.terminate()
+            for pool in pools:
+                pool.terminate()
             return 1
         print(
-            f"gpu_mqar: preflight ok ({', '.join(args.recipes)}) at {time.time() - t_start:.0f} s", flush=True
+            f"gpu_mqar: preflight ok ({', '.join(args.recipes)} on {len(pools)} card(s)) at "
+            f"{time.time() - t_start:.0f} s",
+            flush=True,
         )
     todo = list(cells)
-    running = {}  # cell -> (AsyncResult, config keywords)
+    running = {}  # cell -> (AsyncResult, config keywords, pool index)
+    load = [0] * len(pools)  # cells running on each card
     n_ok = 0
     try:
         while (todo or running) and time.time() < deadline + args.margin_s / 2:
-            while todo and len(running) < args.workers:
+            while todo and len(running) < slots:
+                g = min(range(len(pools)), key=lambda i: (load[i], i))  # the least loaded card
+                if load[g] >= per_gpu:
+                    break
                 left = deadline - time.time()
-                secs = cell_seconds(len(todo) + len(running), args.workers, left, args.overhead_s)
+                secs = cell_seconds(len(todo) + len(running), slots, left, args.overhead_s)
                 if secs < 2:
                     break  # no time for another cell: the rest are written as not run
                 j = job(todo[0], secs)
-                running[todo.pop(0)] = (pool.apply_async(run_cell, (j,)), j[0])
+                running[todo.pop(0)] = (pools[g].apply_async(run_cell, (j,)), j[0], g)
+                load[g] += 1
             if todo and not running:
                 break
-            for cell in [c for c, (r, _) in running.items() if r.ready()]:
-                rows = running.pop(cell)[0].get()
+            for cell in [c for c, (r, _, _) in running.items() if r.ready()]:
+                res, _, g = running.pop(cell)
+                load[g] -= 1
+                rows = res.get()
                 sink.write(rows)
                 n_ok += sum(r["status"] == "ok" for r in rows)
                 r0 = rows[0]
                 accs = " ".join(f"{r.get('accuracy', float('nan')):.3f}" for r in rows)
                 print(
-                    f"  {r0['recipe']:16s} P={r0['n_pairs']:<4d} T={r0['seq_len']:<5d} {r0['status']:6s} "
-                    f"steps={r0.get('steps', '-')} acc={accs} (paper {r0['paper_accuracy']}) "
-                    f"{time.time() - t_start:6.0f} s {r0.get('error', '')[:200]}",
+                    f"  card {gpus[g]:>2s} {r0['recipe']:16s} P={r0['n_pairs']:<4d} T={r0['seq_len']:<5d} "
+                    f"{r0['status']:6s} steps={r0.get('steps', '-')} batch={r0['batch_size']} acc={accs} "
+                    f"(paper {r0['paper_accuracy']}) {time.time() - t_start:6.0f} s "
+                    f"{r0.get('error', '')[:200]}",
                     flush=True,
                 )
             time.sleep(0.2)
     finally:
-        pool.terminate()
+        for pool in pools:
+            pool.terminate()
         left = [
-            (c, kw["seeds"], "timeout", "not finished inside --budget-s") for c, (_, kw) in running.items()
+            (c, kw["seeds"], "timeout", "not finished inside --budget-s") for c, (_, kw, _) in running.items()
         ]
         left += [(c, tuple(args.seeds), "not_run", "no time left inside --budget-s") for c in todo]
         for (recipe, P, T), seeds, status, why in left:
