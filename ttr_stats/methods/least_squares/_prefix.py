@@ -102,6 +102,8 @@ class Layout:
         if time_axis_last:
             return self.split(xp, x[..., None])[..., 0]
         batch, m = x.shape[:-2], x.shape[-1]
+        if self.first == self.C and not self.tail:  # no padding: a reshape (a view), not a copy
+            return xp.reshape(x, batch + (self.n, self.C, m))
         dev = _array.device(x)
         zeros = lambda k: xp.zeros(batch + (k, m), dtype=x.dtype, device=dev)  # noqa: E731
         parts = [
@@ -117,6 +119,8 @@ class Layout:
         """(..., n, C, m) -> (..., T, m): the inverse of :meth:`split` (padding rows dropped)."""
         batch = y.shape[:-3]
         y = xp.reshape(y, batch + (self.n * self.C, y.shape[-1]))
+        if self.first == self.C and not self.tail:
+            return y
         return xp.concat([y[..., : self.first, :], y[..., self.C : self.C + self.T - self.first, :]], axis=-2)
 
     def chunk_of(self, i):

@@ -22,6 +22,11 @@ loud:
   < 0) or :math:`\hat\kappa_t \epsilon` exceeds :data:`NO_DECAY_LIMIT` (no decay), or the state stops
   being finite.
 
+On NumPy (float64, no ``lengths``) the same loop runs in place (:func:`_numpy_loop`): the very same
+update and guard arithmetic, bit for bit, into one scratch buffer, with the guard's precision formed every
+:data:`BLOCK` steps and its norm and trace read exactly in between (:class:`_Precision`); every step is
+still checked (B = 1, H = 16, T = 1024, d = 64: 1.5x a plain 10-line NumPy RLS loop, from 2.8x).
+
 Guarantee: a returned output is within about 5e-5 of max |V| of the exact weighted least squares solution
 (the largest error measured under the limits was 1e-7; at the default ridge without decay, 1e-9). Strong
 decay is refused: at ridge 1e-6 and d_k = 6, from about log alpha = -2 on (the exact answer needs cond(R_t)
