@@ -236,3 +236,27 @@ def test_v2_source_on_the_host_for_every_sweep_shape(rng, dtype, config):
             ops["Q"] = (ops["Q"] * (7 / 64) ** 0.5).astype(dtype)
             ops64["Q"] = ops["Q"].astype(np.float64)
         _check(run_host_v2(ops, config), ops64, dtype, (mode, config))
+
+
+def test_a_v2_that_does_not_compile_falls_back_to_v1(monkeypatch):
+    """An NVRTC failure of v2 (``CompileException``) warns once and runs v1 from then on; other errors, and
+    failures of an explicitly asked shape, propagate."""
+
+    class CompileException(Exception):
+        pass
+
+    def broken(*args):
+        raise CompileException("nw_forward2: error: something")
+
+    monkeypatch.setattr(F, "VARIANT", "v2")
+    monkeypatch.setattr(F, "_forward2", broken)
+    monkeypatch.setattr(F, "_forward1", lambda *args: "v1 ran")
+    with pytest.warns(RuntimeWarning, match="v2 did not compile"):
+        assert F.forward(np, *([None] * 5), 1.0, True, 0) == "v1 ran"
+    assert F.VARIANT == "v1"
+    assert F.forward(np, *([None] * 5), 1.0, True, 0) == "v1 ran"  # no second warning needed
+    with pytest.raises(CompileException):
+        F.forward(np, *([None] * 5), 1.0, True, 0, variant="v2", config=(16, 8, 8, 8))
+    monkeypatch.setattr(F, "_forward2", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        F.forward(np, *([None] * 5), 1.0, True, 0, variant="v2")

@@ -941,10 +941,31 @@ def forward(
     if variant not in ("v1", "v2"):
         raise ValueError(f"variant must be 'v1' or 'v2', not {variant!r}")
     if variant == "v2":
-        Y = _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config)
+        try:
+            Y = _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config)
+        except Exception as exc:
+            if type(exc).__name__ != "CompileException" or config is not None:
+                raise
+            _demote(exc)  # NVRTC refused v2 (not v1: the same module would fail there too): v1 from now on
+            Y = None
         if Y is not None or config is not None:
             return Y
     return _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C)
+
+
+def _demote(exc):
+    """v2 did not compile here: say so once and run v1 from now on (the same outputs, slower)."""
+    global VARIANT
+    import warnings
+
+    VARIANT = "v1"
+    first = str(exc).strip().splitlines()[:3]
+    warnings.warn(
+        "the fused kernel's variant v2 did not compile (" + " | ".join(first) + "); v1 runs instead "
+        "(ttr_stats.methods.kernel_smoother._fused_nw.VARIANT = 'v1')",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _aligned(cupy, x, dt):
