@@ -8,8 +8,9 @@ with the best mean accuracy over the seeds.
 
 GPUs: ``--gpus all`` (every card torch sees), ``--gpus N`` (the first N) or ``--gpus 0,2,5``. One pool of
 ``--workers-per-gpu`` processes per card, each pool started with ``CUDA_VISIBLE_DEVICES`` set to its card
-(so a worker's ``cuda`` is that card); the cells go to the pools in turn, the longest first. Default
-workers per card: enough that every cell runs at once (``ceil(cells / gpus)``: 2 on 8 cards, 16 on one;
+(so a worker's ``cuda`` is that card); the cells, the longest first, go to the least loaded card in a
+snake (on 8 cards with 16 cells the card of a T = 4096 cell also gets a T = 512 one). Default workers per
+card: enough that every cell runs at once (``ceil(cells / gpus)``: 2 on 8 cards, 16 on one;
 the models are small and launch-bound, so one process leaves a card idle). ``--device cpu --gpus 2``
 fakes two cards with CPU workers (the scheduling, the CSV and the shutdown, without a GPU).
 
@@ -273,6 +274,14 @@ def parse(argv=None):
     return args
 
 
+def pick_card(load, n_given):
+    """The card for the next cell: the least loaded; ties go up in even rounds (``n_given // cards``) and
+    down in odd ones (a snake), so the card of the longest cell of one round gets the shortest of the
+    next (the cells come longest first)."""
+    up = (n_given // len(load)) % 2 == 0
+    return min(range(len(load)), key=lambda i: (load[i], i if up else -i))
+
+
 def start_pools(ctx, gpus, workers, threads, barrier):
     """One spawn pool of ``workers`` processes per card, each started with ``CUDA_VISIBLE_DEVICES`` = its
     card (spawned children copy the parent's environment when they start; the parent's own is restored)."""
@@ -382,11 +391,12 @@ def main(argv=None):
     todo = list(cells)
     running = {}  # cell -> (AsyncResult, config keywords, pool index)
     load = [0] * len(pools)  # cells running on each card
+    n_given = 0
     n_ok = 0
     try:
         while (todo or running) and time.time() < deadline + args.margin_s / 2:
             while todo and len(running) < slots:
-                g = min(range(len(pools)), key=lambda i: (load[i], i))  # the least loaded card
+                g = pick_card(load, n_given)
                 if load[g] >= per_gpu:
                     break
                 left = deadline - time.time()
@@ -396,6 +406,7 @@ def main(argv=None):
                 j = job(todo[0], secs)
                 running[todo.pop(0)] = (pools[g].apply_async(run_cell, (j,)), j[0], g)
                 load[g] += 1
+                n_given += 1
             if todo and not running:
                 break
             for cell in [c for c, (r, _, _) in running.items() if r.ready()]:

@@ -263,6 +263,17 @@ def test_grid_gpus_and_batch():
     for bad, match in (("0", "at least 1"), ("x", "--gpus"), ("1,1", "twice"), ("9", "only 8")):
         with pytest.raises(ValueError, match=match):
             g.gpu_list(bad, "cuda", count=8)
+    # 16 cells (longest first) on 8 idle cards, every cell at once: a snake, so the card of each T = 4096
+    # cell also gets a T = 512 one
+    load, given = [0] * 8, []
+    for n in range(16):
+        c = g.pick_card(load, n)
+        load[c] += 1
+        given.append(c)
+    assert given == [0, 1, 2, 3, 4, 5, 6, 7, 7, 6, 5, 4, 3, 2, 1, 0]
+    cells = g.cells_of(g.parse([]))
+    assert all({cells[i][2], cells[15 - i][2]} == {4096, 512} for i in range(4))
+    assert g.pick_card([2, 1, 2], 5) == 1  # a card that finished early takes the next cell
     args = g.parse(["--batch", "64", "--batch-scale", "0.5", "--min-batch", "16"])
     # sqrt scaling: 64 at T <= 512, 64 / sqrt(8) = 22.6 -> 23 at T = 4096; constant tokens floor at 16
     assert [g.batch_of(args, T) for T in (128, 512, 2048, 4096)] == [64, 64, 32, 23]
