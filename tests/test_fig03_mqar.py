@@ -140,6 +140,21 @@ def test_replicas_train_as_separate_runs():
         assert abs(both[i].loss - alone.loss) < 1e-4
 
 
+def test_parallel_draws_are_the_serial_ones():
+    """The replicas' batches drawn on several threads are exactly the serial loop's, step after step
+    (each generator is used by one draw at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ttr_stats.train import _batch_host, _rngs
+
+    cfg = _cfg(seeds=(0, 1, 2))
+    serial, threaded = _rngs(cfg.seeds, 0), _rngs(cfg.seeds, 0)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            for a, b in zip(_batch_host(cfg, serial, 8), _batch_host(cfg, threaded, 8, pool), strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
 @needs_torch
 def test_replica_adamw_is_torch_adamw():
     """One replica of ReplicaAdamW follows torch.optim.AdamW step for step (float64 parameters: the same

@@ -381,9 +381,10 @@ def mqar_tokens(n_pairs, seq_len, *, vocab=8192, n_batch=1, power_a=0.01, random
     Notes
     -----
     Follows ``zoology/data/multiquery_ar.py`` (Arora et al. 2023) with two implementation choices that
-    do not change the distribution: sampling without replacement by random keys (keys and values:
-    uniform orderings; gaps: Gumbel top-k, which draws sequentially proportional to p, as
-    ``numpy.random.choice(replace=False, p=p)`` does), and one NumPy generator for everything. A random
+    do not change the distribution: the gaps drawn without replacement by Gumbel top-k (which draws
+    sequentially proportional to p, as ``numpy.random.choice(replace=False, p=p)`` does; the keys and
+    values, uniform orderings, by ``Generator.choice(replace=False)``), and one NumPy generator for
+    everything. A random
     filler token may equal one of the sequence's keys (as in Zoology): it is not scored.
 
     References
@@ -415,10 +416,12 @@ def mqar_tokens(n_pairs, seq_len, *, vocab=8192, n_batch=1, power_a=0.01, random
     if P > n_keys:
         raise ValueError(f"vocab = {vocab} has {n_keys} key tokens, fewer than n_pairs = {P}")
     rng = np.random.default_rng(seed)
-    # without replacement, in draw order: the P smallest of iid uniforms (keys, values) or the P largest of
-    # log p + Gumbel noise (gaps: Gumbel top-P = sequential draws proportional to p), sorted
-    keys = 1 + _top(-rng.random((B, n_keys)), P)
-    values = vocab // 2 + _top(-rng.random((B, n_vals)), P)
+    # without replacement, in draw order: keys and values uniform (below); gaps the P largest of log p +
+    # Gumbel noise (Gumbel top-P = sequential draws proportional to p)
+    # per row: Generator.choice without replacement (a uniform ordering of P distinct tokens; O(P) a row,
+    # where a top-P of n uniforms costs O(n) and was most of a training step's host time at vocab 8192)
+    keys = 1 + np.stack([rng.choice(n_keys, P, replace=False) for _ in range(B)])
+    values = vocab // 2 + np.stack([rng.choice(n_vals, P, replace=False) for _ in range(B)])
     space = (T - 2 * P) // 2
     logp = (a - 1.0) * np.log(np.arange(1, space + 1))  # log of a g^(a-1), constants dropped
     gaps = _top(logp + rng.gumbel(size=(B, space)), P)

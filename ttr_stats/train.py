@@ -288,10 +288,12 @@ def _batch(cfg, rngs, n):
     return tuple(torch.from_numpy(a).to(cfg.device) for a in _batch_host(cfg, rngs, n))
 
 
-def _batch_host(cfg, rngs, n):
-    """(S, n, T) NumPy inputs and labels, replica s drawn from ``rngs[s]``."""
-    ds = [
-        mqar_tokens(
+def _batch_host(cfg, rngs, n, pool=None):
+    """(S, n, T) NumPy inputs and labels, replica s drawn from ``rngs[s]`` (on the threads of ``pool``
+    when given: each generator is used by one draw at a time, so the draws are those of a serial loop)."""
+
+    def one(rng):
+        return mqar_tokens(
             cfg.n_pairs,
             cfg.seq_len,
             vocab=cfg.vocab,
@@ -299,9 +301,9 @@ def _batch_host(cfg, rngs, n):
             power_a=cfg.power_a,
             random_non_queries=cfg.random_non_queries,
             seed=rng,
-        )  # fmt: skip
-        for rng in rngs
-    ]
+        )
+
+    ds = list(pool.map(one, rngs)) if pool is not None else [one(rng) for rng in rngs]
     return np.stack([d.inputs for d in ds]), np.stack([d.labels for d in ds])
 
 
@@ -449,9 +451,12 @@ def train_mqar(cfg, deadline=None, log=None):
     history, losses = [], []
     log_every = max(1, cfg.steps // 20)
     # the next batch is drawn on a host thread while the device runs this step (NumPy releases the GIL
-    # in its sorts); one thread, so the generators are consumed in the same order as without it
+    # in its sorts and random fills), the replicas' parts on threads of their own (up to 4) when the
+    # device is a GPU; each generator is used by one draw at a time, so the data are the serial loop's
     pool = ThreadPoolExecutor(max_workers=1)
-    draw = lambda: _batch_host(cfg, rngs, cfg.batch_size)  # noqa: E731
+    n_draw = min(4, len(rngs)) if not str(cfg.device).startswith("cpu") else 1
+    draw_pool = ThreadPoolExecutor(max_workers=n_draw) if n_draw > 1 else None
+    draw = lambda: _batch_host(cfg, rngs, cfg.batch_size, draw_pool)  # noqa: E731
     nxt = pool.submit(draw)
     t0 = time.perf_counter()
     step, last_log = 0, 0.0
@@ -493,6 +498,8 @@ def train_mqar(cfg, deadline=None, log=None):
                 log(step, time.perf_counter() - t0, lv)
     train_s = time.perf_counter() - t0
     pool.shutdown(wait=True)
+    if draw_pool is not None:
+        draw_pool.shutdown(wait=True)
     acc, loss = evaluate(model, cfg)
     L = np.stack(losses)  # (steps, S)
     tail = L[-max(1, len(L) // 10) :].mean(axis=0)
