@@ -23,7 +23,9 @@ What is measured (float64; unit-norm queries and keys; every contender of a grou
 
 Timing is that of :mod:`benchmarks.cpu_methods` (one warm-up call, whose output is the one checked, then
 timed calls with the garbage collector off, about ``--budget`` seconds per contender, at least 3 calls).
-The BLAS libraries keep their default thread count; the machine section reports it (threadpoolctl).
+The BLAS libraries keep their default thread count; the machine section reports it (threadpoolctl), and the
+threads ttr_stats' host methods split the heads over (as many as the BLAS may use: ``OPENBLAS_NUM_THREADS=1``
+gives one, a fair setting on a machine that other processes load).
 """
 
 from __future__ import annotations
@@ -291,6 +293,12 @@ def main(argv=None):
     t_start = time.perf_counter()
     print(f"# ttr_stats CPU benchmark of the fast methods ({'quick' if args.quick else 'full'} run)\n")
     print_machine()
+    from ttr_stats.methods import _host_threads
+
+    print(
+        f"- ttr_stats host threads (methods/_host_threads.py: heads split over threads, BLAS at 1 thread "
+        f"meanwhile): {_host_threads.n_threads(cfg['H'])} for {cfg['H']} heads"
+    )
     print(
         "\nratio = best time of the contender / best time of its peer (< 1: the contender is faster); "
         "max rel diff = max|Y - Y_peer| / max|Y_peer|"

@@ -331,25 +331,26 @@ def woodbury_chunk(xp, P0, M0, K, V, Q, b, E):
     -------
     array of shape (..., C, d_v)
     """
-    dk = K.shape[-1]
     dev = _array.device(K)
     zero = xp.zeros((), dtype=K.dtype, device=dev)
     one = xp.ones((), dtype=K.dtype, device=dev)
     live = b > 0
     Kf = xp.where(live[..., None], K, zero)
     Ediag = xp.where(live, E / xp.where(live, b, one), one)
-    KP = xp.matmul(Kf, xp.concat([P0, xp.matrix_transpose(M0)], axis=-1))  # [K P0 | K M0^T]
-    F = KP[..., :dk]  # row j is P0 k_j (P0 symmetric)
+    # separate products, not one of concatenated operands: the (transposing) concatenations cost more
+    # than the products they saved (host: 13.3 -> 9 ms for 32 chunks of 64 at d = 64)
+    F = xp.matmul(Kf, P0)  # row j is P0 k_j (P0 symmetric)
+    M0t = xp.matrix_transpose(M0)
     A = xp.matmul(F, xp.matrix_transpose(Kf))
     A = 0.5 * (A + xp.matrix_transpose(A))  # exactly symmetric for the factorisation
     idx = xp.arange(K.shape[-2], device=dev)
     A = A + xp.where(idx[:, None] == idx[None, :], Ediag[..., :, None], zero)
     Li = tril_inverse(xp, cholesky(xp, A))
-    X = xp.matmul(Li, xp.concat([F, V - KP[..., dk:]], axis=-1))
-    B, Vt = X[..., :dk], X[..., dk:]
-    QB = xp.matmul(Q, xp.concat([xp.matrix_transpose(B), xp.matrix_transpose(M0)], axis=-1))
-    scores = xp.where(idx[:, None] >= idx[None, :], QB[..., : K.shape[-2]], zero)  # b_i . q_t, i <= t
-    return QB[..., K.shape[-2] :] + xp.matmul(scores, Vt)
+    B = xp.matmul(Li, F)
+    Vt = xp.matmul(Li, V - xp.matmul(Kf, M0t))
+    scores = xp.matmul(Q, xp.matrix_transpose(B))
+    scores = xp.where(idx[:, None] >= idx[None, :], scores, zero)  # b_i . q_t, i <= t
+    return xp.matmul(Q, M0t) + xp.matmul(scores, Vt)
 
 
 def singular_error(layer, t, detail, remedy):
