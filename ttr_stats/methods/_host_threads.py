@@ -32,6 +32,7 @@ def _blas_threads() -> int:
     global _controller
     try:
         if _controller is None:
+            import scipy.linalg  # noqa: F401 - load SciPy's own BLAS first, so that the controller sees it
             import threadpoolctl
 
             _controller = threadpoolctl.ThreadpoolController()
