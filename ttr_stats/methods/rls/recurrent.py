@@ -298,8 +298,9 @@ class _Precision:
 
     def at(self, j, Pm, Pf):
         """``(||R_t||_F^2, tr(R_t P_t))`` at step j of the block, for the step's computed P_t."""
-        np.matmul(self.Kb, Pm, out=self.X)
-        quad = np.vecdot(self.W[:, j], np.vecdot(self.X, self.Kb))
+        Kj = self.Kb[:, : j + 1]  # the block's pairs so far (w_ji = 0 for i > j)
+        X = np.matmul(Kj, Pm, out=self.X[:, : j + 1])
+        quad = np.vecdot(self.W[:, j, : j + 1], np.vecdot(X, Kj))
         return self.nR2[:, j], self.gam[:, j] * np.vecdot(self.Rf, Pf) + quad
 
 
