@@ -79,15 +79,15 @@ def _numpy_sum_finite(x):
 
     A NaN or an infinity makes every sum that contains it NaN or infinite (IEEE: inf + finite = inf,
     inf - inf = NaN, NaN + x = NaN), so a finite sum proves every entry finite: one vectorised pass, no
-    bool array (2.3x faster than ``all(isfinite(x))``: 3 of the 13 ms that four checks cost at
-    16 x 4096 x 64). A non-finite sum may be an overflow of finite entries: then the plain test runs.
+    bool array (1.3-2.3x faster than ``all(isfinite(x))`` on 16 x 4096 x 64, C-contiguous arrays only). A
+    non-finite sum may be an overflow of finite entries: then the plain test runs.
     """
     import numpy as np
 
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
         return None
     with np.errstate(all="ignore"):  # an overflowing or NaN sum is an answer here, not a warning
-        total = float(np.sum(x))
+        total = float(np.sum(np.reshape(x, -1)))  # one flat pass (a sum over 4 axes was 1.8x slower)
     return True if math.isfinite(total) else None
 
 
