@@ -78,6 +78,9 @@ class MQARTrainConfig:
         budget is used up first.
     lr, warmup, weight_decay : float
         AdamW peak learning rate, warm-up fraction of the schedule, decoupled weight decay (Zoology: 0.1).
+        The accuracy stays at chance until the layer finds the pairs, and a larger rate finds them sooner
+        (measured on a CPU, linear attention at P = 32, T = 128, batch 64: training loss 7.5 at step 80
+        and 2.9 at 160 at lr 3e-3; 1.6 at step 80 at 1e-2; 2.4 at step 40 at 3e-2), hence 1e-2.
     qk_norm : bool
         L2-normalise q and k after the short convolution (as DeltaNet and MesaNet do): keeps linear
         attention's sums and RLS's ridge on a fixed scale.
@@ -112,7 +115,7 @@ class MQARTrainConfig:
     batch_size: int = 32
     steps: int = 2000
     seconds: float | None = None
-    lr: float = 3e-3
+    lr: float = 1e-2
     warmup: float = 0.05
     weight_decay: float = 0.1
     qk_norm: bool = True
