@@ -212,3 +212,22 @@ def test_rls_numpy_loop_refuses_where_the_generic_loop_does(monkeypatch, log_alp
     fast = call()
     slow = generic_rls(monkeypatch, call)
     assert fast == slow
+
+
+def test_a_forked_child_gets_its_own_pool(monkeypatch):
+    """The pool's threads do not survive a fork: a child that splits must not wait on them forever."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    monkeypatch.setattr(_host_threads, "_blas_threads", lambda: 2)
+    assert _host_threads.run_split(lambda sl: sl.start, 4) == [0, 2]  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        res = pool.apply_async(_split_in_child)
+        assert res.get(timeout=60) == [0, 2]
+
+
+def _split_in_child():
+    _host_threads._blas_threads = lambda: 2
+    return _host_threads.run_split(lambda sl: sl.start, 4)

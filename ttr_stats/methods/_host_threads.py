@@ -13,6 +13,7 @@ The thread count follows the BLAS: the smallest thread count of the loaded BLAS 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +26,7 @@ _PREFIX = "ttr_stats_host"
 _lock = threading.Lock()
 _local = threading.local()
 _pool = None
+_pool_pid = None
 _controller = None
 
 
@@ -82,9 +84,12 @@ def run_split(fn, rows: int):
             _local.inside = False
 
     global _pool
+    global _pool_pid
     with _lock:
-        if _pool is None or _pool._max_workers < parts:
+        # a forked child inherits the pool object but not its threads: it makes its own
+        if _pool is None or _pool._max_workers < parts or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix=_PREFIX)
+            _pool_pid = os.getpid()
         pool = _pool
     # the threads take the cores the BLAS would have used: it runs one thread per call meanwhile (two
     # multithreaded BLAS calls at once oversubscribe the cores: the RLS chunked method ran 1.7x slower)
