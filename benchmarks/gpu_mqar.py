@@ -205,10 +205,12 @@ def gpu_list(spec, device, count=None):
     With a CPU ``device`` the names are only labels of fake cards (one worker pool each)."""
     spec = str(spec).strip()
     if spec == "all":
-        if count is None:
+        if count is None and str(device).startswith("cuda"):
             import torch
 
-            count = torch.cuda.device_count() if str(device).startswith("cuda") else 1
+            count = torch.cuda.device_count()
+        elif count is None:
+            count = 1  # one fake card
         return [str(i) for i in range(max(1, count))]
     parts = [x.strip() for x in spec.split(",") if x.strip()]
     if not parts or not all(x.isdigit() for x in parts):
