@@ -70,7 +70,7 @@ from ...optimizers import LinearAttentionState
 from .. import _fused, _host_threads
 from ..problem import initial_state
 from ..registry import register
-from . import _fused_intra
+from . import _fused_chunk, _fused_intra
 
 __all__ = ["chunked", "chunked_bytes", "DEFAULT_CHUNK", "HOST_MIN_T", "LOG_FLOOR"]
 
@@ -219,6 +219,10 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
     """
     T, dv, dt = Q.shape[-2], V.shape[-1], Q.dtype
     per_dim = g.shape[-1] > 1
+    if not host and not per_dim and _fused_chunk.ENABLED:  # CuPy: two kernels on the unpadded inputs
+        fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den)
+        if fused is not None:
+            return fused
     N = -(-T // C)
     Cp = 1 << (C - 1).bit_length() if per_dim else C  # the halving needs a power of two
     lead = Q.shape[:-2]

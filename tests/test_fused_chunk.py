@@ -1,0 +1,267 @@
+"""The fused chunked forward of scalar-decay identity layers (``methods/identity/_fused_chunk.py``):
+its two CUDA kernels against the recurrent loop and the array-API chunked path.
+
+* host, g++ (``tests/cuda_on_host.py`` runs the CUDA source): the kernels, launched as ``forward``
+  launches them, against a float64 recurrence written out here (``M_t = a_t M + b_t v k^T``) and the
+  NumPy chunked path ``chunked._kernel`` on odd shapes (T in {1, 31, 33, 100}, d in {1, 7, 64, 100},
+  d_v != d_k), an initial state, log-gates 0 / -7 / -50 / -inf (clamped), the sum denominator; and the
+  layers' device call site (chunked.py with ``forward`` replaced by the emulation) against the loop,
+  windows included;
+* nvcc: the source compiles for sm_90 with the module's template settings;
+* GPU (CuPy; skipped without one, before importing cupy): the same comparisons on the card, and the
+  layers with the switch on and off.
+
+Tolerances (relative RMS): float64 1e-10 (rounding of O(T) sums, measured ~1e-15), float32 1e-5 (the
+float32 products against a float64 reference, measured ~1e-7).
+"""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import _cupy_available, rel_err
+
+import ttr_stats as tt
+from ttr_stats.methods.identity import _fused_chunk as fc
+from ttr_stats.methods.identity import chunked as ich
+
+TOL64, TOL32 = 1e-10, 1e-5
+
+
+def _gxx():
+    try:
+        import cuda_on_host
+    except ImportError:
+        return False
+    return cuda_on_host.available()
+
+
+needs_gxx = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+
+
+def operands(rng, lead, T, dk, dv, log_alpha=None, dtype=np.float64, state=True):
+    Q = rng.standard_normal(lead + (T, dk))
+    K = rng.standard_normal(lead + (T, dk)) / np.sqrt(dk)
+    V = rng.standard_normal(lead + (T, dv))
+    g = -rng.uniform(0, 0.5, lead + (T, 1)) if log_alpha is None else np.full(lead + (T, 1), float(log_alpha))
+    if T > 3:
+        g[..., 3, 0] = -np.inf  # a hard reset: clamped to LOG_FLOOR
+    b = rng.uniform(0.2, 1.0, lead + (T,))
+    M0 = rng.standard_normal(lead + (dv, dk)) if state else np.zeros(lead + (dv, dk))
+    z0 = rng.uniform(0, 1, lead + (dk,)) if state else np.zeros(lead + (dk,))
+    return tuple(x.astype(dtype) for x in (Q, K, V, g, b, M0, z0))
+
+
+def recurrence(Q, K, V, g, b, M0, z0):
+    """float64 loop: ``y_t = M_t q_t``, ``den_t = q_t . z_t``, the final (M, z)."""
+    f = lambda x: np.asarray(x, dtype=np.float64)  # noqa: E731
+    Q, K, V, g, b, M, z = map(f, (Q, K, V, g, b, M0, z0))
+    a = np.exp(np.maximum(g[..., 0], ich.LOG_FLOOR))
+    ys, ds = [], []
+    for t in range(Q.shape[-2]):
+        M = a[..., t, None, None] * M + b[..., t, None, None] * V[..., t, :, None] * K[..., t, None, :]
+        z = a[..., t, None] * z + b[..., t, None] * K[..., t, :]
+        ys.append(np.einsum("...vk,...k->...v", M, Q[..., t, :]))
+        ds.append(np.sum(z * Q[..., t, :], axis=-1))
+    return np.stack(ys, -2), np.stack(ds, -1), M, z
+
+
+def array_path(Q, K, V, g, b, M0, z0, C, need_den):
+    import array_api_compat.numpy as xp
+
+    return ich._kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, True, None)
+
+
+def emulated(Q, K, V, g, b, M0, z0, C, need_den):
+    """``_fused_chunk.forward`` with the kernels run on the host (same layouts, sizes and arguments)."""
+    import cuda_on_host
+
+    dt = Q.dtype
+    t = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[dt]
+    n1, n2 = (nm.replace("float", t) for nm in fc._names(np.dtype(np.float32)))
+    p, w = f"const {t}*", f"{t}*"
+    k1 = cuda_on_host.compile_kernel(fc._SOURCE, n1, [p] * 6 + [w] * 4 + ["int"] * 5)
+    k2 = cuda_on_host.compile_kernel(fc._SOURCE, n2, [p] * 7 + [w] * 2 + ["int"] * 5)
+    lead, (T, dk), dv = Q.shape[:-2], Q.shape[-2:], V.shape[-1]
+    BH, N = int(np.prod(lead)), -(-T // C)
+    f = lambda x, tail: np.ascontiguousarray(np.broadcast_to(x, lead + tail).reshape((BH,) + tail), dtype=dt)  # noqa: E731
+    S = np.full((BH, N, dk, dv), np.nan, dt)
+    Z = np.full((BH, N, dk) if need_den else (1,), np.nan, dt)
+    M, z = np.full((BH, dv, dk), np.nan, dt), np.full((BH, dk), np.nan, dt)
+    Y, den = np.full((BH, T, dv), np.nan, dt), np.full((BH, T) if need_den else (1,), np.nan, dt)
+    (g1, b1), (g2, b2) = fc.layouts(BH, T, C, dk, dv)
+    q, k, v, gf, bf = f(Q, (T, dk)), f(K, (T, dk)), f(V, (T, dv)), f(g[..., 0], (T,)), f(b, (T,))
+    k1(g1, b1, fc.state_shared_bytes(C, dt.itemsize),
+       k, v, gf, bf, f(M0, (dv, dk)), f(z0, (dk,)), S, Z, M, z, T, C, dk, dv, int(need_den))  # fmt: skip
+    k2(g2, b2, fc.out_shared_bytes(C, dk, dt.itemsize),
+       q, k, v, gf, bf, S, Z, Y, den, T, C, dk, dv, int(need_den))  # fmt: skip
+    return (
+        Y.reshape(lead + (T, dv)),
+        den.reshape(lead + (T,)) if need_den else None,
+        M.reshape(lead + (dv, dk)),
+        z.reshape(lead + (dk,)),
+    )
+
+
+CASES = [  # lead, T, dk, dv, C
+    ((1,), 1, 1, 1, 32),
+    ((2,), 31, 7, 5, 8),
+    ((1, 2), 33, 7, 9, 32),
+    ((1,), 100, 64, 64, 32),
+    ((1,), 33, 100, 70, 16),
+    ((1,), 37, 64, 100, 7),
+]
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES)
+@pytest.mark.parametrize("log_alpha", [None, 0.0, -7.0, -50.0])
+def test_kernels_on_the_host_match_the_loop_and_the_array_path(rng, dtype, lead, T, dk, dv, C, log_alpha):
+    need_den = log_alpha in (None, -7.0)
+    ops = operands(rng, lead, T, dk, dv, log_alpha, dtype, state=log_alpha != 0.0)
+    got = emulated(*ops, C, need_den)
+    ref = recurrence(*ops)
+    arr = array_path(*ops, C, need_den)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for name, x, r, a in zip(("y", "den", "M", "z"), got, ref, arr, strict=True):
+        if name == "den" and not need_den:
+            assert x is None
+            continue
+        assert np.all(np.isfinite(x)), name
+        assert rel_err(x, r) < tol, (name, rel_err(x, r))
+        assert rel_err(x, a) < tol, (name, rel_err(x, a))
+
+
+@needs_gxx
+def test_kernels_on_the_host_are_exactly_causal(rng):
+    """Outputs before s do not change by a bit when inputs at s and after change (s inside a chunk)."""
+    ops = operands(rng, (1,), 40, 7, 5, None, np.float32)
+    y1 = emulated(*ops, 16, True)
+    s = 21
+    ops2 = [x.copy() for x in ops]
+    for x in ops2[:5]:
+        x[:, s:] = x[:, s:] * 3 - 1 if x.ndim == 3 else x[:, s:] * 0.5  # (1, T, d) or b (1, T)
+    y2 = emulated(*ops2, 16, True)
+    assert np.array_equal(y1[0][..., :s, :], y2[0][..., :s, :])
+    assert np.array_equal(y1[1][..., :s], y2[1][..., :s])
+
+
+@needs_gxx
+@pytest.mark.parametrize("name", ["linear", "retnet_sum", "mamba2", "window"])
+@pytest.mark.parametrize(("T", "chunk"), [(1, None), (33, 8), (70, 32)])
+def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypatch, rng, name, T, chunk):
+    """identity/chunked.py on its device path with ``forward`` run on the host: the operands it hands
+    over (windows: both stacked runs) and takes back are the right ones."""
+    calls = []
+
+    def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
+        calls.append(C)
+        return emulated(*(np.asarray(x) for x in (Q, K, V, g, b, M0, z0)), C, need_den)
+
+    monkeypatch.setattr(fc, "forward", forward)
+    monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
+    sum_opt = tt.optimizers.IdentityCovariance("sum")
+    layer = {
+        "linear": lambda: tt.recipes.linear_attention(),
+        "retnet_sum": lambda: tt.TestTimeRegression(weights=tt.weights.Gated(), optimizer=sum_opt),
+        "mamba2": tt.recipes.mamba2,
+        "window": lambda: tt.TestTimeRegression(weights=tt.weights.SlidingWindow(5), optimizer=sum_opt),
+    }[name]()
+    dk, dv = 7, 5
+    Q, K, V = (rng.standard_normal((2, T, d)) for d in (dk, dk, dv))
+    if "sum" in name or name == "window":
+        Q, K = np.abs(Q), np.abs(K)
+    kw = {"log_alpha": -rng.uniform(0, 0.5, (2, T))} if name in ("retnet_sum", "mamba2") else {}
+    yc = layer(Q, K, V, method="chunked", chunk_size=chunk, **kw)
+    yr = layer(Q, K, V, method="recurrent", **kw)
+    assert calls, "the fused path was not taken"
+    assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
+
+
+def test_does_not_apply_off_cupy_or_beyond_max_d():
+    import array_api_compat.numpy as xp
+
+    assert not fc.applies(xp, np.dtype("float32"), 32, 64, 64)
+    ops = operands(np.random.default_rng(0), (1,), 4, 2, 2)
+    assert fc.forward(xp, *ops, 32, False) is None
+
+
+def test_bad_constants_are_refused(monkeypatch):
+    monkeypatch.setattr(fc, "STATE_TK", 3)
+    with pytest.raises(ValueError, match="STATE_TK"):
+        fc._check_layout()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_source_compiles_with_nvcc(tmp_path):
+    inst = ""
+    for dt in (np.dtype(np.float32), np.dtype(np.float64)):
+        t = fc._DTYPES[str(dt)]
+        n1, n2 = fc._names(dt)
+        p, w = f"const {t}*", f"{t}*"
+        inst += f"\ntemplate __global__ void {n1}({', '.join([p] * 6 + [w] * 4 + ['int'] * 5)});"
+        inst += f"\ntemplate __global__ void {n2}({', '.join([p] * 7 + [w] * 2 + ['int'] * 5)});"
+    src = tmp_path / "k.cu"
+    src.write_text(fc._SOURCE + inst + "\n")
+    res = subprocess.run(
+        ["nvcc", "-arch=sm_90", "-std=c++17", "-c", str(src), "-o", str(tmp_path / "k.o")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+gpu = [pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES + [((2, 3), 300, 128, 128, 32)])
+@pytest.mark.parametrize("log_alpha", [None, 0.0, -50.0])
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+def test_gpu_forward_matches_the_loop(rng, dtype, lead, T, dk, dv, C, log_alpha):
+    import array_api_compat.cupy as cxp
+    import cupy
+
+    ops = operands(rng, lead, T, dk, dv, log_alpha, dtype)
+    got = fc.forward(cxp, *(cupy.asarray(x) for x in ops), C, True)
+    assert got is not None
+    ref = recurrence(*ops)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for name, x, r in zip(("y", "den", "M", "z"), got, ref, strict=True):
+        x = cupy.asnumpy(x)
+        assert np.all(np.isfinite(x)), name
+        assert rel_err(x, r) < tol, (name, rel_err(x, r))
+
+
+@pytest.mark.parametrize("name", ["linear", "mamba2", "window"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+def test_gpu_layers_with_and_without_the_switch(monkeypatch, rng, name, dtype):
+    import cupy
+
+    layer = {
+        "linear": tt.recipes.linear_attention,
+        "mamba2": tt.recipes.mamba2,
+        "window": lambda: tt.TestTimeRegression(
+            weights=tt.weights.SlidingWindow(9), optimizer=tt.optimizers.IdentityCovariance("sum")
+        ),
+    }[name]()
+    T, dk, dv = 77, 16, 24
+    Q, K, V = (np.abs(rng.standard_normal((2, 3, T, d))).astype(dtype) for d in (dk, dk, dv))
+    kw = (
+        {"log_alpha": cupy.asarray(-rng.uniform(0, 0.5, (2, 3, T)).astype(dtype))} if name == "mamba2" else {}
+    )
+    args = [cupy.asarray(x) for x in (Q, K, V)]
+    y_new = cupy.asnumpy(layer(*args, method="chunked", **kw))
+    monkeypatch.setattr(fc, "ENABLED", False)
+    y_old = cupy.asnumpy(layer(*args, method="chunked", **kw))
+    kw_h = {k: cupy.asnumpy(v).astype(np.float64) for k, v in kw.items()}
+    y_ref = layer(*(x.astype(np.float64) for x in (Q, K, V)), method="recurrent", **kw_h)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    assert rel_err(y_new, y_ref) < tol
+    assert rel_err(y_old, y_ref) < tol

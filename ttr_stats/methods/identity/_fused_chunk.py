@@ -1,0 +1,434 @@
+r"""A fused chunked forward of the scalar-decay identity family (linear attention, RetNet, Mamba-2) on
+CuPy, float32 and float64: two CUDA kernels on the UNPADDED inputs, no padding, chunking or gate copies.
+
+With ``G_i`` the float64 cumulative sum of the clamped log-gates from the chunk start (``<= 0``, clamped
+at :data:`~ttr_stats.methods.identity.chunked.LOG_FLOOR`), ``L`` the chunk's last valid row and
+:math:`S_n` (d_k, d_v) the transposed state before chunk n:
+
+* kernel 1, ``chunk_states`` (grid: sequence x d_k tile x d_v tile, sequential over chunks, the state
+  tile in registers, :data:`STATE_TK` x :data:`STATE_TV` a thread): stores every chunk's starting state
+  ``S_n`` (and ``z_n`` when the denominator is read), then
+  :math:`S \leftarrow e^{G_L} S + \sum_j k_j (e^{G_L - G_j} b_j)\, v_j^\top`; the final (M, z) at the end;
+* kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent):
+  :math:`A_{ij} = (q_i\cdot k_j)(e^{G_i - G_j} b_j)` for ``j <= i`` (exactly 0 above: exact causality),
+  then :math:`y_i = e^{G_i}\,q_i^\top S_n + \sum_j A_{ij} v_j` (:data:`OUT_TI` x :data:`OUT_TV` outputs a
+  thread, from shared-memory tiles) and, for ``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n +
+  \sum_j A_{ij}`.
+
+Every exponent is a difference ``G_later - G_earlier`` or a ``G`` itself, ``<= 0``: nothing overflows,
+log-gates down to -1000 (and ``-inf``, clamped) are safe. The exponentials are taken in float64 and
+rounded to the working dtype, as the array path (``chunked._intra_scalar``) forms them. A T that is not a
+multiple of C is handled by a short last chunk; d_k, d_v up to :data:`MAX_D` (beyond: ``None``, the
+caller's old path). The module constants are read at every call (a GPU run can sweep them); every
+distinct setting compiles its own template instance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+
+__all__ = ["ENABLED", "MAX_D", "applies", "forward", "layouts"]
+
+#: set False to take the old device path (``_fused_intra`` + ``_fused`` state pass)
+ENABLED = True
+
+#: the largest d_k and d_v handled
+MAX_D = 128
+
+#: kernel 1: state tile (d_k rows x d_v columns) a block, and the tile a thread keeps in registers
+STATE_BK = 32
+STATE_BV = 64
+STATE_TK = 2
+STATE_TV = 4
+
+#: kernel 2: value columns a block, outputs a thread (rows x columns), threads a block
+OUT_BV = 64
+OUT_TI = 4
+OUT_TV = 4
+OUT_THREADS = 128
+
+_SOURCE = r"""
+#ifndef TTR_LOG_FLOOR
+#define TTR_LOG_FLOOR -1000.0
+#endif
+
+// kernel 1: the states before each chunk. Thread (tr, tc) keeps rows tr + a * RK (a < TK) and columns
+// tc + u * RV (u < TV) of the block's (BK, BV) tile: a warp's threads read consecutive shared columns.
+template <typename T, int BK, int BV, int TK, int TV>
+__global__ void chunk_states(
+    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g, const T* __restrict__ b,
+    const T* __restrict__ M0, const T* __restrict__ z0, T* __restrict__ S, T* __restrict__ Z,
+    T* __restrict__ Mout, T* __restrict__ zout, const int Tn, const int C, const int dk, const int dv,
+    const int store_z)
+{
+    constexpr int RK = BK / TK, RV = BV / TV;
+    extern __shared__ unsigned char smem_raw[];
+    double* sg = reinterpret_cast<double*>(smem_raw);   // (C,) clamped log-gates
+    double* sG = sg + C;                                // (C,) their cumulative sums
+    T* sf = reinterpret_cast<T*>(sG + C);               // (C,) T(exp(G_L - G_j)) * b_j
+    T* sk = sf + C;                                     // (C, BK) keys times sf
+    T* sv = sk + C * BK;                                // (C, BV)
+    const size_t bh = blockIdx.x;
+    const int k0 = blockIdx.y * BK, v0 = blockIdx.z * BV;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const int tr = tid / RV, tc = tid % RV;
+    const int N = (Tn + C - 1) / C;
+    const bool zb = (blockIdx.z == 0) && (tc == 0);     // these threads also carry z (d_k rows)
+    T s[TK][TV], z[TK];
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        z[a] = (i < dk) ? z0[bh * dk + i] : T(0);
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            s[a][u] = (i < dk && j < dv) ? M0[(bh * dv + j) * dk + i] : T(0);
+        }
+    }
+    for (int n = 0; n < N; ++n) {
+        const int c0 = n * C, Cn = min(C, Tn - c0);
+        // the state before chunk n
+        T* Sn = S + (bh * N + n) * (size_t)dk * dv;
+#pragma unroll
+        for (int a = 0; a < TK; ++a) {
+            const int i = k0 + tr + a * RK;
+            if (i >= dk) continue;
+#pragma unroll
+            for (int u = 0; u < TV; ++u) {
+                const int j = v0 + tc + u * RV;
+                if (j < dv) Sn[(size_t)i * dv + j] = s[a][u];
+            }
+            if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
+        }
+        for (int c = tid; c < Cn; c += nt) {
+            const double x = (double)g[bh * Tn + c0 + c];
+            sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;   // also -inf -> the floor
+        }
+        __syncthreads();
+        for (int c = tid; c < Cn; c += nt) {  // sequential sums, in cumsum's order
+            double acc = 0.0;
+            for (int l = 0; l <= c; ++l) acc += sg[l];
+            sG[c] = acc;
+        }
+        __syncthreads();
+        const double GL = sG[Cn - 1];
+        for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * b[bh * Tn + c0 + c];
+        __syncthreads();
+        for (int e = tid; e < Cn * BK; e += nt) {
+            const int c = e / BK, i = e % BK;
+            const T x = (k0 + i < dk) ? k[(bh * Tn + c0 + c) * dk + k0 + i] : T(0);
+            sk[c * BK + i] = x * sf[c];
+        }
+        for (int e = tid; e < Cn * BV; e += nt) {
+            const int c = e / BV, j = e % BV;
+            sv[c * BV + j] = (v0 + j < dv) ? v[(bh * Tn + c0 + c) * dv + v0 + j] : T(0);
+        }
+        __syncthreads();
+        const T dec = T(exp(GL));
+#pragma unroll
+        for (int a = 0; a < TK; ++a) {
+            z[a] *= dec;
+#pragma unroll
+            for (int u = 0; u < TV; ++u) s[a][u] *= dec;
+        }
+        for (int c = 0; c < Cn; ++c) {
+            T kr[TK], vr[TV];
+#pragma unroll
+            for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK];
+#pragma unroll
+            for (int u = 0; u < TV; ++u) vr[u] = sv[c * BV + tc + u * RV];
+#pragma unroll
+            for (int a = 0; a < TK; ++a) {
+                if (zb) z[a] += kr[a];
+#pragma unroll
+                for (int u = 0; u < TV; ++u) s[a][u] += kr[a] * vr[u];
+            }
+        }
+        __syncthreads();  // the next chunk overwrites the shared tiles
+    }
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        if (i >= dk) continue;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            if (j < dv) Mout[(bh * dv + j) * dk + i] = s[a][u];
+        }
+        if (zb) zout[bh * dk + i] = z[a];
+    }
+}
+
+// kernel 2: every chunk's outputs. Block (sequence * N + chunk, d_v tile); thread (ri, cj) computes rows
+// ri + a * RR (a < TI, repeated in passes of RR * TI rows) and columns cj + u * RV (u < TV).
+template <typename T, int BV, int TI, int TV>
+__global__ void chunk_outputs(
+    const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g,
+    const T* __restrict__ b, const T* __restrict__ S, const T* __restrict__ Z, T* __restrict__ Y,
+    T* __restrict__ den, const int Tn, const int C, const int dk, const int dv, const int need_den)
+{
+    constexpr int RV = BV / TV;
+    const int ldk = dk | 1, ldc = C | 1;                 // odd strides: a warp's rows in distinct banks
+    extern __shared__ unsigned char smem_raw[];
+    double* sg = reinterpret_cast<double*>(smem_raw);    // (C,) clamped log-gates
+    double* sG = sg + C;                                 // (C,) cumulative sums
+    T* se = reinterpret_cast<T*>(sG + C);                // (C,) T(exp(G_i))
+    T* sb = se + C;                                      // (C,)
+    T* sq = sb + C;                                      // (C, ldk)
+    T* sk = sq + C * ldk;                                // (C, ldk)
+    T* sA = sk + C * ldk;                                // (C, ldc)
+    T* sv = sA + C * ldc;                                // (C, BV)
+    T* sS = sv + C * BV;                                 // (dk, BV)
+    T* sz = sS + dk * BV;                                // (dk,)
+    const int N = (Tn + C - 1) / C;
+    const size_t bh = blockIdx.x / N;
+    const int n = blockIdx.x % N;
+    const int v0 = blockIdx.y * BV;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const int c0 = n * C, Cn = min(C, Tn - c0);
+    const size_t row0 = bh * Tn + c0;
+    const bool dens = need_den && blockIdx.y == 0;
+    for (int e = tid; e < Cn * dk; e += nt) {
+        const int i = e / dk, d = e % dk;
+        sq[i * ldk + d] = q[row0 * dk + e];
+        sk[i * ldk + d] = k[row0 * dk + e];
+    }
+    for (int e = tid; e < Cn * BV; e += nt) {
+        const int c = e / BV, j = e % BV;
+        sv[e] = (v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
+    }
+    const T* Sn = S + (bh * N + n) * (size_t)dk * dv;
+    for (int e = tid; e < dk * BV; e += nt) {
+        const int d = e / BV, j = e % BV;
+        sS[e] = (v0 + j < dv) ? Sn[(size_t)d * dv + v0 + j] : T(0);
+    }
+    if (dens)
+        for (int d = tid; d < dk; d += nt) sz[d] = Z[(bh * N + n) * dk + d];
+    for (int c = tid; c < Cn; c += nt) {
+        const double x = (double)g[row0 + c];
+        sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
+        sb[c] = b[row0 + c];
+    }
+    __syncthreads();
+    for (int c = tid; c < Cn; c += nt) {
+        double acc = 0.0;
+        for (int l = 0; l <= c; ++l) acc += sg[l];
+        sG[c] = acc;
+        se[c] = T(exp(acc));
+    }
+    __syncthreads();
+    // A on the causal triangle, a 2 x 2 tile a thread (rows 2 ti + {0, 1}, columns 2 tj + {0, 1});
+    // tiles wholly above the diagonal are skipped, and nothing reads A above it
+    const int h = (Cn + 1) / 2;
+    for (int e = tid; e < h * h; e += nt) {
+        const int ti = e / h, tj = e % h;
+        if (tj > ti) continue;
+        T acc[2][2] = {{T(0), T(0)}, {T(0), T(0)}};
+        const int i1 = min(2 * ti + 1, Cn - 1), j1 = min(2 * tj + 1, Cn - 1);  // clamped reads
+        const T* qa = sq + 2 * ti * ldk;
+        const T* qb = sq + i1 * ldk;
+        const T* ka = sk + 2 * tj * ldk;
+        const T* kb = sk + j1 * ldk;
+        for (int d = 0; d < dk; ++d) {
+            const T x0 = qa[d], x1 = qb[d], y0 = ka[d], y1 = kb[d];
+            acc[0][0] += x0 * y0; acc[0][1] += x0 * y1;
+            acc[1][0] += x1 * y0; acc[1][1] += x1 * y1;
+        }
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+                const int i = 2 * ti + a, j = 2 * tj + u;
+                if (i >= Cn || j > i) continue;
+                sA[i * ldc + j] = acc[a][u] * (T(exp(sG[i] - sG[j])) * sb[j]);
+            }
+    }
+    __syncthreads();
+    if (dens)
+        for (int i = tid; i < Cn; i += nt) {
+            T d1 = T(0), d2 = T(0);
+            for (int d = 0; d < dk; ++d) d1 += sq[i * ldk + d] * sz[d];
+            for (int c = 0; c <= i; ++c) d2 += sA[i * ldc + c];
+            den[row0 + i] = d2 + se[i] * d1;
+        }
+    const int RR = nt / RV;                             // row groups
+    const int ri = tid / RV, cj = tid % RV;
+    if (ri >= RR) return;                               // (no barrier follows)
+    for (int p = 0; p < Cn; p += RR * TI) {
+        T yS[TI][TV], yA[TI][TV];
+#pragma unroll
+        for (int a = 0; a < TI; ++a)
+#pragma unroll
+            for (int u = 0; u < TV; ++u) { yS[a][u] = T(0); yA[a][u] = T(0); }
+        int ir[TI];
+#pragma unroll
+        for (int a = 0; a < TI; ++a) ir[a] = min(p + ri + a * RR, Cn - 1);  // clamped: read, never written
+        for (int d = 0; d < dk; ++d) {
+            T x[TI], y[TV];
+#pragma unroll
+            for (int a = 0; a < TI; ++a) x[a] = sq[ir[a] * ldk + d];
+#pragma unroll
+            for (int u = 0; u < TV; ++u) y[u] = sS[d * BV + cj + u * RV];
+#pragma unroll
+            for (int a = 0; a < TI; ++a)
+#pragma unroll
+                for (int u = 0; u < TV; ++u) yS[a][u] += x[a] * y[u];
+        }
+        int imax = ir[0];
+#pragma unroll
+        for (int a = 1; a < TI; ++a) imax = max(imax, ir[a]);
+        for (int c = 0; c <= imax; ++c) {  // A is exactly 0 above the diagonal
+            T x[TI], y[TV];
+#pragma unroll
+            for (int a = 0; a < TI; ++a) x[a] = (c <= ir[a]) ? sA[ir[a] * ldc + c] : T(0);
+#pragma unroll
+            for (int u = 0; u < TV; ++u) y[u] = sv[c * BV + cj + u * RV];
+#pragma unroll
+            for (int a = 0; a < TI; ++a)
+#pragma unroll
+                for (int u = 0; u < TV; ++u) yA[a][u] += x[a] * y[u];
+        }
+#pragma unroll
+        for (int a = 0; a < TI; ++a) {
+            const int i = p + ri + a * RR;
+            if (i >= Cn) continue;
+#pragma unroll
+            for (int u = 0; u < TV; ++u) {
+                const int j = v0 + cj + u * RV;
+                if (j < dv) Y[(row0 + i) * dv + j] = yA[a][u] + se[i] * yS[a][u];
+            }
+        }
+    }
+}
+"""
+
+_DTYPES = {"float32": "float", "float64": "double"}
+_MODULES = {}
+
+
+def _names(dt):
+    t = _DTYPES[str(dt)]
+    return (
+        f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>",
+        f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}>",
+    )
+
+
+def _functions(dt):
+    names = _names(dt)
+    if names not in _MODULES:
+        import cupy
+
+        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=list(names))
+        _MODULES[names] = tuple(mod.get_function(nm) for nm in names)
+    return _MODULES[names]
+
+
+def _check_layout():
+    """The module constants must give whole thread grids (a ValueError names the constant)."""
+    for name, a, t in (
+        ("STATE_TK", STATE_BK, STATE_TK),
+        ("STATE_TV", STATE_BV, STATE_TV),
+        ("OUT_TV", OUT_BV, OUT_TV),
+    ):
+        if t < 1 or a % t:
+            raise ValueError(f"{name}={t} must divide its block size {a}")
+    if OUT_THREADS < OUT_BV // OUT_TV:
+        raise ValueError(f"OUT_THREADS={OUT_THREADS} must be at least OUT_BV // OUT_TV = {OUT_BV // OUT_TV}")
+
+
+def state_threads():
+    return (STATE_BK // STATE_TK) * (STATE_BV // STATE_TV)
+
+
+def state_shared_bytes(C, itemsize):
+    """Dynamic shared memory of a ``chunk_states`` block."""
+    return 16 * C + (C + C * (STATE_BK + STATE_BV)) * itemsize
+
+
+def out_shared_bytes(C, dk, itemsize):
+    """Dynamic shared memory of a ``chunk_outputs`` block."""
+    return 16 * C + (2 * C + 2 * C * (dk | 1) + C * (C | 1) + C * OUT_BV + dk * OUT_BV + dk) * itemsize
+
+
+def layouts(BH, T, C, dk, dv):
+    """``((grid, block) of kernel 1, (grid, block) of kernel 2)``."""
+    N = -(-T // C)
+    return (
+        ((BH, -(-dk // STATE_BK), -(-dv // STATE_BV)), (state_threads(),)),
+        ((BH * N, -(-dv // OUT_BV)), (OUT_THREADS,)),
+    )
+
+
+def _shared_limit():
+    from .. import _fused
+
+    return _fused.device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+
+
+def applies(xp, dtype, C, dk, dv) -> bool:
+    """Whether :func:`forward` runs: CuPy, float32/float64, d_k and d_v up to :data:`MAX_D`, the tiles
+    within shared memory."""
+    if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
+        return False
+    if str(dtype) not in _DTYPES or dk > MAX_D or dv > MAX_D or dk < 1 or dv < 1:
+        return False
+    it = 4 if str(dtype) == "float32" else 8
+    lim = _shared_limit()
+    return state_shared_bytes(C, it) <= lim and out_shared_bytes(C, dk, it) <= lim
+
+
+def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
+    """``(y, den, M, z)`` of the unwindowed chunked recurrence (as ``chunked._kernel``), or ``None`` where
+    the kernels do not apply.
+
+    Q, K (..., T, d_k), V (..., T, d_v), g (..., T, 1) log-gates (scalar decay), b (..., T), M0
+    (..., d_v, d_k), z0 (..., d_k); ``den`` is None unless ``need_den``.
+    """
+    lead, (T, dk), dv, dt = Q.shape[:-2], Q.shape[-2:], V.shape[-1], Q.dtype
+    if g.shape[-1] != 1 or T == 0 or math.prod(lead) == 0 or not applies(xp, dt, C, dk, dv):
+        return None
+    _check_layout()
+    import cupy
+
+    BH, N = math.prod(lead), -(-T // C)
+
+    def flat(x, tail):
+        return cupy.ascontiguousarray(xp.reshape(xp.broadcast_to(x, lead + tail), (BH,) + tail), dtype=dt)
+
+    q, k, v = flat(Q, (T, dk)), flat(K, (T, dk)), flat(V, (T, dv))
+    gf, bf = flat(g[..., 0], (T,)), flat(b, (T,))
+    m0, zz0 = flat(M0, (dv, dk)), flat(z0, (dk,))
+    S = cupy.empty((BH, N, dk, dv), dtype=dt)
+    Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
+    M = cupy.empty((BH, dv, dk), dtype=dt)
+    z = cupy.empty((BH, dk), dtype=dt)
+    Y = cupy.empty((BH, T, dv), dtype=dt)
+    den = cupy.empty((BH, T) if need_den else (1,), dtype=dt)
+    (g1, b1), (g2, b2) = layouts(BH, T, C, dk, dv)
+    f1, f2 = _functions(dt)
+    it, i32 = dt.itemsize, cupy.int32
+    s1, s2 = state_shared_bytes(C, it), out_shared_bytes(C, dk, it)
+    for f, s in ((f1, s1), (f2, s2)):
+        if s > 48 * 1024:
+            f.max_dynamic_shared_size_bytes = s
+    f1(
+        g1,
+        b1,
+        (k, v, gf, bf, m0, zz0, S, Z, M, z, i32(T), i32(C), i32(dk), i32(dv), i32(need_den)),
+        shared_mem=s1,
+    )
+    f2(
+        g2,
+        b2,
+        (q, k, v, gf, bf, S, Z, Y, den, i32(T), i32(C), i32(dk), i32(dv), i32(need_den)),
+        shared_mem=s2,
+    )
+    return (
+        xp.reshape(Y, lead + (T, dv)),
+        xp.reshape(den, lead + (T,)) if need_den else None,
+        xp.reshape(M, lead + (dv, dk)),
+        xp.reshape(z, lead + (dk,)),
+    )
