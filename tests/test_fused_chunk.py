@@ -180,6 +180,68 @@ def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypa
     assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
 
 
+class _FakeCupy:
+    """Just enough of CuPy for ``forward``: NumPy arrays, and ``RawModule`` functions that run the kernels
+    on the host (``cuda_on_host``), so that ``forward``'s own launches (argument order, grids, shared
+    sizes) are what is tested."""
+
+    ascontiguousarray = staticmethod(np.ascontiguousarray)
+    empty = staticmethod(np.empty)
+    int32, float32, float64 = np.int32, np.float32, np.float64
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            self.code = code
+
+        def get_function(self, name):
+            import cuda_on_host
+
+            t = "double" if name.split("<")[1].startswith("double") else "float"
+            p, w = f"const {t}*", f"{t}*"
+            types = [p] * 6 + [w] * 4 if name.startswith("chunk_states") else [p] * 7 + [w] * 2
+            kern = cuda_on_host.compile_kernel(self.code, name, types + ["int"] * 5)
+
+            class Function:
+                max_dynamic_shared_size_bytes = 0
+
+                def __call__(self, grid, block, args, shared_mem=0):
+                    kern(grid, block, shared_mem, *(a if isinstance(a, np.ndarray) else int(a) for a in args))
+
+            return Function()
+
+
+@needs_gxx
+@pytest.mark.parametrize("name", ["linear", "retnet_sum", "window"])
+def test_forward_itself_with_a_host_cupy_matches_the_loop(monkeypatch, rng, name):
+    """``forward``'s own CuPy glue and launches, the kernels run on the host, through the layers."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+    monkeypatch.setattr(fc, "array_api_compat", types.SimpleNamespace(is_cupy_namespace=lambda xp: True))
+    monkeypatch.setattr(fc, "_shared_limit", lambda: 227 * 1024)
+    monkeypatch.setattr(fc, "_MODULES", {})
+    monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
+    sum_opt = tt.optimizers.IdentityCovariance("sum")
+    layer = {
+        "linear": lambda: tt.recipes.linear_attention(),
+        "retnet_sum": lambda: tt.TestTimeRegression(weights=tt.weights.Gated(), optimizer=sum_opt),
+        "window": lambda: tt.TestTimeRegression(weights=tt.weights.SlidingWindow(5), optimizer=sum_opt),
+    }[name]()
+    T, dk, dv = 45, 9, 6
+    Q, K, V = (np.abs(rng.standard_normal((2, T, d))) for d in (dk, dk, dv))
+    kw = {"log_alpha": -rng.uniform(0, 0.5, (2, T))} if name == "retnet_sum" else {}
+    for dt, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+        args = [x.astype(dt) for x in (Q, K, V)]
+        kwd = {k: v.astype(dt) for k, v in kw.items()}
+        yc, st = layer(*args, method="chunked", chunk_size=16, return_state=True, **kwd)
+        yr, sr = layer(Q, K, V, method="recurrent", return_state=True, **kw)
+        assert yc.dtype == dt
+        assert rel_err(yc, yr) < tol, (name, dt, rel_err(yc, yr))
+        assert rel_err(st.M, sr.M) < tol and rel_err(st.z, sr.z) < tol
+    assert fc._MODULES, "forward did not launch the kernels"
+
+
 def test_does_not_apply_off_cupy_or_beyond_max_d():
     import array_api_compat.numpy as xp
 
