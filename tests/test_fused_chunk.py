@@ -135,6 +135,30 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(rng, dtype, lead,
 
 
 @needs_gxx
+@pytest.mark.parametrize(
+    "consts",
+    [
+        dict(STATE_BK=16, STATE_BV=16, STATE_TK=4, STATE_TV=4, OUT_BV=32, OUT_TI=2, OUT_TV=4, OUT_THREADS=32),
+        dict(STATE_BK=64, STATE_BV=64, STATE_TK=4, STATE_TV=4, OUT_BV=64, OUT_TI=8, OUT_TV=4, OUT_THREADS=64),
+        dict(
+            STATE_BK=16, STATE_BV=64, STATE_TK=1, STATE_TV=4, OUT_BV=64, OUT_TI=2, OUT_TV=4, OUT_THREADS=256
+        ),
+    ],
+)
+@pytest.mark.parametrize(("T", "dk", "dv", "C"), [(100, 64, 72, 64), (70, 20, 40, 32), (9, 3, 2, 4)])
+def test_other_module_constants_on_the_host(monkeypatch, rng, consts, T, dk, dv, C):
+    """The tile settings a GPU run sweeps (fewer threads than chunk rows, several tiles a dimension)."""
+    for k, v in consts.items():
+        monkeypatch.setattr(fc, k, v)
+    fc._check_layout()
+    for dtype, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+        ops = operands(rng, (2,), T, dk, dv, None, dtype)
+        got, ref = emulated(*ops, C, True), recurrence(*ops)
+        for name, x, r in zip(("y", "den", "M", "z"), got, ref, strict=True):
+            assert rel_err(x, r) < tol, (name, dtype, rel_err(x, r))
+
+
+@needs_gxx
 def test_kernels_on_the_host_are_exactly_causal(rng):
     """Outputs before s do not change by a bit when inputs at s and after change (s inside a chunk)."""
     ops = operands(rng, (1,), 40, 7, 5, None, np.float32)

@@ -102,29 +102,30 @@ __global__ void chunk_states(
             }
             if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
         }
+        // every global load of the chunk in one phase (one memory latency a chunk, not two)
         for (int c = tid; c < Cn; c += nt) {
             const double x = (double)g[bh * Tn + c0 + c];
             sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;   // also -inf -> the floor
+            sf[c] = b[bh * Tn + c0 + c];
+        }
+        for (int e = tid; e < Cn * BK; e += nt) {
+            const int c = e / BK, i = e % BK;
+            sk[e] = (k0 + i < dk) ? k[(bh * Tn + c0 + c) * dk + k0 + i] : T(0);
+        }
+        for (int e = tid; e < Cn * BV; e += nt) {
+            const int c = e / BV, j = e % BV;
+            sv[e] = (v0 + j < dv) ? v[(bh * Tn + c0 + c) * dv + v0 + j] : T(0);
         }
         __syncthreads();
-        for (int c = tid; c < Cn; c += nt) {  // sequential sums, in cumsum's order
+        // the chunk's decays: G_c by sequential sums (cumsum's order), then sf = T(exp(G_L - G_c)) * b_c
+        for (int c = tid; c < Cn; c += nt) {
             double acc = 0.0;
             for (int l = 0; l <= c; ++l) acc += sg[l];
             sG[c] = acc;
         }
         __syncthreads();
         const double GL = sG[Cn - 1];
-        for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * b[bh * Tn + c0 + c];
-        __syncthreads();
-        for (int e = tid; e < Cn * BK; e += nt) {
-            const int c = e / BK, i = e % BK;
-            const T x = (k0 + i < dk) ? k[(bh * Tn + c0 + c) * dk + k0 + i] : T(0);
-            sk[c * BK + i] = x * sf[c];
-        }
-        for (int e = tid; e < Cn * BV; e += nt) {
-            const int c = e / BV, j = e % BV;
-            sv[c * BV + j] = (v0 + j < dv) ? v[(bh * Tn + c0 + c) * dv + v0 + j] : T(0);
-        }
+        for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * sf[c];
         __syncthreads();
         const T dec = T(exp(GL));
 #pragma unroll
@@ -135,8 +136,9 @@ __global__ void chunk_states(
         }
         for (int c = 0; c < Cn; ++c) {
             T kr[TK], vr[TV];
+            const T f = sf[c];
 #pragma unroll
-            for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK];
+            for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK] * f;   // k_c (e^{G_L - G_c} b_c)
 #pragma unroll
             for (int u = 0; u < TV; ++u) vr[u] = sv[c * BV + tc + u * RV];
 #pragma unroll
