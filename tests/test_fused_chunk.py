@@ -274,6 +274,10 @@ def test_does_not_apply_off_cupy_or_beyond_max_d():
     assert fc.forward(xp, *ops, 32, False) is None
 
 
+def test_kernel_floor_is_the_module_floor():
+    assert f"#define TTR_LOG_FLOOR {ich.LOG_FLOOR!r}" in fc._SOURCE
+
+
 def test_bad_constants_are_refused(monkeypatch):
     monkeypatch.setattr(fc, "STATE_TK", 3)
     with pytest.raises(ValueError, match="STATE_TK"):

@@ -19,8 +19,12 @@ Every exponent is a difference ``G_later - G_earlier`` or a ``G`` itself, ``<= 0
 log-gates down to -1000 (and ``-inf``, clamped) are safe. The exponentials are taken in float64 and
 rounded to the working dtype, as the array path (``chunked._intra_scalar``) forms them. A T that is not a
 multiple of C is handled by a short last chunk; d_k, d_v up to :data:`MAX_D` (beyond: ``None``, the
-caller's old path). The module constants are read at every call (a GPU run can sweep them); every
-distinct setting compiles its own template instance.
+caller's old path). The module constants are read at every call (a GPU run can sweep them:
+``benchmarks/gpu_fused_chunk.py``); every distinct setting compiles its own template instance.
+
+Memory: the chunk states, ``B H ceil(T / C) d_k d_v`` words (1 GiB at B = 8, H = 16, T = 16384, d = 64,
+float32, C = 32), as ``chunked_bytes`` counts for a device. Not yet timed on a card (written without one;
+the kernels' source is checked on the host by ``tests/cuda_on_host.py``, ``tests/test_fused_chunk.py``).
 """
 
 from __future__ import annotations
