@@ -44,6 +44,7 @@ EXPECTED = {
     # 2025-26 layers beyond the delta family (issue 13)
     "log_linear_attention",
     "log_linear_mamba2",
+    "log_linear_gated_deltanet",
     "parallax",
     "higher_order_linear_attention",
     "kalman_filter",

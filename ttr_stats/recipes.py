@@ -380,6 +380,18 @@ def log_linear_mamba2(levels=16):
     return _layer(w.Gated(alpha=1.0), LogLinearAttention(levels))
 
 
+def log_linear_gated_deltanet(levels=16, beta=1.0):
+    r"""Log-linear Gated DeltaNet: Gated DeltaNet's pseudo-values read through Fenwick buckets.
+
+    :math:`y_t = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t` over the delta rule's corrected pairs
+    :math:`(k_i, u_i)`; all :math:`\lambda = 1` is :func:`gated_deltanet`.
+    Paper row: log-linear Gated DeltaNet (Guo et al. 2025), hierarchical gated weights x delta-rule writes.
+    """
+    from .optimizers.log_linear_delta import LogLinearDelta
+
+    return _layer(w.Gated(alpha=1.0), LogLinearDelta(levels, beta=beta))
+
+
 def parallax(probe=None, scale=None):
     r"""Parallax: softmax attention minus :math:`\mathrm{Cov}_p(v, k)\,r_t`, a probe-corrected NW.
 
@@ -473,6 +485,7 @@ def sink_window_attention(window=64, sinks=4, scale=None):
 _RECIPES_2025_OTHER = (
     log_linear_attention,
     log_linear_mamba2,
+    log_linear_gated_deltanet,
     parallax,
     higher_order_linear_attention,
     kalman_filter,

@@ -46,6 +46,7 @@ def _owners_2025():
     from ..optimizers.higher_order import HigherOrderLinearAttention
     from ..optimizers.kalman import KalmanFilter
     from ..optimizers.log_linear import LogLinearAttention
+    from ..optimizers.log_linear_delta import LogLinearDelta
     from ..optimizers.robust import RobustIRLS
     from ..regressors.deltaformer import DeltaFormer
     from ..regressors.parallax import Parallax
@@ -53,6 +54,7 @@ def _owners_2025():
 
     return {
         "log_linear": (LogLinearAttention,),
+        "log_linear_delta": (LogLinearDelta,),
         "kalman": (KalmanFilter,),
         "higher_order": (HigherOrderLinearAttention,),
         "robust": (RobustIRLS,),

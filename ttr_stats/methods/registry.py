@@ -162,6 +162,7 @@ FAMILIES = (
     "kernel_ridge",
     # issue 13 (2025-26 layers beyond the delta family)
     "log_linear",
+    "log_linear_delta",
     "kalman",
     "higher_order",
     "robust",
