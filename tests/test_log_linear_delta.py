@@ -7,6 +7,7 @@ import pytest
 
 import ttr_stats as tt
 from ttr_stats.methods.log_linear.direct import level_matrix
+from ttr_stats.optimizers.log_linear import fenwick_level
 
 TOL64 = 1e-10  # float64 round-off of T <= 64 sums and a T x T triangular solve
 
@@ -34,9 +35,23 @@ def test_unit_levels_are_gated_deltanet(rng):
         assert rel(layer(Q, K, V, alpha=a, beta=b, method=m), ref) < TOL64, m
 
 
-def paper_matrix_form(Q, K, V, a, b, lam):
-    """O = (Q K^T o L o M^H) (I + tril(diag(beta) K K^T o L, -1))^{-1} diag(beta) V, written out."""
-    T, L = Q.shape[-2], lam.shape[-1]
+def explicit_sum(Q, K, V, a, b, lam):
+    """y_t = sum_i lambda_t^(level(t, i)) beta_i (k_i^T A_{i+1} ... A_t q_t) v_i, A_j = alpha_j (I - beta_j k_j k_j^T):
+    the authors' per-bucket recurrence (hattention/recurrent.py) unrolled, pair by pair."""
+    n, T, d = Q.shape
+    Y = np.zeros(V.shape)
+    for m in range(n):
+        for t in range(T):
+            r = Q[m, t]
+            for i in range(t, -1, -1):
+                Y[m, t] += lam[m, t, fenwick_level(t, i)] * b[m, i] * (K[m, i] @ r) * V[m, i]
+                r = a[m, i] * (r - b[m, i] * (K[m, i] @ r) * K[m, i])
+    return Y
+
+
+def pseudo_value_form(Q, K, V, a, b, lam):
+    """O = (Q K^T o L o M^H) (I + tril(diag(beta) K K^T o L, -1))^{-1} diag(beta) V: M^H on the output only."""
+    T = Q.shape[-2]
     lev = level_matrix(T)
     out = []
     for n in range(Q.shape[0]):
@@ -44,20 +59,28 @@ def paper_matrix_form(Q, K, V, a, b, lam):
         D = np.tril(np.exp(lg[:, None] - lg[None, :]))
         MH = np.array([[lam[n, t, lev[t, i]] if lev[t, i] >= 0 else 0.0 for i in range(T)] for t in range(T)])
         A = np.eye(T) + np.tril(np.diag(b[n]) @ (K[n] @ K[n].T * D), -1)
-        U = np.linalg.solve(A, np.diag(b[n]) @ V[n])
-        out.append((Q[n] @ K[n].T * D * MH) @ U)
-    assert L > lev.max()
+        out.append((Q[n] @ K[n].T * D * MH) @ np.linalg.solve(A, np.diag(b[n]) @ V[n]))
     return np.stack(out)
 
 
-def test_direct_equals_recurrent_equals_matrix_form_with_data_dependent_levels(rng):
+def test_pseudo_value_form_agrees_only_at_unit_levels(rng):
+    # the two candidate definitions: equal when every lambda = 1 (both are Gated DeltaNet), not otherwise
+    T, L = 29, 6
+    Q, K, V, a, b = qkvab(rng, T=T)
+    lam = rng.uniform(0.0, 2.0, (2, T, L))
+    one = np.ones_like(lam)
+    assert rel(pseudo_value_form(Q, K, V, a, b, one), explicit_sum(Q, K, V, a, b, one)) < TOL64
+    assert rel(pseudo_value_form(Q, K, V, a, b, lam), explicit_sum(Q, K, V, a, b, lam)) > 1e-3
+
+
+def test_direct_equals_recurrent_equals_explicit_sum_with_data_dependent_levels(rng):
     T, L = 29, 6
     Q, K, V, a, b = qkvab(rng, T=T)
     lam = rng.uniform(0.0, 2.0, (2, T, L))
     layer = tt.recipes.log_linear_gated_deltanet(levels=L).set_params(optimizer__level_weights=lam)
     y_rec = layer(Q, K, V, alpha=a, beta=b, method="recurrent")
     assert rel(layer(Q, K, V, alpha=a, beta=b, method="direct"), y_rec) < TOL64
-    assert rel(y_rec, paper_matrix_form(Q, K, V, a, b, lam)) < TOL64
+    assert rel(y_rec, explicit_sum(Q, K, V, a, b, lam)) < TOL64
     # split at 11: the continued call (carried delta memory and buckets) gives the same outputs
     y1, s = layer(Q[:, :11], K[:, :11], V[:, :11], alpha=a[:, :11], beta=b[:, :11], return_state=True)
     for m in ("recurrent", "direct"):

@@ -381,10 +381,10 @@ def log_linear_mamba2(levels=16):
 
 
 def log_linear_gated_deltanet(levels=16, beta=1.0):
-    r"""Log-linear Gated DeltaNet: Gated DeltaNet's pseudo-values read through Fenwick buckets.
+    r"""Log-linear Gated DeltaNet: Fenwick buckets of delta memories, each carried by the delta transition.
 
-    :math:`y_t = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t` over the delta rule's corrected pairs
-    :math:`(k_i, u_i)`; all :math:`\lambda = 1` is :func:`gated_deltanet`.
+    :math:`y_t = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t`, each bucket updated by
+    :math:`S \leftarrow \alpha_t S(I - \beta_t k_t k_t^\top)`; λ = 1: :func:`gated_deltanet`.
     Paper row: log-linear Gated DeltaNet (Guo et al. 2025), hierarchical gated weights x delta-rule writes.
     """
     from .optimizers.log_linear_delta import LogLinearDelta

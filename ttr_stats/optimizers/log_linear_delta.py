@@ -1,26 +1,23 @@
-r"""Log-linear Gated DeltaNet: the delta rule's corrected pairs read through Fenwick buckets.
+r"""Log-linear Gated DeltaNet: Fenwick buckets of delta-rule memories, one weight per level.
 
-Regression reading. The write is Gated DeltaNet's online regression: one LMS step on
-:math:`\tfrac12\|v_t - M k_t\|^2` from the decayed memory,
+Definition (the authors' recurrent reference, ``hattention/recurrent.py`` of HanGuo97/log-linear-attention,
+``HStruct`` Gated DeltaNet): every bucket memory is carried by Gated DeltaNet's transition
+:math:`A_t = \alpha_t(I - \beta_t k_t k_t^\top)` and the token is written to level 0,
 
-.. math:: u_t = \beta_t\,(v_t - \alpha_t M_{t-1} k_t),\qquad M_t = \alpha_t M_{t-1} + u_t k_t^\top,
+.. math:: S^{(\ell)} \leftarrow S^{(\ell)} A_t\ (\text{after the Fenwick merge}),\qquad
+          S^{(0)} = \beta_t v_t k_t^\top,\qquad y_t = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t,
 
-so each pseudo-value :math:`u_t` is the (scaled) residual the delta step corrects, and
-:math:`M_t = \sum_{i\le t} (\prod_{j=i+1}^t\alpha_j)\, u_i k_i^\top`. The read is log-linear attention over
-the corrected pairs :math:`(k_i, u_i)`: the minimiser of one batch-GD step from 0 on
-:math:`\tfrac12\sum_{i\le t}\gamma_i^{(t)}\|u_i - W k_i\|^2` with the hierarchical weights
-:math:`\gamma_i^{(t)} = \lambda_t^{(\ell(t,i))}\prod_{j=i+1}^t\alpha_j`, read at :math:`q_t`:
+i.e. :math:`y_t = \sum_{i\le t}\lambda_t^{(\ell(t,i))}\,\beta_i\,(k_i^\top A_{i+1}\cdots A_t\, q_t)\, v_i`.
 
-.. math:: y_t = \sum_{i\le t}\lambda_t^{(\ell(t,i))}\Big(\prod_{j=i+1}^t\alpha_j\Big)(q_t^\top k_i)\,u_i
-          = \sum_\ell \lambda_t^{(\ell)} S_t^{(\ell)} q_t .
-
-Matrix form (Guo et al. 2025, §3, the mask :math:`M^H` on the output part only):
-:math:`O = (QK^\top\odot L\odot M^H)\,(I + \mathrm{tril}(\mathrm{diag}(\beta)\,KK^\top\odot L, -1))^{-1}
-\mathrm{diag}(\beta)V` with :math:`L_{ti} = \prod_{j=i+1}^t\alpha_j`. With every :math:`\lambda = 1` the
-buckets sum to :math:`M_t` and :math:`y_t = M_t q_t`: Gated DeltaNet exactly (tested).
-
-State: the full delta memory ``M`` (it makes the pseudo-values), the L bucket memories ``S`` of the pairs
-:math:`(k_i, u_i)` (merged as in :class:`~ttr_stats.optimizers.log_linear.LogLinearAttention`) and ``t``.
+Regression reading. Gated DeltaNet's memory is :math:`M_t = \sum_{\ell} S_t^{(\ell)}`: the online LMS
+regression of v on k (one gradient step on :math:`\tfrac12\|v_t - M k_t\|^2` from the decayed memory per
+token), written as the sum of each pair's write :math:`\beta_i v_i k_i^\top` transported by the later steps
+(each later step removes from it the part along :math:`k_j` that the residual correction overwrites). The
+log-linear layer reads these transported writes bucket by bucket with weights :math:`\lambda_t^{(\ell)}`
+(hierarchical weights on the delta rule's own decomposition of its memory). With every :math:`\lambda = 1`
+the buckets sum to :math:`M_t`: Gated DeltaNet exactly (tested). It is NOT the pseudo-value form
+:math:`(QK^\top\odot L\odot M^H)\,U` with U the UT-transform values: the two agree only at
+:math:`\lambda = 1` (a test shows they differ otherwise).
 
 References
 ----------
@@ -30,25 +27,15 @@ DeltaNet); Yang, Kautz & Hatamizadeh (2025), *Gated Delta Networks*.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from .. import _array
 from .base import matvec, outer
 from .log_linear import LogLinearAttention, LogLinearState
 
-__all__ = ["LogLinearDelta", "LogLinearDeltaState"]
-
-
-class LogLinearDeltaState(NamedTuple):
-    """``M`` (..., d_v, d_k) the delta memory, ``S`` (..., L, d_v, d_k) the buckets, ``t`` (...,)."""
-
-    M: object
-    S: object
-    t: object
+__all__ = ["LogLinearDelta"]
 
 
 class LogLinearDelta(LogLinearAttention):
-    r"""Gated DeltaNet's pseudo-values :math:`u_t` read by log-linear attention (log-linear Gated DeltaNet).
+    r"""Fenwick buckets of Gated DeltaNet memories, each carried by the delta transition (log-linear GDN).
 
     Parameters
     ----------
@@ -60,7 +47,6 @@ class LogLinearDelta(LogLinearAttention):
         Delta step size, overridden by a call-time ``beta``.
     """
 
-    State = LogLinearDeltaState
     family = "log_linear_delta"
 
     def __init__(self, levels=16, level_weights=1.0, beta=1.0):
@@ -76,19 +62,25 @@ class LogLinearDelta(LogLinearAttention):
     def default_beta(self):
         return float(self.beta)
 
-    def init(self, xp, batch_shape, d_k, d_v, dtype, device=None):
-        base = super().init(xp, batch_shape, d_k, d_v, dtype, device)
-        M = xp.zeros(tuple(batch_shape) + (d_v, d_k), dtype=dtype, device=device)
-        return LogLinearDeltaState(M, base.S, base.t)
-
     def update(self, state, k, v, a, b):
         xp = _array.namespace(k)
-        M = state.M if a is None else state.M * a[..., None, :]
-        u = b[..., None] * (v - matvec(xp, M, k))  # the residual the delta step corrects, times beta
-        M = M + outer(u, k)
-        ones = xp.ones_like(b)
-        S, t = super().update(LogLinearState(state.S, state.t), k, u, a, ones)
-        return LogLinearDeltaState(M, S, t)
-
-    def read(self, state, q):
-        return super().read(LogLinearState(state.S, state.t), q)
+        S, tcount = state
+        t = int(xp.max(tcount)) if tcount.ndim else int(tcount)  # padded rows are frozen by the loop
+        L = S.shape[-3]
+        if t >= 1:  # the Fenwick merge of LogLinearAttention
+            z = (t & -t).bit_length() - 1
+            if z + 1 >= L:
+                raise ValueError(
+                    f"levels: position {t} needs {z + 2} Fenwick levels, LogLinearDelta has levels = {L}; "
+                    "pass levels >= ceil(log2 T) + 1"
+                )
+            merged = xp.sum(S[..., : z + 2, :, :], axis=-3, keepdims=True)
+            S = xp.concat([xp.zeros_like(S[..., : z + 1, :, :]), merged, S[..., z + 2 :, :, :]], axis=-3)
+        if a is not None:  # decay before the delta read, as in Gated DeltaNet
+            S = S * a[..., None, None, :]
+        kk = k[..., None, :]
+        Sk = matvec(xp, S, kk)  # (..., L, d_v): each bucket's prediction of v_t
+        S = S - b[..., None, None, None] * outer(Sk, kk)  # S (I - beta k k^T)
+        S0 = outer(b[..., None] * v, k)[..., None, :, :]
+        S = xp.concat([S0, S[..., 1:, :, :]], axis=-3)
+        return LogLinearState(S, tcount + 1)

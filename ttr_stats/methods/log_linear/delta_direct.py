@@ -1,10 +1,10 @@
 r"""The direct (T x T) method of log-linear Gated DeltaNet, and its registration with the generic loop.
 
-.. math:: U = (I + \mathrm{tril}(\mathrm{diag}(\beta)\,KK^\top\odot L, -1))^{-1}\,\mathrm{diag}(\beta)V,
-          \qquad Y = (QK^\top\odot L\odot \Lambda)\,U,
+.. math:: y_t = \sum_{i\le t}\Lambda_{ti}\beta_i C_{ti} v_i,\qquad C_{ti} = k_i^\top A_{i+1}\cdots A_t\,q_t,
+          \quad A_j = \alpha_j(I - \beta_j k_j k_j^\top),\ \Lambda_{ti} = \lambda_t^{(\ell(t,i))}
 
-:math:`L_{ti} = \prod_{j=i+1}^t\alpha_j`, :math:`\Lambda_{ti} = \lambda_t^{(\ell(t,i))}` (Guo et al. 2025).
-A carried initial state makes the pseudo-values depend on it non-linearly through the buckets' merges;
+(the authors' per-bucket recurrence unrolled; C is built by carrying every query back through the
+transitions, T steps of O(T d)). With a carried state the buckets' contribution goes through the merges;
 the method then runs the loop (the reference) instead.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._array import segsum
 from .._dense import direct_bytes, state_bytes
 from ..recurrent import loop, recurrent
 from ..registry import register
@@ -20,7 +19,7 @@ from .direct import level_matrix
 
 
 def direct(layer, P):
-    """``(Y, final_state)``: the UT-transform pseudo-values, then the dense hierarchical read."""
+    """``(Y, final_state)``: the dense transported coefficients C_ti, weighted per Fenwick level."""
     xp, opt = P.xp, layer.optimizer
     if P.T == 0 or P.state0 is not None:
         return loop(opt, P)
@@ -34,12 +33,22 @@ def direct(layer, P):
     lam = xp.stack([opt.lam(xp, t, P.batch_shape, P.dtype, P.device) for t in range(P.T)], axis=-2)
     onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype, device=P.device)
     Lam = xp.sum(lam[..., :, None, :] * onehot, axis=-1)
-    D = xp.exp(segsum(xp, P.g[..., 0]))  # (..., T, T) decay, 0 above the diagonal
-    eye = xp.asarray(np.eye(P.T), dtype=P.dtype, device=P.device)
-    KK = xp.matmul(P.K, xp.matrix_transpose(P.K))
-    A = eye + P.b[..., :, None] * KK * D * (1.0 - eye) * xp.asarray(np.tri(P.T), dtype=P.dtype)
-    U = xp.linalg.solve(A, P.b[..., :, None] * P.V)
-    Y = xp.matmul(Lam * D * xp.matmul(P.Q, xp.matrix_transpose(P.K)), U)
+    alpha = xp.exp(P.g[..., 0])  # (..., T)
+    R, cols = P.Q, []
+    rows = xp.asarray(np.arange(P.T), device=P.device)
+    for i in range(P.T - 1, -1, -1):  # R[t] = A_{i+1} ... A_t q_t for the rows t >= i
+        ki = P.K[..., i, :]
+        cols.append(xp.sum(R * ki[..., None, :], axis=-1))
+        if i:  # apply A_i to the rows t >= i
+            Ar = alpha[..., i, None, None] * (
+                R
+                - P.b[..., i, None, None]
+                * xp.sum(R * ki[..., None, :], axis=-1)[..., None]
+                * ki[..., None, :]
+            )
+            R = xp.where((rows >= i)[:, None], Ar, R)
+    C = xp.stack(cols[::-1], axis=-1) * xp.asarray(np.tri(P.T), dtype=P.dtype, device=P.device)
+    Y = xp.matmul(Lam * C * P.b[..., None, :], P.V)
     _, state = loop(opt, P, read=False)
     return Y, state
 
@@ -51,7 +60,7 @@ register(
     memory=state_bytes,
     reference=True,
     rank=90,
-    summary="the generic loop: delta memory for the pseudo-values, Fenwick buckets for the read",
+    summary="the generic loop over Fenwick buckets of delta memories (definition)",
 )
 register(
     "direct",
@@ -59,5 +68,5 @@ register(
     run=direct,
     memory=direct_bytes,
     rank=20,
-    summary="UT-transform pseudo-values, then dense lambda x decay x q^T k read, O(T^2)",
+    summary="dense lambda x beta x k^T (A...A) q coefficients, O(T^2 d)",
 )
