@@ -47,6 +47,20 @@ from ... import _array
 BLOCK = 128
 STEP_BYTES = 2 * 2**20
 
+#: the block length on a device (CuPy, torch CUDA): one H200, B = 8, H = 16, T = 4096, d = 64, float32
+#: (moments in float64), seconds by block 128 / 256 / 512 / 1024: 2.59 / 1.66 / 1.24 / 1.06, memory pool
+#: peak 32 / 38 / 49 / 73 GiB, same outputs (6.9e-8 from float64); 512 takes most of the gain at two thirds
+#: of 1024's memory (docs/benchmarks.md)
+DEVICE_BLOCK = 512
+
+
+def default_block(P):
+    """:data:`BLOCK` on the host, :data:`DEVICE_BLOCK` on a device."""
+    from ..registry import is_host
+
+    return BLOCK if is_host(P) else DEVICE_BLOCK
+
+
 #: the largest accepted ratio of raw to centred second moments: rounding at most this times the exact
 #: path's, ~2e-13 relative in float64 before the solve's condition number. (64 sent 1% of the queries of
 #: a kernel regression on [-1, 1]^8 with h = 0.5 to the exact path, at factors 65-114, and with them

@@ -110,7 +110,7 @@ def local_polynomial(xp, reg, plan, P, budget):
     W = widened(reg, P)
     order = int(reg.order)
     if order == 1:  # the matrix-product form: its own block length and step size
-        c = plan.c if P.chunk_size is not None else _tiled_moments.BLOCK
+        c = plan.c if P.chunk_size is not None else _tiled_moments.default_block(P)
         per_pair = _tiled_moments.per_pair(c, P.d_k, P.d_v)
         plan = TilePlan(xp, W, plan.sim, c, per_pair, _tiled_moments.STEP_BYTES)
     elif W is not P:  # the same tiles, made from the float64 copies

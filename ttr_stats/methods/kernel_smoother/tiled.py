@@ -133,14 +133,15 @@ def _supports(layer):
 
 
 def _auto(P, free):
-    """Causal calls from :data:`AUTO_MIN_T` keys on (faster there on the CPU: half the tiles are skipped),
-    or whenever the dense T x T weights would not fit (host budget or a quarter of free device memory).
-    Non-causal calls keep ``parallel`` while it fits: there tiled local linear does all the tiles in three
-    passes and was 0.44-0.70x the dense form's speed (``benchmarks/cpu_tiled.py``)."""
+    """From :data:`AUTO_MIN_T` keys on (causal: half the tiles are skipped), or whenever the dense T x T
+    weights would not fit (host budget or a quarter of free device memory). Non-causal calls too since the
+    one-pass local linear form (``_tiled_moments``): ``benchmarks/cpu_tiled.py`` on the 2-core CPU, set
+    regression n in {500, 2000}, d in {2, 8}, parallel / tiled = 3.0-3.7 for local linear, 0.84-1.56 for
+    local constant (a tie or 16% slower at n = 500, faster at n = 2000; 2026-12-03)."""
     from ..registry import fits_device, fits_host, is_host
     from ._common import dense_bytes
 
-    if P.causal and P.K.shape[-2] >= AUTO_MIN_T:
+    if P.K.shape[-2] >= AUTO_MIN_T:
         return True
     if free is not None:
         return not fits_device(P, dense_bytes, free)
