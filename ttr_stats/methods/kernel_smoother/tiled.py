@@ -137,11 +137,13 @@ def _auto(P, free):
     weights would not fit (host budget or a quarter of free device memory). Non-causal calls too since the
     one-pass local linear form (``_tiled_moments``): ``benchmarks/cpu_tiled.py`` on the 2-core CPU, set
     regression n in {500, 2000}, d in {2, 8}, parallel / tiled = 3.0-3.7 for local linear, 0.84-1.56 for
-    local constant (a tie or 16% slower at n = 500, faster at n = 2000; 2026-12-03)."""
+    local constant (a tie or 16% slower at n = 500, faster at n = 2000; 2026-12-03). A non-causal call
+    with fewer queries than that keeps the dense form (a few queries against many keys: one thin row of
+    weights, where query blocks of 128 would be mostly padding)."""
     from ..registry import fits_device, fits_host, is_host
     from ._common import dense_bytes
 
-    if P.K.shape[-2] >= AUTO_MIN_T:
+    if P.K.shape[-2] >= AUTO_MIN_T and (P.causal or P.Q.shape[-2] >= AUTO_MIN_T):
         return True
     if free is not None:
         return not fits_device(P, dense_bytes, free)
