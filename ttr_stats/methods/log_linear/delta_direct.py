@@ -15,7 +15,7 @@ import numpy as np
 from .._dense import direct_bytes, state_bytes
 from ..recurrent import loop, recurrent
 from ..registry import register
-from .direct import level_matrix
+from .direct import level_weights
 
 
 def direct(layer, P):
@@ -23,29 +23,16 @@ def direct(layer, P):
     xp, opt = P.xp, layer.optimizer
     if P.T == 0 or P.state0 is not None:
         return loop(opt, P)
-    lev = level_matrix(P.T, 0)
-    L = int(opt.levels)
-    if lev.max() >= L:
-        raise ValueError(
-            f"levels: {P.T} tokens need {int(lev.max()) + 1} Fenwick levels, LogLinearDelta has "
-            f"levels = {L}; pass levels >= ceil(log2 T) + 1"
-        )
-    lam = xp.stack([opt.lam(xp, t, P.batch_shape, P.dtype, P.device) for t in range(P.T)], axis=-2)
-    onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype, device=P.device)
-    Lam = xp.sum(lam[..., :, None, :] * onehot, axis=-1)
+    Lam = level_weights(xp, opt, P)
     alpha = xp.exp(P.g[..., 0])  # (..., T)
     R, cols = P.Q, []
     rows = xp.asarray(np.arange(P.T), device=P.device)
     for i in range(P.T - 1, -1, -1):  # R[t] = A_{i+1} ... A_t q_t for the rows t >= i
         ki = P.K[..., i, :]
-        cols.append(xp.sum(R * ki[..., None, :], axis=-1))
+        kR = xp.sum(R * ki[..., None, :], axis=-1)  # (..., T): k_i^T R[t]
+        cols.append(kR)
         if i:  # apply A_i to the rows t >= i
-            Ar = alpha[..., i, None, None] * (
-                R
-                - P.b[..., i, None, None]
-                * xp.sum(R * ki[..., None, :], axis=-1)[..., None]
-                * ki[..., None, :]
-            )
+            Ar = alpha[..., i, None, None] * (R - P.b[..., i, None, None] * kR[..., None] * ki[..., None, :])
             R = xp.where((rows >= i)[:, None], Ar, R)
     C = xp.stack(cols[::-1], axis=-1) * xp.asarray(np.tri(P.T), dtype=P.dtype, device=P.device)
     Y = xp.matmul(Lam * C * P.b[..., None, :], P.V)

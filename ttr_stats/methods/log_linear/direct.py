@@ -26,6 +26,22 @@ def level_matrix(T, t0=0):
     return np.where(pos[:, None] >= pos[None, :], lev, -1)
 
 
+def level_weights(xp, opt, P, t0=0):
+    """``Lam[..., t, i] = lambda_t^(ell(t, i))`` of shape (..., T, T) (0 above the diagonal), for a
+    Fenwick-level optimizer (``levels``, ``lam``) whose tokens start at absolute position ``t0``; a
+    ValueError naming ``levels`` when the call needs more levels than it has."""
+    lev = level_matrix(P.T, t0)
+    L = int(opt.levels)
+    if lev.max() >= L:
+        raise ValueError(
+            f"levels: {t0 + P.T} tokens need {int(lev.max()) + 1} Fenwick levels, {type(opt).__name__} has "
+            f"levels = {L}; pass levels >= ceil(log2 T) + 1"
+        )
+    lam = xp.stack([opt.lam(xp, t0 + t, P.batch_shape, P.dtype, P.device) for t in range(P.T)], axis=-2)
+    onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype, device=P.device)
+    return xp.sum(lam[..., :, None, :] * onehot, axis=-1)
+
+
 def direct(layer, P):
     """``(Y, final_state)``: the dense form for the new pairs plus the carried state's contribution."""
     xp, opt = P.xp, layer.optimizer
@@ -33,16 +49,7 @@ def direct(layer, P):
         return loop(opt, P)
     s0 = initial_state(opt, P)
     t0 = int(xp.max(s0.t)) if P.T else 0
-    lev = level_matrix(P.T, t0)
-    L = int(opt.levels)
-    if P.T and lev.max() >= L:
-        raise ValueError(
-            f"levels: {t0 + P.T} tokens need {int(lev.max()) + 1} Fenwick levels, LogLinearAttention has "
-            f"levels = {L}; pass levels >= ceil(log2 T) + 1"
-        )
-    lam = xp.stack([opt.lam(xp, t0 + t, P.batch_shape, P.dtype, P.device) for t in range(P.T)], axis=-2)
-    onehot = xp.asarray(np.eye(L)[np.maximum(lev, 0)] * (lev >= 0)[..., None], dtype=P.dtype, device=P.device)
-    Lam = xp.sum(lam[..., :, None, :] * onehot, axis=-1)  # (..., T, T): lambda_t^(ell(t, i))
+    Lam = level_weights(xp, opt, P, t0)
     H = Lam * xp.exp(segsum(xp, P.g[..., 0])) * P.b[..., None, :]
     A = H * xp.matmul(P.Q, xp.matrix_transpose(P.K))
     Y = xp.matmul(A, P.V)
