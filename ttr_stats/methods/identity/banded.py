@@ -31,7 +31,7 @@ import math
 from ...optimizers import LinearAttentionState
 from ..problem import initial_state
 from ..registry import register
-from .chunked import LOG_FLOOR
+from .chunked import _pad_rows, clamped_log_gates
 
 __all__ = ["banded", "banded_bytes", "AUTO_MAX_WINDOW"]
 
@@ -49,18 +49,6 @@ def _supports(layer):
 
 def _block(P):
     return max(1, min(int(P.window), P.T))
-
-
-def _f64_gates(xp, g, dev):
-    f64 = xp.float64
-    return xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
-
-
-def _pad(xp, X, n, dev):
-    """``n`` zero rows appended along axis -2 (identity steps: no write, no decay, no read)."""
-    if n == 0:
-        return X
-    return xp.concat([X, xp.zeros(X.shape[:-2] + (n, X.shape[-1]), dtype=X.dtype, device=dev)], axis=-2)
 
 
 def _with_previous(xp, X, dev):
@@ -97,11 +85,11 @@ def banded(layer, P):
     pad = N * L - T
     bcast = lambda X, e: xp.broadcast_to(X, lead + (X.shape[-2], e))  # noqa: E731
     Q, K, V = bcast(P.Q, dk), bcast(P.K, dk), bcast(P.V, dv)
-    g = _f64_gates(xp, bcast(P.g, 1), dev)  # (..., T, 1) float64, clamped
+    g = clamped_log_gates(xp, bcast(P.g, 1), dev)  # (..., T, 1) float64, clamped
     b = bcast(P.b[..., None], 1)
 
     def blocks(X):
-        X = _pad(xp, X, pad, dev)
+        X = _pad_rows(xp, X, pad, -2, dev)
         return xp.reshape(X, lead + (N, L, X.shape[-1]))
 
     Qb, Kp, Vp = blocks(Q), _with_previous(xp, blocks(K), dev), _with_previous(xp, blocks(V), dev)

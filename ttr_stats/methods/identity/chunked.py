@@ -188,6 +188,12 @@ def chunked(layer, P):
     return opt.finish(xp, y, den), LinearAttentionState(M, z)
 
 
+def clamped_log_gates(xp, g, dev):
+    """``g`` in float64, clamped below at :data:`LOG_FLOOR` (exact, and every sum stays finite)."""
+    f64 = xp.float64
+    return xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
+
+
 def _window_log_sum(xp, g, w, dev):
     """``(..., T, e)`` float64: at t, the sum of the (clamped) log-gates over ``(t - w, t]``.
 
@@ -196,7 +202,7 @@ def _window_log_sum(xp, g, w, dev):
     every sum finite (``alpha = 0`` gives ``-1000 w``, exactly 0 after ``exp``).
     """
     f64 = xp.float64
-    g = xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
+    g = clamped_log_gates(xp, g, dev)
     T, e = g.shape[-2], g.shape[-1]
     nb = -(-T // w)
     gp = _pad_rows(xp, g, nb * w - T, -2, dev)
@@ -230,8 +236,7 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
     bc = _chunks(xp, b[..., None], N, C, Cp, dev)  # (..., N, Cp, 1)
     g64 = None
     if not (per_dim and host):  # log-gates in float64, clamped at LOG_FLOOR (module docstring)
-        f64 = xp.float64
-        g64 = xp.maximum(xp.astype(g, f64, copy=False), xp.asarray(LOG_FLOOR, dtype=f64, device=dev))
+        g64 = clamped_log_gates(xp, g, dev)
         g64 = _chunks(xp, g64, N, C, Cp, dev)
     # the host writes each block into preallocated outputs: fresh memory is the dearest thing there
     # (first touch of a new 32 MB array costs more than two passes over it)
