@@ -151,6 +151,45 @@ def psd_solve(xp, R, b, *, rtol=None):
     d = R.shape[-1]
     if rtol is None:
         rtol = 100.0 * d * float(xp.finfo(R.dtype).eps)
+    if array_api_compat.is_numpy_namespace(xp) and R.ndim >= 3 and d > 1 and R.dtype == np.float64:
+        return _psd_solve_numpy(R, b, rtol)
+    return _psd_solve_eigh(xp, R, b, rtol)
+
+
+#: :func:`psd_solve`'s shortcut on float64 NumPy batches: a matrix whose condition bound
+#: ``||R^-1||_F tr(R)`` (>= lambda_max / lambda_min) is below this keeps every eigenvalue under any cut
+#: ``rtol < 1 / FAST_COND``, so its pseudo-inverse is its inverse, and ``R^-1 b`` differs from the
+#: eigendecomposition's solution by rounding, about ``FAST_COND * eps``; the rest take the eigendecomposition
+FAST_COND = 1e4
+
+
+def _psd_solve_numpy(R, b, rtol):
+    """:func:`psd_solve` for a NumPy batch: the inverse for the well-conditioned matrices (batched 8 x 8:
+    inverse and Cholesky test 0.7 ms against the eigendecomposition's 2.6 ms for 500 matrices), the
+    eigendecomposition for the others. A batch with a matrix that is not numerically positive definite
+    (Cholesky fails) takes the eigendecomposition throughout."""
+    batch = np.broadcast_shapes(R.shape[:-2], b.shape[:-2])
+    R = np.broadcast_to(R, batch + R.shape[-2:])
+    b = np.broadcast_to(b, batch + b.shape[-2:])
+    if rtol * FAST_COND >= 1.0:
+        return _psd_solve_eigh(np, R, b, rtol)
+    with np.errstate(all="ignore"):
+        try:
+            np.linalg.cholesky(R)  # raises unless every matrix is numerically positive definite
+            Rinv = np.linalg.inv(R)
+        except np.linalg.LinAlgError:
+            return _psd_solve_eigh(np, R, b, rtol)
+        bound = np.sqrt(np.sum(Rinv * Rinv, axis=(-2, -1))) * np.trace(R, axis1=-2, axis2=-1)
+        x = np.matmul(Rinv, b)
+    ok = np.isfinite(bound) & (bound < FAST_COND)
+    if not np.all(ok):
+        bad = ~ok
+        x[bad] = _psd_solve_eigh(np, R[bad], b[bad], rtol)
+    return x
+
+
+def _psd_solve_eigh(xp, R, b, rtol):
+    """:func:`psd_solve` by the eigendecomposition."""
     lam, U = xp.linalg.eigh(R)
     lam_max = xp.max(lam, axis=-1, keepdims=True)
     # below the smallest normal number 1/lam overflows: such eigenvalues count as zero even when the
