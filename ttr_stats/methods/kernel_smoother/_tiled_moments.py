@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat
+import numpy as np
+
 from ... import _array
 
 #: block length (queries and keys) when the call gives no ``chunk_size``, and the bytes of one step's
@@ -46,6 +49,8 @@ from ... import _array
 #: load; steps of 1-32 blocks within 30% of each other)
 BLOCK = 128
 STEP_BYTES = 2 * 2**20
+#: bytes of one query block's row of weights in a non-causal host call (:func:`._tiles.key_block`)
+KEY_BYTES = 8 * 2**20
 
 #: the block length on a device (CuPy, torch CUDA): one H200, B = 8, H = 16, T = 4096, d = 64, float32
 #: (moments in float64), seconds by block 128 / 256 / 512 / 1024: 2.59 / 1.66 / 1.24 / 1.06, memory pool
@@ -93,16 +98,31 @@ def _shift(xp, m):
 
 
 def centres(xp, plan, j):
-    """The centre key and value of query block ``j``: the pair at the block's first position (the last
-    pair where the block starts after the keys: non-causal calls with more queries than keys)."""
-    nbatch = plan.nbatch
-    kb = min(j, plan.nbk - 1)
-    row = 0 if j < plan.nbk else -1
-    if row == -1:  # the last real key (padding sits at the end of the last key block)
-        last = plan.P.K.shape[-2] - 1
-        kb, row = divmod(last, plan.c)
-    idx = (slice(None),) * nbatch + (kb, slice(row, row + 1), slice(None))
-    return plan.Kb[idx], plan.Vb[idx]  # (*batch, 1, d_k), (*batch, 1, d_v)
+    """The centre key and value of query block ``j``, (*batch, 1, d_k) and (*batch, 1, d_v).
+
+    Causal: the pair at the block's first position (in every query's past). Non-causal (every query reads
+    every key): one centre for all blocks, the key nearest the keys' mean (and its value), so that one set
+    of features F per key block serves every query block, and the centre sits in the bulk of the keys (a
+    key at a fixed position is a random point of an unordered sample)."""
+    P = plan.P
+    if not P.causal:
+        if getattr(plan, "shared_centre", None) is None:
+            plan.shared_centre = _nearest_to_mean(xp, P.K, P.V)
+        return plan.shared_centre
+    pos = min(j * plan.c, P.K.shape[-2] - 1)
+    idx = (slice(None),) * plan.nbatch + (slice(pos, pos + 1), slice(None))
+    return P.K[idx], P.V[idx]  # (*batch, 1, d_k), (*batch, 1, d_v)
+
+
+def _nearest_to_mean(xp, K, V):
+    """The key (*batch, 1, d_k) nearest the mean of the keys ``K`` (*batch, n, d_k), and its value; the
+    first such key on ties."""
+    mean = xp.mean(K, axis=-2, keepdims=True)
+    D = K - mean
+    i = xp.argmin(xp.sum(D * D, axis=-1), axis=-1)  # (*batch,)
+    idx = xp.broadcast_to(i[..., None, None], i.shape + (1, K.shape[-1]))
+    jdx = xp.broadcast_to(i[..., None, None], i.shape + (1, V.shape[-1]))
+    return xp.take_along_axis(K, idx, axis=-2), xp.take_along_axis(V, jdx, axis=-2)
 
 
 def _features(xp, E, U):
@@ -123,25 +143,38 @@ def accumulate(xp, plan, blocks, d_k, d_v):
     m = plan.zeros((), -math.inf)
     S = plan.zeros((nf,))
     cen = [centres(xp, plan, j) for j in range(plan.nbq)]
+    inplace = array_api_compat.is_numpy_namespace(xp)
+    shared, F, F_block = not plan.P.causal, None, None
     for st in plan.steps(blocks=blocks):
-        ck = xp.stack([cen[j][0] for j in range(st.q0, st.q1)], axis=plan.nbatch)  # (*b, n, 1, d_k)
-        cv = xp.stack([cen[j][1] for j in range(st.q0, st.q1)], axis=plan.nbatch)
-        F = _features(xp, st.K - ck, st.V - cv)  # (*b, n, c_k, nf)
+        if shared:  # one centre: the key block's features serve every query block (steps go key block
+            if F_block != st.k0:  # by key block, so each is made once per call)
+                ck, cv = cen[0][0][..., None, :, :], cen[0][1][..., None, :, :]  # (*b, 1, 1, d)
+                F, F_block = _features(xp, st.K - ck, st.V - cv), st.k0  # (*b, 1, c_k, nf)
+        else:
+            ck = xp.stack([cen[j][0] for j in range(st.q0, st.q1)], axis=plan.nbatch)  # (*b, n, 1, d_k)
+            cv = xp.stack([cen[j][1] for j in range(st.q0, st.q1)], axis=plan.nbatch)
+            F = _features(xp, st.K - ck, st.V - cv)  # (*b, n, c_k, nf)
         s = st.logw
         m0 = plan.gather(m, st)
         m1 = xp.maximum(m0, xp.max(s, axis=-1))
         sh = _shift(xp, m1)
-        p = xp.exp(s - sh[..., None])
+        if inplace:  # NumPy: the step's log-weights are its own fresh array
+            s -= sh[..., None]
+            p = np.exp(s, out=s)
+        else:
+            p = xp.exp(s - sh[..., None])
         scale = xp.exp(m0 - sh)  # 0 while the row had no pair
         plan.scatter(S, st, plan.gather(S, st) * scale[..., None] + xp.matmul(p, F))
         plan.scatter(m, st, m1)
     return S, cen
 
 
-def solve(xp, reg, plan, S, cen, j, d_k, d_v):
-    """Output (*batch, c, d_v) of query block ``j`` from its moments, and whether each query passed the
-    cancellation check (*batch, c)."""
-    Sj = S[j]
+def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
+    """Outputs (*batch, n, c, d_v) of the query blocks ``blocks = (j0, j1)`` (``n = j1 - j0``) from their
+    moments, in one batched solve, and whether each query passed the cancellation check (*batch, n, c)."""
+    j0, j1 = blocks
+    nb = plan.nbatch
+    Sj = xp.stack(S[j0:j1], axis=nb)
     s0 = Sj[..., 0]
     some = s0 > 0
     dev = _array.device(s0)
@@ -161,14 +194,15 @@ def solve(xp, reg, plan, S, cen, j, d_k, d_v):
     C = See - mu[..., :, None] * mu[..., None, :]  # symmetric: both triangles are the same products
     Czv = Seu - mu[..., :, None] * ubar[..., None, :]
     B = reg._coef_solve(xp, C, Czv)
-    ck, cv = cen[j]
-    Qj = plan.Qb[(slice(None),) * plan.nbatch + (j, ...)]
+    ck = xp.stack([cen[j][0] for j in range(j0, j1)], axis=nb)  # (*b, n, 1, d_k)
+    cv = xp.stack([cen[j][1] for j in range(j0, j1)], axis=nb)
+    Qj = plan.Qb[(slice(None),) * nb + (slice(j0, j1), ...)]
     zbar = (ck - Qj) + mu  # c_b + mu - q, the offset of the weighted mean
     y = (cv + ubar) - xp.matmul(zbar[..., None, :], B)[..., 0, :]
     y = xp.where(some[..., None], y, zero)  # no pair of positive weight: the empty memory reads 0
     # the check: the largest raw-over-centred second moment of the keys (C's rounding over the
     # reference's) and that times the values' (C_zv's rounding over the reference's, squared)
-    raw_k = xp.reshape(See, s0.shape + (d_k * d_k,))[..., :: d_k + 1]  # the diagonal, (*b, c, d_k)
+    raw_k = xp.reshape(See, s0.shape + (d_k * d_k,))[..., :: d_k + 1]  # the diagonal, (*b, n, c, d_k)
     fk = _factor(xp, raw_k, raw_k - mu * mu)
     fv = _factor(xp, Suu, Suu - ubar * ubar)
     M = MAX_CANCELLATION

@@ -26,7 +26,7 @@ from ... import _array
 from ...regressors.local_polynomial import n_coefficients
 from . import _tiled_moments
 from ._precision import narrowed, widened
-from ._tiles import TilePlan
+from ._tiles import TilePlan, in_threads, key_block
 
 
 def _shift(xp, m):
@@ -98,25 +98,26 @@ def _group(xp, reg, plan, blocks, P, npar):
     return out
 
 
-def local_polynomial(xp, reg, plan, P, budget):
+def local_polynomial(xp, reg, P, c, per_pair, step_budget, budget):
     """Outputs (*batch, T_q, d_v) of the tiled local polynomial regression.
 
-    Query blocks are taken in groups whose accumulators (P^2 + P d_v + ... floats per query) fit in
+    Tiles of ``c`` queries (``per_pair`` floats per pair, ``step_budget`` bytes a step) for p >= 2; query
+    blocks are taken in groups whose accumulators (P^2 + P d_v + ... floats per query) fit in
     ``budget`` bytes, so the memory is O(T (d_k + d_v)) for the inputs and outputs plus the budget. A
     float32 call runs in float64 (:mod:`._precision`). Local linear (p = 1) takes the one-pass matrix-product
-    form of :mod:`._tiled_moments` and the exact three passes here only for the query blocks with a query
-    whose moments cancelled.
+    form of :mod:`._tiled_moments` (its own block length and step size) and the exact three passes here
+    only for the query blocks with a query whose moments cancelled.
     """
     W = widened(reg, P)
     order = int(reg.order)
     if order == 1:  # the matrix-product form: its own block length and step size
-        c = plan.c if P.chunk_size is not None else _tiled_moments.default_block(P)
+        c = c if P.chunk_size is not None else _tiled_moments.default_block(P)
         per_pair = _tiled_moments.per_pair(c, P.d_k, P.d_v)
-        plan = TilePlan(xp, W, plan.sim, c, per_pair, _tiled_moments.STEP_BYTES)
-    elif W is not P:  # the same tiles, made from the float64 copies
-        group = plan.group
-        plan = TilePlan(xp, W, plan.sim, plan.c)
-        plan.group = max(1, group // 2)
+        step_budget = _tiled_moments.STEP_BYTES if P.causal else _tiled_moments.KEY_BYTES
+        ck = key_block(W, c, per_pair, _tiled_moments.KEY_BYTES)
+        plan = TilePlan(xp, W, reg.log_similarity, c, per_pair, step_budget, key_block=ck)
+    else:  # (made from the float64 copies of a float32 call: half the tiles a step)
+        plan = TilePlan(xp, W, reg.log_similarity, c, per_pair, step_budget)
     npar = n_coefficients(P.d_k, order)
     if order == 1:
         per_query = _tiled_moments.n_features(P.d_k, P.d_v) + 2 * P.d_k * P.d_k + 2 * P.d_v + 4
@@ -124,23 +125,29 @@ def local_polynomial(xp, reg, plan, P, budget):
         per_query = 2 * npar * npar + npar * (P.d_v + 2) + 2 * P.d_v + P.d_k
     per_block = max(1, P.n_batch) * plan.c * per_query
     n = max(1, int(budget // (per_block * W.itemsize)))
-    out = []
-    for b0 in range(0, plan.nbq, n):
-        blocks = (b0, min(plan.nbq, b0 + n))
-        if order == 1:
-            out += _moments_group(xp, reg, plan, blocks, W)
-        else:
-            out += _group(xp, reg, plan, blocks, W, npar)
-    return narrowed(xp, plan.output(out), P)
+
+    def blocks_out(blocks):
+        out = []
+        for b0 in range(blocks[0], blocks[1], n):
+            group = (b0, min(blocks[1], b0 + n))
+            if order == 1:
+                out += _moments_group(xp, reg, plan, group, W)
+            else:
+                out += _group(xp, reg, plan, group, W, npar)
+        return out
+
+    return narrowed(xp, plan.output(in_threads(W, plan.nbq, blocks_out)), P)
 
 
 def _moments_group(xp, reg, plan, blocks, P):
     """Local linear outputs of the query blocks ``blocks`` by :mod:`._tiled_moments`; a block with a query
     that fails its cancellation check is also computed exactly, and that query takes the exact value."""
     S, cen = _tiled_moments.accumulate(xp, plan, blocks, P.d_k, P.d_v)
+    Y, OK = _tiled_moments.solve(xp, reg, plan, S, cen, blocks, P.d_k, P.d_v)
     out = []
     for j in range(*blocks):
-        y, ok = _tiled_moments.solve(xp, reg, plan, S, cen, j, P.d_k, P.d_v)
+        at = (slice(None),) * plan.nbatch + (j - blocks[0], ...)
+        y, ok = Y[at], OK[at]
         if not bool(xp.all(ok)):
             exact = _group(xp, reg, plan, (j, j + 1), P, P.d_k)[0]
             y = xp.where(ok[..., None], y, exact)

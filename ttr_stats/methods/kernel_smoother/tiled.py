@@ -41,12 +41,15 @@ from __future__ import annotations
 
 import math
 
+import array_api_compat
+import numpy as np
+
 from ... import _array
 from ...regressors.local_polynomial import LocalPolynomial, n_coefficients
 from ..registry import register
 from ._common import final_cache
 from ._tiled_poly import local_polynomial
-from ._tiles import STEP_BYTES, TilePlan
+from ._tiles import STEP_BYTES, TilePlan, in_threads, key_block
 
 #: default block lengths (queries and keys) of softmax / NW and of local polynomials
 BLOCK_NW = 128
@@ -77,23 +80,32 @@ def _budget(xp, device=None):
 
 def nadaraya_watson(xp, plan, P):
     """Softmax-weighted values (*batch, T_q, d_v) by the online normaliser."""
+    return plan.output(in_threads(P, plan.nbq, lambda blocks: _nw_blocks(xp, plan, P, blocks)))
+
+
+def _nw_blocks(xp, plan, P, blocks):
+    inplace = array_api_compat.is_numpy_namespace(xp)
     m = plan.zeros((), -math.inf)
     ell = plan.zeros(())
     acc = plan.zeros((P.d_v,))
-    for st in plan.steps():
+    for st in plan.steps(blocks=blocks):
         s = st.logw
         m0 = plan.gather(m, st)
         m1 = xp.maximum(m0, xp.max(s, axis=-1))
         zero = xp.zeros((), dtype=m1.dtype, device=P.device)
         sh = xp.where(m1 > -math.inf, m1, zero)  # a row with no pair yet: shift 0
-        p = xp.exp(s - sh[..., None])
+        if inplace:  # NumPy: the step's log-weights are its own fresh array
+            s -= sh[..., None]
+            p = np.exp(s, out=s)
+        else:
+            p = xp.exp(s - sh[..., None])
         scale = xp.exp(m0 - sh)  # 0 while the row had no pair (m0 = -inf)
         plan.scatter(ell, st, plan.gather(ell, st) * scale + xp.sum(p, axis=-1))
         plan.scatter(acc, st, plan.gather(acc, st) * scale[..., None] + xp.matmul(p, st.V))
         plan.scatter(m, st, m1)
     one = xp.ones((), dtype=P.dtype, device=P.device)
     # a row without a pair of positive weight reads 0 (the empty memory), as normalised_weights does
-    return plan.output([a / xp.where(e > 0, e, one)[..., None] for a, e in zip(acc, ell, strict=True)])
+    return [acc[j] / xp.where(ell[j] > 0, ell[j], one)[..., None] for j in range(*blocks)]
 
 
 def tiled(layer, P):
@@ -109,11 +121,13 @@ def tiled(layer, P):
         if Y is not None:
             return Y, final_cache(xp, P)
     plan_budget = _budget(xp, P.device)
-    plan = TilePlan(xp, P, reg.log_similarity, _block(layer, P), _per_pair(layer, P), plan_budget)
+    c, per_pair = _block(layer, P), _per_pair(layer, P)
     if int(reg.order) == 0:
+        ck = key_block(P, c, per_pair, plan_budget)
+        plan = TilePlan(xp, P, reg.log_similarity, c, per_pair, plan_budget, key_block=ck)
         Y = nadaraya_watson(xp, plan, P)
     else:
-        Y = local_polynomial(xp, reg, plan, P, 4 * plan_budget)
+        Y = local_polynomial(xp, reg, P, c, per_pair, plan_budget, 4 * plan_budget)
     return Y, final_cache(xp, P)
 
 
