@@ -18,6 +18,29 @@ def rng():
     return np.random.default_rng(20250121)
 
 
+@pytest.fixture
+def threads(monkeypatch):
+    """``run(fn, n)``: ``fn()`` with the host methods at one thread, then with ``n`` threads (the BLAS
+    count ``_host_threads`` reads is faked: CI may have one core). The one-thread run holds the BLAS at one
+    thread, as a split's shares do: a product's bits may depend on the BLAS's own thread count (OpenBLAS
+    splits large products), which is not what the split is tested for."""
+    import threadpoolctl
+
+    from ttr_stats.methods import _host_threads
+
+    def run(fn, n):
+        monkeypatch.setattr(_host_threads, "MAX_THREADS", 1)
+        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+            one = fn()
+        monkeypatch.setattr(_host_threads, "MAX_THREADS", None)
+        monkeypatch.setattr(_host_threads, "_blas_threads", lambda: n)
+        assert _host_threads.n_threads(6) == min(n, 6)
+        many = fn()
+        return one, many
+
+    return run
+
+
 def make_qkv(rng, batch=(2,), T=24, d_k=5, d_v=3, dtype=np.float64, unit=False):
     Q = rng.standard_normal(batch + (T, d_k))
     K = rng.standard_normal(batch + (T, d_k))

@@ -37,22 +37,6 @@ def inputs(shape, T, d, seed=0, dv=None):
     return Q, K, V, g
 
 
-@pytest.fixture
-def threads(monkeypatch):
-    """Run a callable with one thread and with ``n`` threads (the BLAS count is faked: CI may have 1)."""
-
-    def run(fn, n):
-        monkeypatch.setattr(_host_threads, "MAX_THREADS", 1)
-        one = fn()
-        monkeypatch.setattr(_host_threads, "MAX_THREADS", None)
-        monkeypatch.setattr(_host_threads, "_blas_threads", lambda: n)
-        assert _host_threads.n_threads(6) == min(n, 6)
-        many = fn()
-        return one, many
-
-    return run
-
-
 def same_bits(a, b):
     if isinstance(a, tuple):
         return all(same_bits(x, y) for x, y in zip(a, b, strict=True))

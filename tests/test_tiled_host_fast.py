@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import threadpoolctl
 
 import ttr_stats as tt
 from ttr_stats import _array
@@ -41,24 +40,6 @@ def set_data(rng, n, d, dv=1, shape=()):
     X = rng.uniform(-1, 1, shape + (n, d))
     Y = np.concatenate([np.sin(3 * X).sum(-1, keepdims=True), rng.standard_normal(shape + (n, dv - 1))], -1)
     return X, Y
-
-
-@pytest.fixture
-def threads(monkeypatch):
-    """Run a callable with one thread and with ``n`` threads (the BLAS count is faked: CI may have 1)."""
-
-    def run(fn, n):
-        monkeypatch.setattr(_host_threads, "MAX_THREADS", 1)
-        # the BLAS at one thread, as inside the split: a product's bits may depend on the BLAS's own
-        # thread count (OpenBLAS splits large products), which is not what is compared here
-        with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
-            one = fn()
-        monkeypatch.setattr(_host_threads, "MAX_THREADS", None)
-        monkeypatch.setattr(_host_threads, "_blas_threads", lambda: n)
-        many = fn()
-        return one, many
-
-    return run
 
 
 @pytest.mark.parametrize(
