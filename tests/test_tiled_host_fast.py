@@ -190,3 +190,13 @@ def test_psd_solve_float32_and_single_matrices_keep_the_eigendecomposition(rng):
     assert np.array_equal(_array.psd_solve(np, R32, b32), _eigh_solve(R32, b32, rtol32))
     rtol = 100 * 4 * np.finfo(float).eps
     assert np.array_equal(_array.psd_solve(np, R[0], b[0]), _eigh_solve(R[0], b[0], rtol))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_solves_in_several_batches_equal_parallel(rng, monkeypatch, causal):
+    """``SOLVE_BYTES = 1``: one query block a batched solve (the GPU's setting at d = 64) instead of all."""
+    monkeypatch.setattr(_tiled_moments, "SOLVE_BYTES", 1)
+    X, Y = set_data(rng, 700, 3, dv=2)
+    L = layer(1, Gaussian(0.6))
+    ours = L(X, X, Y, causal=causal, method="tiled")
+    assert rel(ours, L(X, X, Y, causal=causal, method="parallel")) < 1e-10

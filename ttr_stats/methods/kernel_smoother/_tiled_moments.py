@@ -51,6 +51,10 @@ BLOCK = 128
 STEP_BYTES = 2 * 2**20
 #: bytes of one query block's row of weights in a non-causal host call (:func:`._tiles.key_block`)
 KEY_BYTES = 8 * 2**20
+#: bytes of the stacked moments and matrices of one batched solve (:func:`solve`): many small query
+#: blocks a call on the host (n = 500, d = 8: 25 blocks), one block a call at B = 8, H = 16, d = 64 on a GPU
+#: (1.5 GB a block; all 32 blocks at once did not fit an H200)
+SOLVE_BYTES = 32 * 2**20
 
 #: the block length on a device (CuPy, torch CUDA): one H200, B = 8, H = 16, T = 4096, d = 64, float32
 #: (moments in float64), seconds by block 128 / 256 / 512 / 1024: 2.59 / 1.66 / 1.24 / 1.06, memory pool

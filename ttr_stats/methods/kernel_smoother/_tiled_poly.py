@@ -143,10 +143,14 @@ def _moments_group(xp, reg, plan, blocks, P):
     """Local linear outputs of the query blocks ``blocks`` by :mod:`._tiled_moments`; a block with a query
     that fails its cancellation check is also computed exactly, and that query takes the exact value."""
     S, cen = _tiled_moments.accumulate(xp, plan, blocks, P.d_k, P.d_v)
-    Y, OK = _tiled_moments.solve(xp, reg, plan, S, cen, blocks, P.d_k, P.d_v)
+    per_block = max(1, P.n_batch) * plan.c * (_tiled_moments.n_features(P.d_k, P.d_v) + 4 * P.d_k * P.d_k)
+    m = max(1, int(_tiled_moments.SOLVE_BYTES // (per_block * P.itemsize)))  # blocks a batched solve takes
     out = []
     for j in range(*blocks):
-        at = (slice(None),) * plan.nbatch + (j - blocks[0], ...)
+        if (j - blocks[0]) % m == 0:
+            j0 = j
+            Y, OK = _tiled_moments.solve(xp, reg, plan, S, cen, (j, min(blocks[1], j + m)), P.d_k, P.d_v)
+        at = (slice(None),) * plan.nbatch + (j - j0, ...)
         y, ok = Y[at], OK[at]
         if not bool(xp.all(ok)):
             exact = _group(xp, reg, plan, (j, j + 1), P, P.d_k)[0]
