@@ -1,8 +1,8 @@
 """The host fast paths of the tiled kernel smoothers (issue 10, CPU): what makes set regressions 20x
 statsmodels ``KernelReg`` (``benchmarks/cpu_tiled.py``).
 
-* threads over query blocks (``_tiles.in_threads``) for non-causal NumPy calls: the very same bits as one
-  thread (with the BLAS at one thread in both), for Nadaraya-Watson, local linear (one-pass and its exact fallback) and local quadratic;
+* threads over query blocks (``_tiles.in_threads``) for non-causal NumPy calls: the values of one thread
+  to rounding (1e-13 relative), for Nadaraya-Watson, local linear (one-pass and its exact fallback) and local quadratic;
 * long key blocks of non-causal host calls (``_tiles.key_block``): equal to the dense ``"parallel"``
   reference whether the keys make one block or several (1e-10 relative, float64: the same weighted sums
   in another order; 1e-10 is the suite's float64 tolerance for the tiled methods);
@@ -46,7 +46,7 @@ def set_data(rng, n, d, dv=1, shape=()):
     "order, sim, n_threads",
     [(0, Gaussian(0.5), 2), (0, ExpDot(), 3), (1, Gaussian(0.5), 2), (1, Gaussian(0.05), 3), (2, Gaussian(0.7), 2)],
 )
-def test_threads_over_query_blocks_give_the_same_bits(rng, threads, monkeypatch, order, sim, n_threads):
+def test_threads_over_query_blocks_give_the_same_values(rng, threads, monkeypatch, order, sim, n_threads):
     # 1100 x 1100 pairs is past THREAD_MIN_PAIRS; h = 0.05 at d = 3 leaves far queries on few keys, so
     # some go through the exact fallback inside their thread
     monkeypatch.setattr(_tiles, "THREAD_MIN_PAIRS", 2**20)
@@ -56,7 +56,9 @@ def test_threads_over_query_blocks_give_the_same_bits(rng, threads, monkeypatch,
     X, Y = set_data(rng, n, 3, dv=2)
     L = layer(order, sim)
     one, many = threads(lambda: L(X, X, Y, causal=False, method="tiled"), n_threads)
-    assert np.array_equal(one, many)
+    # not bit for bit: a thread's share groups its blocks into other steps (other product shapes and
+    # alignments, so other SIMD sum orders); the same sums, 1e-13 relative (rounding, float64)
+    assert rel(many, one) < 1e-13
     assert np.isfinite(one).all()
 
 
