@@ -202,3 +202,23 @@ def test_solves_in_several_batches_equal_parallel(rng, monkeypatch, causal):
     L = layer(1, Gaussian(0.6))
     ours = L(X, X, Y, causal=causal, method="tiled")
     assert rel(ours, L(X, X, Y, causal=causal, method="parallel")) < 1e-10
+
+
+class _CachedZeros(tt.similarity.Similarity):
+    """Uniform weights as a read-only broadcast of one cached (n_q, n_k) array: the in-place tile
+    arithmetic must neither write into it nor fail on its shape."""
+
+    def __init__(self, qk_norm=False):
+        self.qk_norm = qk_norm
+
+    def log_weights(self, xp, Q, K):
+        z = np.zeros((Q.shape[-2], K.shape[-2]))
+        z.flags.writeable = False
+        return np.broadcast_to(z, np.broadcast_shapes(Q.shape[:-2], K.shape[:-2]) + z.shape)
+
+
+def test_a_similarity_returning_a_read_only_view_is_not_modified(rng):
+    X, Y = set_data(rng, 300, 2)
+    L = layer(0, _CachedZeros())
+    ours = L(X, X, Y, causal=False, method="tiled")
+    assert rel(ours, np.broadcast_to(Y.mean(0), Y.shape)) < 1e-12  # uniform weights: every output the mean

@@ -58,7 +58,11 @@ def l2_normalize(xp, x):
 
 
 class Similarity(BaseEstimator):
-    """Base class: ``log_weights(xp, Q, K, d_k)`` -> log s(q_t, k_i) of shape (..., T_q, T_k)."""
+    """Base class: ``log_weights(xp, Q, K)`` -> log s(q_t, k_i) of shape (..., T_q, T_k).
+
+    ``log_weights`` returns a new array that the caller owns: the tiled methods add the log-gates to it
+    and exponentiate it in place on NumPy (a subclass must not return an array it keeps, e.g. a cache).
+    """
 
     def _validate(self):
         check_bool("qk_norm", self.qk_norm)

@@ -38,6 +38,7 @@ import math
 from typing import NamedTuple
 
 import array_api_compat
+import numpy as np
 
 from ... import _array
 from ...regressors.nonparametric import last_log_weights, log_strength
@@ -194,11 +195,11 @@ class TilePlan:
         xp = self.xp
         Qt = self.Qb[..., q0:q1, :, :]
         Kt = self.Kb[..., kb : kb + 1, :, :]
-        lg = self.sim(xp, Qt, Kt)
-        if array_api_compat.is_numpy_namespace(xp):
-            lg += self.last[..., kb : kb + 1, None, :]  # in place on the fresh array, the same sums
+        lg, last = self.sim(xp, Qt, Kt), self.last[..., kb : kb + 1, None, :]
+        if _own_full(xp, lg, last):
+            lg += last  # in place on the similarity's fresh array: the same sums, no T x T temporary
         else:
-            lg = self.last[..., kb : kb + 1, None, :] + lg
+            lg = last + lg
         return Step(q0, q1, lg, Qt, Kt, self.Vb[..., kb : kb + 1, :, :], kb)
 
     # --- per-query-block accumulators --------------------------------------------------------------------
@@ -224,6 +225,17 @@ class TilePlan:
             return xp.zeros(self.P.batch_shape + (0, self.P.d_v), dtype=self.P.dtype, device=self.P.device)
         Y = xp.concat(blocks, axis=-2) if len(blocks) > 1 else blocks[0]
         return Y[..., : self.Tq, :]
+
+
+def _own_full(xp, a, b):
+    """Whether ``a += b`` may run in place: a writeable NumPy array owning its data, of the sum's shape
+    (``Similarity.log_weights`` returns a new array; a broadcast view or a smaller shape is not modified)."""
+    return (
+        array_api_compat.is_numpy_namespace(xp)
+        and a.flags.writeable
+        and a.flags.owndata
+        and a.shape == np.broadcast_shapes(a.shape, b.shape)
+    )
 
 
 #: a non-causal NumPy call with at least this many (query, key) pairs splits its query blocks over
