@@ -15,8 +15,12 @@ Tolerances (relative RMS): float64 1e-10 (rounding of O(T) sums, measured ~1e-15
 float32 products against a float64 reference, measured ~1e-7).
 """
 
+import contextlib
 import shutil
 import subprocess
+import sys
+import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -27,6 +31,7 @@ from ttr_stats.methods.identity import _fused_chunk as fc
 from ttr_stats.methods.identity import chunked as ich
 
 TOL64, TOL32 = 1e-10, 1e-5
+_FORWARD = fc.forward  # the real one (a test below replaces the module's with one that calls this)
 
 
 def _gxx():
@@ -73,35 +78,30 @@ def array_path(Q, K, V, g, b, M0, z0, C, need_den):
     return ich._kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, True, None)
 
 
-def emulated(Q, K, V, g, b, M0, z0, C, need_den):
-    """``_fused_chunk.forward`` with the kernels run on the host (same layouts, sizes and arguments)."""
-    import cuda_on_host
+@contextlib.contextmanager
+def host_cupy():
+    """``_fused_chunk.forward`` runs its own glue and launches with :class:`_FakeCupy`: the kernels on
+    the host, every output buffer poisoned with NaN (an entry no kernel writes shows)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(sys.modules, {"cupy": _FakeCupy}))
+        stack.enter_context(
+            mock.patch.object(
+                fc, "array_api_compat", types.SimpleNamespace(is_cupy_namespace=lambda xp: True)
+            )
+        )
+        stack.enter_context(mock.patch.object(fc, "_shared_limit", lambda: 227 * 1024))
+        stack.enter_context(mock.patch.object(fc, "_MODULES", {}))
+        yield
 
-    dt = Q.dtype
-    t = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[dt]
-    n1, n2 = (nm.replace("float", t) for nm in fc._names(np.dtype(np.float32)))
-    p, w = f"const {t}*", f"{t}*"
-    k1 = cuda_on_host.compile_kernel(fc._SOURCE, n1, [p] * 6 + [w] * 4 + ["int"] * 5)
-    k2 = cuda_on_host.compile_kernel(fc._SOURCE, n2, [p] * 7 + [w] * 2 + ["int"] * 5)
-    lead, (T, dk), dv = Q.shape[:-2], Q.shape[-2:], V.shape[-1]
-    BH, N = int(np.prod(lead)), -(-T // C)
-    f = lambda x, tail: np.ascontiguousarray(np.broadcast_to(x, lead + tail).reshape((BH,) + tail), dtype=dt)  # noqa: E731
-    S = np.full((BH, N, dk, dv), np.nan, dt)
-    Z = np.full((BH, N, dk) if need_den else (1,), np.nan, dt)
-    M, z = np.full((BH, dv, dk), np.nan, dt), np.full((BH, dk), np.nan, dt)
-    Y, den = np.full((BH, T, dv), np.nan, dt), np.full((BH, T) if need_den else (1,), np.nan, dt)
-    (g1, b1), (g2, b2) = fc.layouts(BH, T, C, dk, dv)
-    q, k, v, gf, bf = f(Q, (T, dk)), f(K, (T, dk)), f(V, (T, dv)), f(g[..., 0], (T,)), f(b, (T,))
-    k1(g1, b1, fc.state_shared_bytes(C, dt.itemsize),
-       k, v, gf, bf, f(M0, (dv, dk)), f(z0, (dk,)), S, Z, M, z, T, C, dk, dv, int(need_den))  # fmt: skip
-    k2(g2, b2, fc.out_shared_bytes(C, dk, dt.itemsize),
-       q, k, v, gf, bf, S, Z, Y, den, T, C, dk, dv, int(need_den))  # fmt: skip
-    return (
-        Y.reshape(lead + (T, dv)),
-        den.reshape(lead + (T,)) if need_den else None,
-        M.reshape(lead + (dv, dk)),
-        z.reshape(lead + (dk,)),
-    )
+
+def emulated(Q, K, V, g, b, M0, z0, C, need_den):
+    """``_fused_chunk.forward`` itself with the kernels run on the host (NumPy in, NumPy out)."""
+    import array_api_compat.numpy as xp
+
+    with host_cupy():
+        got = _FORWARD(xp, Q, K, V, g, b, M0, z0, C, need_den)
+    assert got is not None, "forward did not apply"
+    return got
 
 
 CASES = [  # lead, T, dk, dv, C
@@ -118,7 +118,11 @@ CASES = [  # lead, T, dk, dv, C
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES)
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -7.0, -50.0])
-def test_kernels_on_the_host_match_the_loop_and_the_array_path(rng, dtype, lead, T, dk, dv, C, log_alpha):
+@pytest.mark.parametrize("algo", ["scan", "sequential"])
+def test_kernels_on_the_host_match_the_loop_and_the_array_path(
+    monkeypatch, rng, algo, dtype, lead, T, dk, dv, C, log_alpha
+):
+    monkeypatch.setattr(fc, "STATE_ALGO", algo)
     need_den = log_alpha in (None, -7.0)
     ops = operands(rng, lead, T, dk, dv, log_alpha, dtype, state=log_alpha != 0.0)
     got = emulated(*ops, C, need_den)
@@ -138,11 +142,43 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(rng, dtype, lead,
 @pytest.mark.parametrize(
     "consts",
     [
-        dict(STATE_BK=16, STATE_BV=16, STATE_TK=4, STATE_TV=4, OUT_BV=32, OUT_TI=2, OUT_TV=4, OUT_THREADS=32),
-        dict(STATE_BK=64, STATE_BV=64, STATE_TK=4, STATE_TV=4, OUT_BV=64, OUT_TI=8, OUT_TV=4, OUT_THREADS=64),
         dict(
-            STATE_BK=16, STATE_BV=64, STATE_TK=1, STATE_TV=4, OUT_BV=64, OUT_TI=2, OUT_TV=4, OUT_THREADS=256
+            STATE_ALGO="sequential",
+            STATE_BK=16,
+            STATE_BV=16,
+            STATE_TK=4,
+            STATE_TV=4,
+            OUT_BV=32,
+            OUT_TI=2,
+            OUT_TV=4,
+            OUT_THREADS=32,
         ),
+        dict(
+            STATE_ALGO="sequential",
+            STATE_BK=64,
+            STATE_BV=64,
+            STATE_TK=4,
+            STATE_TV=4,
+            OUT_BV=64,
+            OUT_TI=8,
+            OUT_TV=4,
+            OUT_THREADS=64,
+        ),
+        dict(
+            STATE_ALGO="sequential",
+            STATE_BK=16,
+            STATE_BV=64,
+            STATE_TK=1,
+            STATE_TV=4,
+            OUT_BV=64,
+            OUT_TI=2,
+            OUT_TV=4,
+            OUT_THREADS=256,
+        ),
+        # the scan's kernels: tiles smaller than d (several a chunk), 1 and 3 chunks a load group (3
+        # does not divide the chunk count), fewer scan threads than the state has entries
+        dict(DELTA_BK=16, DELTA_BV=32, DELTA_TK=2, DELTA_TV=4, SCAN_UNROLL=3, SCAN_THREADS=64),
+        dict(DELTA_BK=32, DELTA_BV=16, DELTA_TK=1, DELTA_TV=1, SCAN_UNROLL=1, SCAN_THREADS=32),
     ],
 )
 @pytest.mark.parametrize(("T", "dk", "dv", "C"), [(100, 64, 72, 64), (70, 20, 40, 32), (9, 3, 2, 4)])
@@ -205,13 +241,17 @@ def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypa
 
 
 class _FakeCupy:
-    """Just enough of CuPy for ``forward``: NumPy arrays, and ``RawModule`` functions that run the kernels
-    on the host (``cuda_on_host``), so that ``forward``'s own launches (argument order, grids, shared
-    sizes) are what is tested."""
+    """Just enough of CuPy for ``forward``: NumPy arrays (``empty`` ones full of NaN), and ``RawModule``
+    functions that run the kernels on the host (``cuda_on_host``), with the parameter types of
+    ``fc.SIGNATURES``, so that ``forward``'s own launches (argument order, grids, shared sizes) are what
+    is tested."""
 
     ascontiguousarray = staticmethod(np.ascontiguousarray)
-    empty = staticmethod(np.empty)
     int32, float32, float64 = np.int32, np.float32, np.float64
+
+    @staticmethod
+    def empty(shape, dtype):
+        return np.full(shape, np.nan, dtype)
 
     class RawModule:
         def __init__(self, code, options, name_expressions):
@@ -221,9 +261,9 @@ class _FakeCupy:
             import cuda_on_host
 
             t = "double" if name.split("<")[1].startswith("double") else "float"
-            p, w = f"const {t}*", f"{t}*"
-            types = [p] * 6 + [w] * 4 if name.startswith("chunk_states") else [p] * 7 + [w] * 2
-            kern = cuda_on_host.compile_kernel(self.code, name, types + ["int"] * 5)
+            kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
+            types = [kinds[c] for c in fc.SIGNATURES[name.split("<")[0]]]
+            kern = cuda_on_host.compile_kernel(self.code, name, types)
 
             class Function:
                 max_dynamic_shared_size_bytes = 0
@@ -238,13 +278,6 @@ class _FakeCupy:
 @pytest.mark.parametrize("name", ["linear", "retnet_sum", "window"])
 def test_forward_itself_with_a_host_cupy_matches_the_loop(monkeypatch, rng, name):
     """``forward``'s own CuPy glue and launches, the kernels run on the host, through the layers."""
-    import sys
-    import types
-
-    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
-    monkeypatch.setattr(fc, "array_api_compat", types.SimpleNamespace(is_cupy_namespace=lambda xp: True))
-    monkeypatch.setattr(fc, "_shared_limit", lambda: 227 * 1024)
-    monkeypatch.setattr(fc, "_MODULES", {})
     monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
     sum_opt = tt.optimizers.IdentityCovariance("sum")
     layer = {
@@ -258,12 +291,13 @@ def test_forward_itself_with_a_host_cupy_matches_the_loop(monkeypatch, rng, name
     for dt, tol in ((np.float32, TOL32), (np.float64, TOL64)):
         args = [x.astype(dt) for x in (Q, K, V)]
         kwd = {k: v.astype(dt) for k, v in kw.items()}
-        yc, st = layer(*args, method="chunked", chunk_size=16, return_state=True, **kwd)
+        with host_cupy():
+            yc, st = layer(*args, method="chunked", chunk_size=16, return_state=True, **kwd)
+            assert fc._MODULES, "forward did not launch the kernels"
         yr, sr = layer(Q, K, V, method="recurrent", return_state=True, **kw)
         assert yc.dtype == dt
         assert rel_err(yc, yr) < tol, (name, dt, rel_err(yc, yr))
         assert rel_err(st.M, sr.M) < tol and rel_err(st.z, sr.z) < tol
-    assert fc._MODULES, "forward did not launch the kernels"
 
 
 def test_does_not_apply_off_cupy_or_beyond_max_d():
@@ -278,21 +312,26 @@ def test_kernel_floor_is_the_module_floor():
     assert f"#define TTR_LOG_FLOOR {ich.LOG_FLOOR!r}" in fc._SOURCE
 
 
-def test_bad_constants_are_refused(monkeypatch):
-    monkeypatch.setattr(fc, "STATE_TK", 3)
-    with pytest.raises(ValueError, match="STATE_TK"):
+@pytest.mark.parametrize(
+    ("name", "value"), [("STATE_TK", 3), ("DELTA_TV", 5), ("SCAN_UNROLL", 0), ("STATE_ALGO", "tree")]
+)
+def test_bad_constants_are_refused(monkeypatch, name, value):
+    monkeypatch.setattr(fc, name, value)
+    with pytest.raises(ValueError, match=name):
         fc._check_layout()
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
 def test_source_compiles_with_nvcc(tmp_path):
     inst = ""
-    for dt in (np.dtype(np.float32), np.dtype(np.float64)):
-        t = fc._DTYPES[str(dt)]
-        n1, n2 = fc._names(dt)
-        p, w = f"const {t}*", f"{t}*"
-        inst += f"\ntemplate __global__ void {n1}({', '.join([p] * 6 + [w] * 4 + ['int'] * 5)});"
-        inst += f"\ntemplate __global__ void {n2}({', '.join([p] * 7 + [w] * 2 + ['int'] * 5)});"
+    names = set()
+    for algo in ("scan", "sequential"):
+        with mock.patch.object(fc, "STATE_ALGO", algo):
+            names |= {(nm, t) for dt, t in fc._DTYPES.items() for nm in fc._names(np.dtype(dt))}
+    for nm, t in sorted(names):
+        kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
+        params = ", ".join(kinds[c] for c in fc.SIGNATURES[nm.split("<")[0]])
+        inst += f"\ntemplate __global__ void {nm}({params});"
     src = tmp_path / "k.cu"
     src.write_text(fc._SOURCE + inst + "\n")
     res = subprocess.run(

@@ -1,30 +1,42 @@
 r"""A fused chunked forward of the scalar-decay identity family (linear attention, RetNet, Mamba-2) on
-CuPy, float32 and float64: two CUDA kernels on the UNPADDED inputs, no padding, chunking or gate copies.
+CuPy, float32 and float64: CUDA kernels on the UNPADDED inputs, no padding, chunking or gate copies.
 
 With ``G_i`` the float64 cumulative sum of the clamped log-gates from the chunk start (``<= 0``, clamped
 at :data:`~ttr_stats.methods.identity.chunked.LOG_FLOOR`), ``L`` the chunk's last valid row and
-:math:`S_n` (d_k, d_v) the transposed state before chunk n:
+:math:`S_n` (d_k, d_v) the transposed state before chunk n, the chunk states come from (:data:`STATE_ALGO`)
 
-* kernel 1, ``chunk_states`` (grid: sequence x d_k tile x d_v tile, sequential over chunks, the state
-  tile in registers, :data:`STATE_TK` x :data:`STATE_TV` a thread): stores every chunk's starting state
-  ``S_n`` (and ``z_n`` when the denominator is read), then
-  :math:`S \leftarrow e^{G_L} S + \sum_j k_j (e^{G_L - G_j} b_j)\, v_j^\top`; the final (M, z) at the end;
-* kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent):
-  :math:`A_{ij} = (q_i\cdot k_j)(e^{G_i - G_j} b_j)` for ``j <= i`` (exactly 0 above: exact causality),
-  then :math:`y_i = e^{G_i}\,q_i^\top S_n + \sum_j A_{ij} v_j` (:data:`OUT_TI` x :data:`OUT_TV` outputs a
-  thread, from shared-memory tiles) and, for ``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n +
-  \sum_j A_{ij}`.
+* ``"scan"`` (the default), two kernels:
+
+  - 1a ``chunk_deltas`` (grid: sequence x chunk x d_k tile x d_v tile, all independent): every chunk's
+    own contribution :math:`D_n = \sum_j k_j (e^{G_L - G_j} b_j)\, v_j^\top` (and its z sum), a
+    :data:`DELTA_TK` x :data:`DELTA_TV` tile a thread, and the chunk's decay :math:`e^{G_L}`;
+  - 1b ``chunk_scan`` (one thread per state entry): :math:`S_0 = M_0`, :math:`S_{n+1} = e^{G_L} S_n +
+    D_n`, written over the D's in place, loads of :data:`SCAN_UNROLL` chunks in flight; the last is the
+    final (M, z);
+
+* or ``"sequential"``: one kernel, ``chunk_states`` (grid: sequence x d_k tile x d_v tile, sequential
+  over chunks, the state tile in registers, :data:`STATE_TK` x :data:`STATE_TV` a thread), stores every
+  chunk's starting state, then :math:`S \leftarrow e^{G_L} S + \sum_j k_j (e^{G_L - G_j} b_j)\,
+  v_j^\top`. Only a few blocks per SM, and every chunk costs a memory latency: at B H = 128, T = 4096
+  on an H200 it was most of the kernels' 1.7 ms;
+
+then kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent):
+:math:`A_{ij} = (q_i\cdot k_j)(e^{G_i - G_j} b_j)` for ``j <= i`` (exactly 0 above: exact causality),
+then :math:`y_i = e^{G_i}\,q_i^\top S_n + \sum_j A_{ij} v_j` (:data:`OUT_TI` x :data:`OUT_TV` outputs a
+thread, from shared-memory tiles) and, for ``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n +
+\sum_j A_{ij}`.
 
 Every exponent is a difference ``G_later - G_earlier`` or a ``G`` itself, ``<= 0``: nothing overflows,
-log-gates down to -1000 (and ``-inf``, clamped) are safe. The exponentials are taken in float64 and
-rounded to the working dtype, as the array path (``chunked._intra_scalar``) forms them. A T that is not a
-multiple of C is handled by a short last chunk; d_k, d_v up to :data:`MAX_D` (beyond: ``None``, the
-caller's old path). The module constants are read at every call (a GPU run can sweep them:
-``benchmarks/gpu_fused_chunk.py``); every distinct setting compiles its own template instance.
+log-gates down to -1000 (and ``-inf``, clamped) are safe, and every decay the scan multiplies by is
+<= 1. The exponentials are taken in float64 and rounded to the working dtype, as the array path
+(``chunked._intra_scalar``) forms them. A T that is not a multiple of C is handled by a short last chunk;
+d_k, d_v up to :data:`MAX_D` (beyond: ``None``, the caller's old path). The module constants are read at
+every call (a GPU run can sweep them: ``benchmarks/gpu_fused_chunk.py``); every distinct setting compiles
+its own template instances.
 
-Memory: the chunk states, ``B H ceil(T / C) d_k d_v`` words (1 GiB at B = 8, H = 16, T = 16384, d = 64,
-float32, C = 32), as ``chunked_bytes`` counts for a device. Not yet timed on a card (written without one;
-the kernels' source is checked on the host by ``tests/cuda_on_host.py``, ``tests/test_fused_chunk.py``).
+Memory: the chunk states, ``B H ceil(T / C) (d_k d_v + d_k + 1)`` words (1 GiB at B = 8, H = 16, T = 16384,
+d = 64, float32, C = 32), as ``chunked_bytes`` counts for a device. The kernels' source is also run on
+the host by ``tests/cuda_on_host.py`` (``tests/test_fused_chunk.py``).
 """
 
 from __future__ import annotations
@@ -49,6 +61,22 @@ STATE_BK = 32
 STATE_BV = 32
 STATE_TK = 2
 STATE_TV = 2
+
+#: how the chunk states are formed: ``"scan"`` (kernels 1a + 1b: every chunk's own contribution at once,
+#: then one thread per state entry scans over the chunks) or ``"sequential"`` (kernel 1: one block per
+#: state tile walks the chunks in turn, a few blocks per SM, every chunk a memory latency)
+STATE_ALGO = "scan"
+
+#: kernel 1a: state tile a block and the tile a thread keeps in registers (the whole 64 x 64 state of a
+#: chunk in one block of 256 threads at d = 64)
+DELTA_BK = 64
+DELTA_BV = 64
+DELTA_TK = 4
+DELTA_TV = 4
+
+#: kernel 1b: chunks whose loads are issued together (latency hiding), threads a block
+SCAN_UNROLL = 8
+SCAN_THREADS = 256
 
 #: kernel 2: value columns a block, outputs a thread (rows x columns), threads a block
 OUT_BV = 64
@@ -168,6 +196,135 @@ __global__ void chunk_states(
         }
         if (zb) zout[bh * dk + i] = z[a];
     }
+}
+
+// kernel 1a (STATE_ALGO "scan"): every chunk's own contribution, all chunks at once (grid: sequence x
+// chunk, x d_k tile x d_v tile): D_n = sum_j k_j (e^{G_L - G_j} b_j) v_j^T into S[n], dz_n = sum_j
+// k_j (e^{G_L - G_j} b_j) into Z[n], and the chunk's decay T(e^{G_L}) into dec[n]. Thread (tr, tc) keeps
+// rows tr + a * RK (a < TK) and columns tc + u * RV (u < TV) of the block's (BK, BV) tile.
+template <typename T, int BK, int BV, int TK, int TV>
+__global__ void chunk_deltas(
+    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g, const T* __restrict__ b,
+    T* __restrict__ S, T* __restrict__ Z, T* __restrict__ dec, const int Tn, const int C, const int dk,
+    const int dv)
+{
+    constexpr int RK = BK / TK, RV = BV / TV;
+    extern __shared__ unsigned char smem_raw[];
+    double* sg = reinterpret_cast<double*>(smem_raw);   // (C,) clamped log-gates
+    double* sG = sg + C;                                // (C,) their cumulative sums
+    T* sf = reinterpret_cast<T*>(sG + C);               // (C,) T(exp(G_L - G_j)) * b_j
+    T* sk = sf + C;                                     // (C, BK)
+    T* sv = sk + C * BK;                                // (C, BV)
+    const int N = (Tn + C - 1) / C;
+    const size_t bh = blockIdx.x / N;
+    const int n = blockIdx.x % N;
+    const int k0 = blockIdx.y * BK, v0 = blockIdx.z * BV;
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const int tr = tid / RV, tc = tid % RV;
+    const int c0 = n * C, Cn = min(C, Tn - c0);
+    const size_t row0 = bh * Tn + c0;
+    const bool zb = (blockIdx.z == 0) && (tc == 0);     // these threads also sum z (d_k rows)
+    for (int c = tid; c < Cn; c += nt) {
+        const double x = (double)g[row0 + c];
+        sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;   // also -inf -> the floor
+        sf[c] = b[row0 + c];
+    }
+    for (int e = tid; e < Cn * BK; e += nt) {
+        const int c = e / BK, i = e % BK;
+        sk[e] = (k0 + i < dk) ? k[(row0 + c) * dk + k0 + i] : T(0);
+    }
+    for (int e = tid; e < Cn * BV; e += nt) {
+        const int c = e / BV, j = e % BV;
+        sv[e] = (v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
+    }
+    __syncthreads();
+    for (int c = tid; c < Cn; c += nt) {  // G_c by sequential sums (cumsum's order)
+        double acc = 0.0;
+        for (int l = 0; l <= c; ++l) acc += sg[l];
+        sG[c] = acc;
+    }
+    __syncthreads();
+    const double GL = sG[Cn - 1];
+    for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * sf[c];
+    if (tid == 0 && blockIdx.y == 0 && blockIdx.z == 0) dec[bh * N + n] = T(exp(GL));
+    __syncthreads();
+    T s[TK][TV], z[TK];
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        z[a] = T(0);
+#pragma unroll
+        for (int u = 0; u < TV; ++u) s[a][u] = T(0);
+    }
+    for (int c = 0; c < Cn; ++c) {
+        T kr[TK], vr[TV];
+        const T f = sf[c];
+#pragma unroll
+        for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK] * f;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) vr[u] = sv[c * BV + tc + u * RV];
+#pragma unroll
+        for (int a = 0; a < TK; ++a) {
+            z[a] += kr[a];
+#pragma unroll
+            for (int u = 0; u < TV; ++u) s[a][u] += kr[a] * vr[u];
+        }
+    }
+    T* Dn = S + (bh * N + n) * (size_t)dk * dv;
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        if (i >= dk) continue;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            if (j < dv) Dn[(size_t)i * dv + j] = s[a][u];
+        }
+        if (zb) Z[(bh * N + n) * dk + i] = z[a];
+    }
+}
+
+// kernel 1b (STATE_ALGO "scan"): the states before every chunk, in place of the deltas, by a sequential
+// scan over chunks of each state entry (entries e < dk * dv) and z entry (the dk after them), one thread
+// an entry: S_0 = M0, S_{n+1} = dec_n S_n + D_n; the last one is the final state. Grid: sequence x
+// blocks of entries (nblk a sequence); SCAN_UNROLL chunks' loads are issued before their stores.
+template <typename T, int U>
+__global__ void chunk_scan(
+    T* __restrict__ S, T* __restrict__ Z, const T* __restrict__ dec, const T* __restrict__ M0,
+    const T* __restrict__ z0, T* __restrict__ Mout, T* __restrict__ zout, const int N, const int dk,
+    const int dv, const int nblk)
+{
+    const size_t bh = blockIdx.x / nblk;
+    const long long e = (long long)(blockIdx.x % nblk) * blockDim.x + threadIdx.x;
+    const long long nS = (long long)dk * dv;
+    if (e >= nS + dk) return;
+    T* p;
+    T* out;
+    long long stride;
+    T s;
+    if (e < nS) {
+        const int i = (int)(e / dv), j = (int)(e % dv);
+        p = S + bh * (size_t)N * nS + e;
+        stride = nS;
+        s = M0[(bh * dv + j) * dk + i];
+        out = Mout + (bh * dv + j) * dk + i;
+    } else {
+        const int i = (int)(e - nS);
+        p = Z + bh * (size_t)N * dk + i;
+        stride = dk;
+        s = z0[bh * dk + i];
+        out = zout + bh * dk + i;
+    }
+    const T* dn = dec + bh * N;
+    for (int n0 = 0; n0 < N; n0 += U) {
+        T d[U], a[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (n0 + u < N) { d[u] = p[(n0 + u) * stride]; a[u] = dn[n0 + u]; }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            if (n0 + u < N) { p[(n0 + u) * stride] = s; s = a[u] * s + d[u]; }
+    }
+    *out = s;
 }
 
 // kernel 2: every chunk's outputs. Block (sequence * N + chunk, d_v tile); thread (ri, cj) computes rows
@@ -316,12 +473,25 @@ __global__ void chunk_outputs(
 _DTYPES = {"float32": "float", "float64": "double"}
 _MODULES = {}
 
+#: each kernel's parameters: P a ``const T*``, W a ``T*``, i an ``int`` (host emulation reads these)
+SIGNATURES = {
+    "chunk_states": "PPPPPPWWWWiiiii",
+    "chunk_deltas": "PPPPWWWiiii",
+    "chunk_scan": "WWPPPWWiiii",
+    "chunk_outputs": "PPPPPPPWWiiiii",
+}
+
 
 def _names(dt):
+    """The template instances one call launches, in launch order (the state kernels, then outputs)."""
     t = _DTYPES[str(dt)]
+    out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}>"
+    if STATE_ALGO == "sequential":
+        return (f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>", out)
     return (
-        f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>",
-        f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}>",
+        f"chunk_deltas<{t}, {DELTA_BK}, {DELTA_BV}, {DELTA_TK}, {DELTA_TV}>",
+        f"chunk_scan<{t}, {SCAN_UNROLL}>",
+        out,
     )
 
 
@@ -337,13 +507,19 @@ def _functions(dt):
 
 def _check_layout():
     """The module constants must give whole thread grids (a ValueError names the constant)."""
+    if STATE_ALGO not in ("scan", "sequential"):
+        raise ValueError(f"STATE_ALGO={STATE_ALGO!r} must be 'scan' or 'sequential'")
     for name, a, t in (
         ("STATE_TK", STATE_BK, STATE_TK),
         ("STATE_TV", STATE_BV, STATE_TV),
+        ("DELTA_TK", DELTA_BK, DELTA_TK),
+        ("DELTA_TV", DELTA_BV, DELTA_TV),
         ("OUT_TV", OUT_BV, OUT_TV),
     ):
         if t < 1 or a % t:
             raise ValueError(f"{name}={t} must divide its block size {a}")
+    if SCAN_UNROLL < 1 or SCAN_THREADS < 1:
+        raise ValueError(f"SCAN_UNROLL={SCAN_UNROLL} and SCAN_THREADS={SCAN_THREADS} must be >= 1")
     if OUT_THREADS < OUT_BV // OUT_TV:
         raise ValueError(f"OUT_THREADS={OUT_THREADS} must be at least OUT_BV // OUT_TV = {OUT_BV // OUT_TV}")
 
@@ -352,9 +528,15 @@ def state_threads():
     return (STATE_BK // STATE_TK) * (STATE_BV // STATE_TV)
 
 
+def delta_threads():
+    return (DELTA_BK // DELTA_TK) * (DELTA_BV // DELTA_TV)
+
+
 def state_shared_bytes(C, itemsize):
-    """Dynamic shared memory of a ``chunk_states`` block."""
-    return 16 * C + (C + C * (STATE_BK + STATE_BV)) * itemsize
+    """Dynamic shared memory of a ``chunk_states`` block (``"sequential"``) or a ``chunk_deltas`` block
+    (``"scan"``; the scan itself needs none)."""
+    bk, bv = (STATE_BK, STATE_BV) if STATE_ALGO == "sequential" else (DELTA_BK, DELTA_BV)
+    return 16 * C + (C + C * (bk + bv)) * itemsize
 
 
 def out_shared_bytes(C, dk, itemsize):
@@ -362,12 +544,21 @@ def out_shared_bytes(C, dk, itemsize):
     return 16 * C + (2 * C + 2 * C * (dk | 1) + C * (C | 1) + C * OUT_BV + dk * OUT_BV + dk) * itemsize
 
 
+def scan_blocks(dk, dv):
+    """Blocks of ``chunk_scan`` a sequence: one thread per state entry and per z entry."""
+    return -(-(dk * dv + dk) // SCAN_THREADS)
+
+
 def layouts(BH, T, C, dk, dv):
-    """``((grid, block) of kernel 1, (grid, block) of kernel 2)``."""
+    """``(grid, block)`` of every kernel, in launch order (as :func:`_names`)."""
     N = -(-T // C)
+    out = ((BH * N, -(-dv // OUT_BV)), (OUT_THREADS,))
+    if STATE_ALGO == "sequential":
+        return (((BH, -(-dk // STATE_BK), -(-dv // STATE_BV)), (state_threads(),)), out)
     return (
-        ((BH, -(-dk // STATE_BK), -(-dv // STATE_BV)), (state_threads(),)),
-        ((BH * N, -(-dv // OUT_BV)), (OUT_THREADS,)),
+        ((BH * N, -(-dk // DELTA_BK), -(-dv // DELTA_BV)), (delta_threads(),)),
+        ((BH * scan_blocks(dk, dv),), (SCAN_THREADS,)),
+        out,
     )
 
 
@@ -411,30 +602,26 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
     gf, bf = flat(g[..., 0], (T,)), flat(b, (T,))
     m0, zz0 = flat(M0, (dv, dk)), flat(z0, (dk,))
     S = cupy.empty((BH, N, dk, dv), dtype=dt)
-    Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
     M = cupy.empty((BH, dv, dk), dtype=dt)
     z = cupy.empty((BH, dk), dtype=dt)
     Y = cupy.empty((BH, T, dv), dtype=dt)
     den = cupy.empty((BH, T) if need_den else (1,), dtype=dt)
-    (g1, b1), (g2, b2) = layouts(BH, T, C, dk, dv)
-    f1, f2 = _functions(dt)
-    it, i32 = dt.itemsize, cupy.int32
-    s1, s2 = state_shared_bytes(C, it), out_shared_bytes(C, dk, it)
-    for f, s in ((f1, s1), (f2, s2)):
+    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt)
+    i32 = cupy.int32
+    s1, s2 = state_shared_bytes(C, dt.itemsize), out_shared_bytes(C, dk, dt.itemsize)
+    for f, s in ((fns[0], s1), (fns[-1], s2)):
         if s > 48 * 1024:
             f.max_dynamic_shared_size_bytes = s
-    f1(
-        g1,
-        b1,
-        (k, v, gf, bf, m0, zz0, S, Z, M, z, i32(T), i32(C), i32(dk), i32(dv), i32(need_den)),
-        shared_mem=s1,
-    )
-    f2(
-        g2,
-        b2,
-        (q, k, v, gf, bf, S, Z, Y, den, i32(T), i32(C), i32(dk), i32(dv), i32(need_den)),
-        shared_mem=s2,
-    )
+    dims = (i32(T), i32(C), i32(dk), i32(dv))
+    if STATE_ALGO == "sequential":
+        Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
+        fns[0](*lay[0], (k, v, gf, bf, m0, zz0, S, Z, M, z, *dims, i32(need_den)), shared_mem=s1)
+    else:  # the scan forms z too (the final z is returned): Z always holds every chunk's
+        Z = cupy.empty((BH, N, dk), dtype=dt)
+        dec = cupy.empty((BH, N), dtype=dt)
+        fns[0](*lay[0], (k, v, gf, bf, S, Z, dec, *dims), shared_mem=s1)
+        fns[1](*lay[1], (S, Z, dec, m0, zz0, M, z, i32(N), i32(dk), i32(dv), i32(scan_blocks(dk, dv))))
+    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, *dims, i32(need_den)), shared_mem=s2)
     return (
         xp.reshape(Y, lead + (T, dv)),
         xp.reshape(den, lead + (T,)) if need_den else None,
