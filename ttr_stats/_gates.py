@@ -4,34 +4,52 @@ from __future__ import annotations
 
 import math
 
-from ._validation import check_finite
 
-
-def resolve_log_alpha(xp, alpha, log_alpha):
+def resolve_log_alpha(xp, alpha, log_alpha, checks=None):
     """Return log-gates from exactly one of ``alpha`` (in [0, 1]) and ``log_alpha`` (<= 0), or None.
 
     ``alpha = 0`` (a hard reset) becomes ``-inf``; every later computation is written to accept it.
     Under autograd the gradient with respect to such an ``alpha`` entry is 0 in every method, where the
     layer's true derivative (it is linear in each alpha_t) is not: train gates through ``log_alpha`` (e.g.
     ``logsigmoid``) or keep ``alpha > 0``; elsewhere gradients equal the loop's (tests/test_torch_grad.py).
+
+    ``checks``: a call's :class:`~ttr_stats._validation.Deferred`, which keeps the verdicts of the range
+    and finiteness checks on the device until the call reads them with its output; None checks at once.
     """
     if alpha is not None and log_alpha is not None:
         raise ValueError("alpha and log_alpha: pass at most one of them (log_alpha = log(alpha))")
+    checks = _eager(xp, checks)
     if alpha is not None:
-        check_finite(xp, "alpha", alpha)
-        if math.prod(alpha.shape) and bool(xp.any((alpha < 0) | (alpha > 1))):
-            lo, hi = float(xp.min(alpha)), float(xp.max(alpha))
-            raise ValueError(f"alpha must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        checks.finite({"alpha": alpha})
+        if math.prod(alpha.shape):
+
+            def out_of_range():
+                lo, hi = float(xp.min(alpha)), float(xp.max(alpha))
+                return ValueError(f"alpha must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+
+            checks.when(xp.any((alpha < 0) | (alpha > 1)), out_of_range)
         zero = alpha == 0
         dev = _device_of(alpha)
         safe = xp.where(zero, xp.ones((), dtype=alpha.dtype, device=dev), alpha)
         return xp.where(zero, xp.asarray(-math.inf, dtype=alpha.dtype, device=dev), xp.log(safe))
     if log_alpha is not None:
-        check_finite(xp, "log_alpha", log_alpha)
-        if math.prod(log_alpha.shape) and bool(xp.any(log_alpha > 0)):
-            raise ValueError(f"log_alpha must be <= 0, got a maximum of {float(xp.max(log_alpha)):g}")
+        checks.finite({"log_alpha": log_alpha})
+        if math.prod(log_alpha.shape):
+            checks.when(
+                xp.any(log_alpha > 0),
+                lambda: ValueError(f"log_alpha must be <= 0, got a maximum of {float(xp.max(log_alpha)):g}"),
+            )
         return log_alpha
     return None
+
+
+def _eager(xp, checks):
+    """``checks`` (a :class:`~ttr_stats._validation.Deferred` of the call), or one that checks at once."""
+    if checks is not None:
+        return checks
+    from ._validation import Deferred
+
+    return Deferred(xp, lazy=False)
 
 
 def check_decay_representable(xp, g, who, dtype=None):
@@ -58,13 +76,17 @@ def check_decay_representable(xp, g, who, dtype=None):
         )
 
 
-def check_beta(xp, beta):
-    """``beta`` must be finite and strictly positive."""
+def check_beta(xp, beta, checks=None):
+    """``beta`` must be finite and strictly positive (``checks``: see :func:`resolve_log_alpha`)."""
     if beta is None:
         return None
-    check_finite(xp, "beta", beta)
-    if math.prod(beta.shape) and bool(xp.any(beta <= 0)):
-        raise ValueError(f"beta must be > 0, got a minimum of {float(xp.min(beta)):g}")
+    checks = _eager(xp, checks)
+    checks.finite({"beta": beta})
+    if math.prod(beta.shape):
+        checks.when(
+            xp.any(beta <= 0),
+            lambda: ValueError(f"beta must be > 0, got a minimum of {float(xp.min(beta)):g}"),
+        )
     return beta
 
 

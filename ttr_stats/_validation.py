@@ -27,9 +27,104 @@ def check_finite_all(xp, named) -> None:
         if ok is None:
             ok = bool(xp.all(xp.isfinite(x)))
         if not ok:
-            n_nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
-            kind = "NaN" if n_nan else "infinite values"
-            raise ValueError(f"{name} contains {kind}; every entry must be finite")
+            raise _nonfinite_error(xp, name, x)
+
+
+def _nonfinite_error(xp, name, x):
+    n_nan = int(xp.sum(xp.astype(xp.isnan(x), xp.int64)))
+    kind = "NaN" if n_nan else "infinite values"
+    return ValueError(f"{name} contains {kind}; every entry must be finite")
+
+
+class Deferred:
+    """Argument checks whose verdicts stay on the device until one read (CuPy); checked at once elsewhere.
+
+    A layer call starts its input checks (finiteness, gate ranges) without a device sync, runs its method,
+    and reads every verdict together with the output's finiteness (:meth:`outputs_finite`): one transfer
+    a call instead of one per check, and the host prepares and launches the method's kernels while the
+    card is still checking. Input errors keep their meaning: the first failed check (in the order the
+    checks were made) is raised, as the ``ValueError`` naming the argument that an immediate check
+    raises, and the call returns nothing. A caller that meets any other exception after starting checks
+    raises :meth:`input_error` instead where there is one, so that a bad input is reported as itself
+    and not as whatever it broke downstream.
+
+    Off CuPy (NumPy, torch, array_api_strict), and with :data:`FUSED_FINITE` off, every check runs at
+    once, as :func:`check_finite_all` and a plain ``if`` would.
+    """
+
+    def __init__(self, xp=None, lazy=True):
+        self.xp, self.lazy = None, False
+        if xp is not None:
+            self.bind(xp, lazy)
+        self._flags = []  # device arrays of int32 verdicts (nonzero: failed), in the order of _errors
+        self._errors = []  # per verdict: a function making the error to raise
+        self._failed = None  # after the read: the index of the first failed verdict, or -1
+
+    def bind(self, xp, lazy=True) -> None:
+        """The array namespace of the checked arrays (known once a call has converted its inputs);
+        ``lazy=False`` checks everything at once on any namespace."""
+        import array_api_compat
+
+        self.xp = xp
+        self.lazy = lazy and FUSED_FINITE and array_api_compat.is_cupy_namespace(xp)
+
+    def finite(self, named) -> None:
+        """:func:`check_finite_all` of ``named`` (name -> array or None), its verdicts kept on the card."""
+        if not self.lazy:
+            check_finite_all(self.xp, named)
+            return
+        arrays = [(n, x) for n, x in named.items() if x is not None and math.prod(x.shape)]
+        fused = [(n, x) for n, x in arrays if _fusable(x)]
+        check_finite_all(self.xp, {n: x for n, x in arrays if not _fusable(x)})  # the rest, at once
+        if fused:
+            self._flags.append(_launch_finite([x for _, x in fused]))
+            self._errors += [lambda n=n, x=x: _nonfinite_error(self.xp, n, x) for n, x in fused]
+
+    def when(self, bad, make_error) -> None:
+        """Raise ``make_error()`` if the 0-d device boolean ``bad`` holds (at the read; at once off CuPy)."""
+        if not self.lazy:
+            if bool(bad):
+                raise make_error()
+            return
+        self._flags.append(self.xp.astype(self.xp.reshape(bad, (1,)), self.xp.int32))
+        self._errors.append(make_error)
+
+    def _read(self, extra=None):
+        """One transfer of every verdict (and ``extra``'s flags after them); the extra flags' host copy."""
+        from ._array import to_numpy
+
+        parts = self._flags + ([extra] if extra is not None else [])
+        host = to_numpy(self.xp.concat(parts) if len(parts) > 1 else parts[0])  # the one sync
+        n = len(self._errors)
+        self._failed = next((i for i in range(n) if host[i]), -1)
+        self._flags = []
+        return host[n:]
+
+    def input_error(self):
+        """The error of the first failed input check, once (reading the verdicts if they are still on the
+        card); None if every check passed or the error was already handed out."""
+        if self._failed is None and self._flags:
+            self._read()
+        if self._failed is None or self._failed < 0:
+            return None
+        i, self._failed = self._failed, -1
+        return self._errors[i]()
+
+    def raise_for_inputs(self) -> None:
+        """Raise :meth:`input_error` if there is one."""
+        err = self.input_error()
+        if err is not None:
+            raise err
+
+    def outputs_finite(self, Y) -> bool:
+        """Whether ``Y`` is all finite, read with the input verdicts in one transfer; an input that failed
+        its check raises here first (:meth:`raise_for_inputs`)."""
+        if self._failed is not None or not self._flags or not (math.prod(Y.shape) and _fusable(Y)):
+            self.raise_for_inputs()
+            return all_finite(self.xp, Y)
+        bad = self._read(_launch_finite([Y]))
+        self.raise_for_inputs()
+        return not bool(bad[0])
 
 
 def all_finite(xp, x) -> bool:
@@ -104,30 +199,46 @@ def _finite_flags(xp, arrays):
         return flags
     if not array_api_compat.is_cupy_namespace(xp):
         return flags
-    import cupy
-
-    todo = [
-        i
-        for i, x in enumerate(arrays)
-        if isinstance(x, cupy.ndarray) and str(x.dtype) in _FINITE_TYPES and x.flags.c_contiguous
-    ]
+    todo = [i for i, x in enumerate(arrays) if _fusable(x)]
     if not todo:
         return flags
-    out = cupy.zeros(len(todo), dtype=cupy.int32)
+    bad = _launch_finite([arrays[i] for i in todo]).get()  # the one sync
+    for j, i in enumerate(todo):
+        flags[i] = not bool(bad[j])
+    return flags
+
+
+def _fusable(x) -> bool:
+    """Whether the one-pass kernel checks ``x``: a C-contiguous float32/float64 CuPy array."""
+    import sys
+
+    cupy = sys.modules.get("cupy")  # never imported here: a CuPy array means CuPy is loaded
+    return (
+        cupy is not None
+        and isinstance(x, cupy.ndarray)
+        and str(x.dtype) in _FINITE_TYPES
+        and x.flags.c_contiguous
+    )
+
+
+def _launch_finite(arrays):
+    """Launch the one-pass test of every (fusable, non-empty) array; their flags (nonzero: not all
+    finite) as a device int32 array, not yet read."""
+    import cupy
+
+    out = cupy.zeros(len(arrays), dtype=cupy.int32)
     mod = _finite_module()
     from .methods._fused import device_attribute
 
     sms = device_attribute("MultiProcessorCount", 1)
-    for j, i in enumerate(todo):
-        x = arrays[i]
+    for j, x in enumerate(arrays):
         n = x.size
+        if not n:
+            continue
         blocks = max(1, min(-(-n // 256), 8 * sms))  # a few blocks per SM; the loop strides over the rest
         fn = mod.get_function(f"any_nonfinite<{_FINITE_TYPES[str(x.dtype)]}>")
         fn((blocks,), (256,), (x, cupy.int64(n), out[j : j + 1]))
-    bad = out.get()  # the one sync
-    for j, i in enumerate(todo):
-        flags[i] = not bool(bad[j])
-    return flags
+    return out
 
 
 def renamed(name, value, old_name, old_value):

@@ -17,7 +17,7 @@ from ._gates import (
     roll_rows,
     zero_padding,
 )
-from ._validation import all_finite, check_finite, check_finite_all, check_not_text
+from ._validation import Deferred, all_finite, check_finite, check_finite_all, check_not_text
 from .methods import Problem, registry, support_table
 from .methods.final_state import final_state
 from .optimizers import ClosedForm, GradientOptimizer, Optimizer
@@ -284,8 +284,11 @@ class TestTimeRegression(BaseEstimator):
     # ------------------------------------------------------------------------------------------------
     def _prepare(
         self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None, chunk_size=None,
-        inputs=None,
+        inputs=None, checks=None,
     ):  # fmt: skip
+        """The validated :class:`Problem` of a call. ``checks``: a :class:`Deferred` that keeps the
+        verdicts of the input checks (finiteness of Q, K, V and the gates, the gates' ranges) on the
+        device for the caller to read with its output (:meth:`_run`); None checks them at once."""
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
@@ -303,7 +306,11 @@ class TestTimeRegression(BaseEstimator):
         for name, x, last in (("Q", Q, "d_k"), ("K", K, "d_k"), ("V", V, "d_v")):
             if x.ndim < 2:
                 raise ValueError(f"{name} must have shape (..., T, {last}), got shape {tuple(x.shape)}")
-        check_finite_all(xp, {"Q": Q, "K": K, "V": V})  # one pass each, one sync (CuPy)
+        if checks is None:
+            check_finite_all(xp, {"Q": Q, "K": K, "V": V})  # one pass each, one sync (CuPy)
+        else:
+            checks.bind(xp)
+            checks.finite({"Q": Q, "K": K, "V": V})  # one pass each, no sync (CuPy): read in _run
         device = _array.device(K)
         T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:
@@ -329,7 +336,7 @@ class TestTimeRegression(BaseEstimator):
         d_v = V.shape[-1]
         d_f = self.regressor.output_dim(d_k)
 
-        la = resolve_log_alpha(xp, a["alpha"], a["log_alpha"])
+        la = resolve_log_alpha(xp, a["alpha"], a["log_alpha"], checks)
         gate_name = "alpha" if a["alpha"] is not None else "log_alpha"
         if la is not None and la.ndim == 0:
             la = xp.broadcast_to(la, (T, d_f) if self.weights.per_dimension else (T,))
@@ -343,7 +350,7 @@ class TestTimeRegression(BaseEstimator):
         if opt.needs_positive_decay and bool(xp.any(g == -math.inf)):
             raise ValueError(f"{gate_name}: {type(opt).__name__} divides by the decay; alpha must be > 0")
 
-        b = check_beta(xp, a["beta"])
+        b = check_beta(xp, a["beta"], checks)
         if b is None:
             const = opt.default_beta()
             b = xp.full((T_k,), 1.0 if const is None else const, dtype=dtype, device=device)
@@ -443,8 +450,8 @@ class TestTimeRegression(BaseEstimator):
                     self._memory_advice(P, method, f"{host / 2**30:.2f} GiB available on the host")
                 )
 
-    def _check_output(self, xp, Y, what="output"):
-        if not all_finite(xp, Y):
+    def _check_output(self, xp, Y, what="output", checks=None):
+        if not (all_finite(xp, Y) if checks is None else checks.outputs_finite(Y)):
             raise FloatingPointError(
                 f"{type(self.optimizer).__name__} produced a non-finite {what} from finite inputs: the "
                 f"recursion diverged or overflowed (theory §5). {self._divergence_remedy()}"
@@ -534,17 +541,25 @@ class TestTimeRegression(BaseEstimator):
             Y = self.read(state, Q)
             self.method_ = "recurrent"
             return (Y, state) if return_state else Y
-        P = self._prepare(
-            Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths,
-            chunk_size=chunk_size, inputs=inputs,
-        )  # fmt: skip
-        m = self._choose(method, P)
-        Y, state = self._run(m, P)
+        checks = Deferred()  # the input checks' verdicts are read with the output's: one sync a call
+        try:
+            P = self._prepare(
+                Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths,
+                chunk_size=chunk_size, inputs=inputs, checks=checks,
+            )  # fmt: skip
+            m = self._choose(method, P)
+            Y, state = self._run(m, P, checks)
+        except Exception:
+            err = checks.input_error()  # a bad input is reported as itself, not as what it broke
+            if err is not None:
+                raise err from None
+            raise
         self.method_ = m.name
         return (Y, state) if return_state else Y
 
-    def _run(self, m, P):
-        """Run registered method ``m`` on problem ``P``: memory check, overflow as one clear error."""
+    def _run(self, m, P, checks=None):
+        """Run registered method ``m`` on problem ``P``: memory check, overflow as one clear error.
+        ``checks``: the call's deferred input checks, read with the output's finiteness."""
         self._check_device_memory(P, m)
         # a windowed final state read after step T must not see the padding move the window: the
         # reference loop freezes its state there; every other method runs on right-aligned sequences
@@ -567,7 +582,7 @@ class TestTimeRegression(BaseEstimator):
             # padded outputs are 0 by definition: zero them before the finiteness check so that only
             # the valid outputs are judged (a non-causal call has no padded queries: its T_q is free)
             Y = zero_padding(P.xp, Y, P.lengths)
-        self._check_output(P.xp, Y)
+        self._check_output(P.xp, Y, checks=checks)
         return Y, state
 
     def memorize(
