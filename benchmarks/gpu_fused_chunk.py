@@ -11,9 +11,12 @@ module constants. One command, < 4 minutes on an H200:
    products: 5e-3);
 2. **timings** at B = 8, H = 16, d = 64, float32, T in {1024, 4096, 16384}: median of 10 synchronised
    calls (CUDA events) of the layer with the new path, the old one (``_fused_chunk.ENABLED = False``)
-   and fla, plus the two kernels alone (``forward`` on prepared inputs: no validation, no glue);
-3. **sweep** at T = 4096 (linear attention): chunk length x the state-pass tile (BK, BV, TK, TV) x the
-   output tile (BV, TI, TV, threads), one group varied at a time, kernels alone and the whole layer.
+   and fla, plus the kernels alone (``forward`` on prepared inputs: no validation, no glue), with the
+   chunk states by the default ``STATE_ALGO`` ("kernels") and by the one-kernel sequential pass
+   ("k seq");
+3. **sweep** at T = 4096 (linear attention): chunk length x the chunk-delta tile (BK, BV, TK, TV), the
+   scan's (unroll, threads) and the output tile (BV, TI, TV, threads), one group varied at a time,
+   kernels alone and the whole layer.
 
 Everything is printed and written to ``--out``. A global budget (``--budget-s``, 220 s) skips what is
 left past it (the line says so). ``--cpu-dry-run`` runs the script's logic on NumPy at a tiny size (no
@@ -40,8 +43,8 @@ from ttr_stats.methods.identity import _fused_chunk as fc
 from ttr_stats.methods.identity import chunked as ich
 
 LAYERS = {"linear_attention": (tt.recipes.linear_attention, ""), "mamba2": (tt.recipes.mamba2, "a")}
-STATE_TILES = [(32, 64, 2, 4), (64, 64, 4, 4), (32, 32, 2, 2), (16, 64, 1, 4), (32, 64, 4, 4), (64, 64, 2, 4),
-               (32, 32, 4, 4)]  # fmt: skip
+DELTA_TILES = [(64, 64, 4, 4), (32, 64, 2, 4), (64, 32, 4, 2), (32, 32, 2, 2), (64, 64, 8, 4), (64, 64, 4, 8)]
+SCAN_SETTINGS = [(1, 256), (4, 256), (8, 256), (16, 256), (8, 128), (8, 512)]
 OUT_TILES = [(64, 4, 4, 128), (64, 2, 4, 256), (64, 4, 2, 256), (32, 4, 4, 64), (64, 8, 4, 64),
              (64, 4, 4, 256), (32, 2, 4, 128)]  # fmt: skip
 CHUNKS = (16, 32, 64)
@@ -220,8 +223,8 @@ def _ratio(row, x, y):
 
 def timings(dev, out, args, t0):
     out(f"\n## 2. timings, ms (median of {args.runs}, CUDA events), B={args.B} H={args.H} d={args.d} float32")
-    out(f"  {'layer':<18} {'T':>6} {'new':>8} {'kernels':>8} {'old':>8} {'fla':>8} {'new/fla':>8} "
-        f"{'old/fla':>8} {'new/old':>8}")  # fmt: skip
+    out(f"  {'layer':<18} {'T':>6} {'new':>8} {'kernels':>8} {'k seq':>8} {'old':>8} {'fla':>8} "
+        f"{'new/fla':>8} {'old/fla':>8} {'new/old':>8}")  # fmt: skip
     for T in args.T:
         host = inputs(args.B, args.H, T, args.d)
         a = {k: dev.xp.asarray(v) for k, v in host.items()}
@@ -242,6 +245,9 @@ def timings(dev, out, args, t0):
                 dev.free()
                 row["kernels"] = kernels_time(dev, a, kind, args)
                 dev.free()
+                with constants(STATE_ALGO="sequential"):  # the one-kernel state pass, for comparison
+                    row["kseq"] = kernels_time(dev, a, kind, args)
+                dev.free()
                 with constants(ENABLED=False):
                     row["old"] = dev.time(call, args.warmup, args.runs)[0]
                 dev.free()
@@ -254,7 +260,7 @@ def timings(dev, out, args, t0):
                 out(f"  {name} T={T} FAILED: {type(exc).__name__}: {exc}")
                 traceback.print_exc(limit=4)
             pairs = (("new", "fla"), ("old", "fla"), ("new", "old"))
-            times = " ".join(_ms(row, k) for k in ("new", "kernels", "old", "fla"))
+            times = " ".join(_ms(row, k) for k in ("new", "kernels", "kseq", "old", "fla"))
             out(f"  {name:<18} {T:>6} {times} " + " ".join(_ratio(row, x, y) for x, y in pairs))
         del a
         dev.free()
@@ -284,12 +290,14 @@ def sweep(dev, out, args, t0):
     host = inputs(args.B, args.H, T, args.d)
     a = {k: dev.xp.asarray(v) for k, v in host.items()}
     layer = tt.recipes.linear_attention()
-    base = dict(STATE_BK=fc.STATE_BK, STATE_BV=fc.STATE_BV, STATE_TK=fc.STATE_TK, STATE_TV=fc.STATE_TV,
+    base = dict(DELTA_BK=fc.DELTA_BK, DELTA_BV=fc.DELTA_BV, DELTA_TK=fc.DELTA_TK, DELTA_TV=fc.DELTA_TV,
+                SCAN_UNROLL=fc.SCAN_UNROLL, SCAN_THREADS=fc.SCAN_THREADS,
                 OUT_BV=fc.OUT_BV, OUT_TI=fc.OUT_TI, OUT_TV=fc.OUT_TV, OUT_THREADS=fc.OUT_THREADS)  # fmt: skip
     configs = [
-        ("state", dict(zip(("STATE_BK", "STATE_BV", "STATE_TK", "STATE_TV"), t, strict=True)))
-        for t in STATE_TILES
+        ("delta", dict(zip(("DELTA_BK", "DELTA_BV", "DELTA_TK", "DELTA_TV"), t, strict=True)))
+        for t in DELTA_TILES
     ]
+    configs += [("scan", dict(zip(("SCAN_UNROLL", "SCAN_THREADS"), t, strict=True))) for t in SCAN_SETTINGS]
     configs += [
         ("out", dict(zip(("OUT_BV", "OUT_TI", "OUT_TV", "OUT_THREADS"), t, strict=True))) for t in OUT_TILES
     ]
@@ -343,8 +351,10 @@ def main(argv=None):
         out(f"no GPU run possible: {type(exc).__name__}: {exc} (try --cpu-dry-run)")
         return 1
     out(f"# gpu_fused_chunk: {dev.card}")
-    out(f"# defaults: C={ich.DEFAULT_CHUNK}, state tile BK={fc.STATE_BK} BV={fc.STATE_BV} TK={fc.STATE_TK} "
-        f"TV={fc.STATE_TV}, out tile BV={fc.OUT_BV} TI={fc.OUT_TI} TV={fc.OUT_TV} "
+    out(f"# defaults: C={ich.DEFAULT_CHUNK}, states by {fc.STATE_ALGO!r}: delta tile BK={fc.DELTA_BK} "
+        f"BV={fc.DELTA_BV} TK={fc.DELTA_TK} TV={fc.DELTA_TV}, scan unroll={fc.SCAN_UNROLL} "
+        f"threads={fc.SCAN_THREADS} (sequential: BK={fc.STATE_BK} BV={fc.STATE_BV} TK={fc.STATE_TK} "
+        f"TV={fc.STATE_TV}), out tile BV={fc.OUT_BV} TI={fc.OUT_TI} TV={fc.OUT_TV} "
         f"threads={fc.OUT_THREADS}")  # fmt: skip
     if dev.fla_error:
         out(f"# {dev.fla_error}")

@@ -394,3 +394,104 @@ def test_gpu_layers_with_and_without_the_switch(monkeypatch, rng, name, dtype):
     tol = TOL32 if dtype == np.float32 else TOL64
     assert rel_err(y_new, y_ref) < tol
     assert rel_err(y_old, y_ref) < tol
+
+
+# ------------------------------------------------------------------- the scan alone and the per-dim path
+def _scan_loop(D, dec, S0):
+    """float64 loop: the states before every chunk and the final one (dec broadcast over the columns)."""
+    D, dec, S = (np.asarray(x, np.float64) for x in (D, dec, S0))
+    S = np.broadcast_to(S, D.shape[:-3] + D.shape[-2:]).copy()
+    out = np.empty(D.shape)
+    for n in range(D.shape[-3]):
+        out[..., n, :, :] = S
+        S = dec[..., n, :, None] * S + D[..., n, :, :]
+    return out, S
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("lead", "N", "R", "Cc", "per_row"), [((2,), 1, 1, 1, False), ((1, 3), 9, 7, 5, True),
+                                                               ((2,), 20, 16, 33, False), ((1,), 17, 5, 3, True)])  # fmt: skip
+def test_scan_states_on_the_host_matches_the_loop(monkeypatch, rng, dtype, lead, N, R, Cc, per_row):
+    """``scan_states`` (kernel 1b alone, as the per-dimension path calls it): every state before a chunk
+    and the final one, scalar and per-row decays (down to exp(-50)), a chunk count that the load group
+    (3) does not divide, a broadcast initial state."""
+    import array_api_compat.numpy as xp
+
+    monkeypatch.setattr(fc, "SCAN_UNROLL", 3)
+    monkeypatch.setattr(fc, "SCAN_THREADS", 32)
+    D = rng.standard_normal(lead + (N, R, Cc)).astype(dtype)
+    dec = np.exp(-rng.uniform(0, 1, lead + (N, R if per_row else 1))).astype(dtype)
+    dec[..., 0, :] = np.exp(-50.0)
+    S0 = rng.standard_normal((R, Cc)).astype(dtype)
+    ref_states, ref_final = _scan_loop(D, dec, S0)
+    with host_cupy():
+        states, final = fc.scan_states(xp, D.copy(), dec, S0)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    assert states.dtype == dtype and final.shape == lead + (R, Cc)
+    assert rel_err(states, ref_states) < tol and rel_err(final, ref_final) < tol
+
+
+def test_scan_states_does_not_apply_off_cupy_and_refuses_bad_decays():
+    import array_api_compat.numpy as xp
+
+    D = np.zeros((2, 3, 4, 5))
+    assert fc.scan_states(xp, D, np.ones((2, 3, 1)), np.zeros((4, 5))) is None
+    with host_cupy(), pytest.raises(ValueError, match="1 or 4 decays"):
+        fc.scan_states(xp, D, np.ones((2, 3, 2)), np.zeros((4, 5)))
+
+
+@needs_gxx
+@pytest.mark.parametrize("name", ["gla", "gla_sum"])
+@pytest.mark.parametrize(("T", "chunk", "log_alpha"), [(1, None, None), (45, 8, None), (70, 16, -50.0),
+                                                       (33, 32, 0.0)])  # fmt: skip
+def test_per_dimension_device_path_through_the_emulated_scan(monkeypatch, rng, name, T, chunk, log_alpha):
+    """identity/chunked.py's per-dimension device path (GLA: batched products and ``scan_states``, the
+    scan kernel run on the host) against the recurrent loop, with an initial state."""
+    calls = []
+    real = fc.scan_states
+
+    def counted(*a):
+        calls.append(1)
+        return real(*a)
+
+    monkeypatch.setattr(fc, "scan_states", counted)
+    monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
+    opt = tt.optimizers.IdentityCovariance("sum") if name == "gla_sum" else tt.optimizers.IdentityCovariance()
+    layer = tt.TestTimeRegression(weights=tt.weights.Gated(per_dimension=True), optimizer=opt)
+    dk, dv = 7, 5
+    Q, K, V = (np.abs(rng.standard_normal((2, T, d))) for d in (dk, dk, dv))
+    la = -rng.uniform(0, 0.5, (2, T, dk)) if log_alpha is None else np.full((2, T, dk), log_alpha)
+    _, st0 = layer(Q[:, :3], K[:, :3], V[:, :3], log_alpha=la[:, :3], method="recurrent", return_state=True)
+    for dt, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+        args = [x.astype(dt) for x in (Q, K, V)]
+        s0 = type(st0)(*(np.asarray(f, dt) for f in st0))
+        with host_cupy():
+            yc, sc = layer(*args, log_alpha=la.astype(dt), method="chunked", chunk_size=chunk,
+                           initial_state=s0, return_state=True)  # fmt: skip
+        yr, sr = layer(Q, K, V, log_alpha=la, method="recurrent", initial_state=st0, return_state=True)
+        assert yc.dtype == dt
+        assert rel_err(yc, yr) < tol, (name, dt, rel_err(yc, yr))
+        assert rel_err(sc.M, sr.M) < tol and rel_err(sc.z, sr.z) < tol
+    assert calls, "the scan was not taken"
+
+
+@pytest.mark.parametrize("states", ["scan", "pass"])
+@pytest.mark.parametrize("normalize", [None, "sum"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+def test_gpu_per_dimension_states_by_scan_and_by_pass(monkeypatch, rng, states, normalize, dtype):
+    import cupy
+
+    monkeypatch.setattr(ich, "DEVICE_STATES", states)
+    opt = tt.optimizers.IdentityCovariance(normalize) if normalize else tt.optimizers.IdentityCovariance()
+    layer = tt.TestTimeRegression(weights=tt.weights.Gated(per_dimension=True), optimizer=opt)
+    T, dk, dv = 301, 16, 24
+    Q, K, V = (np.abs(rng.standard_normal((2, 3, T, d))) for d in (dk, dk, dv))
+    la = -rng.uniform(0, 0.5, (2, 3, T, dk))
+    la[..., 100, :] = -50.0
+    y = layer(*(cupy.asarray(x.astype(dtype)) for x in (Q, K, V)), log_alpha=cupy.asarray(la.astype(dtype)),
+              method="chunked")  # fmt: skip
+    ref = layer(Q, K, V, log_alpha=la, method="recurrent")
+    assert rel_err(cupy.asnumpy(y), ref) < (TOL32 if dtype == np.float32 else TOL64)

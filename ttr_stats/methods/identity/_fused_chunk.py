@@ -45,7 +45,7 @@ import math
 
 import array_api_compat
 
-__all__ = ["ENABLED", "MAX_D", "applies", "forward", "layouts"]
+__all__ = ["ENABLED", "MAX_D", "applies", "forward", "layouts", "scan_states"]
 
 #: set False to take the old device path (``_fused_intra`` + ``_fused`` state pass)
 ENABLED = True
@@ -284,42 +284,47 @@ __global__ void chunk_deltas(
 }
 
 // kernel 1b (STATE_ALGO "scan"): the states before every chunk, in place of the deltas, by a sequential
-// scan over chunks of each state entry (entries e < dk * dv) and z entry (the dk after them), one thread
-// an entry: S_0 = M0, S_{n+1} = dec_n S_n + D_n; the last one is the final state. Grid: sequence x
-// blocks of entries (nblk a sequence); SCAN_UNROLL chunks' loads are issued before their stores.
+// scan over chunks of each state entry (entries e < dk * dv) and, with has_z, z entry (the dk after
+// them), one thread an entry: S_0 = M0, S_{n+1} = dec_n S_n + D_n; the last one is the final state.
+// dec holds da decays a chunk: 1 (scalar) or dk (one per state row i, per-dimension gates). M0 and Mout
+// are (dv, dk), the memory's layout, or with m_kd (dk, dv), S's own. Grid: sequence x blocks of entries
+// (nblk a sequence); U chunks' loads are issued before their stores.
 template <typename T, int U>
 __global__ void chunk_scan(
     T* __restrict__ S, T* __restrict__ Z, const T* __restrict__ dec, const T* __restrict__ M0,
     const T* __restrict__ z0, T* __restrict__ Mout, T* __restrict__ zout, const int N, const int dk,
-    const int dv, const int nblk)
+    const int dv, const int nblk, const int da, const int m_kd, const int has_z)
 {
     const size_t bh = blockIdx.x / nblk;
     const long long e = (long long)(blockIdx.x % nblk) * blockDim.x + threadIdx.x;
     const long long nS = (long long)dk * dv;
-    if (e >= nS + dk) return;
+    if (e >= nS + (has_z ? dk : 0)) return;
     T* p;
     T* out;
     long long stride;
     T s;
+    int i;
     if (e < nS) {
-        const int i = (int)(e / dv), j = (int)(e % dv);
+        i = (int)(e / dv);
+        const int j = (int)(e % dv);
         p = S + bh * (size_t)N * nS + e;
         stride = nS;
-        s = M0[(bh * dv + j) * dk + i];
-        out = Mout + (bh * dv + j) * dk + i;
+        const size_t m = m_kd ? bh * (size_t)nS + e : (bh * dv + j) * (size_t)dk + i;
+        s = M0[m];
+        out = Mout + m;
     } else {
-        const int i = (int)(e - nS);
+        i = (int)(e - nS);
         p = Z + bh * (size_t)N * dk + i;
         stride = dk;
         s = z0[bh * dk + i];
         out = zout + bh * dk + i;
     }
-    const T* dn = dec + bh * N;
+    const T* dn = dec + bh * (size_t)N * da + (da > 1 ? i : 0);
     for (int n0 = 0; n0 < N; n0 += U) {
         T d[U], a[U];
 #pragma unroll
         for (int u = 0; u < U; ++u)
-            if (n0 + u < N) { d[u] = p[(n0 + u) * stride]; a[u] = dn[n0 + u]; }
+            if (n0 + u < N) { d[u] = p[(n0 + u) * stride]; a[u] = dn[(size_t)(n0 + u) * da]; }
 #pragma unroll
         for (int u = 0; u < U; ++u)
             if (n0 + u < N) { p[(n0 + u) * stride] = s; s = a[u] * s + d[u]; }
@@ -477,7 +482,7 @@ _MODULES = {}
 SIGNATURES = {
     "chunk_states": "PPPPPPWWWWiiiii",
     "chunk_deltas": "PPPPWWWiiii",
-    "chunk_scan": "WWPPPWWiiii",
+    "chunk_scan": "WWPPPWWiiiiiii",
     "chunk_outputs": "PPPPPPPWWiiiii",
 }
 
@@ -544,9 +549,9 @@ def out_shared_bytes(C, dk, itemsize):
     return 16 * C + (2 * C + 2 * C * (dk | 1) + C * (C | 1) + C * OUT_BV + dk * OUT_BV + dk) * itemsize
 
 
-def scan_blocks(dk, dv):
-    """Blocks of ``chunk_scan`` a sequence: one thread per state entry and per z entry."""
-    return -(-(dk * dv + dk) // SCAN_THREADS)
+def scan_blocks(dk, dv, has_z=True):
+    """Blocks of ``chunk_scan`` a sequence: one thread per state entry and (``has_z``) per z entry."""
+    return -(-(dk * dv + (dk if has_z else 0)) // SCAN_THREADS)
 
 
 def layouts(BH, T, C, dk, dv):
@@ -620,7 +625,8 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
         Z = cupy.empty((BH, N, dk), dtype=dt)
         dec = cupy.empty((BH, N), dtype=dt)
         fns[0](*lay[0], (k, v, gf, bf, S, Z, dec, *dims), shared_mem=s1)
-        fns[1](*lay[1], (S, Z, dec, m0, zz0, M, z, i32(N), i32(dk), i32(dv), i32(scan_blocks(dk, dv))))
+        fns[1](*lay[1], (S, Z, dec, m0, zz0, M, z, i32(N), i32(dk), i32(dv), i32(scan_blocks(dk, dv)),
+                         i32(1), i32(0), i32(1)))  # fmt: skip
     fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, *dims, i32(need_den)), shared_mem=s2)
     return (
         xp.reshape(Y, lead + (T, dv)),
@@ -628,3 +634,54 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
         xp.reshape(M, lead + (dv, dk)),
         xp.reshape(z, lead + (dk,)),
     )
+
+
+def scan_states(xp, D, dec, S0):
+    r"""The states before every chunk of a chunked linear recurrence with row decays, and the final one,
+    by kernel 1b alone: :math:`S_0 = S0`, :math:`S_{n+1} = \operatorname{diag}(dec_n) S_n + D_n`.
+
+    D (..., N, R, Cc), every chunk's own contribution (the per-dimension chunked path forms it as one
+    batched product :math:`K_x^\top V`); dec (..., N, da), da = 1 (scalar) or R (one decay per row:
+    per-dimension gates), each <= 1; S0 (..., R, Cc). Returns ``(states, final)``: states (..., N, R, Cc),
+    D itself overwritten where it is a C-contiguous CuPy array of its dtype (else a contiguous copy), and
+    final (..., R, Cc); or ``None`` where the kernel does not apply (not CuPy, not float32/float64).
+    """
+    dt = D.dtype
+    if not ENABLED or not array_api_compat.is_cupy_namespace(xp) or str(dt) not in _DTYPES:
+        return None
+    lead, (N, R, Cc) = D.shape[:-3], D.shape[-3:]
+    da = dec.shape[-1]
+    if da not in (1, R):
+        raise ValueError(f"dec must hold 1 or {R} decays a chunk, got {da}")
+    _check_layout()
+    import cupy
+
+    BH = math.prod(lead)
+    if N == 0 or BH == 0 or R * Cc == 0:
+        return D, xp.broadcast_to(S0, lead + (R, Cc))
+
+    def flat(x, tail):
+        return cupy.ascontiguousarray(xp.reshape(xp.broadcast_to(x, lead + tail), (BH,) + tail), dtype=dt)
+
+    Df, a, s0 = flat(D, (N, R, Cc)), flat(dec, (N, da)), flat(S0, (R, Cc))
+    final = cupy.empty((BH, R, Cc), dtype=dt)
+    nblk = scan_blocks(R, Cc, has_z=False)
+    fn = _scan_function(dt)
+    i32 = cupy.int32
+    fn(
+        (BH * nblk,),
+        (SCAN_THREADS,),
+        (Df, Df, a, s0, s0, final, final, i32(N), i32(R), i32(Cc), i32(nblk), i32(da), i32(1), i32(0)),
+    )
+    return xp.reshape(Df, lead + (N, R, Cc)), xp.reshape(final, lead + (R, Cc))
+
+
+def _scan_function(dt):
+    name = f"chunk_scan<{_DTYPES[str(dt)]}, {SCAN_UNROLL}>"
+    key = (name,)
+    if key not in _MODULES:
+        import cupy
+
+        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
+        _MODULES[key] = (mod.get_function(name),)
+    return _MODULES[key][0]

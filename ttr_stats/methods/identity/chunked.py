@@ -92,6 +92,13 @@ DEVICE_GROUP = 64
 #: ``A v`` apart and add it, as before; benchmarks/gpu_chunked_profile.py compares the two)
 FUSE_INTRA_READS = True
 
+#: how a device forms the per-dimension path's chunk states (the scalar path's are in ``_fused_chunk``):
+#: ``"scan"``, every chunk's contribution as one batched product, then one thread a state entry scans
+#: the chunks (:func:`_inter_scan`), or ``"pass"``, the fused state pass (``_fused.state_pass``: a block
+#: a sequence walks the chunks in turn; the tiled pass was 3.6 of GLA's 6.3 ms at B = 8, H = 16,
+#: T = 4096 on an H200, docs/benchmarks.md)
+DEVICE_STATES = "scan"
+
 #: log-gates are clamped here: exp(-1000) is exactly 0 in float32 and float64, so the clamp changes no
 #: product of gates, and sums of clamped gates stay finite (their differences are never nan)
 LOG_FLOOR = -1000.0
@@ -277,6 +284,10 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
             continue
         # a device: one block, every chunk at once
         Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
+        scanned = _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A) if DEVICE_STATES == "scan" else None
+        if scanned is not None:  # every state at once, then the reads as batched products
+            out, dout, M, z = scanned
+            continue
         fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A if FUSE_INTRA_READS else None)
         if fused is not None and FUSE_INTRA_READS:  # the kernel added the intra-chunk reads A v itself
             out, dout, M, z = fused
@@ -569,11 +580,48 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
     M = xp.matrix_transpose(St[..., :dv])
     if need_den:
         return Y[..., :dv], Y[..., dv], M, St[..., dv]
+    return Y, None, M, _final_z(xp, Kx, Gc, zb, dt)
+
+
+def _final_z(xp, Kx, Gc, z0, dt):
+    """The denominator state after the last chunk, ``sum_n exp(sum_{m > n} Gc_m) dz_n + exp(sum_m Gc_m)
+    z_0`` (reverse cumulative sums: no difference of large sums, every exponent <= 0)."""
     rc = xp.flip(xp.cumulative_sum(xp.flip(Gc, axis=-2), axis=-2), axis=-2)  # sum_{m >= n}
     after = xp.concat([rc[..., 1:, :], xp.zeros_like(rc[..., :1, :])], axis=-2)  # sum_{m > n}
     dz = xp.sum(Kx, axis=-2)
-    z = xp.sum(_ex(xp, after, dt) * dz, axis=-2) + _ex(xp, rc[..., 0, :], dt) * zb
-    return Y, None, M, z
+    return xp.sum(_ex(xp, after, dt) * dz, axis=-2) + _ex(xp, rc[..., 0, :], dt) * z0
+
+
+def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A):
+    """The whole output from every chunk's state at once, ``(y, den, M, z)``, or None where the scan
+    kernel does not apply (not CuPy float32/float64).
+
+    Every chunk's own contribution ``D_n = K_x^T U`` is one batched product, the states before every
+    chunk come from :func:`_fused_chunk.scan_states` (one thread a state entry, scanning the chunks: no
+    chunk loop of a few blocks per SM), and the outputs ``Y = Q_g S_n + A U`` are two more batched
+    products. ``U = v``, with a ones column when ``need_den`` (z is then the state's last column, and
+    ``A 1`` comes with ``A U``); without it z is only needed after the last chunk (:func:`_final_z`).
+    Qg, Kx (..., N, C, dk), v (..., N, C, dv), A (..., N, C, C), Gc (..., N, dg) float64 whole-chunk
+    log-decays, dg = 1 or dk.
+    """
+    dt, dv = Qg.dtype, v.shape[-1]
+    dev = array_api_compat.device(Qg)
+    lead, dk = Qg.shape[:-3], Qg.shape[-1]
+    St0 = xp.matrix_transpose(xp.broadcast_to(M, lead + (dv, dk)))
+    zb = xp.broadcast_to(z, lead + (dk,))
+    U = v
+    if need_den:
+        U = xp.concat([v, xp.ones(v.shape[:-1] + (1,), dtype=dt, device=dev)], axis=-1)
+        St0 = xp.concat([St0, zb[..., None]], axis=-1)
+    res = _fused_chunk.scan_states(xp, xp.matrix_transpose(Kx) @ U, _ex(xp, Gc, dt), St0)
+    if res is None:
+        return None
+    S, St = res
+    Y = Qg @ S + A @ U
+    M = xp.matrix_transpose(St[..., :dv])
+    if need_den:
+        return Y[..., :dv], Y[..., dv], M, St[..., dv]
+    return Y, None, M, _final_z(xp, Kx, Gc, zb, dt)
 
 
 def _segsum(xp, x, dev):
