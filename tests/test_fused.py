@@ -227,8 +227,14 @@ def test_kernel_refuses_what_does_not_fit_shared_memory():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_layers_with_the_kernel_match_without_it_and_the_loop(monkeypatch, rng, name, dtype):
+@pytest.mark.parametrize("split", [True, False])
+def test_layers_with_the_kernel_match_without_it_and_the_loop(monkeypatch, rng, name, dtype, split):
+    """``split``: the delta rule's reads as batched products after ``chunk_states`` and GLA's states by
+    the scan (the defaults), else both inside the state pass."""
     import cupy as cp
+
+    monkeypatch.setattr(dch, "SPLIT_READS", split)
+    monkeypatch.setattr(ich, "DEVICE_STATES", "scan" if split else "pass")
 
     factory, kind = LAYERS[name]
     n = _n(name)
@@ -304,7 +310,7 @@ def emulated_state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None, kernel="tiled", c
     name, BV, nthreads, smem = lay
     T = _CT[dt]
     src = _fused._SOURCE if name == "state_pass" else _fused._TILED_SOURCE
-    kern = cuda_on_host.compile_kernel(src, f"{name}<{T}>", [f"const {T}*"] * 7 + [f"{T}*"] * 2 + ["int"] * 9)
+    kern = cuda_on_host.compile_kernel(src, f"{name}<{T}>", _signature(T))
     BH = int(np.prod(lead))
     da = a.shape[-1]
     flat = lambda x, tail: np.ascontiguousarray(
@@ -317,8 +323,77 @@ def emulated_state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None, kernel="tiled", c
     Y = np.full((BH, N, R, dv), np.nan, dtype=dt)  # NaN: an output no thread writes shows
     St = np.full((BH, dk, dv), np.nan, dtype=dt)
     kern((BH, -(-dv // BV)), (nthreads,), smem, Qf, Af, Wf, Uf, Kf, af, Sf, Y, St,
-         N, R, C, dk, dv, da, BV, int(A is not None), int(W is not None))  # fmt: skip
+         N, R, C, dk, dv, da, BV, int(A is not None), int(W is not None), Y, St, 0)  # fmt: skip
     return Y.reshape(lead + (N, R, dv)), St.reshape(lead + (dk, dv))
+
+
+def _signature(T):
+    """The parameter types of both state-pass kernels."""
+    return [f"const {T}*"] * 7 + [f"{T}*"] * 2 + ["int"] * 9 + [f"{T}*"] * 2 + ["int"]
+
+
+def emulated_chunk_states(xp, U, Kx, a, S0t, W=None):
+    """:func:`_fused.chunk_states` on NumPy with the simple kernel run on the host (its keep mode: no
+    reads, every chunk's Delta and starting state stored)."""
+    import cuda_on_host
+
+    lead = U.shape[:-3]
+    N, C, dv = U.shape[-3:]
+    dk = Kx.shape[-1]
+    dt = np.dtype(U.dtype)
+    if N == 0:
+        return None
+    name, BV, nthreads, smem = _fused.layout(0, C, dk, dv, False, W is not None, dt.itemsize, "simple")
+    T = _CT[dt]
+    kern = cuda_on_host.compile_kernel(_fused._SOURCE, f"{name}<{T}>", _signature(T))
+    BH = int(np.prod(lead))
+    da = a.shape[-1]
+    flat = lambda x, tail: np.ascontiguousarray(
+        np.broadcast_to(x, lead + tail).reshape((BH,) + tail), dtype=dt
+    )  # noqa: E731
+    Uf, Kf, af, Sf = flat(U, (N, C, dv)), flat(Kx, (N, C, dk)), flat(a, (N, da)), flat(S0t, (dk, dv))
+    Wf = flat(W, (N, C, dk)) if W is not None else Uf
+    St = np.full((BH, dk, dv), np.nan, dtype=dt)
+    S = np.full((BH, N, dk, dv), np.nan, dtype=dt)  # NaN: an entry no thread writes shows
+    D = np.full((BH, N, C, dv), np.nan, dtype=dt)
+    kern((BH, -(-dv // BV)), (nthreads,), smem, Uf, Uf, Wf, Uf, Kf, af, Sf, Uf, St,
+         N, 0, C, dk, dv, da, BV, 0, int(W is not None), D, S, 1)  # fmt: skip
+    return S.reshape(lead + (N, dk, dv)), D.reshape(lead + (N, C, dv)), St.reshape(lead + (dk, dv))
+
+
+def chunk_states_reference(U, Kx, a, S0t, W=None):
+    """float64 loop: the states before every chunk, the Deltas and the final state."""
+    lead, N = U.shape[:-3], U.shape[-3]
+    St = np.broadcast_to(S0t, lead + S0t.shape[-2:]).astype(np.float64)
+    Ss, Ds = [], []
+    for n in range(N):
+        D = U[..., n, :, :] - (W[..., n, :, :] @ St if W is not None else 0)
+        Ss.append(St)
+        Ds.append(D)
+        St = a[..., n, :][..., :, None] * St + np.swapaxes(Kx[..., n, :, :], -1, -2) @ D
+    return np.stack(Ss, -3), np.stack(Ds, -3), St
+
+
+@host_cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("lead", "N", "C", "dk", "dv", "per_dim", "has_W"),
+    [((2,), 3, 32, 64, 64, False, True), ((1,), 1, 1, 1, 1, False, False), ((3,), 4, 7, 7, 33, True, False),
+     ((1,), 2, 64, 64, 100, False, True), ((2,), 5, 9, 100, 7, False, True)],
+)  # fmt: skip
+def test_chunk_states_on_the_host_matches_the_loop(dtype, lead, N, C, dk, dv, per_dim, has_W):
+    rng = np.random.default_rng(2)
+    g = lambda *s: (rng.standard_normal(lead + s) / np.sqrt(max(dk, C))).astype(dtype)  # noqa: E731
+    U, Kx, S0 = g(N, C, dv), g(N, C, dk), g(dk, dv)
+    a = rng.uniform(0.0, 1.0, lead + (N, dk if per_dim else 1)).astype(dtype)
+    W = g(N, C, dk) if has_W else None
+    ref = chunk_states_reference(*(x.astype(np.float64) for x in (U, Kx, a, S0)),
+                                 W=None if W is None else W.astype(np.float64))  # fmt: skip
+    got = emulated_chunk_states(np, U, Kx, a, S0, W=W)
+    tol = TOL32 if dtype == np.float32 else TOL64
+    for x, y in zip(got, ref, strict=True):
+        assert x.shape == y.shape and x.dtype == dtype
+        assert rel_err(x, y) < tol, rel_err(x, y)
 
 
 @host_cuda
@@ -363,10 +438,16 @@ def test_cuda_source_on_the_host_matches_the_reference(
 @pytest.mark.parametrize(
     ("T", "d_k", "d_v", "chunk"), [(1, 1, 1, None), (65, 7, 100, 16), (70, 128, 7, 32), (40, 64, 64, 32)]
 )
-def test_layers_through_the_emulated_kernel_match_the_loop(monkeypatch, rng, name, T, d_k, d_v, chunk):
+@pytest.mark.parametrize("split", [False, True])
+def test_layers_through_the_emulated_kernel_match_the_loop(monkeypatch, rng, name, T, d_k, d_v, chunk, split):
     """The call sites on their device paths with the tiled kernel (run on the host) in place of the
-    card's: every operand, the launch geometry and the kernel together equal the recurrent loop."""
+    card's: every operand, the launch geometry and the kernel together equal the recurrent loop. With
+    ``split`` the delta rule's kernel forms the recurrence alone (``chunk_states``, emulated) and the
+    reads are batched products."""
     monkeypatch.setattr(_fused, "state_pass", emulated_state_pass)
+    monkeypatch.setattr(dch, "SPLIT_READS", split)
+    if split:
+        monkeypatch.setattr(_fused, "chunk_states", emulated_chunk_states)
     monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
     monkeypatch.setattr(dch, "_on_device", lambda xp, device: True)
     factory, kind = LAYERS[name]
@@ -385,11 +466,7 @@ def test_sources_compile_with_nvcc(tmp_path):
     """Both kernels compile for sm_90 with nothing spilled to local memory (ptxas -v) in the tiled one."""
     import subprocess
 
-    sig = (
-        "(const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, {t}*, {t}*, "
-        + ", ".join(["int"] * 9)
-        + ")"
-    )
+    sig = "(" + ", ".join(_signature("{t}")) + ")"
     body = _fused._SOURCE + _fused._TILED_SOURCE
     body += "".join(
         f"\ntemplate __global__ void {k}<{t}>{sig.format(t=t)};"

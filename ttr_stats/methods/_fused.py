@@ -40,7 +40,7 @@ import math
 
 import array_api_compat
 
-__all__ = ["ENABLED", "KERNEL", "state_pass", "applies", "layout", "THREADS"]
+__all__ = ["ENABLED", "KERNEL", "state_pass", "chunk_states", "applies", "layout", "THREADS"]
 
 #: set False to run the array form on CuPy as well (the tests compare the two)
 ENABLED = True
@@ -60,8 +60,11 @@ __global__ void state_pass(
     const T* __restrict__ U, const T* __restrict__ Kx, const T* __restrict__ a,
     const T* __restrict__ S0, T* __restrict__ Y, T* __restrict__ Sout,
     const int N, const int R, const int C, const int dk, const int dv, const int da,
-    const int BV, const int has_A, const int has_W)
+    const int BV, const int has_A, const int has_W,
+    T* __restrict__ Dout, T* __restrict__ Sn, const int keep)
 {
+    // keep: also store every chunk's Delta (Dout, (N, C, dv)) and the state before it (Sn, (N, dk, dv)),
+    // so that a caller can form the reads as batched products (R = 0 then: no reads here)
     extern __shared__ unsigned char smem_raw[];
     T* St = reinterpret_cast<T*>(smem_raw);   // (dk, BV): this block's columns of S^T
     T* Vn = St + dk * BV;                     // (C, BV): Delta
@@ -128,6 +131,8 @@ __global__ void state_pass(
         }
         __syncthreads();
         // phase 2: the intra-chunk reads A Delta, the outputs, and S^T <- diag(a) S^T + K_x^T Delta
+        if (keep && vcol < dv)
+            for (int r = rg; r < C; r += nrg) Dout[(chunk * C + r) * dv + vcol] = Vn[r * BV + col];
         T* Yn = Y + chunk * R * dv;
         ir = 0;
         for (int r = rg; r < R; r += nrg, ++ir) {
@@ -140,6 +145,7 @@ __global__ void state_pass(
             if (vcol < dv) Yn[(size_t)r * dv + vcol] = acc;
         }
         for (int k = rg; k < dk; k += nrg) {
+            if (keep && vcol < dv) Sn[(chunk * dk + k) * dv + vcol] = St[k * BV + col];
             T acc = sa[k] * St[k * BV + col];
 #pragma unroll 8
             for (int j = 0; j < C; ++j) acc += sK[j * dk + k] * Vn[j * BV + col];
@@ -187,7 +193,8 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) state_pass_tiled(
     const T* __restrict__ U, const T* __restrict__ Kx, const T* __restrict__ a,
     const T* __restrict__ S0, T* __restrict__ Y, T* __restrict__ Sout,
     const int N, const int R, const int C, const int dk, const int dv, const int da,
-    const int BV, const int has_A, const int has_W)
+    const int BV, const int has_A, const int has_W,
+    T* __restrict__ Dout, T* __restrict__ Sn, const int keep)   // keep: the simple kernel's only (0 here)
 {
     const int ldq = dk | 1, ldc = C | 1;
     extern __shared__ unsigned char smem_raw[];
@@ -488,8 +495,57 @@ def state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None):
     i32 = cupy.int32
     args = (Qf, Af, Wf, Uf, Kf, af, Sf, Y, St)
     sizes = (N, R, C, dk, dv, da, BV, int(A is not None), int(W is not None))
-    kern((BH, (dv + BV - 1) // BV), (threads,), args + tuple(i32(s) for s in sizes), shared_mem=smem)
+    kern((BH, (dv + BV - 1) // BV), (threads,), args + tuple(i32(s) for s in sizes) + (Y, St, i32(0)),
+         shared_mem=smem)  # fmt: skip
     return xp.reshape(Y, lead + (N, R, dv)), xp.reshape(St, lead + (dk, dv))
+
+
+def chunk_states(xp, U, Kx, a, S0t, W=None):
+    r"""The recurrence alone (the simple kernel, no reads): every chunk's :math:`\Delta = U - W S^\top`
+    and the transposed state before it, for the caller to form the reads as batched products
+    (:math:`Y = Q_g S^\top + A \Delta`, parallel over chunks) instead of inside the sequential pass.
+
+    U (..., N, C, d_v), Kx (..., N, C, d_k), a (..., N, 1) or (..., N, d_k), S0t (..., d_k, d_v), W
+    (..., N, C, d_k) optional. Returns ``(S, Delta, St)``: the transposed states before every chunk
+    (..., N, d_k, d_v), the Deltas (..., N, C, d_v) and the transposed final state (..., d_k, d_v); or
+    ``None`` where the kernel does not apply.
+    """
+    lead = U.shape[:-3]
+    N, C, dv = U.shape[-3:]
+    dk = Kx.shape[-1]
+    dt = U.dtype
+    if N == 0 or not ENABLED or not array_api_compat.is_cupy_namespace(xp) or str(dt) not in _DTYPES:
+        return None
+    lay = layout(0, C, dk, dv, False, W is not None, dt.itemsize, kernel="simple")
+    if lay is None or lay[3] > _shared_limit():
+        return None
+    import cupy
+
+    BH = math.prod(lead)
+    da = a.shape[-1]
+
+    def flat(x, tail):
+        return cupy.ascontiguousarray(xp.reshape(xp.broadcast_to(x, lead + tail), (BH,) + tail), dtype=dt)
+
+    Uf, Kf, af, Sf = flat(U, (N, C, dv)), flat(Kx, (N, C, dk)), flat(a, (N, da)), flat(S0t, (dk, dv))
+    Wf = flat(W, (N, C, dk)) if W is not None else Uf
+    St = cupy.empty((BH, dk, dv), dtype=dt)
+    S = cupy.empty((BH, N, dk, dv), dtype=dt)
+    D = cupy.empty((BH, N, C, dv), dtype=dt)
+    name, BV, threads, smem = lay
+    kern = _module().get_function(f"{name}<{_DTYPES[str(dt)]}>")
+    if smem > 48 * 1024:
+        kern.max_dynamic_shared_size_bytes = smem
+    i32 = cupy.int32
+    args = (Uf, Uf, Wf, Uf, Kf, af, Sf, Uf, St)  # no queries, no A, no outputs (R = 0)
+    sizes = (N, 0, C, dk, dv, da, BV, 0, int(W is not None))
+    kern((BH, (dv + BV - 1) // BV), (threads,), args + tuple(i32(s) for s in sizes) + (D, S, i32(1)),
+         shared_mem=smem)  # fmt: skip
+    return (
+        xp.reshape(S, lead + (N, dk, dv)),
+        xp.reshape(D, lead + (N, C, dv)),
+        xp.reshape(St, lead + (dk, dv)),
+    )
 
 
 def state_pass_reference(xp, Qg, U, Kx, a, S0t, A=None, W=None):

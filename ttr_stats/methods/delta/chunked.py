@@ -84,6 +84,12 @@ HOST_GROUP_BYTES = 2**17
 #: the inter-chunk recurrence: ``"auto"`` (scan on a device, loop on the host), ``"scan"`` or ``"loop"``
 INTER_CHUNK = "auto"
 
+#: on CuPy, the sequential kernel forms the recurrence alone (every chunk's Delta and starting state
+#: stored, ``_fused.chunk_states``) and the reads ``diag(gamma_r) Q S^T + P Delta`` are batched products
+#: over all chunks at once; False: the kernel also does the reads, inside its chunk loop
+#: (``_fused.state_pass``: half of its multiply-adds, on a few blocks per SM)
+SPLIT_READS = True
+
 
 def _on_device(xp, device) -> bool:
     """True for CuPy and CUDA torch tensors (where a loop of tiny kernels costs launches)."""
@@ -157,11 +163,18 @@ def chunked(layer, P: Problem):
         t = _fused_wy.chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
         if t is None:
             t = chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
-        fused = _fused.state_pass(
-            xp, t.gam_r[..., None] * t.Q, t.U, t.DK, t.gamC[..., None], xp.matrix_transpose(S0.M),
-            A=t.P, W=t.W,
-        )  # fmt: skip
-        if fused is not None:  # CuPy: the chunk recurrence in one kernel (methods/_fused.py)
+        S0t = xp.matrix_transpose(S0.M)
+        kept = _fused.chunk_states(xp, t.U, t.DK, t.gamC[..., None], S0t, W=t.W) if SPLIT_READS else None
+        fused = None
+        if kept is None:
+            fused = _fused.state_pass(
+                xp, t.gam_r[..., None] * t.Q, t.U, t.DK, t.gamC[..., None], S0t, A=t.P, W=t.W
+            )
+        if kept is not None:  # CuPy: the recurrence alone in one kernel, the reads as batched products
+            starts, deltas, St = kept
+            Y = chunk_outputs(xp, t, starts, deltas)
+            S = xp.matrix_transpose(St)
+        elif fused is not None:  # CuPy: the chunk recurrence and its reads in one kernel (methods/_fused.py)
             Y, St = fused
             S = xp.matrix_transpose(St)
         else:
