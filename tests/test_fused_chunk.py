@@ -327,7 +327,12 @@ def test_source_compiles_with_nvcc(tmp_path):
     names = set()
     for algo in ("scan", "sequential"):
         with mock.patch.object(fc, "STATE_ALGO", algo):
-            names |= {(nm, t) for dt, t in fc._DTYPES.items() for nm in fc._names(np.dtype(dt))}
+            names |= {
+                (nm, t)
+                for dt, t in fc._DTYPES.items()
+                for dk in (7, 64)
+                for nm in fc._names(np.dtype(dt), dk)
+            }
     for nm, t in sorted(names):
         kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
         params = ", ".join(kinds[c] for c in fc.SIGNATURES[nm.split("<")[0]])

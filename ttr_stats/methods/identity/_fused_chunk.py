@@ -78,6 +78,10 @@ DELTA_TV = 4
 SCAN_UNROLL = 8
 SCAN_THREADS = 256
 
+#: d_k values the output kernel is compiled for as a constant (others take its any-d_k instance); empty:
+#: always the any-d_k one (the benchmark compares)
+SPECIALISED_D = (16, 32, 64, 128)
+
 #: kernel 2: value columns a block, outputs a thread (rows x columns), threads a block
 OUT_BV = 64
 OUT_TI = 4
@@ -334,13 +338,16 @@ __global__ void chunk_scan(
 
 // kernel 2: every chunk's outputs. Block (sequence * N + chunk, d_v tile); thread (ri, cj) computes rows
 // ri + a * RR (a < TI, repeated in passes of RR * TI rows) and columns cj + u * RV (u < TV).
-template <typename T, int BV, int TI, int TV>
+// DK > 0: d_k known at compile time (equal to the dk argument): index arithmetic by constants, unrolled
+// inner products; DK = 0: any d_k.
+template <typename T, int BV, int TI, int TV, int DK>
 __global__ void chunk_outputs(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g,
     const T* __restrict__ b, const T* __restrict__ S, const T* __restrict__ Z, T* __restrict__ Y,
-    T* __restrict__ den, const int Tn, const int C, const int dk, const int dv, const int need_den)
+    T* __restrict__ den, const int Tn, const int C, const int dk_arg, const int dv, const int need_den)
 {
     constexpr int RV = BV / TV;
+    const int dk = DK > 0 ? DK : dk_arg;
     const int ldk = dk | 1, ldc = C | 1;                 // odd strides: a warp's rows in distinct banks
     extern __shared__ unsigned char smem_raw[];
     double* sg = reinterpret_cast<double*>(smem_raw);    // (C,) clamped log-gates
@@ -402,6 +409,7 @@ __global__ void chunk_outputs(
         const T* qb = sq + i1 * ldk;
         const T* ka = sk + 2 * tj * ldk;
         const T* kb = sk + j1 * ldk;
+#pragma unroll 8
         for (int d = 0; d < dk; ++d) {
             const T x0 = qa[d], x1 = qb[d], y0 = ka[d], y1 = kb[d];
             acc[0][0] += x0 * y0; acc[0][1] += x0 * y1;
@@ -436,6 +444,7 @@ __global__ void chunk_outputs(
         int ir[TI];
 #pragma unroll
         for (int a = 0; a < TI; ++a) ir[a] = min(p + ri + a * RR, Cn - 1);  // clamped: read, never written
+#pragma unroll 8
         for (int d = 0; d < dk; ++d) {
             T x[TI], y[TV];
 #pragma unroll
@@ -487,10 +496,12 @@ SIGNATURES = {
 }
 
 
-def _names(dt):
-    """The template instances one call launches, in launch order (the state kernels, then outputs)."""
+def _names(dt, dk=0):
+    """The template instances one call launches, in launch order (the state kernels, then outputs);
+    the output kernel is specialised to ``dk`` where it is one of :data:`SPECIALISED_D`."""
     t = _DTYPES[str(dt)]
-    out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}>"
+    DK = dk if dk in SPECIALISED_D else 0
+    out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}, {DK}>"
     if STATE_ALGO == "sequential":
         return (f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>", out)
     return (
@@ -500,8 +511,8 @@ def _names(dt):
     )
 
 
-def _functions(dt):
-    names = _names(dt)
+def _functions(dt, dk=0):
+    names = _names(dt, dk)
     if names not in _MODULES:
         import cupy
 
@@ -611,7 +622,7 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
     z = cupy.empty((BH, dk), dtype=dt)
     Y = cupy.empty((BH, T, dv), dtype=dt)
     den = cupy.empty((BH, T) if need_den else (1,), dtype=dt)
-    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt)
+    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt, dk)
     i32 = cupy.int32
     s1, s2 = state_shared_bytes(C, dt.itemsize), out_shared_bytes(C, dk, dt.itemsize)
     for f, s in ((fns[0], s1), (fns[-1], s2)):
