@@ -315,6 +315,7 @@ def run_case(dev, case, T, cfg, seed, history):
 
     choice = auto_choice(layer, Q, K, V, gates)
     methods = ["chunked"] + [m for m in layer.supported_methods if m != "chunked"]
+    methods = [m for m in methods if cfg.get("methods") is None or m in cfg["methods"]]
     for m in methods:
         lab = f"ours {m}" + (" (auto)" if m == choice else "")
         why = unavailable(layer, m)
@@ -456,6 +457,8 @@ def main(argv=None):
     )
     ap.add_argument("--rec-T", type=int, default=None, help="T at which recurrent loops are measured (1024)")
     ap.add_argument("--max-call-seconds", type=float, default=5.0)
+    ap.add_argument("--methods", default="", help="comma-separated subset of our methods to time (the peer "
+                    "always runs; default: every supported method)")  # fmt: skip
     ap.add_argument("--out", default=None, help="folder for gpu_fast.md / gpu_fast.json")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -483,6 +486,7 @@ def main(argv=None):
         cfg["Ts"] = tuple(int(t) for t in args.T.split(","))
     if args.rec_T:
         cfg["rec_T"] = args.rec_T
+    cfg["methods"] = set(args.methods.split(",")) if args.methods else None
     cases = [c for c in CASES if not args.layers or c.name in args.layers.split(",")]
     out_dir = Path(args.out or os.environ.get("OUT") or Path(__file__).resolve().parent / "out")
 

@@ -30,6 +30,7 @@ import array_api_compat
 import numpy as np
 
 from ... import _array
+from . import _fused_trtri
 
 __all__ = [
     "Layout",
@@ -229,10 +230,15 @@ def tril_inverse(xp, L):
     batched ``solve_triangular`` loops over the batch in Python and multithreaded OpenBLAS ``trsm`` on
     64 x 64 blocks took 7 ms each on the 2-core host (1.1 s of a 1.2 s run); array-API libraries have none.
     For NumPy arrays LAPACK's ``trtri`` runs per matrix instead (27 us for 64 x 64, 5x faster than the
-    blocking here; its column sweep also combines rows ``<= i`` only for row i).
+    blocking here; its column sweep also combines rows ``<= i`` only for row i), and for CuPy float32 /
+    float64 one CUDA kernel (``_fused_trtri``: forward substitution, as causal; the blocking's ~40
+    launches a call were most of chunked RLS's time on a GPU).
     """
     if array_api_compat.is_numpy_array(L) and L.dtype in (np.float32, np.float64):
         return _trtri(L)
+    fused = _fused_trtri.tril_inverse(xp, L)  # CuPy: forward substitution, one block a matrix
+    if fused is not None:
+        return fused
     n = L.shape[-1]
     N = 1 << max(n - 1, 0).bit_length()
     batch = L.shape[:-2]
