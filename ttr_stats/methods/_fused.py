@@ -51,8 +51,14 @@ THREADS = 256
 #: most rows (reads or state rows) one thread keeps in registers; bounds R and d_k by ``MAX_ROWS * rows``
 MAX_ROWS = 32
 
+#: rows of ``Delta = U - W S^T`` and of the state update a thread of the simple kernel forms in one pass
+#: (one shared load of the shared operand feeds ROW_BLOCK multiply-adds instead of one; every sum keeps
+#: its order, so the results are bit-for-bit those of one row a pass)
+ROW_BLOCK = 4
+
 _SOURCE = r"""
 #define MAX_ROWS %(max_rows)d
+#define RB %(row_block)d
 
 template <typename T>
 __global__ void state_pass(
@@ -112,13 +118,24 @@ __global__ void state_pass(
         }
         __syncthreads();
         // phase 1: Delta = U - W S^T and the inter-chunk reads Q_g S^T (S^T is only read)
-        if (has_W) {
-            for (int r = rg; r < C; r += nrg) {
-                T acc = T(0);
-                const T* wr = sW + r * dk;
-#pragma unroll 8
-                for (int k = 0; k < dk; ++k) acc += wr[k] * St[k * BV + col];
-                Vn[r * BV + col] -= acc;
+        if (has_W) {  // RB rows a pass: one load of S^T feeds RB multiply-adds (sums in k's order)
+            for (int r0 = rg; r0 < C; r0 += RB * nrg) {
+                T acc[RB];
+#pragma unroll
+                for (int i = 0; i < RB; ++i) acc[i] = T(0);
+                for (int k = 0; k < dk; ++k) {
+                    const T sv = St[k * BV + col];
+#pragma unroll
+                    for (int i = 0; i < RB; ++i) {
+                        const int r = r0 + i * nrg;
+                        if (r < C) acc[i] += sW[r * dk + k] * sv;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < RB; ++i) {
+                    const int r = r0 + i * nrg;
+                    if (r < C) Vn[r * BV + col] -= acc[i];
+                }
             }
         }
         int ir = 0;
@@ -144,12 +161,30 @@ __global__ void state_pass(
             }
             if (vcol < dv) Yn[(size_t)r * dv + vcol] = acc;
         }
-        for (int k = rg; k < dk; k += nrg) {
-            if (keep && vcol < dv) Sn[(chunk * dk + k) * dv + vcol] = St[k * BV + col];
-            T acc = sa[k] * St[k * BV + col];
-#pragma unroll 8
-            for (int j = 0; j < C; ++j) acc += sK[j * dk + k] * Vn[j * BV + col];
-            St[k * BV + col] = acc;
+        for (int k0 = rg; k0 < dk; k0 += RB * nrg) {  // RB state rows a pass, as above
+            T acc[RB];
+#pragma unroll
+            for (int i = 0; i < RB; ++i) {
+                const int k = k0 + i * nrg;
+                acc[i] = T(0);
+                if (k < dk) {
+                    if (keep && vcol < dv) Sn[(chunk * dk + k) * dv + vcol] = St[k * BV + col];
+                    acc[i] = sa[k] * St[k * BV + col];
+                }
+            }
+            for (int j = 0; j < C; ++j) {
+                const T d = Vn[j * BV + col];
+#pragma unroll
+                for (int i = 0; i < RB; ++i) {
+                    const int k = k0 + i * nrg;
+                    if (k < dk) acc[i] += sK[j * dk + k] * d;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < RB; ++i) {
+                const int k = k0 + i * nrg;
+                if (k < dk) St[k * BV + col] = acc[i];
+            }
         }
         __syncthreads();
     }
@@ -159,7 +194,7 @@ __global__ void state_pass(
         if (v0 + c < dv) Sb[(size_t)k * dv + v0 + c] = St[i];
     }
 }
-""" % {"max_rows": MAX_ROWS}  # noqa: UP031 - the CUDA source is full of braces; %% is its modulo
+""" % {"max_rows": MAX_ROWS, "row_block": ROW_BLOCK}  # noqa: UP031 - the CUDA source is full of braces; %% is its modulo
 
 #: the register-tiled kernel: each thread owns ``TILE_COLUMNS`` = 4 adjacent value columns of up to
 #: ``TILE_ROWS`` rows (rows ``rt + i * nrg``) of each product, so one vector load of 4 state (or Delta)

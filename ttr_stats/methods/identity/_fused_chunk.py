@@ -252,6 +252,8 @@ __global__ void chunk_deltas(
     for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * sf[c];
     if (tid == 0 && blockIdx.y == 0 && blockIdx.z == 0) dec[bh * N + n] = T(exp(GL));
     __syncthreads();
+    for (int e = tid; e < Cn * BK; e += nt) sk[e] *= sf[e / BK];  // k_j (e^{G_L - G_j} b_j), once
+    __syncthreads();
     T s[TK][TV], z[TK];
 #pragma unroll
     for (int a = 0; a < TK; ++a) {
@@ -261,18 +263,19 @@ __global__ void chunk_deltas(
     }
     for (int c = 0; c < Cn; ++c) {
         T kr[TK], vr[TV];
-        const T f = sf[c];
 #pragma unroll
-        for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK] * f;
+        for (int a = 0; a < TK; ++a) kr[a] = sk[c * BK + tr + a * RK];
 #pragma unroll
         for (int u = 0; u < TV; ++u) vr[u] = sv[c * BV + tc + u * RV];
 #pragma unroll
-        for (int a = 0; a < TK; ++a) {
-            z[a] += kr[a];
+        for (int a = 0; a < TK; ++a)
 #pragma unroll
             for (int u = 0; u < TV; ++u) s[a][u] += kr[a] * vr[u];
-        }
     }
+    if (zb)  // the z sums: only the threads that store them
+        for (int c = 0; c < Cn; ++c)
+#pragma unroll
+            for (int a = 0; a < TK; ++a) z[a] += sk[c * BK + tr + a * RK];
     T* Dn = S + (bh * N + n) * (size_t)dk * dv;
 #pragma unroll
     for (int a = 0; a < TK; ++a) {
