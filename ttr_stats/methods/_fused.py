@@ -53,7 +53,8 @@ MAX_ROWS = 32
 
 #: rows of ``Delta = U - W S^T`` and of the state update a thread of the simple kernel forms in one pass
 #: (one shared load of the shared operand feeds ROW_BLOCK multiply-adds instead of one; every sum keeps
-#: its order, so the results are bit-for-bit those of one row a pass)
+#: its order, so the results are bit-for-bit those of one row a pass). Gated DeltaNet chunked (B = 8,
+#: H = 16, T = 4096, d = 64, H200, benchmarks/gpu_fast.py): 5.31 ms before, 4.28 ms after (two runs)
 ROW_BLOCK = 4
 
 _SOURCE = r"""

@@ -87,7 +87,8 @@ INTER_CHUNK = "auto"
 #: on CuPy, the sequential kernel forms the recurrence alone (every chunk's Delta and starting state
 #: stored, ``_fused.chunk_states``) and the reads ``diag(gamma_r) Q S^T + P Delta`` are batched products
 #: over all chunks at once; False: the kernel also does the reads, inside its chunk loop
-#: (``_fused.state_pass``: half of its multiply-adds, on a few blocks per SM)
+#: (``_fused.state_pass``: half of its multiply-adds, on a few blocks per SM). Gated DeltaNet at B = 8,
+#: H = 16, T = 4096, d = 64 on an H200: 5.33 ms split against 5.91 ms in the pass
 SPLIT_READS = True
 
 
