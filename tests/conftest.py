@@ -60,6 +60,19 @@ def _cupy_available():
         return False
 
 
+def _gxx():
+    """Whether tests/cuda_on_host.py can run CUDA sources on the host (it needs g++)."""
+    try:
+        import cuda_on_host
+    except ImportError:
+        return False
+    return cuda_on_host.available()
+
+
+#: the mark of tests that run a kernel's CUDA source on the host
+host_cuda = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+
+
 BACKENDS = [
     "numpy",
     pytest.param(

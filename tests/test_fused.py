@@ -22,7 +22,7 @@ eps = 6e-8; measured ~1e-6 at T = 1000).
 
 import numpy as np
 import pytest
-from conftest import _cupy_available, rel_err
+from conftest import _cupy_available, host_cuda, rel_err
 
 import ttr_stats as tt
 from ttr_stats import optimizers as o
@@ -282,15 +282,8 @@ def test_kernel_is_exactly_causal(rng, name):
 
 
 # --- 3. the CUDA sources run on the host (tests/cuda_on_host.py; g++) -------------------------------------
-def _gxx():
-    try:
-        import cuda_on_host
-    except ImportError:
-        return False
-    return cuda_on_host.available()
 
 
-host_cuda = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
 _CT = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 

@@ -25,6 +25,7 @@ from unittest import mock
 import numpy as np
 import pytest
 from conftest import _cupy_available, rel_err
+from conftest import host_cuda as needs_gxx
 
 import ttr_stats as tt
 from ttr_stats.methods.identity import _fused_chunk as fc
@@ -32,17 +33,6 @@ from ttr_stats.methods.identity import chunked as ich
 
 TOL64, TOL32 = 1e-10, 1e-5
 _FORWARD = fc.forward  # the real one (a test below replaces the module's with one that calls this)
-
-
-def _gxx():
-    try:
-        import cuda_on_host
-    except ImportError:
-        return False
-    return cuda_on_host.available()
-
-
-needs_gxx = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
 
 
 def operands(rng, lead, T, dk, dv, log_alpha=None, dtype=np.float64, state=True):

@@ -21,7 +21,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _cupy_available, rel_err
+from conftest import _cupy_available, host_cuda, rel_err
 
 import ttr_stats as tt
 from ttr_stats.methods.identity import _fused_intra as fi
@@ -48,14 +48,6 @@ def reference(q, k, g, b):
     return ich._intra_scalar(xp, q, k, g, b, None)
 
 
-def _gxx():
-    try:
-        import cuda_on_host
-    except ImportError:
-        return False
-    return cuda_on_host.available()
-
-
 def emulated(q, k, G, b, per_dim=False):
     import cuda_on_host
 
@@ -80,7 +72,7 @@ def emulated(q, k, G, b, per_dim=False):
     return tuple(o.reshape(lead + o.shape[1:]) for o in outs)
 
 
-@pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+@host_cuda
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("lead", "C", "dk"), [((2, 3), 1, 1), ((2,), 7, 7), ((1, 2), 32, 64), ((1,), 64, 100), ((1,), 16, 128)]
@@ -128,7 +120,7 @@ def per_dim_reference(q, k, g64, b):
     return A[..., :C, :C], Qg[..., :C, :], Kx[..., :C, :]
 
 
-@pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+@host_cuda
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("lead", "C", "dk"), [((2, 3), 1, 1), ((2,), 7, 7), ((1, 2), 32, 64), ((1,), 16, 100)]
@@ -147,7 +139,7 @@ def test_per_dim_source_on_the_host_equals_the_halving(rng, dtype, lead, C, dk, 
     assert np.all(got[0][..., upper] == 0)
 
 
-@pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
+@host_cuda
 @pytest.mark.parametrize("name", ["gla", "gla_sum", "mamba2"])
 @pytest.mark.parametrize(("T", "chunk"), [(1, None), (65, 16), (70, 32)])
 def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypatch, rng, name, T, chunk):

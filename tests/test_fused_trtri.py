@@ -15,22 +15,12 @@ measured ~1e-15), float32 1e-5 (~1e-7).
 import numpy as np
 import pytest
 from conftest import _cupy_available, rel_err
+from conftest import host_cuda as needs_gxx
 
 from ttr_stats.methods.least_squares import _fused_trtri as ft
 from ttr_stats.methods.least_squares import _prefix
 
 TOL64, TOL32 = 1e-12, 1e-5
-
-
-def _gxx():
-    try:
-        import cuda_on_host
-    except ImportError:
-        return False
-    return cuda_on_host.available()
-
-
-needs_gxx = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
 
 
 def factors(rng, batch, n, dtype):

@@ -22,7 +22,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import _cupy_available, rel_err
+from conftest import _cupy_available, host_cuda, rel_err
 
 import ttr_stats as tt
 from ttr_stats.methods import _fused
@@ -114,17 +114,6 @@ def emulated(args, n, dtype):
     r = lambda x, tail: x.reshape(lead + (N,) + tail)  # noqa: E731
     return _wy.ChunkTerms(U=r(U, (C, dv)), W=r(W, (C, dk)), DK=r(DK, (C, dk)), gamC=r(gamC, ()),
                           gam_r=r(gam_r, (c,)), P=r(P, (c, C)), Q=Q)  # fmt: skip
-
-
-def _gxx():
-    try:
-        import cuda_on_host
-    except ImportError:
-        return False
-    return cuda_on_host.available()
-
-
-host_cuda = pytest.mark.skipif(not _gxx(), reason="g++ not found (tests/cuda_on_host.py needs it)")
 
 
 @host_cuda

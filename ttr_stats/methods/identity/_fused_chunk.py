@@ -98,6 +98,39 @@ _SOURCE = r"""
 #define TTR_LOG_FLOOR -1000.0
 #endif
 
+// the chunk's log-gates, clamped at the floor (also -inf), in float64, and its write strengths (no barrier)
+template <typename T>
+__device__ __forceinline__ void load_gates(
+    const T* __restrict__ g, const T* __restrict__ b, const size_t row0, const int Cn, double* sg, T* sb,
+    const int tid, const int nt)
+{
+    for (int c = tid; c < Cn; c += nt) {
+        const double x = (double)g[row0 + c];
+        sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
+        sb[c] = b[row0 + c];
+    }
+}
+
+// columns [c0, c0 + W) of the chunk's Cn rows of x (row length ld, lim valid columns), zero past lim
+template <typename T, int W>
+__device__ __forceinline__ void load_tile(
+    const T* __restrict__ x, const size_t row0, const int Cn, const int ld, const int c0, const int lim,
+    T* dst, const int tid, const int nt)
+{
+    for (int e = tid; e < Cn * W; e += nt) {
+        const int c = e / W, i = e % W;
+        dst[e] = (c0 + i < lim) ? x[(row0 + c) * ld + c0 + i] : T(0);
+    }
+}
+
+// G_c = sum_{l <= c} sg[l], by sequential sums (cumsum's order)
+__device__ __forceinline__ double prefix_sum(const double* sg, const int c)
+{
+    double acc = 0.0;
+    for (int l = 0; l <= c; ++l) acc += sg[l];
+    return acc;
+}
+
 // kernel 1: the states before each chunk. Thread (tr, tc) keeps rows tr + a * RK (a < TK) and columns
 // tc + u * RV (u < TV) of the block's (BK, BV) tile: a warp's threads read consecutive shared columns.
 template <typename T, int BK, int BV, int TK, int TV>
@@ -147,26 +180,13 @@ __global__ void chunk_states(
             if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
         }
         // every global load of the chunk in one phase (one memory latency a chunk, not two)
-        for (int c = tid; c < Cn; c += nt) {
-            const double x = (double)g[bh * Tn + c0 + c];
-            sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;   // also -inf -> the floor
-            sf[c] = b[bh * Tn + c0 + c];
-        }
-        for (int e = tid; e < Cn * BK; e += nt) {
-            const int c = e / BK, i = e % BK;
-            sk[e] = (k0 + i < dk) ? k[(bh * Tn + c0 + c) * dk + k0 + i] : T(0);
-        }
-        for (int e = tid; e < Cn * BV; e += nt) {
-            const int c = e / BV, j = e % BV;
-            sv[e] = (v0 + j < dv) ? v[(bh * Tn + c0 + c) * dv + v0 + j] : T(0);
-        }
+        const size_t row0 = bh * Tn + c0;
+        load_gates(g, b, row0, Cn, sg, sf, tid, nt);
+        load_tile<T, BK>(k, row0, Cn, dk, k0, dk, sk, tid, nt);
+        load_tile<T, BV>(v, row0, Cn, dv, v0, dv, sv, tid, nt);
         __syncthreads();
-        // the chunk's decays: G_c by sequential sums (cumsum's order), then sf = T(exp(G_L - G_c)) * b_c
-        for (int c = tid; c < Cn; c += nt) {
-            double acc = 0.0;
-            for (int l = 0; l <= c; ++l) acc += sg[l];
-            sG[c] = acc;
-        }
+        // the chunk's decays: G_c, then sf = T(exp(G_L - G_c)) * b_c
+        for (int c = tid; c < Cn; c += nt) sG[c] = prefix_sum(sg, c);
         __syncthreads();
         const double GL = sG[Cn - 1];
         for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * sf[c];
@@ -233,25 +253,11 @@ __global__ void chunk_deltas(
     const int c0 = n * C, Cn = min(C, Tn - c0);
     const size_t row0 = bh * Tn + c0;
     const bool zb = (blockIdx.z == 0) && (tc == 0);     // these threads also sum z (d_k rows)
-    for (int c = tid; c < Cn; c += nt) {
-        const double x = (double)g[row0 + c];
-        sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;   // also -inf -> the floor
-        sf[c] = b[row0 + c];
-    }
-    for (int e = tid; e < Cn * BK; e += nt) {
-        const int c = e / BK, i = e % BK;
-        sk[e] = (k0 + i < dk) ? k[(row0 + c) * dk + k0 + i] : T(0);
-    }
-    for (int e = tid; e < Cn * BV; e += nt) {
-        const int c = e / BV, j = e % BV;
-        sv[e] = (v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
-    }
+    load_gates(g, b, row0, Cn, sg, sf, tid, nt);
+    load_tile<T, BK>(k, row0, Cn, dk, k0, dk, sk, tid, nt);
+    load_tile<T, BV>(v, row0, Cn, dv, v0, dv, sv, tid, nt);
     __syncthreads();
-    for (int c = tid; c < Cn; c += nt) {  // G_c by sequential sums (cumsum's order)
-        double acc = 0.0;
-        for (int l = 0; l <= c; ++l) acc += sg[l];
-        sG[c] = acc;
-    }
+    for (int c = tid; c < Cn; c += nt) sG[c] = prefix_sum(sg, c);
     __syncthreads();
     const double GL = sG[Cn - 1];
     for (int c = tid; c < Cn; c += nt) sf[c] = T(exp(GL - sG[c])) * sf[c];
@@ -392,17 +398,11 @@ __global__ void chunk_outputs(
     }
     if (dens)
         for (int d = tid; d < dk; d += nt) sz[d] = Z[(bh * N + n) * dk + d];
-    for (int c = tid; c < Cn; c += nt) {
-        const double x = (double)g[row0 + c];
-        sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
-        sb[c] = b[row0 + c];
-    }
+    load_gates(g, b, row0, Cn, sg, sb, tid, nt);
     __syncthreads();
     for (int c = tid; c < Cn; c += nt) {
-        double acc = 0.0;
-        for (int l = 0; l <= c; ++l) acc += sg[l];
-        sG[c] = acc;
-        se[c] = T(exp(acc));
+        sG[c] = prefix_sum(sg, c);
+        se[c] = T(exp(sG[c]));
     }
     __syncthreads();
     // A on the causal triangle, a 2 x 2 tile a thread (rows 2 ti + {0, 1}, columns 2 tj + {0, 1});

@@ -564,15 +564,7 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
     difference of large sums, every exponent <= 0).
     """
     dt, dv = Qg.dtype, v.shape[-1]
-    dev = array_api_compat.device(Qg)
-    lead = Qg.shape[:-3]
-    dk = Qg.shape[-1]
-    St0 = xp.matrix_transpose(xp.broadcast_to(M, lead + (dv, dk)))
-    zb = xp.broadcast_to(z, lead + (dk,))
-    U = v
-    if need_den:
-        U = xp.concat([v, xp.ones(v.shape[:-1] + (1,), dtype=dt, device=dev)], axis=-1)
-        St0 = xp.concat([St0, zb[..., None]], axis=-1)
+    U, St0, zb = _state_operands(xp, Qg, v, M, z, need_den)
     res = _fused.state_pass(xp, Qg, U, Kx, _ex(xp, Gc, dt), St0, A=A)
     if res is None:
         return None
@@ -581,6 +573,21 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
     if need_den:
         return Y[..., :dv], Y[..., dv], M, St[..., dv]
     return Y, None, M, _final_z(xp, Kx, Gc, zb, dt)
+
+
+def _state_operands(xp, Qg, v, M, z, need_den):
+    """``(U, S0^T, z0)`` of the device state paths: the values (with a ones column when ``need_den``, whose
+    state column is z), the transposed state before chunk 0 (z appended likewise) and z broadcast."""
+    dt, dv = Qg.dtype, v.shape[-1]
+    lead, dk = Qg.shape[:-3], Qg.shape[-1]
+    St0 = xp.matrix_transpose(xp.broadcast_to(M, lead + (dv, dk)))
+    zb = xp.broadcast_to(z, lead + (dk,))
+    U = v
+    if need_den:
+        ones = xp.ones(v.shape[:-1] + (1,), dtype=dt, device=array_api_compat.device(Qg))
+        U = xp.concat([v, ones], axis=-1)
+        St0 = xp.concat([St0, zb[..., None]], axis=-1)
+    return U, St0, zb
 
 
 def _final_z(xp, Kx, Gc, z0, dt):
@@ -605,14 +612,7 @@ def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A):
     log-decays, dg = 1 or dk.
     """
     dt, dv = Qg.dtype, v.shape[-1]
-    dev = array_api_compat.device(Qg)
-    lead, dk = Qg.shape[:-3], Qg.shape[-1]
-    St0 = xp.matrix_transpose(xp.broadcast_to(M, lead + (dv, dk)))
-    zb = xp.broadcast_to(z, lead + (dk,))
-    U = v
-    if need_den:
-        U = xp.concat([v, xp.ones(v.shape[:-1] + (1,), dtype=dt, device=dev)], axis=-1)
-        St0 = xp.concat([St0, zb[..., None]], axis=-1)
+    U, St0, zb = _state_operands(xp, Qg, v, M, z, need_den)
     res = _fused_chunk.scan_states(xp, xp.matrix_transpose(Kx) @ U, _ex(xp, Gc, dt), St0)
     if res is None:
         return None
