@@ -27,6 +27,17 @@ def threads(monkeypatch):
     import threadpoolctl
 
     from ttr_stats.methods import _host_threads
+    from ttr_stats.methods.identity import chunked as identity_chunked
+    from ttr_stats.methods.rls import chunked as rls_chunked
+
+    # the small test problems are below the methods' break-even sizes: split them anyway
+    monkeypatch.setattr(identity_chunked, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(rls_chunked, "THREAD_MIN_WORK", 0)
+    splits = []
+    real_split = _host_threads.split_rows
+    monkeypatch.setattr(
+        _host_threads, "split_rows", lambda rows, parts: splits.append(parts) or real_split(rows, parts)
+    )
 
     def run(fn, n):
         monkeypatch.setattr(_host_threads, "MAX_THREADS", 1)
@@ -35,7 +46,9 @@ def threads(monkeypatch):
         monkeypatch.setattr(_host_threads, "MAX_THREADS", None)
         monkeypatch.setattr(_host_threads, "_blas_threads", lambda: n)
         assert _host_threads.n_threads(6) == min(n, 6)
+        splits.clear()
         many = fn()
+        assert splits and max(splits) > 1, "the call never split its rows over threads"
         return one, many
 
     return run

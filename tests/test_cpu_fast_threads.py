@@ -52,6 +52,44 @@ def test_split_rows_covers_every_row_once():
             assert max(sizes) - min(sizes) <= 1
 
 
+def test_small_work_runs_in_the_calling_thread(monkeypatch):
+    """Below ``min_work`` one share covers every row, in the calling thread (no pool dispatch)."""
+    import threading
+
+    monkeypatch.setattr(_host_threads, "_blas_threads", lambda: 4)
+    seen = []
+    out = _host_threads.run_split(
+        lambda sl: seen.append(threading.get_ident()) or sl, 8, work=99, min_work=100
+    )
+    assert out == [slice(0, 8)] and seen == [threading.get_ident()]
+    assert (
+        len(_host_threads.run_split(lambda sl: sl, 8, work=100, min_work=100)) == 4
+    )  # at the threshold: split
+
+
+def test_small_layer_calls_stay_in_one_thread(monkeypatch):
+    """The layers' own thresholds: a small chunked call does not split, a large one does (faked BLAS
+    count, so the test does not depend on the machine's cores)."""
+    from ttr_stats.methods.rls import chunked as rls_chunked
+
+    monkeypatch.setattr(_host_threads, "_blas_threads", lambda: 2)
+    calls = []
+    real = _host_threads.split_rows
+    monkeypatch.setattr(
+        _host_threads, "split_rows", lambda rows, parts: calls.append(parts) or real(rows, parts)
+    )
+    Q, K, V, _ = inputs((1, 4), 64, 8)
+    tt.recipes.linear_attention()(Q, K, V, method="chunked")
+    tt.recipes.rls(ridge=1e-2)(Q, K, V, method="chunked")
+    assert all(p == 1 for p in calls), calls
+    monkeypatch.setattr(ident, "THREAD_MIN_WORK", 4 * 64 * 8 * 8)  # exactly this call's work: split
+    monkeypatch.setattr(rls_chunked, "THREAD_MIN_WORK", 4 * 64 * 8 * 8)
+    calls.clear()
+    tt.recipes.linear_attention()(Q, K, V, method="chunked")
+    tt.recipes.rls(ridge=1e-2)(Q, K, V, method="chunked")
+    assert calls.count(2) == 2, calls
+
+
 def test_run_split_reraises_and_does_not_nest(monkeypatch):
     monkeypatch.setattr(_host_threads, "_blas_threads", lambda: 2)
 

@@ -46,6 +46,12 @@ from ..least_squares._prefix import (
 from ..problem import initial_state
 from ..registry import register
 
+#: the host splits the rows over threads from this many B H T d_k^2 on (below, one thread: the pool's
+#: dispatch costs more). Measured on the 2-core host, ridge 1e-2, float32, best of 5, threaded / one
+#: thread: (1, 4, 256, 16) 4.09 / 2.81 ms; (1, 4, 512, 32) 8.28 / 7.73; (1, 8, 512, 64) 20.5 / 28.1;
+#: (1, 16, 1024, 64) 73.8 / 128
+THREAD_MIN_WORK = 4 * 10**6
+
 #: default chunk length (docs/derivations/exact_chunked.md, timings): O(C d) work per token against one
 #: d x d inversion per chunk; above 64 the host's multithreaded BLAS slows down sharply
 DEFAULT_CHUNK = 64
@@ -95,7 +101,8 @@ def chunked(layer, P):
     check_decay_representable(xp, P.g, type(opt).__name__, dtype=wd)
     lay = layout(P)
     L = P.n_batch
-    if not array_api_compat.is_numpy_namespace(xp) or _host_threads.n_threads(L) == 1:
+    small = L * P.T * P.d_k * P.d_k < THREAD_MIN_WORK
+    if not array_api_compat.is_numpy_namespace(xp) or small or _host_threads.n_threads(L) == 1:
         return _run(layer, P, s0, lay, wd)
     flat = _flat_rows(P, s0)
     try:
