@@ -22,12 +22,16 @@ Every operand is formed by the array code in the working dtype; the kernel only 
 that dtype (float32 or float64), so it agrees with the array form to rounding (tests/test_fused.py runs
 both on the GPU). The array form stays the portable path (NumPy, torch) and the reference.
 
-Two kernels compute it: ``state_pass_tiled`` (the default, :data:`KERNEL`) gives each thread 4 adjacent
-value columns of up to :data:`TILE_ROWS` rows of every product, held in registers, so that one vector
-load of the state slice and one scalar load of the row operand feed 4 multiply-adds a row; the first
-kernel, ``state_pass``, computes one output a thread with two shared-memory loads per multiply-add
-(measured on an H200 at B = 8, H = 16, T = 4096, d = 64, float32: 1.6 ms of linear attention's 4.95 ms,
-2.9 ms of Gated DeltaNet's 8.8 ms) and stays as the benchmark's old path.
+Two kernels compute it (:data:`KERNEL`). ``state_pass``, the default, gives each thread one value column
+and :data:`ROW_BLOCK` rows of Delta and of the state update a pass, so that one shared-memory load of
+the shared operand feeds ROW_BLOCK multiply-adds. ``state_pass_tiled`` gives each thread 4 adjacent value
+columns of up to :data:`TILE_ROWS` rows of every product, held in registers. It was slower on an H200
+(B = 8, H = 16, T = 4096, d = 64, float32: a 3.64 ms state pass against 1.54 ms) and stays selectable
+for the profile's sweeps.
+
+:func:`chunk_states` runs the simple kernel without reads (R = 0) and stores every chunk's Delta and
+starting state. The delta rule's device path then forms its reads as batched products, parallel over
+chunks (``delta/chunked.SPLIT_READS``).
 
 The kernel is compiled by NVRTC at first use (``cupy.RawModule``). :func:`state_pass` returns ``None``
 where it does not apply (not CuPy, a dtype other than float32/float64, operands too big for shared
