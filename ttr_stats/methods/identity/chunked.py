@@ -46,7 +46,11 @@ tests that check them: ``docs/derivations/identity_chunked.md``.
   H200 at B = 8, H = 16, T = 4096, d = 64, float32, chunk 32: 4.6 ms a call against 5.7 ms grouped),
   and the grouped form is the fallback where the kernel does not apply. The kernel is handed the
   intra-chunk matrix A as well and adds its reads :math:`A V` (and their denominators) to the state
-  reads itself, so the output is written once (no ``A @ v`` matmul, no sum of two outputs).
+  reads itself, so the output is written once (no ``A @ v`` matmul, no sum of two outputs). Since
+  2026-12-03 CuPy takes two faster routes by default. Scalar decay runs entirely in
+  ``_fused_chunk.py``. Per-dimension decay forms its states by a scan (:data:`DEVICE_STATES`,
+  :func:`_inter_scan`): every chunk's contribution as one batched product, one thread a state entry over
+  the chunks, then the reads as batched products. The fused pass stays as ``DEVICE_STATES = "pass"``.
 * Sliding windows: the recurrence removes the pair leaving the window with the weight it has reached,
   :math:`\beta_i\prod_{j=i+1}^{i+w}\alpha_j`, and lets the removal decay from then on, i.e. it subtracts
   the same layer run on keys and values delayed by ``w`` steps whose weights carry that in-window decay
