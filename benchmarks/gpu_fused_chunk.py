@@ -14,7 +14,9 @@ module constants. One command, < 4 minutes on an H200:
    and fla, plus the kernels alone (``forward`` on prepared inputs: no validation, no glue), with the
    chunk states by the default ``STATE_ALGO`` ("kernels") and by the one-kernel sequential pass
    ("k seq");
-3. **sweep** at T = 4096 (linear attention): chunk length x the chunk-delta tile (BK, BV, TK, TV), the
+3. **each kernel alone** (linear attention, T = 4096): every launch of ``forward`` between CUDA events,
+   for the scan (C = 16, 32, 64) and the sequential state pass (C = 32);
+4. **sweep** at T = 4096 (linear attention): chunk length x the chunk-delta tile (BK, BV, TK, TV), the
    scan's (unroll, threads) and the output tile (BV, TI, TV, threads), one group varied at a time,
    kernels alone and the whole layer.
 
@@ -281,10 +283,62 @@ def kernels_time(dev, a, kind, args, chunk=None):
     return dev.time(lambda: fc.forward(xp, Q, K, V, g, b, M0, z0, C, False), args.warmup, args.runs)[0]
 
 
+def per_kernel(dev, out, args):
+    """Each kernel of ``forward`` alone (its launches wrapped between CUDA events), by state form and C."""
+    T = 4096 if not dev.dry else 200
+    out(f"\n## 3. each kernel alone, ms (median of {args.runs}), linear attention, T={T}")
+    if dev.dry:
+        out("  (a GPU run only: the kernels do not run on NumPy)")
+        return
+    cp, xp = dev.cp, dev.xp
+    a = {k: xp.asarray(v) for k, v in inputs(args.B, args.H, T, args.d).items()}
+    Q, K, V = a["Q"], a["K"], a["V"]
+    lead, d = Q.shape[:-2], Q.shape[-1]
+    g = xp.zeros(lead + (T, 1), dtype=Q.dtype)
+    b = xp.ones(lead + (T,), dtype=Q.dtype)
+    M0, z0 = xp.zeros(lead + (d, d), dtype=Q.dtype), xp.zeros(lead + (d,), dtype=Q.dtype)
+    for algo, C in (("scan", 32), ("sequential", 32), ("scan", 64), ("scan", 16)):
+        with constants(STATE_ALGO=algo):
+            if fc.forward(xp, Q, K, V, g, b, M0, z0, C, False) is None:
+                out(f"  {algo} C={C}: the kernels do not apply")
+                continue
+            names = fc._names(Q.dtype, d)
+            fns, events = fc._MODULES[names], {i: [] for i in range(len(names))}
+
+            def timed(f, i, events=events):
+                class Timed:  # forward sets attributes (shared sizes) on the function: pass them on
+                    def __setattr__(self, k, v):
+                        setattr(f, k, v)
+
+                    def __call__(self, *args_, **kw):
+                        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+                        e0.record()
+                        f(*args_, **kw)
+                        e1.record()
+                        events[i].append((e0, e1))
+
+                return Timed()
+
+            fc._MODULES[names] = tuple(timed(f, i) for i, f in enumerate(fns))
+            try:
+                for _ in range(args.warmup + args.runs):
+                    fc.forward(xp, Q, K, V, g, b, M0, z0, C, False)
+                cp.cuda.Device().synchronize()
+            finally:
+                fc._MODULES[names] = fns
+            parts = [
+                f"{names[i].split('<')[0]} "
+                f"{statistics.median(cp.cuda.get_elapsed_time(e0, e1) for e0, e1 in ev[args.warmup :]):.3f}"
+                for i, ev in events.items()
+            ]
+            out(f"  {algo:<10} C={C:<3} " + ", ".join(parts))
+    dev.free()
+
+
 def sweep(dev, out, args, t0):
     T = 4096 if not dev.dry else 200
     out(
-        f"\n## 3. sweep at T={T} (linear attention, B={args.B} H={args.H} d={args.d}): ms, kernels alone, "
+        f"\n## 4. sweep at T={T} (linear attention, B={args.B} H={args.H} d={args.d}): ms, kernels alone, "
         "whole layer"
     )
     host = inputs(args.B, args.H, T, args.d)
@@ -366,6 +420,10 @@ def main(argv=None):
         out(f"checks FAILED: {type(exc).__name__}: {exc}")
         traceback.print_exc()
     timings(dev, out, args, t0)
+    try:
+        per_kernel(dev, out, args)
+    except Exception as exc:  # noqa: BLE001
+        out(f"per-kernel timings FAILED: {type(exc).__name__}: {exc}")
     if not args.no_sweep:
         sweep(dev, out, args, t0)
     out(f"\n# total {time.perf_counter() - t0:.1f} s")
