@@ -58,7 +58,10 @@ def _jacobi(A):
                 if A[p][q] == 0:
                     continue
                 theta = (A[q][q] - A[p][p]) / (2 * A[p][q])
-                t = (1 if theta >= 0 else -1) / (abs(theta) + (theta * theta + 1).sqrt())
+                if abs(theta) > D("1e300"):  # theta^2 may overflow; 1/(2 theta) is t to 600 digits
+                    t = 1 / (2 * theta)
+                else:
+                    t = (1 if theta >= 0 else -1) / (abs(theta) + (theta * theta + 1).sqrt())
                 c = 1 / (t * t + 1).sqrt()
                 s = t * c
                 for k in range(n):  # A <- A J, then J^T A
