@@ -173,3 +173,15 @@ def test_gpu_bad_inputs_are_named_and_good_ones_match_the_host(rng, where, value
     dev[where] = bad
     with pytest.raises(ValueError, match=message):
         layer(dev["Q"], dev["K"], dev["V"], **{k: dev[k] for k in gates}, method="chunked")
+
+
+def test_an_array_the_kernel_skips_keeps_the_argument_order(simulated, rng, monkeypatch):
+    """A layout the one-pass kernel does not take (here: not C-contiguous) is checked at once; the
+    arguments of that check keep their order, so a bad Q is still named before a bad, strided K."""
+    monkeypatch.setattr(v, "_fusable", lambda x: isinstance(x, np.ndarray) and x.flags.c_contiguous)
+    Q, K, V = _qkv(rng)
+    Q[0, 2, 1] = np.nan
+    K = np.asfortranarray(K)
+    K[1, 3, 0] = np.inf
+    with pytest.raises(ValueError, match="Q contains NaN"):
+        tt.recipes.linear_attention()(Q, K, V, method="recurrent")

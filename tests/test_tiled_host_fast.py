@@ -66,19 +66,20 @@ def test_threads_are_used_and_only_for_large_non_causal_numpy_calls(rng, monkeyp
     seen = []
     real = _host_threads.run_split
 
-    def spy(fn, rows):
-        seen.append(rows)
-        return real(fn, rows)
+    def spy(fn, rows, work=None, min_work=0):
+        seen.append((rows, work is not None and work >= min_work))  # (query blocks, may split)
+        return real(fn, rows, work=work, min_work=min_work)
 
     monkeypatch.setattr(_host_threads, "run_split", spy)
     X, Y = set_data(rng, 1100, 2)
     L = layer(0, Gaussian(0.5))
     L(X, X, Y, causal=False, method="tiled")
-    assert seen == [-(-1100 // 128)]  # every query block, split by run_split
+    assert seen == [(-(-1100 // 128), True)]  # every query block, split by run_split
     seen.clear()
     L(X, X, Y, causal=True, method="tiled")  # causal: one thread (the blocks' work differs)
-    L(X[:300], X[:300], Y[:300], causal=False, method="tiled")  # below THREAD_MIN_PAIRS
     assert seen == []
+    L(X[:300], X[:300], Y[:300], causal=False, method="tiled")  # below THREAD_MIN_PAIRS: one share
+    assert seen == [(-(-300 // 128), False)]
 
 
 @pytest.mark.parametrize("n", [1, 63, 65, 1000])

@@ -70,15 +70,13 @@ class Deferred:
 
     def finite(self, named) -> None:
         """:func:`check_finite_all` of ``named`` (name -> array or None), its verdicts kept on the card."""
-        if not self.lazy:
-            check_finite_all(self.xp, named)
-            return
         arrays = [(n, x) for n, x in named.items() if x is not None and math.prod(x.shape)]
-        fused = [(n, x) for n, x in arrays if _fusable(x)]
-        check_finite_all(self.xp, {n: x for n, x in arrays if not _fusable(x)})  # the rest, at once
-        if fused:
-            self._flags.append(_launch_finite([x for _, x in fused]))
-            self._errors += [lambda n=n, x=x: _nonfinite_error(self.xp, n, x) for n, x in fused]
+        if not self.lazy or not all(_fusable(x) for _, x in arrays):
+            check_finite_all(self.xp, named)  # at once, in order (a layout the kernel skips syncs anyway)
+            return
+        if arrays:
+            self._flags.append(_launch_finite([x for _, x in arrays]))
+            self._errors += [lambda n=n, x=x: _nonfinite_error(self.xp, n, x) for n, x in arrays]
 
     def when(self, bad, make_error) -> None:
         """Raise ``make_error()`` if the 0-d device boolean ``bad`` holds (at the read; at once off CuPy)."""

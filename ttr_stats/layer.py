@@ -17,7 +17,7 @@ from ._gates import (
     roll_rows,
     zero_padding,
 )
-from ._validation import Deferred, all_finite, check_finite, check_finite_all, check_not_text
+from ._validation import Deferred, all_finite, check_finite, check_not_text
 from .methods import Problem, registry, support_table
 from .methods.final_state import final_state
 from .optimizers import ClosedForm, GradientOptimizer, Optimizer
@@ -307,10 +307,10 @@ class TestTimeRegression(BaseEstimator):
             if x.ndim < 2:
                 raise ValueError(f"{name} must have shape (..., T, {last}), got shape {tuple(x.shape)}")
         if checks is None:
-            check_finite_all(xp, {"Q": Q, "K": K, "V": V})  # one pass each, one sync (CuPy)
+            checks = Deferred(xp, lazy=False)  # every check at once
         else:
-            checks.bind(xp)
-            checks.finite({"Q": Q, "K": K, "V": V})  # one pass each, no sync (CuPy): read in _run
+            checks.bind(xp)  # CuPy: one pass each, no sync; the verdicts are read in _run
+        checks.finite({"Q": Q, "K": K, "V": V})
         device = _array.device(K)
         T_q, d_k = Q.shape[-2], Q.shape[-1]
         if K.shape[-1] != d_k:

@@ -251,12 +251,14 @@ def in_threads(P, nbq, fn):
     keys, so the ranges are independent and each query gets the same sums as in one thread. Not bit for
     bit: a share groups its blocks into other steps (other product shapes and memory alignments, so other
     SIMD summation orders), so the digits agree to rounding (``tests/test_tiled_host_fast.py``: 1e-13)."""
-    pairs = max(1, P.n_batch) * P.Q.shape[-2] * P.K.shape[-2]
-    if P.causal or not array_api_compat.is_numpy_namespace(P.xp) or pairs < THREAD_MIN_PAIRS:
+    if P.causal or not array_api_compat.is_numpy_namespace(P.xp):
         return fn((0, nbq))
     from .. import _host_threads
 
-    parts = _host_threads.run_split(lambda sl: fn((sl.start, sl.stop)), nbq)
+    pairs = max(1, P.n_batch) * P.Q.shape[-2] * P.K.shape[-2]
+    parts = _host_threads.run_split(
+        lambda sl: fn((sl.start, sl.stop)), nbq, work=pairs, min_work=THREAD_MIN_PAIRS
+    )
     return [y for part in parts for y in part]
 
 
