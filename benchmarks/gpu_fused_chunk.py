@@ -13,9 +13,10 @@ module constants. One command, < 4 minutes on an H200:
    calls (CUDA events) of the layer with the new path, the old one (``_fused_chunk.ENABLED = False``)
    and fla, plus the kernels alone (``forward`` on prepared inputs: no validation, no glue), with the
    chunk states by the default ``STATE_ALGO`` ("kernels") and by the one-kernel sequential pass
-   ("k seq");
+   ("k seq") and the pipelined sequential pass ("k pipe");
 3. **each kernel alone** (linear attention, T = 4096): every launch of ``forward`` between CUDA events,
-   for the scan (C = 16, 32, 64) and the sequential state pass (C = 32);
+   for the scan (C = 16, 32, 64), the sequential state pass (C = 32) and the pipelined one (C = 32, 64,
+   by state tile);
 4. **sweep** at T = 4096 (linear attention): chunk length x the chunk-delta tile (BK, BV, TK, TV), the
    scan's (unroll, threads) and the output tile (BV, TI, TV, threads), one group varied at a time,
    kernels alone and the whole layer.
@@ -50,6 +51,7 @@ SCAN_SETTINGS = [(1, 256), (4, 256), (8, 256), (16, 256), (8, 128), (8, 512)]
 OUT_TILES = [(64, 4, 4, 128), (64, 2, 4, 256), (64, 4, 2, 256), (32, 4, 4, 64), (64, 8, 4, 64),
              (64, 4, 4, 256), (32, 2, 4, 128)]  # fmt: skip
 CHUNKS = (16, 32, 64)
+PIPE_TILES = [(32, 32, 2, 2), (64, 32, 4, 2), (32, 64, 2, 4), (64, 64, 4, 4), (16, 64, 1, 4), (64, 16, 4, 1)]
 
 
 class Out:
@@ -225,7 +227,8 @@ def _ratio(row, x, y):
 
 def timings(dev, out, args, t0):
     out(f"\n## 2. timings, ms (median of {args.runs}, CUDA events), B={args.B} H={args.H} d={args.d} float32")
-    out(f"  {'layer':<18} {'T':>6} {'new':>8} {'kernels':>8} {'k seq':>8} {'old':>8} {'fla':>8} "
+    out(f"  {'layer':<18} {'T':>6} {'new':>8} {'kernels':>8} {'k seq':>8} {'k pipe':>8} {'old':>8} "
+        f"{'fla':>8} "
         f"{'new/fla':>8} {'old/fla':>8} {'new/old':>8}")  # fmt: skip
     for T in args.T:
         host = inputs(args.B, args.H, T, args.d)
@@ -250,6 +253,9 @@ def timings(dev, out, args, t0):
                 with constants(STATE_ALGO="sequential"):  # the one-kernel state pass, for comparison
                     row["kseq"] = kernels_time(dev, a, kind, args)
                 dev.free()
+                with constants(STATE_ALGO="pipelined"):  # the same with the next chunk's loads in flight
+                    row["kpipe"] = kernels_time(dev, a, kind, args)
+                dev.free()
                 with constants(ENABLED=False):
                     row["old"] = dev.time(call, args.warmup, args.runs)[0]
                 dev.free()
@@ -262,7 +268,7 @@ def timings(dev, out, args, t0):
                 out(f"  {name} T={T} FAILED: {type(exc).__name__}: {exc}")
                 traceback.print_exc(limit=4)
             pairs = (("new", "fla"), ("old", "fla"), ("new", "old"))
-            times = " ".join(_ms(row, k) for k in ("new", "kernels", "kseq", "old", "fla"))
+            times = " ".join(_ms(row, k) for k in ("new", "kernels", "kseq", "kpipe", "old", "fla"))
             out(f"  {name:<18} {T:>6} {times} " + " ".join(_ratio(row, x, y) for x, y in pairs))
         del a
         dev.free()
@@ -278,9 +284,11 @@ def kernels_time(dev, a, kind, args, chunk=None):
     M0 = xp.zeros(lead + (V.shape[-1], Q.shape[-1]), dtype=Q.dtype)
     z0 = xp.zeros(lead + (Q.shape[-1],), dtype=Q.dtype)
     C = min(chunk or ich.DEFAULT_CHUNK, T)
-    if fc.forward(xp, Q, K, V, g, b, M0, z0, C, False) is None:
+    gated = bool(kind)  # as the layer's call site: ungated linear attention skips the decays
+    if fc.forward(xp, Q, K, V, g, b, M0, z0, C, False, gated=gated) is None:
         return None
-    return dev.time(lambda: fc.forward(xp, Q, K, V, g, b, M0, z0, C, False), args.warmup, args.runs)[0]
+    call = lambda: fc.forward(xp, Q, K, V, g, b, M0, z0, C, False, gated=gated)  # noqa: E731
+    return dev.time(call, args.warmup, args.runs)[0]
 
 
 def per_kernel(dev, out, args):
@@ -297,12 +305,19 @@ def per_kernel(dev, out, args):
     g = xp.zeros(lead + (T, 1), dtype=Q.dtype)
     b = xp.ones(lead + (T,), dtype=Q.dtype)
     M0, z0 = xp.zeros(lead + (d, d), dtype=Q.dtype), xp.zeros(lead + (d,), dtype=Q.dtype)
-    for algo, C in (("scan", 32), ("sequential", 32), ("scan", 64), ("scan", 16)):
-        with constants(STATE_ALGO=algo):
-            if fc.forward(xp, Q, K, V, g, b, M0, z0, C, False) is None:
-                out(f"  {algo} C={C}: the kernels do not apply")
+    # linear attention is ungated (its output kernel skips the decays); one gated row for the decays' cost
+    runs = [("scan", C, {}, False) for C in (32, 64, 16)] + [("sequential", 32, {}, False)]
+    runs += [("pipelined", 32, {}, True)]
+    runs += [("pipelined", C, dict(zip(("PIPE_BK", "PIPE_BV", "PIPE_TK", "PIPE_TV"), t, strict=True)), False)
+             for C in (32, 64) for t in PIPE_TILES]  # fmt: skip
+    for algo, C, cfg, gated in runs:
+        with constants(STATE_ALGO=algo, **cfg):
+            tiles = ",".join(f"{name[5:]}={val}" for name, val in cfg.items())
+            label = f"{algo:<10} C={C:<3}" + (" gated" if gated else "") + (f" {tiles}" if cfg else "")
+            if fc.forward(xp, Q, K, V, g, b, M0, z0, C, False, gated=gated) is None:
+                out(f"  {label}: the kernels do not apply")
                 continue
-            names = fc._names(Q.dtype, d)
+            names = fc._names(Q.dtype, d, C, gated)
             fns, events = fc._MODULES[names], {i: [] for i in range(len(names))}
 
             def timed(f, i, events=events):
@@ -322,7 +337,7 @@ def per_kernel(dev, out, args):
             fc._MODULES[names] = tuple(timed(f, i) for i, f in enumerate(fns))
             try:
                 for _ in range(args.warmup + args.runs):
-                    fc.forward(xp, Q, K, V, g, b, M0, z0, C, False)
+                    fc.forward(xp, Q, K, V, g, b, M0, z0, C, False, gated=gated)
                 cp.cuda.Device().synchronize()
             finally:
                 fc._MODULES[names] = fns
@@ -331,7 +346,7 @@ def per_kernel(dev, out, args):
                 f"{statistics.median(cp.cuda.get_elapsed_time(e0, e1) for e0, e1 in ev[args.warmup :]):.3f}"
                 for i, ev in events.items()
             ]
-            out(f"  {algo:<10} C={C:<3} " + ", ".join(parts))
+            out(f"  {label} " + ", ".join(parts))
     dev.free()
 
 
@@ -390,6 +405,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=220.0)
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--kernels-only", action="store_true", help="section 3 alone (each kernel's time)")
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)
@@ -413,6 +429,9 @@ def main(argv=None):
     if dev.fla_error:
         out(f"# {dev.fla_error}")
     ok = True
+    if args.kernels_only:
+        per_kernel(dev, out, args)
+        return 0
     try:
         ok = checks(dev, out, args)
     except Exception as exc:  # noqa: BLE001

@@ -45,6 +45,7 @@ using std::isfinite; using std::exp; using std::log; using std::sqrt; using std:
 template <typename A, typename B> static inline auto min(A a, B b) { return a < b ? a : b; }
 template <typename A, typename B> static inline auto max(A a, B b) { return a > b ? a : b; }
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
 struct alignas(16) double2 { double x, y; };
 struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
 static dim3 threadIdx, blockIdx, blockDim, gridDim;

@@ -84,12 +84,12 @@ def host_cupy():
         yield
 
 
-def emulated(Q, K, V, g, b, M0, z0, C, need_den):
+def emulated(Q, K, V, g, b, M0, z0, C, need_den, gated=True):
     """``_fused_chunk.forward`` itself with the kernels run on the host (NumPy in, NumPy out)."""
     import array_api_compat.numpy as xp
 
     with host_cupy():
-        got = _FORWARD(xp, Q, K, V, g, b, M0, z0, C, need_den)
+        got = _FORWARD(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated)
     assert got is not None, "forward did not apply"
     return got
 
@@ -108,7 +108,7 @@ CASES = [  # lead, T, dk, dv, C
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES)
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -7.0, -50.0])
-@pytest.mark.parametrize("algo", ["scan", "sequential"])
+@pytest.mark.parametrize("algo", fc.STATE_ALGOS)
 def test_kernels_on_the_host_match_the_loop_and_the_array_path(
     monkeypatch, rng, algo, dtype, lead, T, dk, dv, C, log_alpha
 ):
@@ -165,6 +165,10 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(
             OUT_TV=4,
             OUT_THREADS=256,
         ),
+        # the pipelined pass: fewer threads than a chunk has rows (two gates a thread), and a tile whose
+        # entries a chunk do not divide by the threads
+        dict(STATE_ALGO="pipelined", PIPE_BK=16, PIPE_BV=16, PIPE_TK=4, PIPE_TV=4, FACTOR_THREADS=32),
+        dict(STATE_ALGO="pipelined", PIPE_BK=32, PIPE_BV=16, PIPE_TK=2, PIPE_TV=1, FACTOR_THREADS=7),
         # the scan's kernels: tiles smaller than d (several a chunk), 1 and 3 chunks a load group (3
         # does not divide the chunk count), fewer scan threads than the state has entries
         dict(DELTA_BK=16, DELTA_BV=32, DELTA_TK=2, DELTA_TV=4, SCAN_UNROLL=3, SCAN_THREADS=64),
@@ -199,6 +203,36 @@ def test_kernels_on_the_host_are_exactly_causal(rng):
 
 
 @needs_gxx
+@pytest.mark.parametrize(("T", "C"), [(100, 32), (37, 7), (5, 16)])
+def test_pipelined_pass_equals_the_sequential_one_to_the_bit(monkeypatch, rng, T, C):
+    """The pipelined state pass (loads one chunk ahead, two buffers) sums what the sequential one sums,
+    in its order: the same outputs and final state, bit for bit (float32 and float64)."""
+    for dtype in (np.float32, np.float64):
+        ops = operands(rng, (2,), T, 20, 12, None, dtype)
+        got = {}
+        for algo in ("sequential", "pipelined"):
+            monkeypatch.setattr(fc, "STATE_ALGO", algo)
+            got[algo] = emulated(*ops, C, True)
+        for x, y in zip(got["sequential"], got["pipelined"], strict=True):
+            assert np.array_equal(x, y)
+
+
+@needs_gxx
+@pytest.mark.parametrize(("T", "dk", "dv", "C"), [(100, 64, 64, 32), (37, 7, 5, 7), (1, 1, 1, 32)])
+def test_ungated_output_kernel_equals_the_gated_one_at_zero_gates(rng, T, dk, dv, C):
+    """``gated=False`` (every log-gate 0, known from the layer) skips the decays in the output kernel:
+    the same bits as the gated kernel given g = 0 (exp(0) = 1 multiplies exactly), and the loop."""
+    for dtype, tol in ((np.float32, TOL32), (np.float64, TOL64)):
+        ops = list(operands(rng, (2,), T, dk, dv, 0.0, dtype))
+        ops[3] = np.zeros_like(ops[3])  # operands() puts a reset (-inf) at t = 3
+        gated, ungated = emulated(*ops, C, True, True), emulated(*ops, C, True, False)
+        for x, y in zip(gated, ungated, strict=True):
+            assert np.array_equal(x, y)
+        for name, x, r in zip(("y", "den", "M", "z"), ungated, recurrence(*ops), strict=True):
+            assert rel_err(x, r) < tol, (name, dtype, rel_err(x, r))
+
+
+@needs_gxx
 @pytest.mark.parametrize("name", ["linear", "retnet_sum", "mamba2", "window"])
 @pytest.mark.parametrize(("T", "chunk"), [(1, None), (33, 8), (70, 32)])
 def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypatch, rng, name, T, chunk):
@@ -206,9 +240,9 @@ def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypa
     over (windows: both stacked runs) and takes back are the right ones."""
     calls = []
 
-    def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
-        calls.append(C)
-        return emulated(*(np.asarray(x) for x in (Q, K, V, g, b, M0, z0)), C, need_den)
+    def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
+        calls.append((C, gated))
+        return emulated(*(np.asarray(x) for x in (Q, K, V, g, b, M0, z0)), C, need_den, gated)
 
     monkeypatch.setattr(fc, "forward", forward)
     monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
@@ -227,6 +261,8 @@ def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypa
     yc = layer(Q, K, V, method="chunked", chunk_size=chunk, **kw)
     yr = layer(Q, K, V, method="recurrent", **kw)
     assert calls, "the fused path was not taken"
+    # the layer's own gating reaches the output kernel: ungated layers skip the decays there
+    assert {gated for _, gated in calls} == {name in ("retnet_sum", "mamba2")}, calls
     assert rel_err(yc, yr) < TOL64, (name, rel_err(yc, yr))
 
 
@@ -315,13 +351,15 @@ def test_bad_constants_are_refused(monkeypatch, name, value):
 def test_source_compiles_with_nvcc(tmp_path):
     inst = ""
     names = set()
-    for algo in ("scan", "sequential"):
+    for algo in fc.STATE_ALGOS:
         with mock.patch.object(fc, "STATE_ALGO", algo):
             names |= {
                 (nm, t)
                 for dt, t in fc._DTYPES.items()
                 for dk in (7, 64)
-                for nm in fc._names(np.dtype(dt), dk)
+                for C in (32, 100)
+                for gated in (True, False)
+                for nm in fc._names(np.dtype(dt), dk, C, gated)
             }
     for nm, t in sorted(names):
         kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
@@ -344,12 +382,14 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUD
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES + [((2, 3), 300, 128, 128, 32)])
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -50.0])
+@pytest.mark.parametrize("algo", fc.STATE_ALGOS)
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
-def test_gpu_forward_matches_the_loop(rng, dtype, lead, T, dk, dv, C, log_alpha):
+def test_gpu_forward_matches_the_loop(monkeypatch, rng, algo, dtype, lead, T, dk, dv, C, log_alpha):
     import array_api_compat.cupy as cxp
     import cupy
 
+    monkeypatch.setattr(fc, "STATE_ALGO", algo)
     ops = operands(rng, lead, T, dk, dv, log_alpha, dtype)
     got = fc.forward(cxp, *(cupy.asarray(x) for x in ops), C, True)
     assert got is not None

@@ -5,7 +5,17 @@ With ``G_i`` the float64 cumulative sum of the clamped log-gates from the chunk 
 at :data:`~ttr_stats.methods.identity.chunked.LOG_FLOOR`), ``L`` the chunk's last valid row and
 :math:`S_n` (d_k, d_v) the transposed state before chunk n, the chunk states come from (:data:`STATE_ALGO`)
 
-* ``"scan"`` (the default), two kernels:
+* ``"pipelined"`` (the default), two kernels:
+
+  - 0 ``chunk_factors`` (one thread per row, all independent): every row's write factor
+    :math:`f_j = e^{G_L - G_j} b_j` and every chunk's decay :math:`e^{G_L}`, rounded to the working dtype;
+  - 1p ``chunk_states_pf`` (grid: sequence x d_k tile x d_v tile, sequential over chunks, the state tile
+    in registers, :data:`PIPE_TK` x :data:`PIPE_TV` a thread): stores every chunk's starting state, then
+    :math:`S \leftarrow e^{G_L} S + \sum_j (f_j k_j)\, v_j^\top`, with the NEXT chunk's keys, values and
+    decay already loaded into registers while this chunk's sums run (two shared buffers, one barrier a
+    chunk). The same sums in the same order as ``"sequential"``: bit-identical results;
+
+* ``"scan"``, two kernels:
 
   - 1a ``chunk_deltas`` (grid: sequence x chunk x d_k tile x d_v tile, all independent): every chunk's
     own contribution :math:`D_n = \sum_j k_j (e^{G_L - G_j} b_j)\, v_j^\top` (and its z sum), a
@@ -14,21 +24,21 @@ at :data:`~ttr_stats.methods.identity.chunked.LOG_FLOOR`), ``L`` the chunk's las
     D_n`, written over the D's in place, loads of :data:`SCAN_UNROLL` chunks in flight; the last is the
     final (M, z);
 
-* or ``"sequential"``: one kernel, ``chunk_states`` (grid: sequence x d_k tile x d_v tile, sequential
-  over chunks, the state tile in registers, :data:`STATE_TK` x :data:`STATE_TV` a thread), stores every
-  chunk's starting state, then :math:`S \leftarrow e^{G_L} S + \sum_j k_j (e^{G_L - G_j} b_j)\,
-  v_j^\top`. Only a few blocks per SM, and every chunk costs a memory latency;
+* or ``"sequential"``: one kernel, ``chunk_states``, kernel 1p without the prefetch and with the gate
+  arithmetic inline (every chunk costs a memory latency);
 
 measured on an H200 (B H = 128, T = 4096, d = 64, float32, C = 32, each kernel between CUDA events):
-``chunk_states`` 0.84 ms against ``chunk_deltas`` + ``chunk_scan`` 0.36 + 0.38 ms, with ``chunk_outputs``
-0.69 ms in both (1.42 against 1.52 ms: the scan moves the states through memory four times, the
-sequential pass twice, and ncu shows the scan waiting on memory latency, 31% of DRAM bandwidth);
+``chunk_factors`` + ``chunk_states_pf`` 0.020 + 0.347 ms against ``chunk_deltas`` + ``chunk_scan`` 0.364 +
+0.378 ms and ``chunk_states`` 0.865 ms (the scan moves the states through memory four times, the
+pipelined pass twice and without waiting on each chunk's loads);
 
 then kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent):
 :math:`A_{ij} = (q_i\cdot k_j)(e^{G_i - G_j} b_j)` for ``j <= i`` (exactly 0 above: exact causality),
 then :math:`y_i = e^{G_i}\,q_i^\top S_n + \sum_j A_{ij} v_j` (:data:`OUT_TI` x :data:`OUT_TV` outputs a
-thread, from shared-memory tiles) and, for ``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n +
-\sum_j A_{ij}`.
+thread, from shared-memory tiles: q and k transposed, A transposed with its zeros, vector loads) and, for
+``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n + \sum_j A_{ij}`. Ungated layers (``gated=False``:
+linear attention, known from the layer, never from gate values) take an instance without the decays,
+the same values (0.543 against 0.576 ms gated; 0.687 ms before the rewrite).
 
 Every exponent is a difference ``G_later - G_earlier`` or a ``G`` itself, ``<= 0``: nothing overflows,
 log-gates down to -1000 (and ``-inf``, clamped) are safe, and every decay the scan multiplies by is
@@ -66,11 +76,29 @@ STATE_BV = 32
 STATE_TK = 2
 STATE_TV = 2
 
-#: how the chunk states are formed: ``"scan"`` (kernels 1a + 1b: every chunk's own contribution at once,
-#: then one thread per state entry scans over the chunks) or ``"sequential"`` (kernel 1: one block per
-#: state tile walks the chunks in turn, a few blocks per SM, every chunk a memory latency); 0.74 against
-#: 0.84 ms on an H200 at B H = 128, T = 4096 (module docstring)
-STATE_ALGO = "scan"
+#: how the chunk states are formed: ``"pipelined"`` (kernels 0 + 1p: the sequential pass with the next
+#: chunk's loads in flight), ``"scan"`` (kernels 1a + 1b: every chunk's own contribution at once, then one
+#: thread per state entry scans over the chunks) or ``"sequential"`` (kernel 1: one block per state tile
+#: walks the chunks in turn, every chunk a memory latency); 0.37 against 0.74 and 0.87 ms on an H200 at
+#: B H = 128, T = 4096 (module docstring)
+STATE_ALGO = "pipelined"
+
+#: the values :data:`STATE_ALGO` takes: ``"pipelined"`` is the sequential pass with the next chunk's loads
+#: in flight (kernel 1p)
+STATE_ALGOS = ("scan", "sequential", "pipelined")
+
+#: the pipelined pass (kernel 1p): state tile a block and a thread, as kernel 1's. Swept on an H200 (B H =
+#: 128, T = 4096, d = 64, float32, C = 32, one barrier a chunk): 64 x 64 tiles of 4 x 4 0.347 ms, against
+#: 0.44-0.50 ms for 64 x 32, 32 x 32 and 32 x 64 and 0.68-0.74 ms for 16 x 64 and 64 x 16 (a block per
+#: head: few blocks, but each chunk's sums amortise its barrier); at C = 64 0.300 ms, but the output kernel
+#: takes 0.88 against 0.54 ms there
+PIPE_BK = 64
+PIPE_BV = 64
+PIPE_TK = 4
+PIPE_TV = 4
+
+#: kernel 0 (``"pipelined"``): threads a block (one a row)
+FACTOR_THREADS = 256
 
 #: kernel 1a: state tile a block and the tile a thread keeps in registers (the whole 64 x 64 state of a
 #: chunk in one block of 256 threads at d = 64)
@@ -227,6 +255,148 @@ __global__ void chunk_states(
     }
 }
 
+// kernel 0 (STATE_ALGO "pipelined"): every row's write factor and every chunk's decay, all at once (one
+// thread a row): f_c = T(exp(G_L - G_c)) * b_c and dec_n = T(exp(G_L)), G in cumsum's order from the clamped
+// log-gates (as prefix_sum: kernel 1's values to the bit). The pipelined pass then has no gate arithmetic
+// and no barrier for it between a chunk's loads and its sums.
+template <typename T>
+__global__ void chunk_factors(
+    const T* __restrict__ g, const T* __restrict__ b, T* __restrict__ f, T* __restrict__ dec, const int Tn,
+    const int C, const int BH)
+{
+    const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= (long long)BH * Tn) return;
+    const size_t bh = r / Tn;
+    const int t = (int)(r % Tn), n = t / C, c = t - n * C, Cn = min(C, Tn - n * C);
+    const size_t row0 = bh * Tn + (size_t)n * C;
+    double Gc = 0.0, GL = 0.0;
+    for (int l = 0; l < Cn; ++l) {
+        const double x = (double)g[row0 + l];
+        GL += x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
+        if (l == c) Gc = GL;
+    }
+    f[r] = T(exp(GL - Gc)) * b[r];
+    if (c == 0) dec[bh * ((Tn + C - 1) / C) + n] = T(exp(GL));
+}
+
+// kernel 1p (STATE_ALGO "pipelined"): kernel 1's sequential pass with the next chunk's loads in flight
+// while the current chunk is summed. Each thread holds its share of chunk n + 1's keys, values and write
+// factors (kernel 0) in registers (PK, PV a thread: the chunk's tile entries over the threads, rounded
+// up), issued before chunk n's sums and stored (keys times factors) to shared memory only at chunk n + 1:
+// one memory latency for the whole pass instead of one a chunk. Two shared buffers alternate (buffer
+// n & 1), so one barrier a chunk suffices: a thread writes a buffer two chunks after it was read, past
+// the barrier of the chunk between, which every thread reaches only after its earlier sums. The products
+// and sums are kernel 1's, in its order: the same states to the bit.
+template <typename T, int BK, int BV, int TK, int TV, int PK, int PV>
+__global__ void chunk_states_pf(
+    const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ f, const T* __restrict__ dec,
+    const T* __restrict__ M0, const T* __restrict__ z0, T* __restrict__ S, T* __restrict__ Z,
+    T* __restrict__ Mout, T* __restrict__ zout, const int Tn, const int C, const int dk, const int dv,
+    const int store_z)
+{
+    constexpr int RK = BK / TK, RV = BV / TV, NT = RK * RV;
+    extern __shared__ unsigned char smem_raw[];
+    T* sk = reinterpret_cast<T*>(smem_raw);             // (2, C, BK) keys times their factors
+    T* sv = sk + 2 * C * BK;                            // (2, C, BV)
+    const size_t bh = blockIdx.x;
+    const int k0 = blockIdx.y * BK, v0 = blockIdx.z * BV;
+    const int tid = threadIdx.x;
+    const int tr = tid / RV, tc = tid % RV;
+    const int N = (Tn + C - 1) / C;
+    const bool zb = (blockIdx.z == 0) && (tc == 0);     // these threads also carry z (d_k rows)
+    T rk[PK], rf[PK], rv[PV], rd = T(0);
+    // issue chunk n's loads into the registers (zero past the chunk's rows and the tile's columns)
+    auto fetch = [&](const int n) {
+        const int c0 = n * C, Cn = min(C, Tn - c0);
+        const size_t row0 = bh * Tn + c0;
+#pragma unroll
+        for (int p = 0; p < PK; ++p) {
+            const int e = tid + p * NT, c = e / BK, i = e % BK;
+            const bool in = c < Cn && k0 + i < dk;
+            rk[p] = in ? k[(row0 + c) * dk + k0 + i] : T(0);
+            rf[p] = in ? f[row0 + c] : T(0);
+        }
+#pragma unroll
+        for (int p = 0; p < PV; ++p) {
+            const int e = tid + p * NT, c = e / BV, j = e % BV;
+            rv[p] = (c < Cn && v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
+        }
+        rd = dec[bh * N + n];
+    };
+    T s[TK][TV], z[TK];
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        z[a] = (i < dk) ? z0[bh * dk + i] : T(0);
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            s[a][u] = (i < dk && j < dv) ? M0[(bh * dv + j) * dk + i] : T(0);
+        }
+    }
+    fetch(0);
+    for (int n = 0; n < N; ++n) {
+        const int Cn = min(C, Tn - n * C);
+        T* k_ = sk + (n & 1) * C * BK;
+        T* v_ = sv + (n & 1) * C * BV;
+        // the state before chunk n
+        T* Sn = S + (bh * N + n) * (size_t)dk * dv;
+#pragma unroll
+        for (int a = 0; a < TK; ++a) {
+            const int i = k0 + tr + a * RK;
+            if (i >= dk) continue;
+#pragma unroll
+            for (int u = 0; u < TV; ++u) {
+                const int j = v0 + tc + u * RV;
+                if (j < dv) Sn[(size_t)i * dv + j] = s[a][u];
+            }
+            if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
+        }
+        // chunk n's loads (issued during chunk n - 1) into its buffer, then chunk n + 1's issued
+#pragma unroll
+        for (int p = 0; p < PK; ++p)
+            if (tid + p * NT < C * BK) k_[tid + p * NT] = rk[p] * rf[p];   // k_c (e^{G_L - G_c} b_c)
+#pragma unroll
+        for (int p = 0; p < PV; ++p)
+            if (tid + p * NT < C * BV) v_[tid + p * NT] = rv[p];
+        const T dn = rd;
+        if (n + 1 < N) fetch(n + 1);
+        __syncthreads();
+#pragma unroll
+        for (int a = 0; a < TK; ++a) {
+            z[a] *= dn;
+#pragma unroll
+            for (int u = 0; u < TV; ++u) s[a][u] *= dn;
+        }
+#pragma unroll 4
+        for (int c = 0; c < Cn; ++c) {
+            T kr[TK], vr[TV];
+#pragma unroll
+            for (int a = 0; a < TK; ++a) kr[a] = k_[c * BK + tr + a * RK];
+#pragma unroll
+            for (int u = 0; u < TV; ++u) vr[u] = v_[c * BV + tc + u * RV];
+#pragma unroll
+            for (int a = 0; a < TK; ++a) {
+                if (zb) z[a] += kr[a];
+#pragma unroll
+                for (int u = 0; u < TV; ++u) s[a][u] += kr[a] * vr[u];
+            }
+        }
+        // no barrier: the next chunk writes the other buffer
+    }
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        if (i >= dk) continue;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            if (j < dv) Mout[(bh * dv + j) * dk + i] = s[a][u];
+        }
+        if (zb) zout[bh * dk + i] = z[a];
+    }
+}
+
 // kernel 1a (STATE_ALGO "scan"): every chunk's own contribution, all chunks at once (grid: sequence x
 // chunk, x d_k tile x d_v tile): D_n = sum_j k_j (e^{G_L - G_j} b_j) v_j^T into S[n], dz_n = sum_j
 // k_j (e^{G_L - G_j} b_j) into Z[n], and the chunk's decay T(e^{G_L}) into dec[n]. Thread (tr, tc) keeps
@@ -350,29 +520,74 @@ __global__ void chunk_scan(
     *out = s;
 }
 
-// kernel 2: every chunk's outputs. Block (sequence * N + chunk, d_v tile); thread (ri, cj) computes rows
-// ri + a * RR (a < TI, repeated in passes of RR * TI rows) and columns cj + u * RV (u < TV).
-// DK > 0: d_k known at compile time (equal to the dk argument): index arithmetic by constants, unrolled
-// inner products; DK = 0: any d_k.
-template <typename T, int BV, int TI, int TV, int DK>
+// N contiguous values from a shared-memory address aligned to the vector width (16-byte vectors where N
+// allows: float4, double2; float2 for an even float count)
+template <typename T, int N>
+__device__ __forceinline__ void vload(const T* p, T* o)
+{
+    if constexpr (sizeof(T) == 4 && N % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 4) {
+            const float4 x = *reinterpret_cast<const float4*>(p + i);
+            o[i] = x.x; o[i + 1] = x.y; o[i + 2] = x.z; o[i + 3] = x.w;
+        }
+    } else if constexpr (sizeof(T) == 4 && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            const float2 x = *reinterpret_cast<const float2*>(p + i);
+            o[i] = x.x; o[i + 1] = x.y;
+        }
+    } else if constexpr (sizeof(T) == 8 && N % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < N; i += 2) {
+            const double2 x = *reinterpret_cast<const double2*>(p + i);
+            o[i] = x.x; o[i + 1] = x.y;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) o[i] = p[i];
+    }
+}
+
+// exp of a (non-positive) float64 log-decay in the working dtype: float32 takes the float exponential of
+// the rounded argument (a few ulp from T(exp(x)), at a fraction of a float64 exp's instructions)
+template <typename T>
+__device__ __forceinline__ T exp_in(const double x)
+{
+    if constexpr (sizeof(T) == 4) return expf((float)x);
+    else return exp(x);
+}
+
+// kernel 2: every chunk's outputs. Block (sequence * N + chunk, d_v tile). Cp: the chunk's rows padded to
+// a multiple of 4 and of a pass's rows (RR * TI; zero rows past the chunk's end). Shared tiles: q and k
+// transposed (d, row), A transposed (column j, row i: exactly 0 for j > i), v and the state tile row-major,
+// so that a thread's TI consecutive rows and TV consecutive columns are vector loads.
+//  * A: a 4 x 2 tile a thread (rows 4 ti .., columns 2 tj ..), zeros written above the diagonal;
+//  * outputs: thread (ri, cj) computes rows p + ri * TI + a (a < TI) of each pass p of RR * TI rows and
+//    columns cj * TV + u (u < TV): y_i = e^{G_i} q_i^T S_n + sum_{j <= i} A_ij v_j.
+// DK > 0: d_k known at compile time (equal to the dk argument); DK = 0: any d_k. GATED = 0: every log-gate
+// is 0 (the caller knows it from the layer, Problem.gated): no gate loads, no exponentials (e^0 = 1, so the
+// values are the gated instance's).
+template <typename T, int BV, int TI, int TV, int DK, int GATED>
 __global__ void chunk_outputs(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g,
     const T* __restrict__ b, const T* __restrict__ S, const T* __restrict__ Z, T* __restrict__ Y,
-    T* __restrict__ den, const int Tn, const int C, const int dk_arg, const int dv, const int need_den)
+    T* __restrict__ den, const int Tn, const int C, const int dk_arg, const int dv, const int need_den,
+    const int Cp)
 {
     constexpr int RV = BV / TV;
     const int dk = DK > 0 ? DK : dk_arg;
-    const int ldk = dk | 1, ldc = C | 1;                 // odd strides: a warp's rows in distinct banks
+    const int ld = Cp + 4;                               // a multiple of 4 that shifts the banks of rows
     extern __shared__ unsigned char smem_raw[];
-    double* sg = reinterpret_cast<double*>(smem_raw);    // (C,) clamped log-gates
-    double* sG = sg + C;                                 // (C,) cumulative sums
-    T* se = reinterpret_cast<T*>(sG + C);                // (C,) T(exp(G_i))
-    T* sb = se + C;                                      // (C,)
-    T* sq = sb + C;                                      // (C, ldk)
-    T* sk = sq + C * ldk;                                // (C, ldk)
-    T* sA = sk + C * ldk;                                // (C, ldc)
-    T* sv = sA + C * ldc;                                // (C, BV)
-    T* sS = sv + C * BV;                                 // (dk, BV)
+    double* sg = reinterpret_cast<double*>(smem_raw);    // (Cp,) clamped log-gates
+    double* sG = sg + Cp;                                // (Cp,) cumulative sums
+    T* se = reinterpret_cast<T*>(sG + Cp);               // (Cp,) T(exp(G_i))
+    T* sb = se + Cp;                                     // (Cp,)
+    T* sqT = sb + Cp;                                    // (dk, ld)
+    T* skT = sqT + dk * ld;                              // (dk, ld)
+    T* sAT = skT + dk * ld;                              // (Cp, ld): sAT[j * ld + i] = A_ij
+    T* sv = sAT + Cp * ld;                               // (Cp, BV)
+    T* sS = sv + Cp * BV;                                // (dk, BV)
     T* sz = sS + dk * BV;                                // (dk,)
     const int N = (Tn + C - 1) / C;
     const size_t bh = blockIdx.x / N;
@@ -382,97 +597,102 @@ __global__ void chunk_outputs(
     const int c0 = n * C, Cn = min(C, Tn - c0);
     const size_t row0 = bh * Tn + c0;
     const bool dens = need_den && blockIdx.y == 0;
-    for (int e = tid; e < Cn * dk; e += nt) {
-        const int i = e / dk, d = e % dk;
-        sq[i * ldk + d] = q[row0 * dk + e];
-        sk[i * ldk + d] = k[row0 * dk + e];
+    for (int e = tid; e < Cp * dk; e += nt) {
+        const int i = e / dk, d = e - i * dk;
+        const bool in = i < Cn;
+        sqT[d * ld + i] = in ? q[row0 * dk + e] : T(0);
+        skT[d * ld + i] = in ? k[row0 * dk + e] : T(0);
     }
-    for (int e = tid; e < Cn * BV; e += nt) {
-        const int c = e / BV, j = e % BV;
-        sv[e] = (v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
+    for (int e = tid; e < Cp * BV; e += nt) {
+        const int c = e / BV, j = e - c * BV;
+        sv[e] = (c < Cn && v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : T(0);
     }
     const T* Sn = S + (bh * N + n) * (size_t)dk * dv;
     for (int e = tid; e < dk * BV; e += nt) {
-        const int d = e / BV, j = e % BV;
+        const int d = e / BV, j = e - d * BV;
         sS[e] = (v0 + j < dv) ? Sn[(size_t)d * dv + v0 + j] : T(0);
     }
     if (dens)
         for (int d = tid; d < dk; d += nt) sz[d] = Z[(bh * N + n) * dk + d];
-    load_gates(g, b, row0, Cn, sg, sb, tid, nt);
-    __syncthreads();
-    for (int c = tid; c < Cn; c += nt) {
-        sG[c] = prefix_sum(sg, c);
-        se[c] = T(exp(sG[c]));
+    for (int c = tid; c < Cp; c += nt) {
+        if (GATED) {
+            const double x = c < Cn ? (double)g[row0 + c] : 0.0;
+            sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
+        }
+        sb[c] = c < Cn ? b[row0 + c] : T(0);
     }
     __syncthreads();
-    // A on the causal triangle, a 2 x 2 tile a thread (rows 2 ti + {0, 1}, columns 2 tj + {0, 1});
-    // tiles wholly above the diagonal are skipped, and nothing reads A above it
-    const int h = (Cn + 1) / 2;
-    for (int e = tid; e < h * h; e += nt) {
-        const int ti = e / h, tj = e % h;
-        if (tj > ti) continue;
-        T acc[2][2] = {{T(0), T(0)}, {T(0), T(0)}};
-        const int i1 = min(2 * ti + 1, Cn - 1), j1 = min(2 * tj + 1, Cn - 1);  // clamped reads
-        const T* qa = sq + 2 * ti * ldk;
-        const T* qb = sq + i1 * ldk;
-        const T* ka = sk + 2 * tj * ldk;
-        const T* kb = sk + j1 * ldk;
+    if (GATED) {
+        for (int c = tid; c < Cp; c += nt) {
+            sG[c] = prefix_sum(sg, c);
+            se[c] = T(exp(sG[c]));
+        }
+        __syncthreads();
+    }
+    // A (transposed), every entry of the Cp x Cp tile written: the products on and below the diagonal
+    // within the chunk, zeros elsewhere (the reads below never need a bound on the diagonal)
+    const int ntj = Cp / 2;
+    for (int e = tid; e < (Cp / 4) * ntj; e += nt) {
+        const int ti = e / ntj, tj = e - ti * ntj;
+        const int i0 = 4 * ti, j0 = 2 * tj;
+        T acc[4][2];
+#pragma unroll
+        for (int a = 0; a < 4; ++a) { acc[a][0] = T(0); acc[a][1] = T(0); }
+        if (j0 <= i0 + 3 && j0 < Cn && i0 < Cn) {
 #pragma unroll 8
-        for (int d = 0; d < dk; ++d) {
-            const T x0 = qa[d], x1 = qb[d], y0 = ka[d], y1 = kb[d];
-            acc[0][0] += x0 * y0; acc[0][1] += x0 * y1;
-            acc[1][0] += x1 * y0; acc[1][1] += x1 * y1;
+            for (int d = 0; d < dk; ++d) {
+                T x[4], y[2];
+                vload<T, 4>(sqT + d * ld + i0, x);
+                vload<T, 2>(skT + d * ld + j0, y);
+#pragma unroll
+                for (int a = 0; a < 4; ++a) { acc[a][0] += x[a] * y[0]; acc[a][1] += x[a] * y[1]; }
+            }
         }
 #pragma unroll
-        for (int a = 0; a < 2; ++a)
+        for (int u = 0; u < 2; ++u)
 #pragma unroll
-            for (int u = 0; u < 2; ++u) {
-                const int i = 2 * ti + a, j = 2 * tj + u;
-                if (i >= Cn || j > i) continue;
-                sA[i * ldc + j] = acc[a][u] * (T(exp(sG[i] - sG[j])) * sb[j]);
+            for (int a = 0; a < 4; ++a) {
+                const int i = i0 + a, j = j0 + u;
+                T val = T(0);
+                if (j <= i && i < Cn)
+                    val = GATED ? acc[a][u] * (exp_in<T>(sG[i] - sG[j]) * sb[j]) : acc[a][u] * sb[j];
+                sAT[j * ld + i] = val;
             }
     }
     __syncthreads();
     if (dens)
         for (int i = tid; i < Cn; i += nt) {
             T d1 = T(0), d2 = T(0);
-            for (int d = 0; d < dk; ++d) d1 += sq[i * ldk + d] * sz[d];
-            for (int c = 0; c <= i; ++c) d2 += sA[i * ldc + c];
-            den[row0 + i] = d2 + se[i] * d1;
+            for (int d = 0; d < dk; ++d) d1 += sqT[d * ld + i] * sz[d];
+            for (int c = 0; c <= i; ++c) d2 += sAT[c * ld + i];
+            den[row0 + i] = GATED ? d2 + se[i] * d1 : d2 + d1;
         }
     const int RR = nt / RV;                             // row groups
     const int ri = tid / RV, cj = tid % RV;
     if (ri >= RR) return;                               // (no barrier follows)
     for (int p = 0; p < Cn; p += RR * TI) {
+        const int i0 = p + ri * TI;                     // rows i0 .. i0 + TI - 1, all < Cp
+        if (i0 >= Cn) break;
         T yS[TI][TV], yA[TI][TV];
 #pragma unroll
         for (int a = 0; a < TI; ++a)
 #pragma unroll
             for (int u = 0; u < TV; ++u) { yS[a][u] = T(0); yA[a][u] = T(0); }
-        int ir[TI];
-#pragma unroll
-        for (int a = 0; a < TI; ++a) ir[a] = min(p + ri + a * RR, Cn - 1);  // clamped: read, never written
 #pragma unroll 8
         for (int d = 0; d < dk; ++d) {
             T x[TI], y[TV];
-#pragma unroll
-            for (int a = 0; a < TI; ++a) x[a] = sq[ir[a] * ldk + d];
-#pragma unroll
-            for (int u = 0; u < TV; ++u) y[u] = sS[d * BV + cj + u * RV];
+            vload<T, TI>(sqT + d * ld + i0, x);
+            vload<T, TV>(sS + d * BV + cj * TV, y);
 #pragma unroll
             for (int a = 0; a < TI; ++a)
 #pragma unroll
                 for (int u = 0; u < TV; ++u) yS[a][u] += x[a] * y[u];
         }
-        int imax = ir[0];
-#pragma unroll
-        for (int a = 1; a < TI; ++a) imax = max(imax, ir[a]);
-        for (int c = 0; c <= imax; ++c) {  // A is exactly 0 above the diagonal
+        const int cmax = min(i0 + TI - 1, Cn - 1);      // A is exactly 0 above the diagonal
+        for (int c = 0; c <= cmax; ++c) {
             T x[TI], y[TV];
-#pragma unroll
-            for (int a = 0; a < TI; ++a) x[a] = (c <= ir[a]) ? sA[ir[a] * ldc + c] : T(0);
-#pragma unroll
-            for (int u = 0; u < TV; ++u) y[u] = sv[c * BV + cj + u * RV];
+            vload<T, TI>(sAT + c * ld + i0, x);
+            vload<T, TV>(sv + c * BV + cj * TV, y);
 #pragma unroll
             for (int a = 0; a < TI; ++a)
 #pragma unroll
@@ -480,12 +700,13 @@ __global__ void chunk_outputs(
         }
 #pragma unroll
         for (int a = 0; a < TI; ++a) {
-            const int i = p + ri + a * RR;
+            const int i = i0 + a;
             if (i >= Cn) continue;
+            const T ei = GATED ? se[i] : T(1);
 #pragma unroll
             for (int u = 0; u < TV; ++u) {
-                const int j = v0 + cj + u * RV;
-                if (j < dv) Y[(row0 + i) * dv + j] = yA[a][u] + se[i] * yS[a][u];
+                const int j = v0 + cj * TV + u;
+                if (j < dv) Y[(row0 + i) * dv + j] = GATED ? yA[a][u] + ei * yS[a][u] : yA[a][u] + yS[a][u];
             }
         }
     }
@@ -498,20 +719,35 @@ _MODULES = {}
 #: each kernel's parameters: P a ``const T*``, W a ``T*``, i an ``int`` (host emulation reads these)
 SIGNATURES = {
     "chunk_states": "PPPPPPWWWWiiiii",
+    "chunk_states_pf": "PPPPPPWWWWiiiii",
+    "chunk_factors": "PPWWiii",
     "chunk_deltas": "PPPPWWWiiii",
     "chunk_scan": "WWPPPWWiiiiiii",
-    "chunk_outputs": "PPPPPPPWWiiiii",
+    "chunk_outputs": "PPPPPPPWWiiiiii",
 }
 
 
-def _names(dt, dk=0):
+def prefetch_counts(C):
+    """``(PK, PV)`` of ``chunk_states_pf``: the key and value entries of one chunk a thread holds in
+    registers."""
+    nt = pipe_threads()
+    return -(-C * PIPE_BK // nt), -(-C * PIPE_BV // nt)
+
+
+def _names(dt, dk=0, C=32, gated=True):
     """The template instances one call launches, in launch order (the state kernels, then outputs);
-    the output kernel is specialised to ``dk`` where it is one of :data:`SPECIALISED_D`."""
+    the output kernel is specialised to ``dk`` where it is one of :data:`SPECIALISED_D` and to calls
+    without decay (``gated=False``); the pipelined state pass to the chunk length ``C`` (its register
+    counts)."""
     t = _DTYPES[str(dt)]
     DK = dk if dk in SPECIALISED_D else 0
-    out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}, {DK}>"
+    out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}, {DK}, {int(bool(gated))}>"
     if STATE_ALGO == "sequential":
         return (f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>", out)
+    if STATE_ALGO == "pipelined":
+        pk, pv = prefetch_counts(C)
+        tile = f"{PIPE_BK}, {PIPE_BV}, {PIPE_TK}, {PIPE_TV}"
+        return (f"chunk_factors<{t}>", f"chunk_states_pf<{t}, {tile}, {pk}, {pv}>", out)
     return (
         f"chunk_deltas<{t}, {DELTA_BK}, {DELTA_BV}, {DELTA_TK}, {DELTA_TV}>",
         f"chunk_scan<{t}, {SCAN_UNROLL}>",
@@ -519,8 +755,8 @@ def _names(dt, dk=0):
     )
 
 
-def _functions(dt, dk=0):
-    names = _names(dt, dk)
+def _functions(dt, dk=0, C=32, gated=True):
+    names = _names(dt, dk, C, gated)
     if names not in _MODULES:
         import cupy
 
@@ -531,11 +767,13 @@ def _functions(dt, dk=0):
 
 def _check_layout():
     """The module constants must give whole thread grids (a ValueError names the constant)."""
-    if STATE_ALGO not in ("scan", "sequential"):
-        raise ValueError(f"STATE_ALGO={STATE_ALGO!r} must be 'scan' or 'sequential'")
+    if STATE_ALGO not in STATE_ALGOS:
+        raise ValueError(f"STATE_ALGO={STATE_ALGO!r} must be one of {STATE_ALGOS}")
     for name, a, t in (
         ("STATE_TK", STATE_BK, STATE_TK),
         ("STATE_TV", STATE_BV, STATE_TV),
+        ("PIPE_TK", PIPE_BK, PIPE_TK),
+        ("PIPE_TV", PIPE_BV, PIPE_TV),
         ("DELTA_TK", DELTA_BK, DELTA_TK),
         ("DELTA_TV", DELTA_BV, DELTA_TV),
         ("OUT_TV", OUT_BV, OUT_TV),
@@ -544,12 +782,18 @@ def _check_layout():
             raise ValueError(f"{name}={t} must divide its block size {a}")
     if SCAN_UNROLL < 1 or SCAN_THREADS < 1:
         raise ValueError(f"SCAN_UNROLL={SCAN_UNROLL} and SCAN_THREADS={SCAN_THREADS} must be >= 1")
+    if OUT_BV % 4 or OUT_TI < 1:  # (vector loads of its tiles' rows)
+        raise ValueError(f"OUT_BV={OUT_BV} must be a multiple of 4 and OUT_TI={OUT_TI} at least 1")
     if OUT_THREADS < OUT_BV // OUT_TV:
         raise ValueError(f"OUT_THREADS={OUT_THREADS} must be at least OUT_BV // OUT_TV = {OUT_BV // OUT_TV}")
 
 
 def state_threads():
     return (STATE_BK // STATE_TK) * (STATE_BV // STATE_TV)
+
+
+def pipe_threads():
+    return (PIPE_BK // PIPE_TK) * (PIPE_BV // PIPE_TV)
 
 
 def delta_threads():
@@ -559,13 +803,25 @@ def delta_threads():
 def state_shared_bytes(C, itemsize):
     """Dynamic shared memory of a ``chunk_states`` block (``"sequential"``) or a ``chunk_deltas`` block
     (``"scan"``; the scan itself needs none)."""
+    if STATE_ALGO == "pipelined":  # two buffers of keys and values
+        return 2 * C * (PIPE_BK + PIPE_BV) * itemsize
     bk, bv = (STATE_BK, STATE_BV) if STATE_ALGO == "sequential" else (DELTA_BK, DELTA_BV)
     return 16 * C + (C + C * (bk + bv)) * itemsize
 
 
+def out_rows(C):
+    """The rows of a ``chunk_outputs`` block's tiles: C padded to a multiple of 4 (its A tiles) and of
+    the rows a pass of its threads covers."""
+    rows = OUT_THREADS // (OUT_BV // OUT_TV) * OUT_TI
+    unit = rows * 4 // math.gcd(rows, 4)
+    return -(-C // unit) * unit
+
+
 def out_shared_bytes(C, dk, itemsize):
     """Dynamic shared memory of a ``chunk_outputs`` block."""
-    return 16 * C + (2 * C + 2 * C * (dk | 1) + C * (C | 1) + C * OUT_BV + dk * OUT_BV + dk) * itemsize
+    Cp = out_rows(C)
+    ld = Cp + 4
+    return 16 * Cp + (2 * Cp + 2 * dk * ld + Cp * ld + Cp * OUT_BV + dk * OUT_BV + dk) * itemsize
 
 
 def scan_blocks(dk, dv, has_z=True):
@@ -579,6 +835,9 @@ def layouts(BH, T, C, dk, dv):
     out = ((BH * N, -(-dv // OUT_BV)), (OUT_THREADS,))
     if STATE_ALGO == "sequential":
         return (((BH, -(-dk // STATE_BK), -(-dv // STATE_BV)), (state_threads(),)), out)
+    if STATE_ALGO == "pipelined":
+        states = ((BH, -(-dk // PIPE_BK), -(-dv // PIPE_BV)), (pipe_threads(),))
+        return (((-(-BH * T // FACTOR_THREADS),), (FACTOR_THREADS,)), states, out)
     return (
         ((BH * N, -(-dk // DELTA_BK), -(-dv // DELTA_BV)), (delta_threads(),)),
         ((BH * scan_blocks(dk, dv),), (SCAN_THREADS,)),
@@ -604,12 +863,14 @@ def applies(xp, dtype, C, dk, dv) -> bool:
     return state_shared_bytes(C, it) <= lim and out_shared_bytes(C, dk, it) <= lim
 
 
-def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
+def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
     """``(y, den, M, z)`` of the unwindowed chunked recurrence (as ``chunked._kernel``), or ``None`` where
     the kernels do not apply.
 
     Q, K (..., T, d_k), V (..., T, d_v), g (..., T, 1) log-gates (scalar decay), b (..., T), M0
-    (..., d_v, d_k), z0 (..., d_k); ``den`` is None unless ``need_den``.
+    (..., d_v, d_k), z0 (..., d_k); ``den`` is None unless ``need_den``. ``gated=False`` promises that
+    every log-gate is 0 (known from the layer and the call, ``Problem.gated``): the output kernel then
+    skips the decays (the same values).
     """
     lead, (T, dk), dv, dt = Q.shape[:-2], Q.shape[-2:], V.shape[-1], Q.dtype
     if g.shape[-1] != 1 or T == 0 or math.prod(lead) == 0 or not applies(xp, dt, C, dk, dv):
@@ -630,23 +891,28 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den):
     z = cupy.empty((BH, dk), dtype=dt)
     Y = cupy.empty((BH, T, dv), dtype=dt)
     den = cupy.empty((BH, T) if need_den else (1,), dtype=dt)
-    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt, dk)
+    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt, dk, C, gated)
     i32 = cupy.int32
     s1, s2 = state_shared_bytes(C, dt.itemsize), out_shared_bytes(C, dk, dt.itemsize)
-    for f, s in ((fns[0], s1), (fns[-1], s2)):
+    for f, s in ((fns[1 if STATE_ALGO == "pipelined" else 0], s1), (fns[-1], s2)):  # the shared-memory users
         if s > 48 * 1024:
             f.max_dynamic_shared_size_bytes = s
     dims = (i32(T), i32(C), i32(dk), i32(dv))
     if STATE_ALGO == "sequential":
         Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
         fns[0](*lay[0], (k, v, gf, bf, m0, zz0, S, Z, M, z, *dims, i32(need_den)), shared_mem=s1)
+    elif STATE_ALGO == "pipelined":
+        Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
+        fac, dec = cupy.empty((BH, T), dtype=dt), cupy.empty((BH, N), dtype=dt)
+        fns[0](*lay[0], (gf, bf, fac, dec, i32(T), i32(C), i32(BH)))
+        fns[1](*lay[1], (k, v, fac, dec, m0, zz0, S, Z, M, z, *dims, i32(need_den)), shared_mem=s1)
     else:  # the scan forms z too (the final z is returned): Z always holds every chunk's
         Z = cupy.empty((BH, N, dk), dtype=dt)
         dec = cupy.empty((BH, N), dtype=dt)
         fns[0](*lay[0], (k, v, gf, bf, S, Z, dec, *dims), shared_mem=s1)
         fns[1](*lay[1], (S, Z, dec, m0, zz0, M, z, i32(N), i32(dk), i32(dv), i32(scan_blocks(dk, dv)),
                          i32(1), i32(0), i32(1)))  # fmt: skip
-    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, *dims, i32(need_den)), shared_mem=s2)
+    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, *dims, i32(need_den), i32(out_rows(C))), shared_mem=s2)
     return (
         xp.reshape(Y, lead + (T, dv)),
         xp.reshape(den, lead + (T,)) if need_den else None,

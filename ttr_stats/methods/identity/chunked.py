@@ -196,7 +196,9 @@ def chunked(layer, P):
         g = xp.broadcast_to(g, (2,) + g.shape)
         M0 = xp.stack([M0, xp.zeros_like(M0)])
         z0 = xp.stack([z0, xp.zeros_like(z0)])
-    y, den, M, z = _kernel(xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev)
+    y, den, M, z = _kernel(
+        xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev, gated=P.gated
+    )
     if windowed:
         y, M, z = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...], z[0, ...] - z[1, ...]
         den = den[0, ...] - den[1, ...] if need_den else None
@@ -234,16 +236,17 @@ def _window_log_sum(xp, g, w, dev):
     return out[..., :T, :]
 
 
-def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev):
+def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True):
     """The unwindowed chunked recurrence on raw outputs: ``(y, den, M, z)``.
 
     ``y`` (..., T, d_v) = M_t q_t, ``den`` (..., T) = q_t^T z_t (None unless ``need_den``), ``M``, ``z``:
-    the state after step T.
+    the state after step T. ``gated=False`` promises every log-gate is 0 (``Problem.gated``; the fused
+    output kernel then skips the decays).
     """
     T, dv, dt = Q.shape[-2], V.shape[-1], Q.dtype
     per_dim = g.shape[-1] > 1
     if not host and not per_dim and _fused_chunk.ENABLED:  # CuPy: two kernels on the unpadded inputs
-        fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den)
+        fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated)
         if fused is not None:
             return fused
     N = -(-T // C)
