@@ -49,7 +49,8 @@ LAYERS = {"linear_attention": (tt.recipes.linear_attention, ""), "mamba2": (tt.r
 DELTA_TILES = [(64, 64, 4, 4), (32, 64, 2, 4), (64, 32, 4, 2), (32, 32, 2, 2), (64, 64, 8, 4), (64, 64, 4, 8)]
 SCAN_SETTINGS = [(1, 256), (4, 256), (8, 256), (16, 256), (8, 128), (8, 512)]
 OUT_TILES = [(64, 4, 4, 128), (64, 2, 4, 256), (64, 4, 2, 256), (32, 4, 4, 64), (64, 8, 4, 64),
-             (64, 4, 4, 256), (32, 2, 4, 128)]  # fmt: skip
+             (64, 4, 4, 256), (32, 2, 4, 128), (64, 2, 4, 128), (64, 4, 4, 64), (64, 8, 4, 128),
+             (64, 2, 2, 256), (32, 4, 2, 128), (64, 1, 4, 128)]  # fmt: skip
 CHUNKS = (16, 32, 64)
 PIPE_TILES = [(32, 32, 2, 2), (64, 32, 4, 2), (32, 64, 2, 4), (64, 64, 4, 4), (16, 64, 1, 4), (64, 16, 4, 1)]
 
@@ -362,14 +363,26 @@ def sweep(dev, out, args, t0):
     base = dict(DELTA_BK=fc.DELTA_BK, DELTA_BV=fc.DELTA_BV, DELTA_TK=fc.DELTA_TK, DELTA_TV=fc.DELTA_TV,
                 SCAN_UNROLL=fc.SCAN_UNROLL, SCAN_THREADS=fc.SCAN_THREADS,
                 OUT_BV=fc.OUT_BV, OUT_TI=fc.OUT_TI, OUT_TV=fc.OUT_TV, OUT_THREADS=fc.OUT_THREADS)  # fmt: skip
+    base.update(PIPE_BK=fc.PIPE_BK, PIPE_BV=fc.PIPE_BV, PIPE_TK=fc.PIPE_TK, PIPE_TV=fc.PIPE_TV,
+                STATE_ALGO=fc.STATE_ALGO)  # fmt: skip
+    scan = {"STATE_ALGO": "scan"}  # the scan's constants matter only when it forms the states
     configs = [
-        ("delta", dict(zip(("DELTA_BK", "DELTA_BV", "DELTA_TK", "DELTA_TV"), t, strict=True)))
+        ("delta", {**scan, **dict(zip(("DELTA_BK", "DELTA_BV", "DELTA_TK", "DELTA_TV"), t, strict=True))})
         for t in DELTA_TILES
     ]
-    configs += [("scan", dict(zip(("SCAN_UNROLL", "SCAN_THREADS"), t, strict=True))) for t in SCAN_SETTINGS]
+    configs += [
+        ("scan", {**scan, **dict(zip(("SCAN_UNROLL", "SCAN_THREADS"), t, strict=True))})
+        for t in SCAN_SETTINGS
+    ]
+    configs += [
+        ("pipe", {"STATE_ALGO": "pipelined", **dict(zip(("PIPE_BK", "PIPE_BV", "PIPE_TK", "PIPE_TV"), t,
+                                                         strict=True))})
+        for t in PIPE_TILES
+    ]  # fmt: skip
     configs += [
         ("out", dict(zip(("OUT_BV", "OUT_TI", "OUT_TV", "OUT_THREADS"), t, strict=True))) for t in OUT_TILES
     ]
+    configs = [(g, c) for g, c in configs if g in args.sweep_groups.split(",")]
     out(f"  {'C':>3} {'group':<6} {'setting':<34} {'kernels':>8} {'layer':>8}")
     best = None
     for C in CHUNKS:
@@ -377,7 +390,7 @@ def sweep(dev, out, args, t0):
             if time.perf_counter() - t0 > args.budget_s:
                 out(f"  C={C} {group} {cfg}: skipped (budget {args.budget_s} s spent)")
                 continue
-            label = ",".join(f"{k.split('_')[1]}={v}" for k, v in cfg.items())
+            label = ",".join(f"{k.split('_')[1]}={v}" for k, v in cfg.items() if k != "STATE_ALGO")
             try:
                 with constants(**{**base, **cfg}):
                     kt = kernels_time(dev, a, "", args, chunk=C)
@@ -406,6 +419,9 @@ def main(argv=None):
     ap.add_argument("--budget-s", type=float, default=220.0)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--kernels-only", action="store_true", help="section 3 alone (each kernel's time)")
+    ap.add_argument("--sweep-groups", default="delta,scan,pipe,out",
+                    help="comma-separated groups of section 4: delta, scan (the scan's kernels), pipe (the "
+                         "pipelined pass's tile), out (the output kernel's tile)")  # fmt: skip
     ap.add_argument("--cpu-dry-run", action="store_true")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)

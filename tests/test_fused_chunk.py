@@ -273,6 +273,7 @@ class _FakeCupy:
     is tested."""
 
     ascontiguousarray = staticmethod(np.ascontiguousarray)
+    broadcast_to = staticmethod(np.broadcast_to)
     int32, float32, float64 = np.int32, np.float32, np.float64
 
     @staticmethod

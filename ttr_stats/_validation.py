@@ -139,18 +139,20 @@ def all_finite(xp, x) -> bool:
 #: (``all(isfinite(x))`` writes a bool array, reads it back and syncs once per array)
 _FINITE_SOURCE = r"""
 template <typename T>
-__global__ void any_nonfinite(const T* __restrict__ x, const long long n, int* __restrict__ flag)
+__global__ void any_nonfinite(const T* __restrict__ x, const long long n, int* __restrict__ flags,
+                              const int j)
 {
     int bad = 0;
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         bad |= !isfinite(x[i]);
-    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+    if (__syncthreads_or(bad) && threadIdx.x == 0) flags[j] = 1;
 }
 """
 
 _FINITE_MODULE = None
-_FINITE_TYPES = {"float32": "float", "float64": "double"}
+_FINITE_FUNCTIONS = {}  # dtype char -> the kernel (a lookup a call costs microseconds on the host)
+_FINITE_TYPES = {"f": "float", "d": "double"}  # by ``dtype.char`` (``str(dtype)`` is slow in NumPy 2)
 
 #: set False to use ``all(isfinite(x))`` on CuPy too (the tests compare the two)
 FUSED_FINITE = True
@@ -165,6 +167,13 @@ def _finite_module():
             code=_FINITE_SOURCE, name_expressions=[f"any_nonfinite<{t}>" for t in _FINITE_TYPES.values()]
         )
     return _FINITE_MODULE
+
+
+def _finite_function(char):
+    fn = _FINITE_FUNCTIONS.get(char)
+    if fn is None:
+        fn = _FINITE_FUNCTIONS[char] = _finite_module().get_function(f"any_nonfinite<{_FINITE_TYPES[char]}>")
+    return fn
 
 
 def _numpy_sum_finite(x):
@@ -214,7 +223,7 @@ def _fusable(x) -> bool:
     return (
         cupy is not None
         and isinstance(x, cupy.ndarray)
-        and str(x.dtype) in _FINITE_TYPES
+        and x.dtype.char in _FINITE_TYPES
         and x.flags.c_contiguous
     )
 
@@ -225,7 +234,6 @@ def _launch_finite(arrays):
     import cupy
 
     out = cupy.zeros(len(arrays), dtype=cupy.int32)
-    mod = _finite_module()
     from .methods._fused import device_attribute
 
     sms = device_attribute("MultiProcessorCount", 1)
@@ -234,8 +242,7 @@ def _launch_finite(arrays):
         if not n:
             continue
         blocks = max(1, min(-(-n // 256), 8 * sms))  # a few blocks per SM; the loop strides over the rest
-        fn = mod.get_function(f"any_nonfinite<{_FINITE_TYPES[str(x.dtype)]}>")
-        fn((blocks,), (256,), (x, cupy.int64(n), out[j : j + 1]))
+        _finite_function(x.dtype.char)((blocks,), (256,), (x, cupy.int64(n), out, cupy.int32(j)))
     return out
 
 

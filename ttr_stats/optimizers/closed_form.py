@@ -256,7 +256,10 @@ class IdentityCovariance(Optimizer):
         return self.finish(xp, y, xp.sum(state.z * q, axis=-1))
 
     def finish(self, xp, y, denom):
-        """Apply the normalisation to raw outputs ``y`` (..., d_v) given ``denom = q^T z`` (...)."""
+        """Apply the normalisation to raw outputs ``y`` (..., d_v) given ``denom = q^T z`` (...; read only
+        with ``normalize="sum"``, None allowed otherwise)."""
+        if self.normalize is None:
+            return y
         zero = xp.zeros((), dtype=y.dtype, device=_array.device(y))
         if self.normalize == "sum":
             ok = denom != 0

@@ -202,9 +202,7 @@ def chunked(layer, P):
     if windowed:
         y, M, z = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...], z[0, ...] - z[1, ...]
         den = den[0, ...] - den[1, ...] if need_den else None
-    if den is None:
-        den = xp.zeros(y.shape[:-1], dtype=P.dtype, device=dev)
-    return opt.finish(xp, y, den), LinearAttentionState(M, z)
+    return opt.finish(xp, y, den), LinearAttentionState(M, z)  # den is None unless finish reads it
 
 
 def clamped_log_gates(xp, g, dev):
