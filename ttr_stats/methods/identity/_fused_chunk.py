@@ -162,6 +162,62 @@ __device__ __forceinline__ double prefix_sum(const double* sg, const int c)
     return acc;
 }
 
+// the register tile of kernels 1 and 1p: thread (tr, tc) holds rows k0 + tr + a * RK (a < TK) and columns
+// v0 + tc + u * RV (u < TV) of S^T, and (its zb threads) z's rows. Its initial state M0 (transposed), the
+// state before a chunk into S (and Z), and the final state into Mout, zout.
+template <typename T, int TK, int TV, int RK, int RV>
+__device__ __forceinline__ void tile_init(
+    T (&s)[TK][TV], T (&z)[TK], const T* __restrict__ M0, const T* __restrict__ z0, const size_t bh,
+    const int dk, const int dv, const int k0, const int v0, const int tr, const int tc)
+{
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        z[a] = (i < dk) ? z0[bh * dk + i] : T(0);
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            s[a][u] = (i < dk && j < dv) ? M0[(bh * dv + j) * dk + i] : T(0);
+        }
+    }
+}
+
+template <typename T, int TK, int TV, int RK, int RV>
+__device__ __forceinline__ void tile_store(
+    const T (&s)[TK][TV], const T (&z)[TK], T* __restrict__ Sn, T* __restrict__ Zn, const bool zb,
+    const int dk, const int dv, const int k0, const int v0, const int tr, const int tc)
+{
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        if (i >= dk) continue;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            if (j < dv) Sn[(size_t)i * dv + j] = s[a][u];
+        }
+        if (zb) Zn[i] = z[a];
+    }
+}
+
+template <typename T, int TK, int TV, int RK, int RV>
+__device__ __forceinline__ void tile_final(
+    const T (&s)[TK][TV], const T (&z)[TK], T* __restrict__ Mout, T* __restrict__ zout, const size_t bh,
+    const bool zb, const int dk, const int dv, const int k0, const int v0, const int tr, const int tc)
+{
+#pragma unroll
+    for (int a = 0; a < TK; ++a) {
+        const int i = k0 + tr + a * RK;
+        if (i >= dk) continue;
+#pragma unroll
+        for (int u = 0; u < TV; ++u) {
+            const int j = v0 + tc + u * RV;
+            if (j < dv) Mout[(bh * dv + j) * dk + i] = s[a][u];
+        }
+        if (zb) zout[bh * dk + i] = z[a];
+    }
+}
+
 // kernel 1: the states before each chunk. Thread (tr, tc) keeps rows tr + a * RK (a < TK) and columns
 // tc + u * RV (u < TV) of the block's (BK, BV) tile: a warp's threads read consecutive shared columns.
 template <typename T, int BK, int BV, int TK, int TV>
@@ -185,31 +241,13 @@ __global__ void chunk_states(
     const int N = (Tn + C - 1) / C;
     const bool zb = (blockIdx.z == 0) && (tc == 0);     // these threads also carry z (d_k rows)
     T s[TK][TV], z[TK];
-#pragma unroll
-    for (int a = 0; a < TK; ++a) {
-        const int i = k0 + tr + a * RK;
-        z[a] = (i < dk) ? z0[bh * dk + i] : T(0);
-#pragma unroll
-        for (int u = 0; u < TV; ++u) {
-            const int j = v0 + tc + u * RV;
-            s[a][u] = (i < dk && j < dv) ? M0[(bh * dv + j) * dk + i] : T(0);
-        }
-    }
+    tile_init<T, TK, TV, RK, RV>(s, z, M0, z0, bh, dk, dv, k0, v0, tr, tc);
     for (int n = 0; n < N; ++n) {
         const int c0 = n * C, Cn = min(C, Tn - c0);
         // the state before chunk n
-        T* Sn = S + (bh * N + n) * (size_t)dk * dv;
-#pragma unroll
-        for (int a = 0; a < TK; ++a) {
-            const int i = k0 + tr + a * RK;
-            if (i >= dk) continue;
-#pragma unroll
-            for (int u = 0; u < TV; ++u) {
-                const int j = v0 + tc + u * RV;
-                if (j < dv) Sn[(size_t)i * dv + j] = s[a][u];
-            }
-            if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
-        }
+        tile_store<T, TK, TV, RK, RV>(s, z, S + (bh * N + n) * (size_t)dk * dv,
+                                      store_z ? Z + (bh * N + n) * dk : Z, store_z && zb,
+                                      dk, dv, k0, v0, tr, tc);
         // every global load of the chunk in one phase (one memory latency a chunk, not two)
         const size_t row0 = bh * Tn + c0;
         load_gates(g, b, row0, Cn, sg, sf, tid, nt);
@@ -245,17 +283,7 @@ __global__ void chunk_states(
         }
         __syncthreads();  // the next chunk overwrites the shared tiles
     }
-#pragma unroll
-    for (int a = 0; a < TK; ++a) {
-        const int i = k0 + tr + a * RK;
-        if (i >= dk) continue;
-#pragma unroll
-        for (int u = 0; u < TV; ++u) {
-            const int j = v0 + tc + u * RV;
-            if (j < dv) Mout[(bh * dv + j) * dk + i] = s[a][u];
-        }
-        if (zb) zout[bh * dk + i] = z[a];
-    }
+    tile_final<T, TK, TV, RK, RV>(s, z, Mout, zout, bh, zb, dk, dv, k0, v0, tr, tc);
 }
 
 // kernel 0 (STATE_ALGO "pipelined"): every row's write factor and every chunk's decay, all at once (one
@@ -327,34 +355,16 @@ __global__ void chunk_states_pf(
         rd = dec[bh * N + n];
     };
     T s[TK][TV], z[TK];
-#pragma unroll
-    for (int a = 0; a < TK; ++a) {
-        const int i = k0 + tr + a * RK;
-        z[a] = (i < dk) ? z0[bh * dk + i] : T(0);
-#pragma unroll
-        for (int u = 0; u < TV; ++u) {
-            const int j = v0 + tc + u * RV;
-            s[a][u] = (i < dk && j < dv) ? M0[(bh * dv + j) * dk + i] : T(0);
-        }
-    }
+    tile_init<T, TK, TV, RK, RV>(s, z, M0, z0, bh, dk, dv, k0, v0, tr, tc);
     fetch(0);
     for (int n = 0; n < N; ++n) {
         const int Cn = min(C, Tn - n * C);
         T* k_ = sk + (n & 1) * C * BK;
         T* v_ = sv + (n & 1) * C * BV;
         // the state before chunk n
-        T* Sn = S + (bh * N + n) * (size_t)dk * dv;
-#pragma unroll
-        for (int a = 0; a < TK; ++a) {
-            const int i = k0 + tr + a * RK;
-            if (i >= dk) continue;
-#pragma unroll
-            for (int u = 0; u < TV; ++u) {
-                const int j = v0 + tc + u * RV;
-                if (j < dv) Sn[(size_t)i * dv + j] = s[a][u];
-            }
-            if (store_z && zb) Z[(bh * N + n) * dk + i] = z[a];
-        }
+        tile_store<T, TK, TV, RK, RV>(s, z, S + (bh * N + n) * (size_t)dk * dv,
+                                      store_z ? Z + (bh * N + n) * dk : Z, store_z && zb,
+                                      dk, dv, k0, v0, tr, tc);
         // chunk n's loads (issued during chunk n - 1) into its buffer, then chunk n + 1's issued
 #pragma unroll
         for (int p = 0; p < PK; ++p)
@@ -387,17 +397,7 @@ __global__ void chunk_states_pf(
         }
         // no barrier: the next chunk writes the other buffer
     }
-#pragma unroll
-    for (int a = 0; a < TK; ++a) {
-        const int i = k0 + tr + a * RK;
-        if (i >= dk) continue;
-#pragma unroll
-        for (int u = 0; u < TV; ++u) {
-            const int j = v0 + tc + u * RV;
-            if (j < dv) Mout[(bh * dv + j) * dk + i] = s[a][u];
-        }
-        if (zb) zout[bh * dk + i] = z[a];
-    }
+    tile_final<T, TK, TV, RK, RV>(s, z, Mout, zout, bh, zb, dk, dv, k0, v0, tr, tc);
 }
 
 // kernel 1a (STATE_ALGO "scan"): every chunk's own contribution, all chunks at once (grid: sequence x
