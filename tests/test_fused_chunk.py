@@ -65,7 +65,7 @@ def recurrence(Q, K, V, g, b, M0, z0):
 def array_path(Q, K, V, g, b, M0, z0, C, need_den):
     import array_api_compat.numpy as xp
 
-    return ich._kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, True, None)
+    return ich._kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, True, None)[:4]
 
 
 @contextlib.contextmanager
@@ -84,12 +84,12 @@ def host_cupy():
         yield
 
 
-def emulated(Q, K, V, g, b, M0, z0, C, need_den, gated=True):
+def emulated(Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
     """``_fused_chunk.forward`` itself with the kernels run on the host (NumPy in, NumPy out)."""
     import array_api_compat.numpy as xp
 
     with host_cupy():
-        got = _FORWARD(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated)
+        got = _FORWARD(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated, flag=flag)
     assert got is not None, "forward did not apply"
     return got
 
@@ -109,10 +109,14 @@ CASES = [  # lead, T, dk, dv, C
 @pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES)
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -7.0, -50.0])
 @pytest.mark.parametrize("algo", fc.STATE_ALGOS)
+@pytest.mark.parametrize("out_algo", fc.OUT_ALGOS)
 def test_kernels_on_the_host_match_the_loop_and_the_array_path(
-    monkeypatch, rng, algo, dtype, lead, T, dk, dv, C, log_alpha
+    monkeypatch, rng, algo, out_algo, dtype, lead, T, dk, dv, C, log_alpha
 ):
+    if out_algo != fc.OUT_ALGO and dtype == np.float64:
+        pytest.skip("float64 has one output kernel")
     monkeypatch.setattr(fc, "STATE_ALGO", algo)
+    monkeypatch.setattr(fc, "OUT_ALGO", out_algo)
     need_den = log_alpha in (None, -7.0)
     ops = operands(rng, lead, T, dk, dv, log_alpha, dtype, state=log_alpha != 0.0)
     got = emulated(*ops, C, need_den)
@@ -142,6 +146,7 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(
             OUT_TI=2,
             OUT_TV=4,
             OUT_THREADS=32,
+            OUT_ALGO="simt",
         ),
         dict(
             STATE_ALGO="sequential",
@@ -153,6 +158,7 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(
             OUT_TI=8,
             OUT_TV=4,
             OUT_THREADS=64,
+            OUT_ALGO="simt",
         ),
         dict(
             STATE_ALGO="sequential",
@@ -164,6 +170,7 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(
             OUT_TI=2,
             OUT_TV=4,
             OUT_THREADS=256,
+            OUT_ALGO="simt",
         ),
         # the pipelined pass: fewer threads than a chunk has rows (two gates a thread), and a tile whose
         # entries a chunk do not divide by the threads
@@ -173,6 +180,11 @@ def test_kernels_on_the_host_match_the_loop_and_the_array_path(
         # does not divide the chunk count), fewer scan threads than the state has entries
         dict(DELTA_BK=16, DELTA_BV=32, DELTA_TK=2, DELTA_TV=4, SCAN_UNROLL=3, SCAN_THREADS=64),
         dict(DELTA_BK=32, DELTA_BV=16, DELTA_TK=1, DELTA_TV=1, SCAN_UNROLL=1, SCAN_THREADS=32),
+        # the tensor-core output kernel: fewer warps than strips and tiles, more warps than strips, a
+        # column tile wider than d_v
+        dict(OUT_ALGO="tf32x3", OUT_TC_BV=32, OUT_TC_THREADS=32),
+        dict(OUT_ALGO="tf32x3", OUT_TC_BV=32, OUT_TC_THREADS=128),
+        dict(OUT_ALGO="tf32x3", OUT_TC_BV=96, OUT_TC_THREADS=64),
     ],
 )
 @pytest.mark.parametrize(("T", "dk", "dv", "C"), [(100, 64, 72, 64), (70, 20, 40, 32), (9, 3, 2, 4)])
@@ -240,9 +252,9 @@ def test_device_call_site_through_the_emulated_kernels_matches_the_loop(monkeypa
     over (windows: both stacked runs) and takes back are the right ones."""
     calls = []
 
-    def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
+    def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
         calls.append((C, gated))
-        return emulated(*(np.asarray(x) for x in (Q, K, V, g, b, M0, z0)), C, need_den, gated)
+        return emulated(*(np.asarray(x) for x in (Q, K, V, g, b, M0, z0)), C, need_den, gated, flag)
 
     monkeypatch.setattr(fc, "forward", forward)
     monkeypatch.setattr(ich, "_on_host", lambda xp, device: False)
@@ -280,6 +292,10 @@ class _FakeCupy:
     def empty(shape, dtype):
         return np.full(shape, np.nan, dtype)
 
+    @staticmethod
+    def zeros(shape, dtype):
+        return np.zeros(shape, dtype)
+
     class RawModule:
         def __init__(self, code, options, name_expressions):
             self.code = code
@@ -288,7 +304,7 @@ class _FakeCupy:
             import cuda_on_host
 
             t = "double" if name.split("<")[1].startswith("double") else "float"
-            kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
+            kinds = {"P": f"const {t}*", "W": f"{t}*", "F": "int*", "i": "int"}
             types = [kinds[c] for c in fc.SIGNATURES[name.split("<")[0]]]
             kern = cuda_on_host.compile_kernel(self.code, name, types)
 
@@ -352,8 +368,8 @@ def test_bad_constants_are_refused(monkeypatch, name, value):
 def test_source_compiles_with_nvcc(tmp_path):
     inst = ""
     names = set()
-    for algo in fc.STATE_ALGOS:
-        with mock.patch.object(fc, "STATE_ALGO", algo):
+    for algo, out_algo in ((a, o) for a in fc.STATE_ALGOS for o in fc.OUT_ALGOS):
+        with mock.patch.object(fc, "STATE_ALGO", algo), mock.patch.object(fc, "OUT_ALGO", out_algo):
             names |= {
                 (nm, t)
                 for dt, t in fc._DTYPES.items()
@@ -363,7 +379,7 @@ def test_source_compiles_with_nvcc(tmp_path):
                 for nm in fc._names(np.dtype(dt), dk, C, gated)
             }
     for nm, t in sorted(names):
-        kinds = {"P": f"const {t}*", "W": f"{t}*", "i": "int"}
+        kinds = {"P": f"const {t}*", "W": f"{t}*", "F": "int*", "i": "int"}
         params = ", ".join(kinds[c] for c in fc.SIGNATURES[nm.split("<")[0]])
         inst += f"\ntemplate __global__ void {nm}({params});"
     src = tmp_path / "k.cu"
@@ -384,13 +400,17 @@ gpu = [pytest.mark.gpu, pytest.mark.skipif(not _cupy_available(), reason="no CUD
 @pytest.mark.parametrize(("lead", "T", "dk", "dv", "C"), CASES + [((2, 3), 300, 128, 128, 32)])
 @pytest.mark.parametrize("log_alpha", [None, 0.0, -50.0])
 @pytest.mark.parametrize("algo", fc.STATE_ALGOS)
+@pytest.mark.parametrize("out_algo", fc.OUT_ALGOS)
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
-def test_gpu_forward_matches_the_loop(monkeypatch, rng, algo, dtype, lead, T, dk, dv, C, log_alpha):
+def test_gpu_forward_matches_the_loop(monkeypatch, rng, algo, out_algo, dtype, lead, T, dk, dv, C, log_alpha):
     import array_api_compat.cupy as cxp
     import cupy
 
+    if out_algo != fc.OUT_ALGO and dtype == np.float64:
+        pytest.skip("float64 has one output kernel")
     monkeypatch.setattr(fc, "STATE_ALGO", algo)
+    monkeypatch.setattr(fc, "OUT_ALGO", out_algo)
     ops = operands(rng, lead, T, dk, dv, log_alpha, dtype)
     got = fc.forward(cxp, *(cupy.asarray(x) for x in ops), C, True)
     assert got is not None

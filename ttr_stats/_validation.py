@@ -59,6 +59,8 @@ class Deferred:
         self._flags = []  # device arrays of int32 verdicts (nonzero: failed), in the order of _errors
         self._errors = []  # per verdict: a function making the error to raise
         self._failed = None  # after the read: the index of the first failed verdict, or -1
+        self._pending = {}  # index in _flags -> arrays whose check waits (None there): see finite()
+        self._vouched = None  # (Y, flag or None) from vouch()
 
     def bind(self, xp, lazy=True) -> None:
         """The array namespace of the checked arrays (known once a call has converted its inputs);
@@ -68,15 +70,44 @@ class Deferred:
         self.xp = xp
         self.lazy = lazy and FUSED_FINITE and array_api_compat.is_cupy_namespace(xp)
 
-    def finite(self, named) -> None:
-        """:func:`check_finite_all` of ``named`` (name -> array or None), its verdicts kept on the card."""
+    def finite(self, named, vouchable=False) -> None:
+        """:func:`check_finite_all` of ``named`` (name -> array or None), its verdicts kept on the card.
+
+        ``vouchable=True`` (the layer's Q, K, V): the check waits, its place in the order kept, until the
+        call's output is read. A method whose arithmetic carries every non-finite entry of these arrays
+        into its output says so with :meth:`vouch`; a finite output then proves them finite, and their
+        passes over memory (three reads of (B, H, T, d) arrays a call) are never made. Without a vouch,
+        or when the output or any other check fails, they are checked as any other array (the error
+        path costs a second read). :meth:`launch_pending` starts them at once (the layer does where a
+        feature map or padding stands between them and the method).
+        """
         arrays = [(n, x) for n, x in named.items() if x is not None and math.prod(x.shape)]
         if not self.lazy or not all(_fusable(x) for _, x in arrays):
             check_finite_all(self.xp, named)  # at once, in order (a layout the kernel skips syncs anyway)
             return
         if arrays:
-            self._flags.append(_launch_finite([x for _, x in arrays]))
+            if vouchable:
+                self._pending[len(self._flags)] = [x for _, x in arrays]
+                self._flags.append(None)
+            else:
+                self._flags.append(_launch_finite([x for _, x in arrays]))
             self._errors += [lambda n=n, x=x: _nonfinite_error(self.xp, n, x) for n, x in arrays]
+
+    def launch_pending(self) -> None:
+        """Start every check that waits for a vouch (:meth:`finite`): no output will vouch for them."""
+        for i, arrays in self._pending.items():
+            self._flags[i] = _launch_finite(arrays)
+        self._pending = {}
+
+    def vouch(self, Y, flag=None) -> None:
+        """A method's promise: its output ``Y`` holds a non-finite entry wherever an array checked with
+        ``vouchable=True`` does (the IEEE arithmetic carries NaN and infinities through every product and
+        sum, and no select, clamp or normalisation drops them). ``flag``: a device int32 array of one
+        entry, nonzero where the method found ``Y`` not finite while it wrote it (else ``Y`` gets the
+        one-pass test). Only the ``Y`` object itself is vouched for: a caller that replaces it (padding
+        zeroed, rows rolled) reads the waiting checks as usual."""
+        if self.lazy:
+            self._vouched = (Y, flag)
 
     def when(self, bad, make_error) -> None:
         """Raise ``make_error()`` if the 0-d device boolean ``bad`` holds (at the read; at once off CuPy)."""
@@ -91,6 +122,7 @@ class Deferred:
         """One transfer of every verdict (and ``extra``'s flags after them); the extra flags' host copy."""
         from ._array import to_numpy
 
+        self.launch_pending()  # (a reader that did not fill them: they are checked)
         parts = self._flags + ([extra] if extra is not None else [])
         host = to_numpy(self.xp.concat(parts) if len(parts) > 1 else parts[0])  # the one sync
         n = len(self._errors)
@@ -117,12 +149,42 @@ class Deferred:
     def outputs_finite(self, Y) -> bool:
         """Whether ``Y`` is all finite, read with the input verdicts in one transfer; an input that failed
         its check raises here first (:meth:`raise_for_inputs`)."""
-        if self._failed is not None or not self._flags or not (math.prod(Y.shape) and _fusable(Y)):
+        vouched, self._vouched = self._vouched, None
+        mine = vouched is not None and vouched[0] is Y  # a vouch for this very array
+        if self._failed is not None or not self._flags or not math.prod(Y.shape):
             self.raise_for_inputs()
             return all_finite(self.xp, Y)
-        bad = self._read(_launch_finite([Y]))
+        xp = self.xp
+        if mine and vouched[1] is not None:  # the method's own verdict, written with Y
+            yflag = vouched[1]
+        elif _fusable(Y):
+            yflag = _launch_finite([Y])
+        elif mine:  # a strided Y (rows sliced off a padded result): still one read, by array operations
+            yflag = xp.astype(xp.reshape(xp.any(~xp.isfinite(Y)), (1,)), xp.int32)
+        else:
+            self.raise_for_inputs()
+            return all_finite(xp, Y)
+        if not mine or not self._pending:
+            bad = self._read(yflag)
+            self.raise_for_inputs()
+            return not bool(bad[0])
+        # the output vouches for the waiting checks: a finite Y proves them passed, so they read as 0
+        pending, flags = self._pending, list(self._flags)
+        self._pending = {}
+        for i, arrays in pending.items():
+            self._flags[i] = xp.zeros(len(arrays), dtype=xp.int32)
+        bad = self._read(yflag)
+        if bad[0] or self._failed >= 0:  # a failure somewhere: the waiting checks run (in their order)
+            self._flags, self._failed = flags, None
+            self._pending = pending
+            self._read()
         self.raise_for_inputs()
         return not bool(bad[0])
+
+    def new_flag(self):
+        """A zeroed device int32 array of one entry for a method's own output verdict (:meth:`vouch`), or
+        None off the deferred path."""
+        return self.xp.zeros(1, dtype=self.xp.int32) if self.lazy else None
 
 
 def all_finite(xp, x) -> bool:

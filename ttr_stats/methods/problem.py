@@ -59,6 +59,10 @@ class Problem(NamedTuple):
         Per-token inputs a component declares in ``token_inputs`` (PaTH's ``w`` (..., T, d_k) and ``w_beta``
         (..., T)), checked, in the call's dtype and broadcast to ``batch_shape``; not masked under
         ``lengths`` (a method that needs identities in the padding makes them).
+    checks : :class:`~ttr_stats._validation.Deferred` or None
+        The call's input checks. A method whose output carries every non-finite entry of Q, K and V
+        (only products and sums between them) may call ``checks.vouch(Y, flag)``: a finite output then
+        stands for those inputs' own finiteness tests (never the gates'); see ``Deferred.finite``.
     """
 
     xp: object
@@ -82,6 +86,7 @@ class Problem(NamedTuple):
     gated: bool = True
     sinks: int = 0
     inputs: object = None
+    checks: object = None
 
     @property
     def itemsize(self) -> int:

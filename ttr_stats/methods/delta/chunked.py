@@ -205,6 +205,11 @@ def chunked(layer, P: Problem):
         Y = Ys[0] if len(Ys) == 1 else xp.concat(Ys, axis=-3)
         S = transpose_copy(xp, St)
     Y = xp.reshape(Y, bs + (N * c, P.d_v))[..., : P.T, :]
+    if P.checks is not None and leak is None and type(opt).step_size is DeltaRule.step_size:
+        # Y vouches for the finiteness of Q, K and V (Problem.checks): with the step b itself (no key
+        # norm in a denominator, no leak) they enter only products, sums and the unit triangular solve
+        # (forward substitution), so a NaN or infinity in q_t, k_s or v_s reaches y_t for t >= s
+        P.checks.vouch(Y)
     return Y, type(S0)(S)
 
 

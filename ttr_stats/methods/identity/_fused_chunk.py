@@ -32,13 +32,17 @@ measured on an H200 (B H = 128, T = 4096, d = 64, float32, C = 32, each kernel b
 0.378 ms and ``chunk_states`` 0.865 ms (the scan moves the states through memory four times, the
 pipelined pass twice and without waiting on each chunk's loads);
 
-then kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent):
+then kernel 2, ``chunk_outputs`` (grid: sequence x chunk x d_v tile, all independent; for float32 also
+``chunk_outputs_tc`` on the tensor cores in 3xTF32, :data:`OUT_ALGO`, the same products):
 :math:`A_{ij} = (q_i\cdot k_j)(e^{G_i - G_j} b_j)` for ``j <= i`` (exactly 0 above: exact causality),
 then :math:`y_i = e^{G_i}\,q_i^\top S_n + \sum_j A_{ij} v_j` (:data:`OUT_TI` x :data:`OUT_TV` outputs a
 thread, from shared-memory tiles: q and k transposed, A transposed with its zeros, vector loads) and, for
 ``normalize="sum"``, :math:`e^{G_i} q_i^\top z_n + \sum_j A_{ij}`. Ungated layers (``gated=False``:
 linear attention, known from the layer, never from gate values) take an instance without the decays,
-the same values (0.543 against 0.576 ms gated; 0.687 ms before the rewrite).
+the same values (0.543 against 0.576 ms gated; 0.687 ms before the rewrite). The output kernel also
+reports whether any output or denominator it wrote is not finite (a flag, ``forward(flag=)``): the layer's
+input and output checks then read that flag instead of passing over Q, K, V and the outputs
+(``_validation.Deferred.vouch``; 3 x 35 us of memory-bound passes at T = 4096 on an H200).
 
 Every exponent is a difference ``G_later - G_earlier`` or a ``G`` itself, ``<= 0``: nothing overflows,
 log-gates down to -1000 (and ``-inf``, clamped) are safe, and every decay the scan multiplies by is
@@ -127,6 +131,18 @@ OUT_BV = 64
 OUT_TI = 2
 OUT_TV = 4
 OUT_THREADS = 256
+
+#: kernel 2 for float32: ``"simt"`` (the default: the float32 FMA kernel, float64's always) or ``"tf32x3"``
+#: (``chunk_outputs_tc``: the tensor cores, every product as three TF32 products of split operands,
+#: float32 accuracy). Measured on an H200 (B = 8, H = 16, d = 64, C = 32, the kernels of ``forward``):
+#: 3xTF32 is slower, 1.070 / 4.050 ms against 0.953 / 3.612 ms at T = 4096 / 16384 (relative error to
+#: float64 1.2e-6 against 9.3e-7): the kernel is bound by its loads, shared-memory traffic and the operand
+#: splits, not by multiply-adds (it does ~10 GFLOP a call at T = 4096, 25 us of the tensor cores' rate)
+OUT_ALGO = "simt"
+OUT_ALGOS = ("tf32x3", "simt")
+#: its block: the d_v columns (a multiple of 32: strips of 16 x 32 a warp) and the threads (4 warps)
+OUT_TC_BV = 64
+OUT_TC_THREADS = 128
 
 _SOURCE = r"""
 #ifndef TTR_LOG_FLOOR
@@ -579,8 +595,8 @@ template <typename T, int BV, int TI, int TV, int DK, int GATED>
 __global__ void chunk_outputs(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g,
     const T* __restrict__ b, const T* __restrict__ S, const T* __restrict__ Z, T* __restrict__ Y,
-    T* __restrict__ den, const int Tn, const int C, const int dk_arg, const int dv, const int need_den,
-    const int Cp)
+    T* __restrict__ den, int* __restrict__ bad_out, const int Tn, const int C, const int dk_arg, const int dv,
+    const int need_den, const int Cp)
 {
     constexpr int RV = BV / TV;
     const int dk = DK > 0 ? DK : dk_arg;
@@ -604,6 +620,7 @@ __global__ void chunk_outputs(
     const int c0 = n * C, Cn = min(C, Tn - c0);
     const size_t row0 = bh * Tn + c0;
     const bool dens = need_den && blockIdx.y == 0;
+    int bad = 0;                                         // a written output or denominator not finite
     for (int e = tid; e < Cp * dk; e += nt) {
         const int i = e / dk, d = e - i * dk;
         const bool in = i < Cn;
@@ -672,11 +689,16 @@ __global__ void chunk_outputs(
             T d1 = T(0), d2 = T(0);
             for (int d = 0; d < dk; ++d) d1 += sqT[d * ld + i] * sz[d];
             for (int c = 0; c <= i; ++c) d2 += sAT[c * ld + i];
-            den[row0 + i] = GATED ? d2 + se[i] * d1 : d2 + d1;
+            const T di = GATED ? d2 + se[i] * d1 : d2 + d1;
+            den[row0 + i] = di;
+            bad |= !isfinite(di);
         }
     const int RR = nt / RV;                             // row groups
     const int ri = tid / RV, cj = tid % RV;
-    if (ri >= RR) return;                               // (no barrier follows)
+    if (ri >= RR) {                                     // (no barrier follows)
+        if (bad) *bad_out = 1;
+        return;
+    }
     for (int p = 0; p < Cn; p += RR * TI) {
         const int i0 = p + ri * TI;                     // rows i0 .. i0 + TI - 1, all < Cp
         if (i0 >= Cn) break;
@@ -713,24 +735,298 @@ __global__ void chunk_outputs(
 #pragma unroll
             for (int u = 0; u < TV; ++u) {
                 const int j = v0 + cj * TV + u;
-                if (j < dv) Y[(row0 + i) * dv + j] = GATED ? yA[a][u] + ei * yS[a][u] : yA[a][u] + yS[a][u];
+                if (j < dv) {
+                    const T yv = GATED ? yA[a][u] + ei * yS[a][u] : yA[a][u] + yS[a][u];
+                    Y[(row0 + i) * dv + j] = yv;
+                    bad |= !isfinite(yv);
+                }
             }
         }
     }
+    if (bad) *bad_out = 1;                               // every writer writes the same value: no atomics
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// kernel 2tc: chunk_outputs for float32 on the tensor cores, every product by 3xTF32: each operand x is split
+// into hi = tf32(x) and lo = tf32(x - hi) (11 + 11 significant bits), and a b = lo*hi + hi*lo + hi*hi (the
+// lo*lo term, below 2^-22 |a b|, is dropped), accumulated in float32 by mma.sync m16n8k8: float32 accuracy
+// at the tensor cores' rate. On the host (tests/cuda_on_host.py, no __CUDA_ARCH__) a lane's four entries are
+// computed from shared memory with the same splits, so that the tiles, bounds and barriers are tested there;
+// the fragment layout itself (PTX ISA, mma.m16n8k8 .tf32) only on a card.
+__device__ __forceinline__ float tf32_round(const float x)
+{
+#ifdef __CUDA_ARCH__
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return __uint_as_float(r);
+#else
+    unsigned u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;  // nearest, ties away from 0
+    float y;
+    memcpy(&y, &u, 4);
+    return y;
+#endif
+}
+
+// a 16 x 8 tile of A (A[r][c] = p[r * ld + c]) and an 8 x 8 tile of B (B[c][n] = p[c * sk + n * sn]) as
+// this lane holds them: on a card the split fragments, on the host the tile's address
+struct FragA {
+#ifdef __CUDA_ARCH__
+    unsigned h[4], l[4];
+#else
+    const float* p; int ld;
+#endif
+};
+struct FragB {
+#ifdef __CUDA_ARCH__
+    unsigned h[2], l[2];
+#else
+    const float* p; int sk, sn;
+#endif
+};
+
+__device__ __forceinline__ void split_tf32(const float x, unsigned& h, unsigned& l)
+{
+    const float xh = tf32_round(x);
+    const float xl = tf32_round(x - xh);
+#ifdef __CUDA_ARCH__
+    h = __float_as_uint(xh);
+    l = __float_as_uint(xl);
+#else
+    memcpy(&h, &xh, 4);
+    memcpy(&l, &xl, 4);
+#endif
+}
+
+__device__ __forceinline__ void load_a(FragA& f, const float* p, const int ld, const int lane)
+{
+#ifdef __CUDA_ARCH__
+    const int g = lane >> 2, t = lane & 3;
+    split_tf32(p[g * ld + t], f.h[0], f.l[0]);
+    split_tf32(p[(g + 8) * ld + t], f.h[1], f.l[1]);
+    split_tf32(p[g * ld + t + 4], f.h[2], f.l[2]);
+    split_tf32(p[(g + 8) * ld + t + 4], f.h[3], f.l[3]);
+#else
+    f.p = p; f.ld = ld; (void)lane;
+#endif
+}
+
+__device__ __forceinline__ void load_b(FragB& f, const float* p, const int sk, const int sn, const int lane)
+{
+#ifdef __CUDA_ARCH__
+    const int g = lane >> 2, t = lane & 3;
+    split_tf32(p[t * sk + g * sn], f.h[0], f.l[0]);
+    split_tf32(p[(t + 4) * sk + g * sn], f.h[1], f.l[1]);
+#else
+    f.p = p; f.sk = sk; f.sn = sn; (void)lane;
+#endif
+}
+
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ void mma_tf32(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2])
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// c (this lane's entries of the 16 x 8 tile: rows g, g, g + 8, g + 8, columns 2t, 2t + 1, 2t, 2t + 1 with
+// g = lane / 4, t = lane % 4) += A B, 3xTF32
+__device__ __forceinline__ void mma3(float (&c)[4], const FragA& a, const FragB& b, const int lane)
+{
+#ifdef __CUDA_ARCH__
+    (void)lane;
+    mma_tf32(c, a.l, b.h);
+    mma_tf32(c, a.h, b.l);
+    mma_tf32(c, a.h, b.h);
+#else
+    const int g = lane >> 2, t = lane & 3;
+    for (int r = 0; r < 4; ++r) {
+        const int i = g + (r >= 2 ? 8 : 0), n = 2 * t + (r & 1);
+        float lo = 0.0f, hi = 0.0f;
+        for (int k = 0; k < 8; ++k) {
+            const float x = a.p[i * a.ld + k], y = b.p[k * b.sk + n * b.sn];
+            const float xh = tf32_round(x), xl = tf32_round(x - xh);
+            const float yh = tf32_round(y), yl = tf32_round(y - yh);
+            lo += xl * yh + xh * yl;
+            hi += xh * yh;
+        }
+        c[r] += lo + hi;
+    }
+#endif
+}
+
+// Block (sequence * N + chunk, d_v tile of BV columns), 4 warps. Cp: the chunk's rows padded to a multiple
+// of 16 (zero rows past its end); d_k padded to dkp, a multiple of 8 (zero columns). Row strides 4 (mod 8)
+// words for the A-side tiles and 8 (mod 32) for the B-side ones: a fragment's 32 loads hit 32 banks.
+//  1. A = Q K^T by 16 x 8 tiles (tiles wholly above the diagonal skipped), then A_ij *= e^{G_i - G_j} b_j
+//     for j <= i, exactly 0 elsewhere (exact causality);
+//  2. (gated) the query rows scaled by e^{G_i} in place;
+//  3. y = Q_g S_n + A V by 16 x 32 strips a warp (four 16 x 8 tiles), A's columns up to the strip's last row.
+template <int BV, int DK, int GATED>
+__global__ void __launch_bounds__(128) chunk_outputs_tc(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ g, const float* __restrict__ b, const float* __restrict__ S,
+    const float* __restrict__ Z, float* __restrict__ Y, float* __restrict__ den, int* __restrict__ bad_out,
+    const int Tn, const int C, const int dk_arg, const int dv, const int need_den, const int Cp)
+{
+    const int dk = DK > 0 ? DK : dk_arg;
+    const int dkp = (dk + 7) & ~7;
+    const int ldq = dkp + 4, lda = Cp + 4, ldv = BV + 8;
+    extern __shared__ unsigned char smem_raw[];
+    double* sg = reinterpret_cast<double*>(smem_raw);    // (Cp,) clamped log-gates
+    double* sG = sg + Cp;                                // (Cp,) cumulative sums
+    float* se = reinterpret_cast<float*>(sG + Cp);       // (Cp,) float(exp(G_i))
+    float* sb = se + Cp;                                 // (Cp,)
+    float* sq = sb + Cp;                                 // (Cp, ldq) queries (then scaled by e^{G_i})
+    float* sk = sq + Cp * ldq;                           // (Cp, ldq) keys
+    float* sA = sk + Cp * ldq;                           // (Cp, lda) A, exactly 0 above the diagonal
+    float* sv = sA + Cp * lda;                           // (Cp, ldv) values
+    float* sS = sv + Cp * ldv;                           // (dkp, ldv) the state tile
+    float* sz = sS + dkp * ldv;                          // (dkp,)
+    const int N = (Tn + C - 1) / C;
+    const size_t bh = blockIdx.x / N;
+    const int n = blockIdx.x % N;
+    const int v0 = blockIdx.y * BV;
+    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
+    const int c0 = n * C, Cn = min(C, Tn - c0);
+    const size_t row0 = bh * Tn + c0;
+    const bool dens = need_den && blockIdx.y == 0;
+    int bad = 0;                                         // a written output or denominator not finite
+    for (int e = tid; e < Cp * dkp; e += nt) {
+        const int i = e / dkp, d = e - i * dkp;
+        const bool in = i < Cn && d < dk;
+        sq[i * ldq + d] = in ? q[(row0 + i) * dk + d] : 0.0f;
+        sk[i * ldq + d] = in ? k[(row0 + i) * dk + d] : 0.0f;
+    }
+    for (int e = tid; e < Cp * BV; e += nt) {
+        const int c = e / BV, j = e - c * BV;
+        sv[c * ldv + j] = (c < Cn && v0 + j < dv) ? v[(row0 + c) * dv + v0 + j] : 0.0f;
+    }
+    const float* Sn = S + (bh * N + n) * (size_t)dk * dv;
+    for (int e = tid; e < dkp * BV; e += nt) {
+        const int d = e / BV, j = e - d * BV;
+        sS[d * ldv + j] = (d < dk && v0 + j < dv) ? Sn[(size_t)d * dv + v0 + j] : 0.0f;
+    }
+    if (dens)
+        for (int d = tid; d < dkp; d += nt) sz[d] = d < dk ? Z[(bh * N + n) * dk + d] : 0.0f;
+    for (int c = tid; c < Cp; c += nt) {
+        if (GATED) {
+            const double x = c < Cn ? (double)g[row0 + c] : 0.0;
+            sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
+        }
+        sb[c] = c < Cn ? b[row0 + c] : 0.0f;
+    }
+    __syncthreads();
+    if (GATED) {
+        for (int c = tid; c < Cp; c += nt) {
+            sG[c] = prefix_sum(sg, c);
+            se[c] = (float)exp(sG[c]);
+        }
+        __syncthreads();
+    }
+    const int gq = lane >> 2, tq = lane & 3;
+    const int MT = Cp / 16, NA = Cp / 8;
+    for (int tile = warp; tile < MT * NA; tile += nw) {  // 1. A, every entry of the Cp x Cp tile written
+        const int i0 = (tile / NA) * 16, j0 = (tile % NA) * 8;
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (j0 <= i0 + 15 && j0 < Cn && i0 < Cn) {
+            for (int kk = 0; kk < dkp; kk += 8) {
+                FragA fa;
+                FragB fb;
+                load_a(fa, sq + i0 * ldq + kk, ldq, lane);
+                load_b(fb, sk + j0 * ldq + kk, 1, ldq, lane);
+                mma3(acc, fa, fb, lane);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const int i = i0 + gq + (r >= 2 ? 8 : 0), j = j0 + 2 * tq + (r & 1);
+            float val = 0.0f;
+            if (j <= i && i < Cn)
+                val = GATED ? acc[r] * (exp_in<float>(sG[i] - sG[j]) * sb[j]) : acc[r] * sb[j];
+            sA[i * lda + j] = val;
+        }
+    }
+    __syncthreads();
+    if (GATED) {                                         // 2. Q_g = diag(e^{G}) Q (A has read Q)
+        for (int e = tid; e < Cn * dkp; e += nt) {
+            const int i = e / dkp;
+            sq[i * ldq + (e - i * dkp)] *= se[i];
+        }
+        __syncthreads();
+    }
+    if (dens)
+        for (int i = tid; i < Cn; i += nt) {
+            float d1 = 0.0f, d2 = 0.0f;
+            for (int d = 0; d < dk; ++d) d1 += sq[i * ldq + d] * sz[d];
+            for (int c = 0; c <= i; ++c) d2 += sA[i * lda + c];
+            const float di = d2 + d1;
+            den[row0 + i] = di;
+            bad |= !isfinite(di);
+        }
+    constexpr int NG = BV / 32;
+    for (int pr = warp; pr < MT * NG; pr += nw) {        // 3. y, a 16 x 32 strip a warp
+        const int i0 = (pr / NG) * 16, cs = (pr % NG) * 32;
+        if (i0 >= Cn) continue;
+        float acc[4][4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[u][r] = 0.0f;
+        for (int kk = 0; kk < dkp; kk += 8) {
+            FragA fa;
+            load_a(fa, sq + i0 * ldq + kk, ldq, lane);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                FragB fb;
+                load_b(fb, sS + kk * ldv + cs + 8 * u, ldv, 1, lane);
+                mma3(acc[u], fa, fb, lane);
+            }
+        }
+        const int kend = min(i0 + 16, Cp);               // A is exactly 0 right of the strip's last row
+        for (int kk = 0; kk < kend; kk += 8) {
+            FragA fa;
+            load_a(fa, sA + i0 * lda + kk, lda, lane);
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                FragB fb;
+                load_b(fb, sv + kk * ldv + cs + 8 * u, ldv, 1, lane);
+                mma3(acc[u], fa, fb, lane);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int i = i0 + gq + (r >= 2 ? 8 : 0), j = v0 + cs + 8 * u + 2 * tq + (r & 1);
+                if (i < Cn && j < dv) {
+                    Y[(row0 + i) * dv + j] = acc[u][r];
+                    bad |= !isfinite(acc[u][r]);
+                }
+            }
+    }
+    if (bad) *bad_out = 1;                               // every writer writes the same value: no atomics
 }
 """
 
 _DTYPES = {"f": "float", "d": "double"}  # by ``dtype.char`` (``str(dtype)`` costs microseconds a call)
 _MODULES = {}
 
-#: each kernel's parameters: P a ``const T*``, W a ``T*``, i an ``int`` (host emulation reads these)
+#: each kernel's parameters: P a ``const T*``, W a ``T*``, F an ``int*`` (a flag), i an ``int`` (host
+#: emulation reads these)
 SIGNATURES = {
     "chunk_states": "PPPPPPWWWWiiiii",
     "chunk_states_pf": "PPPPPPWWWWiiiii",
     "chunk_factors": "PPWWiii",
     "chunk_deltas": "PPPPWWWiiii",
     "chunk_scan": "WWPPPWWiiiiiii",
-    "chunk_outputs": "PPPPPPPWWiiiiii",
+    "chunk_outputs": "PPPPPPPWWFiiiiii",
+    "chunk_outputs_tc": "PPPPPPPWWFiiiiii",
 }
 
 
@@ -749,6 +1045,8 @@ def _names(dt, dk=0, C=32, gated=True):
     t = _DTYPES[dt.char]
     DK = dk if dk in SPECIALISED_D else 0
     out = f"chunk_outputs<{t}, {OUT_BV}, {OUT_TI}, {OUT_TV}, {DK}, {int(bool(gated))}>"
+    if _tensor_cores(dt.itemsize):
+        out = f"chunk_outputs_tc<{OUT_TC_BV}, {DK}, {int(bool(gated))}>"
     if STATE_ALGO == "sequential":
         return (f"chunk_states<{t}, {STATE_BK}, {STATE_BV}, {STATE_TK}, {STATE_TV}>", out)
     if STATE_ALGO == "pipelined":
@@ -791,6 +1089,13 @@ def _check_layout():
         raise ValueError(f"SCAN_UNROLL={SCAN_UNROLL} and SCAN_THREADS={SCAN_THREADS} must be >= 1")
     if OUT_BV % 4 or OUT_TI < 1:  # (vector loads of its tiles' rows)
         raise ValueError(f"OUT_BV={OUT_BV} must be a multiple of 4 and OUT_TI={OUT_TI} at least 1")
+    if OUT_ALGO not in OUT_ALGOS:
+        raise ValueError(f"OUT_ALGO={OUT_ALGO!r} must be one of {OUT_ALGOS}")
+    if OUT_TC_BV < 32 or OUT_TC_BV % 32 or not 32 <= OUT_TC_THREADS <= 128 or OUT_TC_THREADS % 32:
+        raise ValueError(
+            f"OUT_TC_BV={OUT_TC_BV} must be a positive multiple of 32 and OUT_TC_THREADS={OUT_TC_THREADS} "
+            "a multiple of 32 up to 128 (the kernel's launch bounds)"
+        )
     if OUT_THREADS < OUT_BV // OUT_TV:
         raise ValueError(f"OUT_THREADS={OUT_THREADS} must be at least OUT_BV // OUT_TV = {OUT_BV // OUT_TV}")
 
@@ -817,17 +1122,28 @@ def state_shared_bytes(C, itemsize):
     return 16 * C + (C + C * (bk + bv)) * itemsize
 
 
-def out_rows(C):
+def _tensor_cores(itemsize) -> bool:
+    """Whether kernel 2 runs on the tensor cores (:data:`OUT_ALGO`; float32 only)."""
+    return OUT_ALGO == "tf32x3" and itemsize == 4
+
+
+def out_rows(C, itemsize=8):
     """The rows of a ``chunk_outputs`` block's tiles: C padded to a multiple of 4 (its A tiles) and of
-    the rows a pass of its threads covers."""
+    the rows a pass of its threads covers; for ``chunk_outputs_tc``, to a multiple of 16 (its mma tiles)."""
+    if _tensor_cores(itemsize):
+        return -(-C // 16) * 16
     rows = OUT_THREADS // (OUT_BV // OUT_TV) * OUT_TI
     unit = rows * 4 // math.gcd(rows, 4)
     return -(-C // unit) * unit
 
 
 def out_shared_bytes(C, dk, itemsize):
-    """Dynamic shared memory of a ``chunk_outputs`` block."""
-    Cp = out_rows(C)
+    """Dynamic shared memory of a ``chunk_outputs`` (or ``chunk_outputs_tc``) block."""
+    Cp = out_rows(C, itemsize)
+    if _tensor_cores(itemsize):
+        dkp = -(-dk // 8) * 8
+        ldq, lda, ldv = dkp + 4, Cp + 4, OUT_TC_BV + 8
+        return 16 * Cp + (2 * Cp + 2 * Cp * ldq + Cp * lda + Cp * ldv + dkp * ldv + dkp) * 4
     ld = Cp + 4
     return 16 * Cp + (2 * Cp + 2 * dk * ld + Cp * ld + Cp * OUT_BV + dk * OUT_BV + dk) * itemsize
 
@@ -837,10 +1153,12 @@ def scan_blocks(dk, dv, has_z=True):
     return -(-(dk * dv + (dk if has_z else 0)) // SCAN_THREADS)
 
 
-def layouts(BH, T, C, dk, dv):
+def layouts(BH, T, C, dk, dv, itemsize=8):
     """``(grid, block)`` of every kernel, in launch order (as :func:`_names`)."""
     N = -(-T // C)
     out = ((BH * N, -(-dv // OUT_BV)), (OUT_THREADS,))
+    if _tensor_cores(itemsize):
+        out = ((BH * N, -(-dv // OUT_TC_BV)), (OUT_TC_THREADS,))
     if STATE_ALGO == "sequential":
         return (((BH, -(-dk // STATE_BK), -(-dv // STATE_BV)), (state_threads(),)), out)
     if STATE_ALGO == "pipelined":
@@ -871,14 +1189,17 @@ def applies(xp, dtype, C, dk, dv) -> bool:
     return state_shared_bytes(C, it) <= lim and out_shared_bytes(C, dk, it) <= lim
 
 
-def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
+def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
     """``(y, den, M, z)`` of the unwindowed chunked recurrence (as ``chunked._kernel``), or ``None`` where
     the kernels do not apply.
 
     Q, K (..., T, d_k), V (..., T, d_v), g (..., T, 1) log-gates (scalar decay), b (..., T), M0
     (..., d_v, d_k), z0 (..., d_k); ``den`` is None unless ``need_den``. ``gated=False`` promises that
     every log-gate is 0 (known from the layer and the call, ``Problem.gated``): the output kernel then
-    skips the decays (the same values).
+    skips the decays (the same values). ``flag``: a device int32 array of one entry that the output
+    kernel sets to 1 if any output (or denominator) it writes is not finite, and leaves as it is
+    otherwise (the caller zeroes it; ``_validation.Deferred.vouch`` reads it): no pass over the outputs
+    to test them.
     """
     lead, (T, dk), dv, dt = Q.shape[:-2], Q.shape[-2:], V.shape[-1], Q.dtype
     if g.shape[-1] != 1 or T == 0 or math.prod(lead) == 0 or not applies(xp, dt, C, dk, dv):
@@ -899,7 +1220,7 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
     z = cupy.empty((BH, dk), dtype=dt)
     Y = cupy.empty((BH, T, dv), dtype=dt)
     den = cupy.empty((BH, T) if need_den else (1,), dtype=dt)
-    lay, fns = layouts(BH, T, C, dk, dv), _functions(dt, dk, C, gated)
+    lay, fns = layouts(BH, T, C, dk, dv, dt.itemsize), _functions(dt, dk, C, gated)
     i32 = cupy.int32
     s1, s2 = state_shared_bytes(C, dt.itemsize), out_shared_bytes(C, dk, dt.itemsize)
     for f, s in ((fns[1 if STATE_ALGO == "pipelined" else 0], s1), (fns[-1], s2)):  # the shared-memory users
@@ -920,7 +1241,10 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True):
         fns[0](*lay[0], (k, v, gf, bf, S, Z, dec, *dims), shared_mem=s1)
         fns[1](*lay[1], (S, Z, dec, m0, zz0, M, z, i32(N), i32(dk), i32(dv), i32(scan_blocks(dk, dv)),
                          i32(1), i32(0), i32(1)))  # fmt: skip
-    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, *dims, i32(need_den), i32(out_rows(C))), shared_mem=s2)
+    if flag is None:
+        flag = cupy.zeros(1, dtype=i32)
+    rows = i32(out_rows(C, dt.itemsize))
+    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, flag, *dims, i32(need_den), rows), shared_mem=s2)
     return (
         xp.reshape(Y, lead + (T, dv)),
         xp.reshape(den, lead + (T,)) if need_den else None,

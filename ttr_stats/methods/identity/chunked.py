@@ -196,13 +196,22 @@ def chunked(layer, P):
         g = xp.broadcast_to(g, (2,) + g.shape)
         M0 = xp.stack([M0, xp.zeros_like(M0)])
         z0 = xp.stack([z0, xp.zeros_like(z0)])
-    y, den, M, z = _kernel(
-        xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev, gated=P.gated
+    # the output vouches for the finiteness of Q, K and V (Problem.checks) where it is y itself: every
+    # entry of them reaches y through products and sums (a NaN or infinity in q_t, k_s or v_s makes y_t,
+    # t >= s, non-finite: 0 * inf is NaN), while the normalisations' selects (finish) and the window's
+    # difference are left out
+    vouch = P.checks is not None and not windowed and getattr(opt, "normalize", None) is None
+    flag = P.checks.new_flag() if vouch else None
+    y, den, M, z, flagged = _kernel(
+        xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev, gated=P.gated, flag=flag
     )
     if windowed:
         y, M, z = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...], z[0, ...] - z[1, ...]
         den = den[0, ...] - den[1, ...] if need_den else None
-    return opt.finish(xp, y, den), LinearAttentionState(M, z)  # den is None unless finish reads it
+    Y = opt.finish(xp, y, den)  # den is None unless finish reads it
+    if vouch and Y is y:
+        P.checks.vouch(Y, flag if flagged else None)
+    return Y, LinearAttentionState(M, z)
 
 
 def clamped_log_gates(xp, g, dev):
@@ -234,19 +243,21 @@ def _window_log_sum(xp, g, w, dev):
     return out[..., :T, :]
 
 
-def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True):
-    """The unwindowed chunked recurrence on raw outputs: ``(y, den, M, z)``.
+def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True, flag=None):
+    """The unwindowed chunked recurrence on raw outputs: ``(y, den, M, z, flagged)``.
 
     ``y`` (..., T, d_v) = M_t q_t, ``den`` (..., T) = q_t^T z_t (None unless ``need_den``), ``M``, ``z``:
     the state after step T. ``gated=False`` promises every log-gate is 0 (``Problem.gated``; the fused
-    output kernel then skips the decays).
+    output kernel then skips the decays). ``flag`` (a zeroed device int32 array of one entry, or None):
+    the fused kernels set it where an output is not finite; ``flagged`` says whether they ran (else the
+    flag is untouched and says nothing).
     """
     T, dv, dt = Q.shape[-2], V.shape[-1], Q.dtype
     per_dim = g.shape[-1] > 1
     if not host and not per_dim and _fused_chunk.ENABLED:  # CuPy: two kernels on the unpadded inputs
-        fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated)
+        fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated, flag=flag)
         if fused is not None:
-            return fused
+            return fused + (flag is not None,)
     N = -(-T // C)
     Cp = 1 << (C - 1).bit_length() if per_dim else C  # the halving needs a power of two
     lead = Q.shape[:-2]
@@ -264,7 +275,7 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True):
         G = xp.cumulative_sum(g64[..., 0], axis=-1)  # (..., N, C): log-decay from the chunk start
         if host:
             M, z = _scalar_host(xp, Qc, Kc, Vc, G, g64[..., 0], bc[..., 0], M0, z0, out, dout, dev)
-            return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
+            return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z, False)
     else:
         gc = _chunks(xp, g, N, C, Cp, dev)  # padded with log-gate 0: the padding does not decay
     step = max(1, HOST_BLOCK_TOKENS // Cp) if host else N
@@ -309,7 +320,7 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True):
             y, den = _intra_reads(xp, A, v, need_den)
             yS, dS, M, z = _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den)
             out, dout = y + yS, (den + dS if need_den else None)
-    return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z)
+    return _unchunk(xp, out, dout, lead, C, T, dv) + (M, z, False)
 
 
 def _intra_reads(xp, A, v, need_den):
