@@ -141,9 +141,11 @@ class Gaussian(Similarity):
 
     def log_weights(self, xp, Q, K):
         h2 = float(self.bandwidth) ** 2
+        if array_api_compat.is_numpy_namespace(xp):
+            # the factor -1 / (2 h^2) inside the augmented product (:func:`_expansion`): one pass over
+            # the (n_q, n_k) result instead of two (clip, divide), the same expansion to rounding
+            return _expansion(Q, K, -0.5 / h2)
         d2 = sq_distances(xp, Q, K)
-        if array_api_compat.is_numpy_namespace(xp):  # in place on the fresh array: the same values
-            return np.divide(d2, -2.0 * h2, out=d2)
         return -d2 / (2.0 * h2)
 
 
@@ -159,23 +161,41 @@ def sq_distances(xp, X, Y):
     1.4e-9 off with the plain expansion, at rounding with the shift). A kernel exp(-d^2 / 2h^2) is off by
     at most that error / 2h^2 relative.
     """
+    if array_api_compat.is_numpy_namespace(xp):
+        return _expansion(X, Y, 1.0)
     if Y.shape[-2] > 0:
         ref = Y[..., :1, :]
         X, Y = X - ref, Y - ref
-    if array_api_compat.is_numpy_namespace(xp):
-        # NumPy: one product of the augmented rows [x, ||x||^2, 1] . [-2y, 1, ||y||^2] gives the same
-        # expansion (summed in the product's order) with no (n_x, n_y) temporaries: at d = 2 the five
-        # elementwise passes cost 7x the product itself (n_x = 512, n_y = 2000, one core)
-        xx = np.einsum("...i,...i->...", X, X)[..., None]
-        yy = np.einsum("...i,...i->...", Y, Y)[..., None]
-        Xa = np.concatenate([X, xx, np.ones_like(xx)], axis=-1)
-        Ya = np.concatenate([-2.0 * Y, np.ones_like(yy), yy], axis=-1)
-        d2 = np.matmul(Xa, np.swapaxes(Ya, -1, -2))
-        return np.maximum(d2, 0.0, out=d2)
     xx = xp.sum(X * X, axis=-1)[..., :, None]
     yy = xp.sum(Y * Y, axis=-1)[..., None, :]
     d2 = xx + yy - 2.0 * xp.matmul(X, xp.matrix_transpose(Y))
     return xp.maximum(d2, xp.zeros((), dtype=d2.dtype, device=_array.device(d2)))
+
+
+def _expansion(X, Y, c):
+    """NumPy :func:`sq_distances` times ``c != 0``: ``c ||x - y||^2``, clipped at 0 (from above for
+    ``c < 0``), after the same shift by Y's first row.
+
+    One product of the augmented rows ``[x, ||x||^2, 1] . c [-2y, 1, ||y||^2]`` gives the expansion
+    (summed in the product's order) with no (n_x, n_y) temporaries: at d = 2 the five elementwise passes
+    cost 7x the product itself (n_x = 512, n_y = 2000, one core). ``c = 1`` is :func:`sq_distances`
+    itself (the same products); another ``c`` (a Gaussian's ``-1 / (2 h^2)``) scales the three columns of
+    Y instead of the (n_x, n_y) result: one more rounding of those columns (relative ``eps``, within the
+    expansion's own error; none where c is a power of two) instead of a pass that divides the result
+    (4 x 128 by 500 pairs, one core: clip 0.06 ms, divide 0.13 ms).
+    """
+    if Y.shape[-2] > 0:
+        ref = Y[..., :1, :]
+        X, Y = X - ref, Y - ref
+    xx = np.einsum("...i,...i->...", X, X)[..., None]
+    yy = np.einsum("...i,...i->...", Y, Y)[..., None]
+    Xa = np.concatenate([X, xx, np.ones_like(xx)], axis=-1)
+    if c == 1.0:
+        Ya = np.concatenate([-2.0 * Y, np.ones_like(yy), yy], axis=-1)
+    else:
+        Ya = np.concatenate([(-2.0 * c) * Y, np.full_like(yy, c), c * yy], axis=-1)
+    d2 = np.matmul(Xa, np.swapaxes(Ya, -1, -2))
+    return np.maximum(d2, 0.0, out=d2) if c > 0 else np.minimum(d2, 0.0, out=d2)
 
 
 #: bytes of the (n_x, n_y, features) differences :func:`l1_distances` forms at a time

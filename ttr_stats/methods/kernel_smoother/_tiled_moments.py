@@ -36,12 +36,14 @@ per query, from that query's own moments, so causality stays exact.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import array_api_compat
 import numpy as np
 
 from ... import _array
+from ._tiles import unshifted_ok
 
 #: block length (queries and keys) when the call gives no ``chunk_size``, and the bytes of one step's
 #: tiles: a few 128 x 128 tiles per step stay in cache (one BLAS thread, n = 2000, d = 8, CPU seconds:
@@ -88,13 +90,21 @@ def per_pair(c, d_k, d_v):
     return 3 + 2 * n_features(d_k, d_v) // c
 
 
+@functools.lru_cache(maxsize=64)
 def _triangle(d):
     """Row-major indices of the upper triangle (with the diagonal) of a d x d matrix, and for each of
     the d * d entries the index of its triangle entry."""
     upper = [(a, b) for a in range(d) for b in range(a, d)]
     where = {ab: i for i, ab in enumerate(upper)}
     full = [where[(min(a, b), max(a, b))] for a in range(d) for b in range(d)]
-    return [a for a, _ in upper], [b for _, b in upper], full
+    return tuple(a for a, _ in upper), tuple(b for _, b in upper), tuple(full)
+
+
+@functools.lru_cache(maxsize=64)
+def _diagonal(d):
+    """Positions of the diagonal entries in :func:`_triangle`'s row-major upper triangle."""
+    ia, ib, _ = _triangle(d)
+    return tuple(i for i, (a, b) in enumerate(zip(ia, ib, strict=True)) if a == b)
 
 
 def _shift(xp, m):
@@ -121,6 +131,10 @@ def centres(xp, plan, j):
 def _nearest_to_mean(xp, K, V):
     """The key (*batch, 1, d_k) nearest the mean of the keys ``K`` (*batch, n, d_k), and its value; the
     first such key on ties."""
+    if array_api_compat.is_numpy_namespace(xp):  # the same operations without the wrappers' overhead
+        D = K - np.mean(K, axis=-2, keepdims=True)
+        i = np.argmin(np.sum(D * D, axis=-1), axis=-1)[..., None, None]
+        return np.take_along_axis(K, i, axis=-2), np.take_along_axis(V, i, axis=-2)
     mean = xp.mean(K, axis=-2, keepdims=True)
     D = K - mean
     i = xp.argmin(xp.sum(D * D, axis=-1), axis=-1)  # (*batch,)
@@ -134,21 +148,27 @@ def _features(xp, E, U):
     d, dv = E.shape[-1], U.shape[-1]
     ones = xp.ones(E.shape[:-1] + (1,), dtype=E.dtype, device=_array.device(E))
     ia, ib, _ = _triangle(d)
-    dev = _array.device(E)
-    ee = xp.take(E, xp.asarray(ia, device=dev), axis=-1) * xp.take(E, xp.asarray(ib, device=dev), axis=-1)
+    if array_api_compat.is_numpy_namespace(xp):
+        ee = np.take(E, ia, axis=-1) * np.take(E, ib, axis=-1)
+    else:
+        dev = _array.device(E)
+        ee = xp.take(E, xp.asarray(ia, device=dev), axis=-1) * xp.take(E, xp.asarray(ib, device=dev), axis=-1)
     eu = xp.reshape(E[..., :, None] * U[..., None, :], E.shape[:-1] + (d * dv,))
     uu = U * U
     return xp.concat([ones, E, U, ee, eu, uu], axis=-1)
 
 
 def accumulate(xp, plan, blocks, d_k, d_v):
-    """Moments S (per block: (*batch, c, nf)) and row maxima of the query blocks ``blocks``."""
+    """Moments S (per block: (*batch, c, nf)) of the query blocks ``blocks``, each row's up to a positive
+    factor (its weights' shift: the online maximum, or none where :func:`._tiles.unshifted_ok` accepts the
+    plain exponentials), and the centres."""
     nf = n_features(d_k, d_v)
     m = plan.zeros((), -math.inf)
     S = plan.zeros((nf,))
     cen = [centres(xp, plan, j) for j in range(plan.nbq)]
     inplace = array_api_compat.is_numpy_namespace(xp)
     shared, F, F_block = not plan.P.causal, None, None
+    seen = [False] * plan.nbq  # whether a query block has met a key block yet
     for st in plan.steps(blocks=blocks):
         if shared:  # one centre: the key block's features serve every query block (steps go key block
             if F_block != st.k0:  # by key block, so each is made once per call)
@@ -158,18 +178,33 @@ def accumulate(xp, plan, blocks, d_k, d_v):
             ck = xp.stack([cen[j][0] for j in range(st.q0, st.q1)], axis=plan.nbatch)  # (*b, n, 1, d_k)
             cv = xp.stack([cen[j][1] for j in range(st.q0, st.q1)], axis=plan.nbatch)
             F = _features(xp, st.K - ck, st.V - cv)  # (*b, n, c_k, nf)
+        if plan.unshifted:  # one key block: exp(log w) without the row maxima where it is as good
+            new = xp.matmul(np.exp(st.logw, out=st.logw), F)
+            if unshifted_ok(new[..., 0], new):  # (S scaled by e^m per row: solve divides it out)
+                plan.scatter(S, st, new)
+                seen[st.q0 : st.q1] = [True] * (st.q1 - st.q0)
+                continue
+            st = plan.redo(st)  # rejected (an underflow or overflow): the shifted sums below
         s = st.logw
-        m0 = plan.gather(m, st)
-        m1 = xp.maximum(m0, xp.max(s, axis=-1))
+        first = not any(seen[st.q0 : st.q1])  # every row still empty: m0 = -inf, S = 0
+        if first:
+            m1 = xp.max(s, axis=-1)
+        else:
+            m0 = plan.gather(m, st)
+            m1 = xp.maximum(m0, xp.max(s, axis=-1))
         sh = _shift(xp, m1)
         if inplace:  # NumPy: the step's log-weights are its own fresh array
             s -= sh[..., None]
             p = np.exp(s, out=s)
         else:
             p = xp.exp(s - sh[..., None])
-        scale = xp.exp(m0 - sh)  # 0 while the row had no pair
-        plan.scatter(S, st, plan.gather(S, st) * scale[..., None] + xp.matmul(p, F))
+        new = xp.matmul(p, F)
+        if not first:  # (a first visit's scale is exp(-inf) = 0 on S = 0: new is the sum)
+            scale = xp.exp(m0 - sh)  # 0 while the row had no pair
+            new = plan.gather(S, st) * scale[..., None] + new
+        plan.scatter(S, st, new)
         plan.scatter(m, st, m1)
+        seen[st.q0 : st.q1] = [True] * (st.q1 - st.q0)
     return S, cen
 
 
@@ -189,13 +224,15 @@ def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
     ubar = Sj[..., 1 + d_k : 1 + d_k + d_v] * inv[..., None]
     o = 1 + d_k + d_v
     n_tri = d_k * (d_k + 1) // 2
-    full = xp.asarray(_triangle(d_k)[2], device=dev)
-    See = xp.take(Sj[..., o : o + n_tri], full, axis=-1)  # the symmetric matrix from its triangle
-    See = xp.reshape(See, s0.shape + (d_k, d_k)) * inv[..., None, None]
+    ia, ib, full = (xp.asarray(i, device=dev) for i in _triangle(d_k))
+    diag = xp.asarray(_diagonal(d_k), device=dev)
+    See = Sj[..., o : o + n_tri] * inv[..., None]  # the upper triangle of S_ee / S_0
+    Ctri = See - xp.take(mu, ia, axis=-1) * xp.take(mu, ib, axis=-1)  # C's triangle
+    # the symmetric matrix from its triangle (both triangles are the same products)
+    C = xp.reshape(xp.take(Ctri, full, axis=-1), s0.shape + (d_k, d_k))
     o += n_tri
     Seu = xp.reshape(Sj[..., o : o + d_k * d_v], s0.shape + (d_k, d_v)) * inv[..., None, None]
     Suu = Sj[..., -d_v:] * inv[..., None]
-    C = See - mu[..., :, None] * mu[..., None, :]  # symmetric: both triangles are the same products
     Czv = Seu - mu[..., :, None] * ubar[..., None, :]
     B = reg._coef_solve(xp, C, Czv)
     ck = xp.stack([cen[j][0] for j in range(j0, j1)], axis=nb)  # (*b, n, 1, d_k)
@@ -206,8 +243,8 @@ def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
     y = xp.where(some[..., None], y, zero)  # no pair of positive weight: the empty memory reads 0
     # the check: the largest raw-over-centred second moment of the keys (C's rounding over the
     # reference's) and that times the values' (C_zv's rounding over the reference's, squared)
-    raw_k = xp.reshape(See, s0.shape + (d_k * d_k,))[..., :: d_k + 1]  # the diagonal, (*b, n, c, d_k)
-    fk = _factor(xp, raw_k, raw_k - mu * mu)
+    # the diagonals (*b, n, c, d_k): raw, and centred (C's, the same products as raw_k - mu * mu)
+    fk = _factor(xp, xp.take(See, diag, axis=-1), xp.take(Ctri, diag, axis=-1))
     fv = _factor(xp, Suu, Suu - ubar * ubar)
     M = MAX_CANCELLATION
     return y, ((fk <= M) & (fk * fv <= M * M)) | ~some
