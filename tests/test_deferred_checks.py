@@ -28,9 +28,9 @@ def simulated(monkeypatch):
     def bind(self, xp, lazy=True):
         self.xp, self.lazy = xp, lazy
 
-    def read(self, extra=None):
+    def read(self, extra=None, **kw):
         reads.append(len(self._flags) + (extra is not None))
-        return real_read(self, extra)
+        return real_read(self, extra, **kw)
 
     monkeypatch.setattr(v.Deferred, "bind", bind)
     monkeypatch.setattr(v.Deferred, "_read", read)
@@ -38,7 +38,15 @@ def simulated(monkeypatch):
     monkeypatch.setattr(
         v, "_launch_finite", lambda arrays: np.array([not np.all(np.isfinite(x)) for x in arrays], np.int32)
     )
+    monkeypatch.setattr(v, "_launch_within", simulated_within)
     return reads
+
+
+def simulated_within(x, lo, hi, lo_open, hi_open):
+    """``_validation._launch_within`` on NumPy: the kernel's two verdicts (not finite; outside)."""
+    with np.errstate(invalid="ignore"):
+        inside = ((x > lo) if lo_open else (x >= lo)) & ((x < hi) if hi_open else (x <= hi))
+    return np.array([not np.all(np.isfinite(x)), not np.all(inside)], np.int32)
 
 
 def _qkv(rng, T=12, d=4):
@@ -54,7 +62,7 @@ def test_a_good_call_reads_its_verdicts_once_with_the_output(simulated, rng):
     # one read a call: the first call's checks (Q, K, V; log_alpha finite and <= 0; beta finite and > 0)
     # and its output in one transfer, then the second call's
     assert len(simulated) == 2
-    assert simulated[0] == 6  # 5 device arrays of verdicts plus the output's
+    assert simulated[0] == 4  # 3 device arrays of verdicts (Q K V, each gate's two in one) plus the output's
 
 
 @pytest.mark.parametrize(
@@ -185,3 +193,61 @@ def test_an_array_the_kernel_skips_keeps_the_argument_order(simulated, rng, monk
     K[1, 3, 0] = np.inf
     with pytest.raises(ValueError, match="Q contains NaN"):
         tt.recipes.linear_attention()(Q, K, V, method="recurrent")
+
+
+# --------------------------------------------------- a gate's finiteness and range in one pass
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize(
+    ("gate", "value", "message"),
+    [
+        ("beta", 0.0, "beta must be > 0, got a minimum of 0"),  # the open end
+        ("beta", 1e-300, None),
+        ("beta", np.inf, "beta contains infinite values"),  # finiteness is named before the range
+        ("log_alpha", 0.0, None),  # the closed end
+        ("log_alpha", -np.inf, "log_alpha contains infinite values"),
+        ("log_alpha", 1e-12, "log_alpha must be <= 0"),
+        ("alpha", 0.0, None),
+        ("alpha", 1.0, None),
+        ("alpha", -1e-12, r"alpha must lie in \[0, 1\]"),
+        ("alpha", np.nan, "alpha contains NaN"),
+    ],
+)
+def test_gate_checks_at_their_ends(request, rng, lazy, gate, value, message):
+    """``Deferred.finite_within`` (one pass on CuPy for both verdicts): the same errors at the ends of each
+    gate's interval as two separate checks give, deferred (simulated) or at once."""
+    if lazy:
+        request.getfixturevalue("simulated")
+    Q, K, V = _qkv(rng)
+    x = np.full((2, 12), {"beta": 0.5, "log_alpha": -0.1, "alpha": 0.5}[gate])
+    x[1, 4] = value
+    kw = {gate: x}
+    if gate != "beta":
+        kw["beta"] = np.full((2, 12), 0.5)
+    else:  # (mamba2's weights are data-dependent: a gate is needed)
+        kw["log_alpha"] = np.full((2, 12), -0.1)
+    layer = tt.recipes.mamba2()
+    if message is None:
+        y = layer(Q, K, V, method="chunked", **kw)
+        assert np.all(np.isfinite(y))
+    else:
+        with pytest.raises(ValueError, match=message):
+            layer(Q, K, V, method="chunked", **kw)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_within_kernel_matches_numpy(rng, dtype):
+    import cupy
+
+    intervals = [(-np.inf, 0.0, False, False), (0.0, np.inf, True, False), (0.0, 1.0, False, False),
+                 (-1.0, 1.0, True, True)]  # fmt: skip
+    for n in (1, 255, 257, 100_000):
+        for lo, hi, lo_open, hi_open in intervals:
+            for val in (None, lo, hi, np.nan, np.inf, -np.inf, 0.5 * (max(lo, -2) + min(hi, 2))):
+                x = rng.uniform(max(lo, -2.0), min(hi, 2.0), n).astype(dtype)
+                if val is not None:
+                    x[int(rng.integers(n))] = val
+                got = v._launch_within(cupy.asarray(x), lo, hi, lo_open, hi_open).get()
+                ref = simulated_within(x, lo, hi, lo_open, hi_open)
+                assert list(got) == list(ref), (n, lo, hi, lo_open, hi_open, val)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from conftest import _cupy_available, rel_err
 from conftest import host_cuda as needs_gxx
+from test_deferred_checks import simulated_within
 from test_fused_chunk import emulated, operands
 
 import ttr_stats as tt
@@ -108,9 +109,14 @@ def simulated(monkeypatch):
         launched.append([a.shape for a in arrays])
         return np.array([not np.all(np.isfinite(x)) for x in arrays], np.int32)
 
+    def within(x, *interval):
+        launched.append([x.shape])
+        return simulated_within(x, *interval)
+
     monkeypatch.setattr(v.Deferred, "bind", bind)
     monkeypatch.setattr(v, "_fusable", lambda x: isinstance(x, np.ndarray))
     monkeypatch.setattr(v, "_launch_finite", launch)
+    monkeypatch.setattr(v, "_launch_within", within)
     return launched
 
 

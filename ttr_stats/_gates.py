@@ -20,25 +20,22 @@ def resolve_log_alpha(xp, alpha, log_alpha, checks=None):
         raise ValueError("alpha and log_alpha: pass at most one of them (log_alpha = log(alpha))")
     checks = _eager(xp, checks)
     if alpha is not None:
-        checks.finite({"alpha": alpha})
-        if math.prod(alpha.shape):
 
-            def out_of_range():
-                lo, hi = float(xp.min(alpha)), float(xp.max(alpha))
-                return ValueError(f"alpha must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        def out_of_range():
+            lo, hi = float(xp.min(alpha)), float(xp.max(alpha))
+            return ValueError(f"alpha must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
 
-            checks.when(xp.any((alpha < 0) | (alpha > 1)), out_of_range)
+        checks.finite_within("alpha", alpha, 0.0, 1.0, error=out_of_range)
         zero = alpha == 0
         dev = _device_of(alpha)
         safe = xp.where(zero, xp.ones((), dtype=alpha.dtype, device=dev), alpha)
         return xp.where(zero, xp.asarray(-math.inf, dtype=alpha.dtype, device=dev), xp.log(safe))
     if log_alpha is not None:
-        checks.finite({"log_alpha": log_alpha})
-        if math.prod(log_alpha.shape):
-            checks.when(
-                xp.any(log_alpha > 0),
-                lambda: ValueError(f"log_alpha must be <= 0, got a maximum of {float(xp.max(log_alpha)):g}"),
-            )
+
+        def too_big():
+            return ValueError(f"log_alpha must be <= 0, got a maximum of {float(xp.max(log_alpha)):g}")
+
+        checks.finite_within("log_alpha", log_alpha, hi=0.0, error=too_big)
         return log_alpha
     return None
 
@@ -81,12 +78,10 @@ def check_beta(xp, beta, checks=None):
     if beta is None:
         return None
     checks = _eager(xp, checks)
-    checks.finite({"beta": beta})
-    if math.prod(beta.shape):
-        checks.when(
-            xp.any(beta <= 0),
-            lambda: ValueError(f"beta must be > 0, got a minimum of {float(xp.min(beta)):g}"),
-        )
+    checks.finite_within(
+        "beta", beta, lo=0.0, lo_open=True,
+        error=lambda: ValueError(f"beta must be > 0, got a minimum of {float(xp.min(beta)):g}"),
+    )  # fmt: skip
     return beta
 
 

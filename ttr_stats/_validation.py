@@ -93,6 +93,23 @@ class Deferred:
                 self._flags.append(_launch_finite([x for _, x in arrays]))
             self._errors += [lambda n=n, x=x: _nonfinite_error(self.xp, n, x) for n, x in arrays]
 
+    def finite_within(self, name, x, lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False, error=None):
+        """:meth:`finite` of ``x`` and :meth:`when` its entries leave the interval from ``lo`` to ``hi``
+        (``lo_open`` / ``hi_open``: the ends excluded), ``error()`` the range's error, in that order. On
+        CuPy one pass over ``x`` gives both verdicts (a gate's finiteness and range took four kernels and
+        two passes); elsewhere the two checks run as they are written."""
+        if not math.prod(x.shape):
+            return
+        if not self.lazy or not _fusable(x):
+            self.finite({name: x})
+            xp = self.xp
+            below = (x <= lo) if lo_open else (x < lo)
+            above = (x >= hi) if hi_open else (x > hi)
+            self.when(xp.any(below | above), error)
+            return
+        self._flags.append(_launch_within(x, lo, hi, lo_open, hi_open))
+        self._errors += [lambda: _nonfinite_error(self.xp, name, x), error]
+
     def launch_pending(self) -> None:
         """Start every check that waits for a vouch (:meth:`finite`): no output will vouch for them."""
         for i, arrays in self._pending.items():
@@ -118,17 +135,26 @@ class Deferred:
         self._flags.append(self.xp.astype(self.xp.reshape(bad, (1,)), self.xp.int32))
         self._errors.append(make_error)
 
-    def _read(self, extra=None):
-        """One transfer of every verdict (and ``extra``'s flags after them); the extra flags' host copy."""
+    def _read(self, extra=None, vouched=None):
+        """One transfer of every verdict (and ``extra``'s flags after them); the extra flags' host copy.
+        ``vouched``: the waiting checks (index in the flags -> arrays) that a finite output stands for:
+        not launched, read as passed (no transfer of their zeros)."""
         from ._array import to_numpy
 
-        self.launch_pending()  # (a reader that did not fill them: they are checked)
-        parts = self._flags + ([extra] if extra is not None else [])
+        if not vouched:
+            self.launch_pending()  # (a reader that did not fill them: they are checked)
+        vouched = vouched or {}
+        parts = [f for i, f in enumerate(self._flags) if i not in vouched]
+        parts += [extra] if extra is not None else []
         host = to_numpy(self.xp.concat(parts) if len(parts) > 1 else parts[0])  # the one sync
-        n = len(self._errors)
-        self._failed = next((i for i in range(n) if host[i]), -1)
+        verdicts, pos = [], 0
+        for i, f in enumerate(self._flags):
+            n = len(vouched[i]) if i in vouched else int(f.shape[0])
+            verdicts += [0] * n if i in vouched else list(host[pos : pos + n])
+            pos += 0 if i in vouched else n
+        self._failed = next((i for i, bad in enumerate(verdicts) if bad), -1)
         self._flags = []
-        return host[n:]
+        return host[pos:]
 
     def input_error(self):
         """The error of the first failed input check, once (reading the verdicts if they are still on the
@@ -171,9 +197,7 @@ class Deferred:
         # the output vouches for the waiting checks: a finite Y proves them passed, so they read as 0
         pending, flags = self._pending, list(self._flags)
         self._pending = {}
-        for i, arrays in pending.items():
-            self._flags[i] = xp.zeros(len(arrays), dtype=xp.int32)
-        bad = self._read(yflag)
+        bad = self._read(yflag, vouched=pending)
         if bad[0] or self._failed >= 0:  # a failure somewhere: the waiting checks run (in their order)
             self._flags, self._failed = flags, None
             self._pending = pending
@@ -210,6 +234,25 @@ __global__ void any_nonfinite(const T* __restrict__ x, const long long n, int* _
         bad |= !isfinite(x[i]);
     if (__syncthreads_or(bad) && threadIdx.x == 0) flags[j] = 1;
 }
+
+// one pass, two verdicts: flags[j] some entry is not finite, flags[j + 1] some entry lies outside the
+// interval from lo to hi (open at an end where lo_open / hi_open; a NaN is outside too)
+template <typename T>
+__global__ void any_nonfinite_or_outside(const T* __restrict__ x, const long long n, int* __restrict__ flags,
+                                         const int j, const double lo, const double hi, const int lo_open,
+                                         const int hi_open)
+{
+    int bad = 0, out = 0;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const double v = (double)x[i];
+        bad |= !isfinite(v);
+        out |= lo_open ? !(v > lo) : !(v >= lo);
+        out |= hi_open ? !(v < hi) : !(v <= hi);
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) flags[j] = 1;
+    if (__syncthreads_or(out) && threadIdx.x == 0) flags[j + 1] = 1;
+}
 """
 
 _FINITE_MODULE = None
@@ -226,15 +269,22 @@ def _finite_module():
         import cupy
 
         _FINITE_MODULE = cupy.RawModule(
-            code=_FINITE_SOURCE, name_expressions=[f"any_nonfinite<{t}>" for t in _FINITE_TYPES.values()]
+            code=_FINITE_SOURCE,
+            name_expressions=[
+                f"{k}<{t}>"
+                for k in ("any_nonfinite", "any_nonfinite_or_outside")
+                for t in _FINITE_TYPES.values()
+            ],
         )
     return _FINITE_MODULE
 
 
-def _finite_function(char):
-    fn = _FINITE_FUNCTIONS.get(char)
+def _finite_function(char, kernel="any_nonfinite"):
+    fn = _FINITE_FUNCTIONS.get((kernel, char))
     if fn is None:
-        fn = _FINITE_FUNCTIONS[char] = _finite_module().get_function(f"any_nonfinite<{_FINITE_TYPES[char]}>")
+        fn = _FINITE_FUNCTIONS[(kernel, char)] = _finite_module().get_function(
+            f"{kernel}<{_FINITE_TYPES[char]}>"
+        )
     return fn
 
 
@@ -305,6 +355,25 @@ def _launch_finite(arrays):
             continue
         blocks = max(1, min(-(-n // 256), 8 * sms))  # a few blocks per SM; the loop strides over the rest
         _finite_function(x.dtype.char)((blocks,), (256,), (x, cupy.int64(n), out, cupy.int32(j)))
+    return out
+
+
+def _launch_within(x, lo, hi, lo_open, hi_open):
+    """Launch the one-pass finiteness and range test of ``x`` (fusable, non-empty); its two flags (not
+    finite, outside the interval) as a device int32 array, not yet read."""
+    import cupy
+
+    out = cupy.zeros(2, dtype=cupy.int32)
+    from .methods._fused import device_attribute
+
+    n = x.size
+    blocks = max(1, min(-(-n // 256), 8 * device_attribute("MultiProcessorCount", 1)))
+    _finite_function(x.dtype.char, "any_nonfinite_or_outside")(
+        (blocks,),
+        (256,),
+        (x, cupy.int64(n), out, cupy.int32(0), cupy.float64(lo), cupy.float64(hi), cupy.int32(lo_open),
+         cupy.int32(hi_open)),
+    )  # fmt: skip
     return out
 
 

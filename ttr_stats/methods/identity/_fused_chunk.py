@@ -313,20 +313,21 @@ __global__ void chunk_states(
 template <typename T>
 __global__ void chunk_factors(
     const T* __restrict__ g, const T* __restrict__ b, T* __restrict__ f, T* __restrict__ dec, const int Tn,
-    const int C, const int BH)
+    const int C, const int BH, const int gs, const int bs)
 {
+    // gs, bs: the sequence strides of g and b (Tn, or 0 for one row shared by every sequence)
     const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= (long long)BH * Tn) return;
     const size_t bh = r / Tn;
     const int t = (int)(r % Tn), n = t / C, c = t - n * C, Cn = min(C, Tn - n * C);
-    const size_t row0 = bh * Tn + (size_t)n * C;
+    const size_t grow0 = bh * gs + (size_t)n * C;
     double Gc = 0.0, GL = 0.0;
     for (int l = 0; l < Cn; ++l) {
-        const double x = (double)g[row0 + l];
+        const double x = (double)g[grow0 + l];
         GL += x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
         if (l == c) Gc = GL;
     }
-    f[r] = T(exp(GL - Gc)) * b[r];
+    f[r] = T(exp(GL - Gc)) * b[bh * bs + t];
     if (c == 0) dec[bh * ((Tn + C - 1) / C) + n] = T(exp(GL));
 }
 
@@ -596,7 +597,7 @@ __global__ void chunk_outputs(
     const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ g,
     const T* __restrict__ b, const T* __restrict__ S, const T* __restrict__ Z, T* __restrict__ Y,
     T* __restrict__ den, int* __restrict__ bad_out, const int Tn, const int C, const int dk_arg, const int dv,
-    const int need_den, const int Cp)
+    const int need_den, const int Cp, const int gs, const int bs)
 {
     constexpr int RV = BV / TV;
     const int dk = DK > 0 ? DK : dk_arg;
@@ -640,10 +641,10 @@ __global__ void chunk_outputs(
         for (int d = tid; d < dk; d += nt) sz[d] = Z[(bh * N + n) * dk + d];
     for (int c = tid; c < Cp; c += nt) {
         if (GATED) {
-            const double x = c < Cn ? (double)g[row0 + c] : 0.0;
+            const double x = c < Cn ? (double)g[bh * gs + c0 + c] : 0.0;
             sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
         }
-        sb[c] = c < Cn ? b[row0 + c] : T(0);
+        sb[c] = c < Cn ? b[bh * bs + c0 + c] : T(0);
     }
     __syncthreads();
     if (GATED) {
@@ -872,7 +873,8 @@ __global__ void __launch_bounds__(128) chunk_outputs_tc(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
     const float* __restrict__ g, const float* __restrict__ b, const float* __restrict__ S,
     const float* __restrict__ Z, float* __restrict__ Y, float* __restrict__ den, int* __restrict__ bad_out,
-    const int Tn, const int C, const int dk_arg, const int dv, const int need_den, const int Cp)
+    const int Tn, const int C, const int dk_arg, const int dv, const int need_den, const int Cp, const int gs,
+    const int bs)
 {
     const int dk = DK > 0 ? DK : dk_arg;
     const int dkp = (dk + 7) & ~7;
@@ -916,10 +918,10 @@ __global__ void __launch_bounds__(128) chunk_outputs_tc(
         for (int d = tid; d < dkp; d += nt) sz[d] = d < dk ? Z[(bh * N + n) * dk + d] : 0.0f;
     for (int c = tid; c < Cp; c += nt) {
         if (GATED) {
-            const double x = c < Cn ? (double)g[row0 + c] : 0.0;
+            const double x = c < Cn ? (double)g[bh * gs + c0 + c] : 0.0;
             sg[c] = x > TTR_LOG_FLOOR ? x : TTR_LOG_FLOOR;
         }
-        sb[c] = c < Cn ? b[row0 + c] : 0.0f;
+        sb[c] = c < Cn ? b[bh * bs + c0 + c] : 0.0f;
     }
     __syncthreads();
     if (GATED) {
@@ -1016,17 +1018,18 @@ __global__ void __launch_bounds__(128) chunk_outputs_tc(
 
 _DTYPES = {"f": "float", "d": "double"}  # by ``dtype.char`` (``str(dtype)`` costs microseconds a call)
 _MODULES = {}
+_SMEM_SET = {}  # id of a cached kernel function -> the dynamic shared memory it was opened to
 
 #: each kernel's parameters: P a ``const T*``, W a ``T*``, F an ``int*`` (a flag), i an ``int`` (host
 #: emulation reads these)
 SIGNATURES = {
     "chunk_states": "PPPPPPWWWWiiiii",
     "chunk_states_pf": "PPPPPPWWWWiiiii",
-    "chunk_factors": "PPWWiii",
+    "chunk_factors": "PPWWiiiii",
     "chunk_deltas": "PPPPWWWiiii",
     "chunk_scan": "WWPPPWWiiiiiii",
-    "chunk_outputs": "PPPPPPPWWFiiiiii",
-    "chunk_outputs_tc": "PPPPPPPWWFiiiiii",
+    "chunk_outputs": "PPPPPPPWWFiiiiiiii",
+    "chunk_outputs_tc": "PPPPPPPWWFiiiiiiii",
 }
 
 
@@ -1212,8 +1215,20 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
     def flat(x, tail):  # CuPy's own calls: the array-API wrappers cost microseconds each on the host
         return cupy.ascontiguousarray(cupy.broadcast_to(x, lead + tail).reshape((BH,) + tail), dtype=dt)
 
+    def rows(x):  # (..., T) -> (array, sequence stride): one row shared by every sequence is not copied
+        xs = cupy.broadcast_to(x, lead + (T,))
+        if (
+            STATE_ALGO == "pipelined"  # (kernels 1 and 1a read (BH, T) rows)
+            and xs.ndim > 1
+            and xs.dtype == dt
+            and xs.strides[-1] == dt.itemsize
+            and not any(xs.strides[:-1])
+        ):
+            return xs[(0,) * len(lead)], 0
+        return flat(x, (T,)), T
+
     q, k, v = flat(Q, (T, dk)), flat(K, (T, dk)), flat(V, (T, dv))
-    gf, bf = flat(g[..., 0], (T,)), flat(b, (T,))
+    (gf, gs), (bf, bs) = rows(g[..., 0]), rows(b)
     m0, zz0 = flat(M0, (dv, dk)), flat(z0, (dk,))
     S = cupy.empty((BH, N, dk, dv), dtype=dt)
     M = cupy.empty((BH, dv, dk), dtype=dt)
@@ -1224,8 +1239,9 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
     i32 = cupy.int32
     s1, s2 = state_shared_bytes(C, dt.itemsize), out_shared_bytes(C, dk, dt.itemsize)
     for f, s in ((fns[1 if STATE_ALGO == "pipelined" else 0], s1), (fns[-1], s2)):  # the shared-memory users
-        if s > 48 * 1024:
+        if s > 48 * 1024 and _SMEM_SET.get(id(f), 0) < s:  # (a driver call: once a function and size)
             f.max_dynamic_shared_size_bytes = s
+            _SMEM_SET[id(f)] = s
     dims = (i32(T), i32(C), i32(dk), i32(dv))
     if STATE_ALGO == "sequential":
         Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
@@ -1233,7 +1249,7 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
     elif STATE_ALGO == "pipelined":
         Z = cupy.empty((BH, N, dk) if need_den else (1,), dtype=dt)
         fac, dec = cupy.empty((BH, T), dtype=dt), cupy.empty((BH, N), dtype=dt)
-        fns[0](*lay[0], (gf, bf, fac, dec, i32(T), i32(C), i32(BH)))
+        fns[0](*lay[0], (gf, bf, fac, dec, i32(T), i32(C), i32(BH), i32(gs), i32(bs)))
         fns[1](*lay[1], (k, v, fac, dec, m0, zz0, S, Z, M, z, *dims, i32(need_den)), shared_mem=s1)
     else:  # the scan forms z too (the final z is returned): Z always holds every chunk's
         Z = cupy.empty((BH, N, dk), dtype=dt)
@@ -1243,8 +1259,9 @@ def forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=True, flag=None):
                          i32(1), i32(0), i32(1)))  # fmt: skip
     if flag is None:
         flag = cupy.zeros(1, dtype=i32)
-    rows = i32(out_rows(C, dt.itemsize))
-    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, flag, *dims, i32(need_den), rows), shared_mem=s2)
+    Cp = i32(out_rows(C, dt.itemsize))
+    fns[-1](*lay[-1], (q, k, v, gf, bf, S, Z, Y, den, flag, *dims, i32(need_den), Cp, i32(gs), i32(bs)),
+            shared_mem=s2)  # fmt: skip
     return (
         xp.reshape(Y, lead + (T, dv)),
         xp.reshape(den, lead + (T,)) if need_den else None,
