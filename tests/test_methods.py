@@ -274,3 +274,17 @@ def test_loop_skips_unit_decay_exactly(rng):
     y2 = layer(Q, K, V, method="recurrent", alpha=alpha)
     assert len(seen) == 6 and not any(seen)
     assert np.array_equal(y[..., :3, :], y2[..., :3, :]) and not np.array_equal(y, y2)
+
+
+def test_free_host_bytes_is_read_at_most_every_ttl(monkeypatch):
+    """The reading of /proc/meminfo is reused for HOST_MEMORY_TTL seconds, then read again."""
+    from ttr_stats.methods import registry
+
+    reads = []
+    monkeypatch.setattr(registry, "_HOST_MEMORY", [-float("inf"), None])
+    monkeypatch.setattr(registry, "_read_free_host_bytes", lambda: reads.append(1) or 123 * len(reads))
+    clock = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: clock[0])
+    assert registry.free_host_bytes() == 123 and registry.free_host_bytes() == 123 and len(reads) == 1
+    clock[0] += registry.HOST_MEMORY_TTL + 1e-3
+    assert registry.free_host_bytes() == 246 and len(reads) == 2

@@ -21,6 +21,7 @@ beside the reference it must match, and registers itself here with:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -286,9 +287,26 @@ def choose_auto(layer, P, free) -> Method:
     return ok[-1]
 
 
+#: seconds a reading of the host's free memory is reused (a read of /proc/meminfo costs ~0.05 ms, a
+#: tenth of a small call; what a quarter second changes is far below the margins the checks keep)
+HOST_MEMORY_TTL = 0.25
+_HOST_MEMORY = [-math.inf, None]  # (when, bytes) of the last reading
+
+
 def free_host_bytes():
     """Memory the host can still give (Linux ``MemAvailable``; else free physical pages), or ``None`` when
-    the platform says nothing. What the host check of explicitly requested methods compares with."""
+    the platform says nothing, read at most every :data:`HOST_MEMORY_TTL` seconds. What the host check of
+    explicitly requested methods compares with."""
+    import time
+
+    now = time.monotonic()
+    if now - _HOST_MEMORY[0] < HOST_MEMORY_TTL:
+        return _HOST_MEMORY[1]
+    _HOST_MEMORY[:] = [now, _read_free_host_bytes()]
+    return _HOST_MEMORY[1]
+
+
+def _read_free_host_bytes():
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
