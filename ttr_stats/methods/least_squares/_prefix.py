@@ -30,7 +30,7 @@ import array_api_compat
 import numpy as np
 
 from ... import _array
-from . import _fused_trtri
+from . import _fused_prefix, _fused_trtri
 
 __all__ = [
     "Layout",
@@ -41,6 +41,7 @@ __all__ = [
     "chunk_weights",
     "chunk_sums",
     "groups",
+    "group_bytes",
     "chunk_starts",
     "masked_apply",
     "prefix_systems",
@@ -157,9 +158,20 @@ def chunk_weights(xp, g, b, full=True):
     return c, xp.exp(xp.concat([suffix[..., 1:], zero], axis=-1)) * b
 
 
-def groups(n, per_chunk_bytes, budget=4 * 2**20):
-    """Slices of chunk indices, each group's intermediates about ``budget`` bytes (cache-sized: batching
-    every chunk at once made the RLS method 2x slower at B*H = 16, d = 64, from memory traffic)."""
+#: bytes of one group's intermediates: cache-sized on the host (batching every chunk at once made the RLS
+#: method 2x slower at B*H = 16, d = 64, from memory traffic); on a device large, since each group costs
+#: some 30 launches and library calls (at 4 MB, B = 8, H = 16, d = 64 made one chunk a group)
+HOST_GROUP_BYTES = 4 * 2**20
+DEVICE_GROUP_BYTES = 512 * 2**20
+
+
+def group_bytes(xp):
+    """The group budget of :func:`groups` for arrays of namespace ``xp``."""
+    return HOST_GROUP_BYTES if array_api_compat.is_numpy_namespace(xp) else DEVICE_GROUP_BYTES
+
+
+def groups(n, per_chunk_bytes, budget=HOST_GROUP_BYTES):
+    """Slices of chunk indices, each group's intermediates about ``budget`` bytes (:func:`group_bytes`)."""
     g = max(1, int(budget // max(per_chunk_bytes, 1)))
     return [slice(i, min(i + g, n)) for i in range(0, n, g)]
 
@@ -180,6 +192,16 @@ def chunk_starts(xp, R0, S0, c_end, dR, dS):
     decay; dR (..., n, d_k, d_k), dS (..., n, d_v, d_k): :func:`chunk_sums`. Returns
     ``(Rs, Ss, R_end, S_end)`` with Rs (..., n, d_k, d_k), Ss (..., n, d_v, d_k).
     """
+    scanned = _fused_prefix.chunk_scan(xp, R0, c_end, dR)  # CuPy: one kernel (the same bits)
+    if scanned is not None:
+        Rs, R_end = scanned
+        Ss, S_end = _fused_prefix.chunk_scan(xp, S0, c_end, dS)
+        return Rs, Ss, R_end, S_end
+    return _array_chunk_starts(xp, R0, S0, c_end, dR, dS)
+
+
+def _array_chunk_starts(xp, R0, S0, c_end, dR, dS):
+    """:func:`chunk_starts` by array operations (a loop over chunks): the reference of the scan kernel."""
     Rs, Ss = [], []
     R, S = R0, S0
     for i in range(c_end.shape[-1]):

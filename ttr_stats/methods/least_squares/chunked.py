@@ -13,7 +13,9 @@ relative to it (:mod:`._prefix`). Three exact reads, chosen per call:
 * **prefix solves** (any decay, or ridge = 0): every :math:`R_t` is formed (C d x d matrices per batch
   element and chunk) and solved by the optimizer's own solve, a Cholesky-free definite solve for ridge > 0
   and the minimum-norm eigen-solve for ridge = 0, exactly as the recurrent read does. The fixed ridge
-  keeps this well posed at any decay (log alpha = -50 included);
+  keeps this well posed at any decay (log alpha = -50 included). On CuPy with ridge > 0 and d_k <= 64
+  one kernel per chunk forms each :math:`R_t` in shared memory and solves it there
+  (:mod:`._fused_prefix`: no d x d matrix per token in memory, 64-token chunks);
 * **conjugate gradients** (``ClosedForm(solver="cg", max_iter=k)``): k MesaNet steps, matrix-free:
   :math:`(R_t + \rho I) x = c_t R_0 x + \sum_{j\le t} W_{tj} k_j (k_j^\top x) + \rho x` for every row at once.
 
@@ -26,12 +28,14 @@ from ...optimizers import SufficientStatistics
 from ...optimizers.closed_form import conjugate_gradient
 from ..problem import initial_state
 from ..registry import register
+from . import _fused_prefix
 from ._prefix import (
     Layout,
     as_work,
     chunk_starts,
     chunk_sums,
     chunk_weights,
+    group_bytes,
     groups,
     masked_apply,
     pd_inverse,
@@ -44,7 +48,7 @@ from ._prefix import (
 #: default chunk lengths (docs/derivations/exact_chunked.md, timings). Woodbury: O(C d) work per token
 #: against one d x d inversion per chunk. Prefix solves: forming R_t costs O(C d^2) per token, the solve
 #: O(d^3) whatever C is, so short chunks; CG: O(k (C d + d^2)) per token.
-DEFAULT_CHUNK = {"woodbury": 64, "prefix": 16, "cg": 32}
+DEFAULT_CHUNK = {"woodbury": 64, "prefix": 16, "cg": 32, "fused": 64}
 
 
 def _path(opt, P):
@@ -67,6 +71,9 @@ def chunked(layer, P):
         return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=P.device), s0
     wd = work_dtype(P)
     path = _path(opt, P)
+    rho = float(opt.ridge)
+    if path == "prefix" and rho > 0 and _fused_prefix.applies(xp, wd, P.d_k):
+        path = "fused"  # the prefix solves in one kernel a chunk
     C = int(P.chunk_size or DEFAULT_CHUNK[path])
     # Woodbury: a first chunk of at most d_k tokens, as in the RLS method (a small ridge is a large P_0)
     lay = Layout(P, C, first=min(C, P.d_k) if path == "woodbury" else C)
@@ -78,9 +85,8 @@ def chunked(layer, P):
     R0, S0 = as_work(xp, s0.R, wd), as_work(xp, s0.S, wd)
     w = W[..., -1, :] if full else W
     Rs, Ss, R_end, S_end = chunk_starts(xp, R0, S0, c[..., -1], *chunk_sums(xp, w, K, V))
-    rho = float(opt.ridge)
     ys = []
-    for sl in groups(lay.n, _chunk_bytes(P, path, C)):
+    for sl in groups(lay.n, _chunk_bytes(P, path, C), group_bytes(xp)):
         Kg, Vg, Qg = K[..., sl, :, :], V[..., sl, :, :], Q[..., sl, :, :]
         Rg, Sg, cg = Rs[..., sl, :, :], Ss[..., sl, :, :], c[..., sl, :]
         if path == "woodbury":
@@ -89,7 +95,9 @@ def chunked(layer, P):
             ys.append(woodbury_chunk(xp, Pg, xp.matmul(Sg, Pg), Kg, Vg, Qg, b[..., sl, :], cg))
             continue
         Wg = W[..., sl, :, :]
-        if path == "cg":
+        if path == "fused":
+            X = _fused_prefix.prefix_solve(xp, Rg, Kg, Qg, g[..., sl, :], b[..., sl, :], rho)
+        elif path == "cg":
             X = _cg(xp, Rg, cg, Wg, Kg, Qg, rho, opt.cg_steps)
         else:
             X = opt.solve(xp, prefix_systems(xp, Rg, cg, Wg, Kg), Qg[..., None])[..., 0]
@@ -118,19 +126,27 @@ def _chunk_bytes(P, path, C):
         per = C * (3 * dk * dk + C + 2 * dk + dv)  # outer products, R_t, the solve's copy
     elif path == "cg":
         per = C * (C + 6 * dk + dv) + dk * dk
+    elif path == "fused":
+        per = C * (3 * C + 3 * dk + 2 * dv) + dk * (dk + dv)  # W, X K^T, X, the outputs; no R_t
     else:
         per = C * (C + 2 * dk + dv) + 2 * dk * (dk + dv)
     return P.n_batch * per * 8
 
 
 def chunked_bytes(P):
-    """The largest intermediates: the per-chunk ones of the prefix solves (the largest path), and the
-    chunk-start statistics (T / C d x d matrices) and the chunked inputs."""
-    C = min(int(P.chunk_size or DEFAULT_CHUNK["prefix"]), max(P.T, 1))
-    n = -(-P.T // C) + 1
-    starts = P.n_batch * n * P.d_k * (P.d_k + P.d_v) * 8
-    inputs = P.n_batch * (n * C) * (2 * P.d_k + 2 * P.d_v + C) * 8
-    return min(_chunk_bytes(P, "prefix", C), 4 * 2**20 + _chunk_bytes(P, "prefix", 1)) + starts + inputs
+    """The largest intermediates: one group of chunks of the largest path (the prefix solves; the fused
+    kernel's 64-token chunks on a device), the chunk-start statistics and chunk sums (T / C d x d
+    matrices each) and the chunked inputs with their C x C weights."""
+    budget = group_bytes(P.xp)
+    worst = 0
+    for path in ("prefix", "fused"):
+        C = min(int(P.chunk_size or DEFAULT_CHUNK[path]), max(P.T, 1))
+        n = -(-P.T // C) + 1
+        per = _chunk_bytes(P, path, C)
+        starts = 2 * P.n_batch * n * P.d_k * (P.d_k + P.d_v) * 8
+        inputs = P.n_batch * (n * C) * (2 * P.d_k + 2 * P.d_v + C) * 8
+        worst = max(worst, min(n * per, max(per, budget)) + starts + inputs)
+    return worst
 
 
 def auto(P, free):

@@ -36,6 +36,7 @@ from ..least_squares._prefix import (
     chunk_starts,
     chunk_sums,
     chunk_weights,
+    group_bytes,
     groups,
     pd_inverse,
     singular_error,
@@ -155,7 +156,7 @@ def _run(layer, P, s0, lay, wd):
     ys, conds = [], []
     R, S = R0, xp.matmul(M0, R0)  # the statistics at the current chunk start
     try:
-        for sl in groups(lay.n, per_chunk):
+        for sl in groups(lay.n, per_chunk, group_bytes(xp)):
             # the chunk-start statistics of this group only (the scan carries R, S on): all of them at
             # once were 64 MB at B = 1, H = 16, T = 4096, d = 64, a fifth of the call in memory traffic
             Kg, Vg = K[..., sl, :, :], V[..., sl, :, :]
@@ -220,10 +221,14 @@ def _first_failure(xp, lay, Rs, R_end):
 
 
 def chunked_bytes(P):
-    """The per-chunk intermediates (float64): C x C systems and C x d blocks, and a few d x d matrices."""
+    """One group of chunks' intermediates (float64: C x C systems, C x d blocks, a few d x d matrices
+    a chunk; groups of :func:`group_bytes`), the chunked inputs and the outputs."""
     C = min(int(P.chunk_size or DEFAULT_CHUNK), max(P.T, 1))
     dk, dv = P.d_k, P.d_v
-    return P.n_batch * (3 * C * C + 4 * C * (dk + dv) + 6 * dk * (dk + dv)) * 8 + P.n_batch * P.T * dv * 8
+    n = -(-P.T // C) + 1
+    per = P.n_batch * (3 * C * C + 4 * C * (dk + dv) + 6 * dk * (dk + dv)) * 8
+    inputs = P.n_batch * n * C * (2 * dk + 2 * dv + 2) * 8
+    return min(n * per, max(per, group_bytes(P.xp))) + inputs
 
 
 def auto(P, free):
