@@ -40,6 +40,8 @@ import math
 import array_api_compat
 import numpy as np
 
+from . import _fused_trtri
+
 __all__ = ["ENABLED", "MAX_D", "GROUPS", "applies", "prefix_solve", "chunk_scan", "shared_bytes", "threads"]
 
 #: set False to run the array forms on CuPy as well
@@ -173,18 +175,12 @@ def _name(dtype):
         return None
 
 
-def _shared_limit():
-    from .. import _fused
-
-    return _fused.device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
-
-
 def applies(xp, dtype, D) -> bool:
     """Whether :func:`prefix_solve` runs: CuPy, float32/float64, 1 <= D <= MAX_D, shared memory enough."""
     name = _name(dtype)
     if not ENABLED or not array_api_compat.is_cupy_namespace(xp) or name not in _DTYPES:
         return False
-    return 1 <= D <= MAX_D and shared_bytes(D, 8 if name == "float64" else 4) <= _shared_limit()
+    return 1 <= D <= MAX_D and shared_bytes(D, 8 if name == "float64" else 4) <= _fused_trtri._shared_limit()
 
 
 def _function(source, name, options=()):
