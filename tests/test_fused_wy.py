@@ -65,7 +65,12 @@ SHAPES = [  # lead, N, c, n, dk, dv, leak
 
 
 def _terms_err(a, b):
-    return {f: rel_err(np.asarray(x), np.asarray(y)) for f, x, y in zip(a._fields, a, b, strict=True)}
+    """Relative error of every field both hold (the array form leaves ``Qg`` to chunk_outputs: None)."""
+    return {
+        f: rel_err(np.asarray(x), np.asarray(y))
+        for f, x, y in zip(a._fields, a, b, strict=True)
+        if x is not None and y is not None
+    }
 
 
 # --- 1. the reference follows the array form ------------------------------------------------------------
@@ -90,6 +95,23 @@ def test_kernel_does_not_apply_off_cupy():
     assert fw.chunk_terms(xp, *args, 1) is None
 
 
+def test_chunk_outputs_read_the_decayed_queries_as_the_product_does(rng):
+    """``ChunkTerms.Qg`` (the fused kernel's decayed queries) gives the outputs that ``gam_r * Q`` does;
+    off CuPy ``matmul_sum`` declines, and the two products are added as written."""
+    import array_api_compat.numpy as xp
+
+    from ttr_stats.methods import _fused
+
+    args = terms_inputs(rng, (2,), 3, 5, 1, 7, 4, True)
+    t = fw.wy_terms_reference(xp, *args, 1)
+    St = rng.standard_normal((2, 3, 7, 4))
+    D = rng.standard_normal((2, 3, 5, 4))
+    assert _fused.matmul_sum(xp, t.Qg, St, t.P, D) is None
+    with_qg = _wy.chunk_outputs(xp, t, St, D)
+    without = _wy.chunk_outputs(xp, t._replace(Qg=None), St, D)
+    assert rel_err(with_qg, without) < TOL_ORDER  # float64, the same terms summed in another order
+
+
 # --- 2. the CUDA source on the host ---------------------------------------------------------------------
 def emulated(args, n, dtype):
     """``_fused_wy.chunk_terms`` with the kernel run by tests/cuda_on_host.py (same flattening)."""
@@ -98,7 +120,7 @@ def emulated(args, n, dtype):
     K, V, Q, eta, gs, gr = args
     T = {np.float32: "float", np.float64: "double"}[dtype]
     kern = cuda_on_host.compile_kernel(
-        fw._SOURCE, f"wy_terms<{T}>", [f"const {T}*"] * 6 + [f"{T}*"] * 6 + ["int"] * 6
+        fw._SOURCE, f"wy_terms<{T}>", [f"const {T}*"] * 6 + [f"{T}*"] * 7 + ["int"] * 7
     )
     lead, (N, C, dk), dv, c = K.shape[:-3], K.shape[-3:], V.shape[-1], Q.shape[-2]
     BN = int(np.prod(lead)) * N
@@ -106,14 +128,15 @@ def emulated(args, n, dtype):
     ins = [f(K, (C, dk)), f(V, (C, dv)), f(Q, (c, dk)), f(eta, (C,)), f(gs, (C,))]
     ins.append(f(gr, (C,)) if gr is not None else ins[-1])
     outs = [
-        np.full(s, np.nan, dtype) for s in ((BN, C, dv), (BN, C, dk), (BN, C, dk), (BN, c, C), (BN, c), (BN,))
+        np.full(s, np.nan, dtype)
+        for s in ((BN, C, dv), (BN, C, dk), (BN, C, dk), (BN, c, C), (BN, c), (BN,), (BN, c, dk))
     ]
     smem = fw.shared_bytes(C, dk, dv, np.dtype(dtype).itemsize)
-    kern((BN,), (fw.THREADS,), smem, *ins, *outs, C, c, n, dk, dv, int(gr is not None))
-    U, W, DK, P, gam_r, gamC = outs
+    kern((BN,), (fw.THREADS,), smem, *ins, *outs, C, c, n, dk, dv, int(gr is not None), 1)
+    U, W, DK, P, gam_r, gamC, Qg = outs
     r = lambda x, tail: x.reshape(lead + (N,) + tail)  # noqa: E731
     return _wy.ChunkTerms(U=r(U, (C, dv)), W=r(W, (C, dk)), DK=r(DK, (C, dk)), gamC=r(gamC, ()),
-                          gam_r=r(gam_r, (c,)), P=r(P, (c, C)), Q=Q)  # fmt: skip
+                          gam_r=r(gam_r, (c,)), P=r(P, (c, C)), Q=Q, Qg=r(Qg, (c, dk)))  # fmt: skip
 
 
 @host_cuda
@@ -180,7 +203,7 @@ def test_call_site_with_the_reference_matches_the_loop(monkeypatch, rng, name, T
 def test_sources_compile_with_nvcc(tmp_path):
     inst = {
         "wy_terms": (fw._SOURCE, "(const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, "
-                     "{t}*, {t}*, {t}*, {t}*, {t}*, {t}*, int, int, int, int, int, int)"),
+                     "{t}*, {t}*, {t}*, {t}*, {t}*, {t}*, {t}*, int, int, int, int, int, int, int)"),
     }  # fmt: skip
     for name, (src, sig) in inst.items():
         body = src + "".join(
@@ -255,3 +278,31 @@ def test_layers_with_the_kernel_match_without_it_and_the_loop(monkeypatch, rng, 
                    **{k: v.astype(np.float64) for k, v in gates.items()})  # fmt: skip
         assert rel_err(cp.asnumpy(yf), cp.asnumpy(ya)) < tol, (name, T, "fused terms vs array form")
         assert rel_err(cp.asnumpy(yf), yr) < tol, (name, T, "fused terms vs loop")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("lead", "m", "k1", "k2", "n"), [((), 1, 1, 1, 1), ((3,), 5, 7, 64, 9), ((2, 3), 64, 64, 64, 64)]
+)
+def test_matmul_sum_equals_two_products_and_their_sum(rng, dtype, lead, m, k1, k2, n):
+    """``_fused.matmul_sum`` (two cuBLAS products, the second accumulating) against NumPy float64, and
+    it declines what it does not take (a transposed view, mismatched batch shapes)."""
+    import array_api_compat.cupy as cxp
+    import cupy as cp
+
+    from ttr_stats.methods import _fused
+
+    A1, B1 = rng.standard_normal(lead + (m, k1)), rng.standard_normal(lead + (k1, n))
+    A2, B2 = rng.standard_normal(lead + (m, k2)), rng.standard_normal(lead + (k2, n))
+    got = _fused.matmul_sum(cxp, *(cp.asarray(x, dtype=dtype) for x in (A1, B1, A2, B2)))
+    assert got is not None and got.dtype == dtype and got.shape == lead + (m, n)
+    ref = A1.astype(dtype).astype(np.float64) @ B1.astype(dtype) + A2.astype(dtype) @ B2.astype(dtype)
+    tol = TOL32 if dtype == np.float32 else TOL_ORDER
+    assert rel_err(cp.asnumpy(got), ref) < tol
+    ops = [cp.asarray(x, dtype=dtype) for x in (A1, B1, A2, B2)]
+    if m > 1 and k1 > 1:  # A1 as a transposed view: not C-contiguous
+        view = cp.swapaxes(cp.ascontiguousarray(cp.swapaxes(ops[0], -1, -2)), -1, -2)
+        assert _fused.matmul_sum(cxp, view, *ops[1:]) is None
+    assert _fused.matmul_sum(cxp, ops[0][None], *ops[1:]) is None  # batch shapes differ

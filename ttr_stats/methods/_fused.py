@@ -605,3 +605,89 @@ def state_pass_reference(xp, Qg, U, Kx, a, S0t, A=None, W=None):
         ys.append(y)
         St = a[..., n, :][..., :, None] * St + xp.matrix_transpose(Kx[..., n, :, :]) @ D
     return xp.stack(ys, axis=-3), St
+
+
+#: set False to form :func:`matmul_sum` as two products and an add (its reference) on CuPy as well
+GEMM_SUM = True
+_GEMM_CHECKED: dict = {}  # device id -> whether the binding computed a known product right
+
+
+def matmul_sum(xp, A1, B1, A2, B2):
+    """``A1 @ B1 + A2 @ B2`` as two strided-batched cuBLAS products into one output, the second one
+    accumulating (``beta = 1``): no pass over memory to add them. ``None`` where it does not apply (not
+    CuPy, not float32/float64, an operand not C-contiguous, batch shapes that differ, an empty inner
+    dimension), and the caller forms the products and the sum itself.
+
+    A1 (..., m, k1), B1 (..., k1, n), A2 (..., m, k2), B2 (..., k2, n); the result (..., m, n). The
+    products run in the cuBLAS handle's math mode, as CuPy's own ``matmul``. The binding is checked once
+    per device on a small product with a known answer (the calling conventions of CuPy's low-level
+    cuBLAS wrappers changed across releases); where it fails the check, this returns ``None`` from then
+    on.
+    """
+    if not (ENABLED and GEMM_SUM) or not array_api_compat.is_cupy_namespace(xp):
+        return None
+    dt = A1.dtype
+    ops = (A1, B1, A2, B2)
+    if str(dt) not in _DTYPES or any(x.dtype != dt or x.ndim < 2 for x in ops):
+        return None
+    lead = A1.shape[:-2]
+    (m, k1), (k2, n) = A1.shape[-2:], B2.shape[-2:]
+    if (
+        any(x.shape[:-2] != lead for x in ops)
+        or B1.shape[-2:] != (k1, n)
+        or A2.shape[-2:] != (m, k2)
+        or min(m, n, k1, k2) < 1
+        or not all(x.flags.c_contiguous for x in ops)
+    ):
+        return None
+    if not _gemm_binding_ok():
+        return None
+    import cupy
+
+    batch = math.prod(lead)
+    Y = cupy.empty(lead + (m, n), dtype=dt)
+    if batch:
+        _gemm_acc(A1, B1, Y, batch, 0.0)
+        _gemm_acc(A2, B2, Y, batch, 1.0)
+    return Y
+
+
+def _gemm_acc(A, B, Y, batch, beta):
+    """``Y = A @ B + beta Y`` over ``batch`` C-contiguous row-major matrices: cuBLAS is column-major, so
+    it computes ``Y^T = B^T A^T``, whose operands are the same buffers read with the other order."""
+    import cupy
+    import numpy as np
+    from cupy_backends.cuda.libs import cublas
+
+    m, k = A.shape[-2:]
+    n = B.shape[-1]
+    gemm = cublas.sgemmStridedBatched if A.dtype == np.float32 else cublas.dgemmStridedBatched
+    one, b = np.ones((), A.dtype), np.full((), beta, A.dtype)  # host scalars (pointer mode host)
+    handle = cupy.cuda.device.get_cublas_handle()
+    N = cublas.CUBLAS_OP_N
+    gemm(handle, N, N, n, m, k, one.ctypes.data, B.data.ptr, n, k * n, A.data.ptr, k, m * k,
+         b.ctypes.data, Y.data.ptr, n, m * n, batch)  # fmt: skip
+
+
+def _gemm_binding_ok():
+    """Whether :func:`_gemm_acc` computes a known product right on this device (once a device)."""
+    import cupy
+    import numpy as np
+
+    dev = cupy.cuda.runtime.getDevice()
+    if dev not in _GEMM_CHECKED:
+        ok = True
+        try:
+            rng = np.random.default_rng(0)
+            for dt in (np.float32, np.float64):
+                a, b, c, d = (
+                    rng.integers(-3, 4, s).astype(dt) for s in ((2, 3, 4), (2, 4, 5), (2, 3, 2), (2, 2, 5))
+                )
+                Y = cupy.empty((2, 3, 5), dtype=dt)
+                _gemm_acc(cupy.asarray(a), cupy.asarray(b), Y, 2, 0.0)
+                _gemm_acc(cupy.asarray(c), cupy.asarray(d), Y, 2, 1.0)
+                ok = ok and bool(np.array_equal(cupy.asnumpy(Y), a @ b + c @ d))  # small integers: exact
+        except Exception:  # noqa: BLE001 - a binding that does not take these arguments: not used
+            ok = False
+        _GEMM_CHECKED[dev] = ok
+    return _GEMM_CHECKED[dev]

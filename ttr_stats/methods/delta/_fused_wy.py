@@ -23,7 +23,8 @@ sides directly, by forward substitution, instead of forming the inverse):
 3. the right-hand sides :math:`X_i = [\eta_i v_i,\ (\eta_i\rho_i) k_i]`;
 4. forward substitution, row by row: :math:`X_i \leftarrow X_i + \sum_{l<i} N_{il} X_l` (threads over the
    columns, a barrier per row): row i reads rows ``<= i`` only, so the solve is exactly causal;
-5. ``U = X[:, :d_v]``, ``W = X[:, d_v:]``.
+5. ``U = X[:, :d_v]``, ``W = X[:, d_v:]``; and the decayed queries of the reads
+   :math:`\gamma_r q_r` (``Qg``), which the outputs' product reads (no pass of their own).
 
 :func:`wy_terms_reference` is the same sequence of steps in array operations (NumPy or any namespace); it
 is checked against :func:`~ttr_stats.methods.delta._wy.chunk_terms` (the array form, itself checked
@@ -65,8 +66,8 @@ __global__ void wy_terms(
     const T* __restrict__ K, const T* __restrict__ V, const T* __restrict__ Q,
     const T* __restrict__ eta, const T* __restrict__ gs, const T* __restrict__ gr,
     T* __restrict__ U, T* __restrict__ W, T* __restrict__ DK, T* __restrict__ P,
-    T* __restrict__ gam_r, T* __restrict__ gamC,
-    const int C, const int c, const int n, const int dk, const int dv, const int has_gr)
+    T* __restrict__ gam_r, T* __restrict__ gamC, T* __restrict__ Qg,
+    const int C, const int c, const int n, const int dk, const int dv, const int has_gr, const int want_qg)
 {
     // row strides made odd so that threads walking a column of sK / sG / sN hit distinct banks
     const int ldk = dk | 1, ldc = C | 1, ncol = dv + dk;
@@ -165,6 +166,13 @@ __global__ void wy_terms(
     }
     for (int r = tid; r < c; r += nt) gam_r[ch * c + r] = sgam[r * n + n - 1];
     if (tid == 0) gamC[ch] = sgam[C - 1];
+    if (want_qg) {  // the decayed queries gam_r q_r of the reads (no separate pass over Q)
+        T* Qgc = Qg + ch * c * dk;
+        for (int e = tid; e < c * dk; e += nt) {
+            const int r = e / dk;
+            Qgc[e] = sgam[r * n + n - 1] * sX[r * ldk + e % dk];
+        }
+    }
     __syncthreads();  // the queries in sX are read: the right-hand sides may overwrite them
     // 3. right-hand sides
     for (int e = tid; e < C * ncol; e += nt) {
@@ -260,18 +268,19 @@ def chunk_terms(xp, K, V, Q, eta, gs, gr, n, device=None):
     P = cupy.empty((BN, c, C), dtype=dt)
     gam_r = cupy.empty((BN, c), dtype=dt)
     gamC = cupy.empty((BN,), dtype=dt)
+    Qg = cupy.empty((BN, c, dk), dtype=dt)
     smem = shared_bytes(C, dk, dv, dt.itemsize)
     kern = _module().get_function(f"wy_terms<{_DTYPES[str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32
-    sizes = (C, c, n, dk, dv, int(gr is not None))
-    args = (Kf, Vf, Qf, ef, gf, rf, U, W, DK, P, gam_r, gamC) + tuple(i32(s) for s in sizes)
+    sizes = (C, c, n, dk, dv, int(gr is not None), 1)
+    args = (Kf, Vf, Qf, ef, gf, rf, U, W, DK, P, gam_r, gamC, Qg) + tuple(i32(s) for s in sizes)
     kern((BN,), (THREADS,), args, shared_mem=smem)
     r = lambda x, tail: xp.reshape(x, lead + (N,) + tail)  # noqa: E731
     return ChunkTerms(
         U=r(U, (C, dv)), W=r(W, (C, dk)), DK=r(DK, (C, dk)), gamC=r(gamC, ()), gam_r=r(gam_r, (c,)),
-        P=r(P, (c, C)), Q=Q,
+        P=r(P, (c, C)), Q=Q, Qg=r(Qg, (c, dk)),
     )  # fmt: skip
 
 
@@ -333,7 +342,8 @@ def wy_terms_reference(xp, K, V, Q, eta, gs, gr, n):
             acc = acc + Nm[..., i, l, None] * X[l]
         X[i] = acc
     X = xp.stack(X, axis=-2)
+    gam_r = xp.take(gam, reads, axis=-1)
     return ChunkTerms(
-        U=X[..., :dv], W=X[..., dv:], DK=DK, gamC=gam[..., C - 1], gam_r=xp.take(gam, reads, axis=-1),
-        P=P, Q=Q,
+        U=X[..., :dv], W=X[..., dv:], DK=DK, gamC=gam[..., C - 1], gam_r=gam_r, P=P, Q=Q,
+        Qg=gam_r[..., None] * Q,
     )  # fmt: skip

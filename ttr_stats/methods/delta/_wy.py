@@ -207,6 +207,9 @@ class ChunkTerms(NamedTuple):
     P : array of shape (..., G, c, C)
         ``Gamma[reads, :] o Q K^T`` (zero above the diagonal).
     Q : array of shape (..., G, c, d_k)
+    Qg : array of shape (..., G, c, d_k) or None
+        ``gam_r[..., None] * Q``, where the terms' maker formed it already (the fused kernel); else
+        :func:`chunk_outputs` forms it.
     """
 
     U: object
@@ -216,6 +219,7 @@ class ChunkTerms(NamedTuple):
     gam_r: object
     P: object
     Q: object
+    Qg: object = None
 
 
 def chunk_terms(xp, K, V, Q, eta, gs, gr, n, device=None):
@@ -290,4 +294,11 @@ def chunk_outputs(xp, t: ChunkTerms, St, Delta):
     -------
     array of shape (..., G, c, d_v)
     """
+    if t.Qg is not None:  # the decayed queries are there (the fused terms): one product, accumulated
+        from .. import _fused
+
+        Y = _fused.matmul_sum(xp, t.Qg, St, t.P, Delta)
+        if Y is not None:
+            return Y
+        return xp.matmul(t.Qg, St) + xp.matmul(t.P, Delta)
     return t.gam_r[..., None] * xp.matmul(t.Q, St) + xp.matmul(t.P, Delta)
