@@ -117,7 +117,7 @@ def test_weights_matrix_on_backend(backend, rng):
 
 def test_dense_method_that_cannot_fit_fails_early_with_advice(rng, monkeypatch):
     """A device with too little free memory: MemoryError naming the batch and a cheaper method."""
-    monkeypatch.setattr(_array, "free_device_bytes", lambda xp, device=None: 1000)  # 1 kB free
+    monkeypatch.setattr(_array, "free_device_bytes", lambda xp, device=None, **kw: 1000)  # 1 kB free
     Q = rng.standard_normal((3, 64, 8))
     layer = tt.recipes.linear_attention()
     with pytest.raises(MemoryError, match=r"(?s)method='parallel' needs about .* GiB.*split the batch.*method='recurrent'"):

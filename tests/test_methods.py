@@ -170,12 +170,12 @@ def test_auto_on_a_device_prefers_chunked_forms_that_fit(rng, monkeypatch):
     import ttr_stats.layer as L
 
     Q, K, V = make_qkv(rng, T=300)
-    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp, device=None: 2**34)  # pretend: a 16 GiB device
+    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp, device=None, **kw: 2**34)  # pretend: a 16 GiB device
     la, ls = tt.recipes.linear_attention(), tt.recipes.least_squares()
     la(Q, K, V)
     ls(Q, K, V)
     assert (la.method_, ls.method_) == ("chunked", "chunked")
-    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp, device=None: 10**5)  # a nearly full device
+    monkeypatch.setattr(L._array, "free_device_bytes", lambda xp, device=None, **kw: 10**5)  # a nearly full device
     la(Q, K, V, method="auto")
     assert la.method_ == "recurrent"
 

@@ -280,7 +280,7 @@ def test_the_device_path_of_chunked_identity_keeps_the_device(name, monkeypatch)
 def test_auto_with_device_memory_keeps_the_device(info, monkeypatch):
     """What auto picks on a GPU (the device rules: whatever fits a quarter of free memory, e.g. dense
     prefix solves) runs with the device threaded: a pretend 16 GiB device, NumPy and torch alike."""
-    monkeypatch.setattr(_array, "free_device_bytes", lambda xp, device=None: 2**34)
+    monkeypatch.setattr(_array, "free_device_bytes", lambda xp, device=None, **kw: 2**34)
     layer, Q, K, V, gates = recipe_case(info, seed=7)
     ref = layer(Q, K, V, **gates)
     chosen = layer.method_

@@ -29,9 +29,17 @@ __all__ = [
 ]
 
 
+_ARRAY_TYPES: set = set()  # types array-api-compat recognised: the answer is a property of the type
+
+
 def is_array(x) -> bool:
     """True for an array of any library that array-api-compat recognises (NumPy, CuPy, torch, ...)."""
-    return array_api_compat.is_array_api_obj(x)
+    if type(x) in _ARRAY_TYPES:
+        return True
+    ok = array_api_compat.is_array_api_obj(x)
+    if ok:
+        _ARRAY_TYPES.add(type(x))
+    return ok
 
 
 def device(x):
@@ -92,22 +100,36 @@ def as_float_arrays(named: dict, *, dtype=None):
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from exc
         out[name] = value
+    kinds = {name: _kind(xp, v.dtype) for name, v in out.items() if v is not None}
     if dtype is None:
-        floats = [
-            v.dtype
-            for v in out.values()
-            if v is not None and xp.isdtype(v.dtype, "real floating") and v.ndim > 0
-        ]
+        floats = [v.dtype for name, v in out.items() if v is not None and kinds[name] == "f" and v.ndim > 0]
         dtype = xp.result_type(*floats) if floats else xp.float64
     for name, value in out.items():
         if value is None:
             continue
-        if xp.isdtype(value.dtype, "complex floating"):
+        if kinds[name] == "c":
             raise ValueError(f"{name} must be real-valued, got dtype {value.dtype}")
-        if not (xp.isdtype(value.dtype, "numeric") or value.dtype == xp.bool):
+        if kinds[name] not in "biuf":
             raise ValueError(f"{name} must be a numeric array, got dtype {value.dtype}")
-        out[name] = xp.astype(value, dtype, copy=False)
+        if value.dtype != dtype:
+            out[name] = xp.astype(value, dtype, copy=False)
     return xp, out, dtype
+
+
+def _kind(xp, dt) -> str:
+    """NumPy's kind letter of dtype ``dt``: ``f`` real floating, ``c`` complex, ``b`` bool, ``i``/``u``
+    integers, anything else not numeric. NumPy and CuPy dtypes carry it; other libraries' dtypes (torch)
+    are asked through the array API's ``isdtype`` (several microseconds a question on NumPy itself)."""
+    k = getattr(dt, "kind", None)
+    if isinstance(k, str) and len(k) == 1:
+        return k
+    if xp.isdtype(dt, "real floating"):
+        return "f"
+    if xp.isdtype(dt, "complex floating"):
+        return "c"
+    if dt == xp.bool:
+        return "b"
+    return "i" if xp.isdtype(dt, "integral") else "O"
 
 
 def segsum(xp, g):
@@ -331,17 +353,61 @@ def to_numpy(x):
         return np.asarray(x)
 
 
-def free_device_bytes(xp, device=None):
+#: CuPy constant arrays kept by :func:`constant` (a few per call signature; each is T values or fewer)
+CONSTANT_CACHE_SIZE = 32
+_CONSTANTS: dict = {}
+
+
+def constant(xp, shape, value, dtype, device=None):
+    """``xp.full(shape, value)``, to be read and never written (a layer's default gates and strengths).
+
+    On CuPy the array is kept and handed out again for the same device, shape, value and dtype (the
+    :data:`CONSTANT_CACHE_SIZE` latest): a fill is a kernel launch, ~10-20 us of host time, where the
+    host's time is what a small call costs. Every other library gets a fresh ``xp.full`` (NumPy fills
+    T values in well under a microsecond, and torch arrays may join an autograd graph).
+    """
+    if not array_api_compat.is_cupy_namespace(xp):
+        return xp.full(shape, value, dtype=dtype, device=device)
+    import cupy  # pragma: no cover - needs a GPU
+
+    key = (cupy.cuda.runtime.getDevice(), tuple(shape), float(value), str(dtype))  # pragma: no cover
+    x = _CONSTANTS.pop(key, None)  # pragma: no cover
+    if x is None:  # pragma: no cover
+        x = xp.full(shape, value, dtype=dtype, device=device)
+        while len(_CONSTANTS) >= CONSTANT_CACHE_SIZE:
+            _CONSTANTS.pop(next(iter(_CONSTANTS)))
+    _CONSTANTS[key] = x  # pragma: no cover - (re)inserted last: the most recent
+    return x  # pragma: no cover
+
+
+#: seconds a driver reading of a device's free memory may be reused by ``free_device_bytes(max_age=...)``
+#: (``cudaMemGetInfo`` costs 25-40 us, a tenth of a small layer call on the H200)
+DEVICE_MEMORY_TTL = 0.25
+_DEVICE_MEMORY: dict = {}  # device id -> (monotonic time, driver's free bytes)
+
+
+def free_device_bytes(xp, device=None, max_age=0.0):
     """Free memory of a CUDA device, ``None`` for host memory.
 
     CuPy: the current device; torch: ``device`` (the arrays' device, :func:`device`) when it is a CUDA
     device, else ``None`` (torch CPU tensors live in host memory). Both count what their caching
     allocators hold but do not use as free: they hand it out again before asking the driver.
+
+    ``max_age`` (seconds, CuPy): a driver reading at most this old is reused (the pool's own free bytes
+    are always current); 0 reads the driver now. A caller that reuses one decides only what a stale
+    reading cannot turn wrong (``TestTimeRegression._check_device_memory`` re-reads when a method's
+    need comes near it).
     """
     if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import time
+
         import cupy
 
-        free, _ = cupy.cuda.runtime.memGetInfo()
+        dev, now = cupy.cuda.runtime.getDevice(), time.monotonic()
+        when, free = _DEVICE_MEMORY.get(dev, (-math.inf, 0))
+        if now - when > max_age:
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            _DEVICE_MEMORY[dev] = (now, int(free))
         return int(free) + int(cupy.get_default_memory_pool().free_bytes())
     if array_api_compat.is_torch_namespace(xp) and getattr(device, "type", None) == "cuda":
         import torch  # pragma: no cover - needs a GPU

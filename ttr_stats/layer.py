@@ -51,8 +51,17 @@ def _check_inputs(named):
         check_not_text(name, value)
 
 
+def _broadcast(xp, x, shape):
+    """``xp.broadcast_to(x, shape)``, or ``x`` itself where it has that shape already (the usual case:
+    a call's arrays share their batch shape; a broadcast is a few microseconds of host time each)."""
+    return x if tuple(x.shape) == tuple(shape) else xp.broadcast_to(x, shape)
+
+
 def broadcast_shapes(named):
     """Broadcast batch shapes given as ``{name: shape}``; the error names every argument."""
+    shapes = [tuple(s) for s in named.values()]
+    if shapes and all(s == shapes[0] for s in shapes):  # the usual call: one batch shape
+        return shapes[0]
     out = ()
     for shape in named.values():
         n = max(len(out), len(shape))
@@ -284,11 +293,12 @@ class TestTimeRegression(BaseEstimator):
     # ------------------------------------------------------------------------------------------------
     def _prepare(
         self, Q, K, V, alpha, log_alpha, beta, initial_state, causal=True, lengths=None, chunk_size=None,
-        inputs=None, checks=None,
+        inputs=None, checks=None, want_state=True,
     ):  # fmt: skip
         """The validated :class:`Problem` of a call. ``checks``: a :class:`Deferred` that keeps the
         verdicts of the input checks (finiteness of Q, K, V and the gates, the gates' ranges) on the
-        device for the caller to read with its output (:meth:`_run`); None checks them at once."""
+        device for the caller to read with its output (:meth:`_run`); None checks them at once.
+        ``want_state=False``: the caller drops the final state (``Problem.want_state``)."""
         self._check_components()
         self.weights._validate()
         self.optimizer._validate()
@@ -351,9 +361,11 @@ class TestTimeRegression(BaseEstimator):
             raise ValueError(f"{gate_name}: {type(opt).__name__} divides by the decay; alpha must be > 0")
 
         b = check_beta(xp, a["beta"], checks)
+        b_const = None
         if b is None:
             const = opt.default_beta()
-            b = xp.full((T_k,), 1.0 if const is None else const, dtype=dtype, device=device)
+            b_const = 1.0 if const is None else float(const)
+            b = _array.constant(xp, (T_k,), b_const, dtype, device)
         elif b.ndim == 0:
             b = xp.broadcast_to(b, (T_k,))
         elif b.shape[-1] != T_k:
@@ -380,14 +392,12 @@ class TestTimeRegression(BaseEstimator):
             key[len("inputs['") : -2]: xp.broadcast_to(x, batch + x.shape[-2 if t else -1 :])
             for (key, x), t in zip(extra.items(), declared.values(), strict=True)
         }
-        Q = xp.broadcast_to(Q, batch + Q.shape[-2:])
-        K = xp.broadcast_to(K, batch + K.shape[-2:])
-        V = xp.broadcast_to(V, batch + V.shape[-2:])
-        g = xp.broadcast_to(g, batch + g.shape[-2:])
-        b = xp.broadcast_to(b, batch + b.shape[-1:])
+        Q, K, V, g = (_broadcast(xp, x, batch + x.shape[-2:]) for x in (Q, K, V, g))
+        b = _broadcast(xp, b, batch + b.shape[-1:])
         if lengths is not None:
             lengths = check_lengths(xp, lengths, batch, T, device)
             K, V, g, b = mask_padding(xp, lengths, K, V, g, b, steps, nonparametric=self.nonparametric)
+            b_const = None  # 0 in the padding
             if causal:  # queries are tokens only in a causal call (non-causal ones read the final memory)
                 # zero queries in the padding: a feature map (performer, based) or a local polynomial
                 # solve must never see the garbage there; those outputs are padding (zeroed in _run)
@@ -418,13 +428,15 @@ class TestTimeRegression(BaseEstimator):
             xp, Qf, Kf, V, g, b, self.weights.window, state0, batch, T_q, d_f, d_v, dtype,
             steps_per_token=steps, device=device, causal=causal, lengths=lengths,
             chunk_size=check_chunk_size(chunk_size), gated=gated,
-            inputs=extra or None, sinks=_sinks(self.weights), checks=checks,
+            inputs=extra or None, sinks=_sinks(self.weights), checks=checks, want_state=want_state,
+            b_constant=b_const,
         )  # fmt: skip
 
     def _choose(self, method, P):
         """The registered method to run: ``method`` itself (checked), or what ``"auto"`` picks."""
-        if method == "auto":
-            m = registry.choose_auto(self, P, _array.free_device_bytes(P.xp, P.device))
+        if method == "auto":  # (a reading up to a quarter second old: _run re-reads near the limit)
+            free = _array.free_device_bytes(P.xp, P.device, max_age=_array.DEVICE_MEMORY_TTL)
+            m = registry.choose_auto(self, P, free)
         else:
             m = registry.lookup(self, method)
         registry.check_dtype(self, m, P)  # e.g. float16 where a method factorises (no half linalg)
@@ -441,9 +453,15 @@ class TestTimeRegression(BaseEstimator):
         )
 
     def _check_device_memory(self, P, method):
-        """Fail early, and clearly, when a method's intermediates cannot fit in free device memory."""
-        free = _array.free_device_bytes(P.xp, P.device)
-        if free is not None and not method.reference and method.memory(P) > free:
+        """Fail early, and clearly, when a method's intermediates cannot fit in free device memory.
+
+        A driver reading up to :data:`~ttr_stats._array.DEVICE_MEMORY_TTL` old is trusted only while the
+        method needs at most half of it; nearer the limit the driver is read again."""
+        free = _array.free_device_bytes(P.xp, P.device, max_age=_array.DEVICE_MEMORY_TTL)
+        need = None if free is None or method.reference else method.memory(P)
+        if need is not None and 2 * need > free:
+            free = _array.free_device_bytes(P.xp, P.device)
+        if need is not None and need > free:
             raise MemoryError(self._memory_advice(P, method, f"{free / 2**30:.2f} GiB free on the device"))
         if free is None and not method.reference and registry.is_host(P):
             # the same estimate on the host, before any allocation: a T x T form at T = 1e5 would
@@ -549,7 +567,7 @@ class TestTimeRegression(BaseEstimator):
         try:
             P = self._prepare(
                 Q, K, V, alpha, log_alpha, beta, initial_state, causal=causal, lengths=lengths,
-                chunk_size=chunk_size, inputs=inputs, checks=checks,
+                chunk_size=chunk_size, inputs=inputs, checks=checks, want_state=bool(return_state),
             )  # fmt: skip
             m = self._choose(method, P)
             Y, state = self._run(m, P, checks)

@@ -68,7 +68,7 @@ class Weights(BaseEstimator):
                     "of shape (..., T) when calling the layer"
                     + (", (..., T, d_k) for per-dimension decay" if self.per_dimension else "")
                 )
-            return xp.full((T, d_k if self.per_dimension else 1), c, dtype=dtype, device=device)
+            return _array.constant(xp, (T, d_k if self.per_dimension else 1), c, dtype, device)
         if not self.accepts_gates:
             raise ValueError(f"alpha: {type(self).__name__} weights take no decay gates (alpha/log_alpha)")
         name = "alpha"

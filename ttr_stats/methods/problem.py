@@ -63,6 +63,14 @@ class Problem(NamedTuple):
         The call's input checks. A method whose output carries every non-finite entry of Q, K and V
         (only products and sums between them) may call ``checks.vouch(Y, flag)``: a finite output then
         stands for those inputs' own finiteness tests (never the gates'); see ``Deferred.finite``.
+    b_constant : float or None
+        The value of every entry of ``b`` where the call fixed it without passing ``beta`` (the
+        optimizer's default strength, and no ``lengths`` padding), else ``None``: a method may use it in
+        place of reading ``b`` (known from the call, never from values).
+    want_state : bool
+        Whether the caller reads the final state (``return_state=True``, ``memorize``). ``False`` lets a
+        method whose final state is extra work (a nonparametric cache's last log-weights) return ``None``
+        in its place; a state that falls out of the computation (the linear family's) is returned anyway.
     """
 
     xp: object
@@ -87,6 +95,8 @@ class Problem(NamedTuple):
     sinks: int = 0
     inputs: object = None
     checks: object = None
+    want_state: bool = True
+    b_constant: object = None
 
     @property
     def itemsize(self) -> int:

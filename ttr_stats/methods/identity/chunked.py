@@ -70,6 +70,7 @@ import math
 import array_api_compat
 import numpy as np
 
+from ... import _array
 from ...optimizers import LinearAttentionState
 from .. import _fused, _host_threads
 from ..problem import initial_state
@@ -175,14 +176,17 @@ def chunked(layer, P):
     """
     opt = layer.optimizer
     xp, dev = P.xp, P.device
-    s0 = initial_state(opt, P)
     if P.T == 0:
-        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), s0
+        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), initial_state(opt, P)
     need_den = getattr(opt, "normalize", None) == "sum"  # finish reads the denominator only then
     Q, K, V, g, b, w = P.Q, P.K, P.V, P.g, P.b, P.window
-    M0 = xp.broadcast_to(s0.M, P.batch_shape + (P.d_v, P.d_k))
-    z0 = xp.broadcast_to(s0.z, P.batch_shape + (P.d_k,))
     windowed = w is not None and w < P.T
+    if P.state0 is None and not windowed and not _on_host(xp, dev):
+        M0 = z0 = None  # the zero state: _kernel passes cached zeros to the fused kernels (no memsets)
+    else:
+        s0 = initial_state(opt, P)
+        M0 = xp.broadcast_to(s0.M, P.batch_shape + (P.d_v, P.d_k))
+        z0 = xp.broadcast_to(s0.z, P.batch_shape + (P.d_k,))
     if windowed:  # the run on the pairs delayed by w (the removals), stacked behind the run itself
         # a removed pair carries the decay it took inside the window: at t it is pair t - w with weight
         # b_{t-w} prod_{j=t-w+1}^{t} alpha_j (windowed weights have scalar gates, g is (..., T, 1))
@@ -203,15 +207,18 @@ def chunked(layer, P):
     vouch = P.checks is not None and not windowed and getattr(opt, "normalize", None) is None
     flag = P.checks.new_flag() if vouch else None
     y, den, M, z, flagged = _kernel(
-        xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev, gated=P.gated, flag=flag
-    )
+        xp, Q, K, V, g, b, M0, z0, _chunk(P), need_den, _on_host(xp, dev), dev, gated=P.gated, flag=flag,
+        need_z=P.want_state,
+    )  # fmt: skip
     if windowed:
-        y, M, z = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...], z[0, ...] - z[1, ...]
+        y, M = y[0, ...] - y[1, ...], M[0, ...] - M[1, ...]
+        z = None if z is None else z[0, ...] - z[1, ...]
         den = den[0, ...] - den[1, ...] if need_den else None
     Y = opt.finish(xp, y, den)  # den is None unless finish reads it
     if vouch and Y is y:
         P.checks.vouch(Y, flag if flagged else None)
-    return Y, LinearAttentionState(M, z)
+    # z is None where the caller drops the state (P.want_state) and it would cost passes of its own
+    return Y, (LinearAttentionState(M, z) if P.want_state else None)
 
 
 def clamped_log_gates(xp, g, dev):
@@ -243,21 +250,30 @@ def _window_log_sum(xp, g, w, dev):
     return out[..., :T, :]
 
 
-def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True, flag=None):
+def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True, flag=None, need_z=True):
     """The unwindowed chunked recurrence on raw outputs: ``(y, den, M, z, flagged)``.
 
     ``y`` (..., T, d_v) = M_t q_t, ``den`` (..., T) = q_t^T z_t (None unless ``need_den``), ``M``, ``z``:
     the state after step T. ``gated=False`` promises every log-gate is 0 (``Problem.gated``; the fused
     output kernel then skips the decays). ``flag`` (a zeroed device int32 array of one entry, or None):
     the fused kernels set it where an output is not finite; ``flagged`` says whether they ran (else the
-    flag is untouched and says nothing).
+    flag is untouched and says nothing). ``need_z=False``: the final z may come back as None where it
+    would take passes of its own (the device's scan and fused state paths without a denominator).
     """
     T, dv, dt = Q.shape[-2], V.shape[-1], Q.dtype
     per_dim = g.shape[-1] > 1
+    lead, dk = Q.shape[:-2], Q.shape[-1]
+    zero_start = M0 is None  # the zero initial state: read-only cached zeros where only kernels read it
     if not host and not per_dim and _fused_chunk.ENABLED:  # CuPy: two kernels on the unpadded inputs
+        if zero_start:
+            M0 = _array.constant(xp, lead + (dv, dk), 0.0, dt, dev)
+            z0 = _array.constant(xp, lead + (dk,), 0.0, dt, dev)
         fused = _fused_chunk.forward(xp, Q, K, V, g, b, M0, z0, C, need_den, gated=gated, flag=flag)
         if fused is not None:
             return fused + (flag is not None,)
+    if zero_start:  # the array forms below may update the state in place: fresh zeros
+        M0 = xp.zeros(lead + (dv, dk), dtype=dt, device=dev)
+        z0 = xp.zeros(lead + (dk,), dtype=dt, device=dev)
     N = -(-T // C)
     Cp = 1 << (C - 1).bit_length() if per_dim else C  # the halving needs a power of two
     lead = Q.shape[:-2]
@@ -306,11 +322,12 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True, flag=
             continue
         # a device: one block, every chunk at once
         Gc = xp.sum(g64, axis=-2)  # (..., N, dg): whole-chunk log-decays
-        scanned = _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A) if DEVICE_STATES == "scan" else None
+        scan = DEVICE_STATES == "scan"
+        scanned = _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A, need_z) if scan else None
         if scanned is not None:  # every state at once, then the reads as batched products
             out, dout, M, z = scanned
             continue
-        fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A if FUSE_INTRA_READS else None)
+        fused = _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A if FUSE_INTRA_READS else None, need_z)
         if fused is not None and FUSE_INTRA_READS:  # the kernel added the intra-chunk reads A v itself
             out, dout, M, z = fused
         elif fused is not None:
@@ -574,7 +591,7 @@ def _inter_grouped(xp, Qg, v, Kx, Gc, M, z, need_den):
     return y, den, M, z
 
 
-def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
+def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None, need_z=True):
     """The whole output by the fused kernel (or None where it does not apply): ``(y, den, M, z)``.
 
     With ``A`` (..., n, C, C), the intra-chunk matrix, the kernel adds the intra-chunk reads ``A v`` to
@@ -583,7 +600,7 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
     a ones column appended to the values (read when ``need_den``: then ``A 1`` comes with it); without it
     z is only needed after the last chunk:
     ``z_N = sum_n exp(sum_{m > n} Gc_m) dz_n + exp(sum_m Gc_m) z_0`` (reverse cumulative sums: no
-    difference of large sums, every exponent <= 0).
+    difference of large sums, every exponent <= 0), None unless ``need_z``.
     """
     dt, dv = Qg.dtype, v.shape[-1]
     U, St0, zb = _state_operands(xp, Qg, v, M, z, need_den)
@@ -594,7 +611,7 @@ def _inter_fused(xp, Qg, v, Kx, Gc, M, z, need_den, A=None):
     M = xp.matrix_transpose(St[..., :dv])
     if need_den:
         return Y[..., :dv], Y[..., dv], M, St[..., dv]
-    return Y, None, M, _final_z(xp, Kx, Gc, zb, dt)
+    return Y, None, M, (_final_z(xp, Kx, Gc, zb, dt) if need_z else None)
 
 
 def _state_operands(xp, Qg, v, M, z, need_den):
@@ -621,7 +638,7 @@ def _final_z(xp, Kx, Gc, z0, dt):
     return xp.sum(_ex(xp, after, dt) * dz, axis=-2) + _ex(xp, rc[..., 0, :], dt) * z0
 
 
-def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A):
+def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A, need_z=True):
     """The whole output from every chunk's state at once, ``(y, den, M, z)``, or None where the scan
     kernel does not apply (not CuPy float32/float64).
 
@@ -631,7 +648,8 @@ def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A):
     products. ``U = v``, with a ones column when ``need_den`` (z is then the state's last column, and
     ``A 1`` comes with ``A U``); without it z is only needed after the last chunk (:func:`_final_z`).
     Qg, Kx (..., N, C, dk), v (..., N, C, dv), A (..., N, C, C), Gc (..., N, dg) float64 whole-chunk
-    log-decays, dg = 1 or dk.
+    log-decays, dg = 1 or dk. ``need_z=False``: the final z (its own passes without a denominator) is
+    None.
     """
     dt, dv = Qg.dtype, v.shape[-1]
     U, St0, zb = _state_operands(xp, Qg, v, M, z, need_den)
@@ -639,11 +657,13 @@ def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A):
     if res is None:
         return None
     S, St = res
-    Y = Qg @ S + A @ U
+    Y = _fused.matmul_sum(xp, Qg, S, A, U)  # one output, the second product accumulated into it
+    if Y is None:
+        Y = Qg @ S + A @ U
     M = xp.matrix_transpose(St[..., :dv])
     if need_den:
         return Y[..., :dv], Y[..., dv], M, St[..., dv]
-    return Y, None, M, _final_z(xp, Kx, Gc, zb, dt)
+    return Y, None, M, (_final_z(xp, Kx, Gc, zb, dt) if need_z else None)
 
 
 def _segsum(xp, x, dev):

@@ -74,7 +74,7 @@ def blocked(layer, P):
     """Return ``(Y, CacheState)``; non-causal calls read every query against every pair."""
     xp, reg = P.xp, layer.regressor
     if not P.causal:
-        return reg.read(xp, final_cache(xp, P), P.Q), final_cache(xp, P)
+        return reg.read(xp, final_cache(xp, P, always=True), P.Q), final_cache(xp, P)
     c = BLOCK if P.chunk_size is None else int(P.chunk_size)
     return blockedcholesky(xp, reg, P, c), final_cache(xp, P)
 

@@ -11,7 +11,7 @@ def direct(layer, P):
     """Return ``(Y, CacheState)``."""
     xp, reg = P.xp, layer.regressor
     if not P.causal:
-        return reg.read(xp, final_cache(xp, P), P.Q), final_cache(xp, P)
+        return reg.read(xp, final_cache(xp, P, always=True), P.Q), final_cache(xp, P)
     G = reg._gram(xp, P.K)
     ys = []
     for t in range(P.T):

@@ -16,7 +16,7 @@ def parallel(layer, P):
     """Return ``(Y, CacheState)``."""
     xp, reg = P.xp, layer.regressor
     if not P.causal:
-        return reg.read(xp, final_cache(xp, P), P.Q), final_cache(xp, P)
+        return reg.read(xp, final_cache(xp, P, always=True), P.Q), final_cache(xp, P)
     T = P.T
     if T == 0:
         return empty(xp, P), final_cache(xp, P)

@@ -51,7 +51,7 @@ def recurrent(layer, P):
     """Return ``(Y, CacheState)``; non-causal calls read every query against every pair."""
     xp, reg = P.xp, layer.regressor
     if not P.causal:
-        return reg.read(xp, final_cache(xp, P), P.Q), final_cache(xp, P)
+        return reg.read(xp, final_cache(xp, P, always=True), P.Q), final_cache(xp, P)
     return growing_cholesky(xp, reg, P), final_cache(xp, P)
 
 

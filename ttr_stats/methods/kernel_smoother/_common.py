@@ -10,8 +10,11 @@ def dense_log_weights(xp, regressor, P):
     return log_gamma(xp, P, causal=P.causal) + regressor.log_similarity(xp, P.Q, P.K)
 
 
-def final_cache(xp, P):
-    """The memory after the last step: every pair with its last log-weight."""
+def final_cache(xp, P, *, always=False):
+    """The memory after the last step: every pair with its last log-weight; ``None`` when the caller drops
+    the state (``P.want_state`` false) unless ``always`` (a method that reads its queries from it)."""
+    if not (always or P.want_state):
+        return None
     return CacheState(P.K, P.V, last_log_weights(xp, P))
 
 

@@ -67,6 +67,8 @@ import math
 
 import array_api_compat
 
+from ... import _array
+
 __all__ = [
     "ENABLED",
     "VARIANT",
@@ -855,7 +857,12 @@ def operands(xp, layer, P):
         return None
     BH = P.n_batch
     Q, K, V = P.Q, P.K, P.V
-    if P.causal:
+    if P.causal and type(sim) is ExpDot and P.b_constant is not None and P.b_constant > 0:
+        # strengths fixed by the call (no beta, no padding): (BH, T_k) constants, no launch on a repeat
+        shape = tuple(P.batch_shape) + (Tk,)
+        logb = _array.constant(xp, shape, math.log(P.b_constant), P.dtype, P.device)
+        g = P.g[..., 0] if P.gated else _array.constant(xp, shape, 0.0, P.dtype, P.device)
+    elif P.causal:
         g = P.g[..., 0]
         logb = log_strength(xp, P.b)
     else:
