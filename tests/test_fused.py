@@ -216,6 +216,44 @@ def test_kernel_matches_the_reference(
 
 @gpu
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    ("lead", "N", "C", "dk", "dv", "per_dim", "has_W"),
+    [((2, 3), 5, 64, 64, 64, False, True), ((1,), 1, 1, 1, 1, False, False), ((3,), 7, 7, 7, 33, True, False),
+     ((2,), 9, 9, 100, 7, False, True), ((70000,), 2, 4, 3, 2, False, True)],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "config", [("tiled", 32, 128), ("tiled", 16, 64), ("tiled", 64, 256), ("simple", 0, 0)]
+)
+def test_chunk_states_matches_the_loop_in_every_layout(
+    monkeypatch, config, dtype, lead, N, C, dk, dv, per_dim, has_W
+):
+    """``_fused.chunk_states`` (the recurrence alone, the delta rule's split reads) in each kernel layout
+    against the float64 loop: the states before every chunk, the Deltas and the final state."""
+    import cupy as cp
+
+    kernel, cols, threads = config
+    monkeypatch.setattr(_fused, "STATES_KERNEL", kernel)
+    if kernel == "tiled":
+        monkeypatch.setattr(_fused, "STATES_COLUMNS", cols)
+        monkeypatch.setattr(_fused, "STATES_THREADS", threads)
+    rng = np.random.default_rng(3)
+    g = lambda *s: (rng.standard_normal(lead + s) / np.sqrt(max(dk, C))).astype(dtype)  # noqa: E731
+    U, Kx, S0 = g(N, C, dv), g(N, C, dk), g(dk, dv)
+    a = rng.uniform(0.0, 1.0, lead + (N, dk if per_dim else 1)).astype(dtype)
+    W = g(N, C, dk) if has_W else None
+    got = _fused.chunk_states(cp, *(cp.asarray(x) for x in (U, Kx, a, S0)), W=None if W is None else cp.asarray(W))
+    assert got is not None
+    ref = chunk_states_reference(*(x.astype(np.float64) for x in (U, Kx, a, S0)),
+                                 W=None if W is None else W.astype(np.float64))  # fmt: skip
+    tol = TOL32 if dtype == "float32" else TOL64
+    for x, y in zip(got, ref, strict=True):
+        assert x.shape == y.shape and x.dtype == dtype
+        assert rel_err(cp.asnumpy(x), y) < tol
+
+
+@gpu
+@pytest.mark.gpu
 def test_kernel_refuses_what_does_not_fit_shared_memory():
     import cupy as cp
 
@@ -325,9 +363,10 @@ def _signature(T):
     return [f"const {T}*"] * 7 + [f"{T}*"] * 2 + ["int"] * 9 + [f"{T}*"] * 2 + ["int"]
 
 
-def emulated_chunk_states(xp, U, Kx, a, S0t, W=None):
-    """:func:`_fused.chunk_states` on NumPy with the simple kernel run on the host (its keep mode: no
-    reads, every chunk's Delta and starting state stored)."""
+def emulated_chunk_states(xp, U, Kx, a, S0t, W=None, kernel="simple", columns=None, threads=None):
+    """:func:`_fused.chunk_states` on NumPy with the kernel run on the host (its keep mode: no reads,
+    every chunk's Delta and starting state stored); ``kernel``, ``columns``, ``threads`` as
+    ``_fused.layout`` takes them."""
     import cuda_on_host
 
     lead = U.shape[:-3]
@@ -336,9 +375,12 @@ def emulated_chunk_states(xp, U, Kx, a, S0t, W=None):
     dt = np.dtype(U.dtype)
     if N == 0:
         return None
-    name, BV, nthreads, smem = _fused.layout(0, C, dk, dv, False, W is not None, dt.itemsize, "simple")
+    lay = _fused.layout(0, C, dk, dv, False, W is not None, dt.itemsize, kernel, columns, threads)
+    assert lay is not None, (C, dk, dv, kernel)
+    name, BV, nthreads, smem = lay
     T = _CT[dt]
-    kern = cuda_on_host.compile_kernel(_fused._SOURCE, f"{name}<{T}>", _signature(T))
+    src = _fused._SOURCE if name == "state_pass" else _fused._TILED_SOURCE
+    kern = cuda_on_host.compile_kernel(src, f"{name}<{T}>", _signature(T))
     BH = int(np.prod(lead))
     da = a.shape[-1]
     flat = lambda x, tail: np.ascontiguousarray(
@@ -368,13 +410,19 @@ def chunk_states_reference(U, Kx, a, S0t, W=None):
 
 
 @host_cuda
+@pytest.mark.parametrize(
+    ("kernel", "columns", "threads"),
+    [("simple", None, None), ("tiled", None, None), ("tiled", 16, 64), ("tiled", 64, 256), ("tiled", 8, 32)],
+)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     ("lead", "N", "C", "dk", "dv", "per_dim", "has_W"),
     [((2,), 3, 32, 64, 64, False, True), ((1,), 1, 1, 1, 1, False, False), ((3,), 4, 7, 7, 33, True, False),
      ((1,), 2, 64, 64, 100, False, True), ((2,), 5, 9, 100, 7, False, True)],
 )  # fmt: skip
-def test_chunk_states_on_the_host_matches_the_loop(dtype, lead, N, C, dk, dv, per_dim, has_W):
+def test_chunk_states_on_the_host_matches_the_loop(
+    kernel, columns, threads, dtype, lead, N, C, dk, dv, per_dim, has_W
+):
     rng = np.random.default_rng(2)
     g = lambda *s: (rng.standard_normal(lead + s) / np.sqrt(max(dk, C))).astype(dtype)  # noqa: E731
     U, Kx, S0 = g(N, C, dv), g(N, C, dk), g(dk, dv)
@@ -382,7 +430,9 @@ def test_chunk_states_on_the_host_matches_the_loop(dtype, lead, N, C, dk, dv, pe
     W = g(N, C, dk) if has_W else None
     ref = chunk_states_reference(*(x.astype(np.float64) for x in (U, Kx, a, S0)),
                                  W=None if W is None else W.astype(np.float64))  # fmt: skip
-    got = emulated_chunk_states(np, U, Kx, a, S0, W=W)
+    if _fused.layout(0, C, dk, dv, False, has_W, 8, kernel, columns, threads) is None:
+        pytest.skip("this layout does not take this many rows")
+    got = emulated_chunk_states(np, U, Kx, a, S0, W=W, kernel=kernel, columns=columns, threads=threads)
     tol = TOL32 if dtype == np.float32 else TOL64
     for x, y in zip(got, ref, strict=True):
         assert x.shape == y.shape and x.dtype == dtype

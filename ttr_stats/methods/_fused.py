@@ -234,8 +234,10 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) state_pass_tiled(
     const T* __restrict__ S0, T* __restrict__ Y, T* __restrict__ Sout,
     const int N, const int R, const int C, const int dk, const int dv, const int da,
     const int BV, const int has_A, const int has_W,
-    T* __restrict__ Dout, T* __restrict__ Sn, const int keep)   // keep: the simple kernel's only (0 here)
+    T* __restrict__ Dout, T* __restrict__ Sn, const int keep)
 {
+    // keep: also store every chunk's Delta (Dout, (N, C, dv)) and the state before it (Sn, (N, dk, dv)),
+    // each thread the entries it owns (R = 0 then: no reads here), as the simple kernel's keep mode
     const int ldq = dk | 1, ldc = C | 1;
     extern __shared__ unsigned char smem_raw[];
     T* St = reinterpret_cast<T*>(smem_raw);   // (dk, BV): this block's columns of S^T
@@ -329,6 +331,17 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) state_pass_tiled(
         }
         __syncthreads();
         // phase 2: Y = yreg + A Delta, then S^T <- diag(a) S^T + K_x^T Delta (own rows and columns only)
+        if (keep) {
+#pragma unroll
+            for (int i = 0; i < TRMAX; ++i) {
+                const int r = rt + i * nrg;
+                if (r < C) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c)
+                        if (v0 + c0 + c < dv) Dout[(chunk * C + r) * dv + v0 + c0 + c] = Vn[r * BV + c0 + c];
+                }
+            }
+        }
         if (has_A) {
             for (int j = 0; j < C; ++j) {
                 T d[4];
@@ -362,6 +375,11 @@ __global__ void __launch_bounds__(TILED_MAX_THREADS) state_pass_tiled(
                 ld4(St + k * BV + c0, s);
 #pragma unroll
                 for (int c = 0; c < 4; ++c) acc[i][c] = sa[k] * s[c];
+                if (keep) {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c)
+                        if (v0 + c0 + c < dv) Sn[(chunk * dk + k) * dv + v0 + c0 + c] = s[c];
+                }
             }
         }
         for (int j = 0; j < C; ++j) {
@@ -540,6 +558,17 @@ def state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None):
     return xp.reshape(Y, lead + (N, R, dv)), xp.reshape(St, lead + (dk, dv))
 
 
+#: the kernel of :func:`chunk_states` (the recurrence alone, no reads): ``"simple"`` or ``"tiled"`` (register
+#: tiles of TILE_ROWS rows x 4 columns a thread: 4 TR multiply-adds per TR + 1 shared loads), with the
+#: tiled kernel's value columns and threads a block; where the tiled layout does not fit, the simple one.
+#: Gated DeltaNet's sizes on the H200 (B = 8, H = 16, d = 64, chunk 64, float32; same bits in every
+#: layout): simple 1.66 / 5.87 ms at T = 4096 / 16384, tiled 3.01-3.47 / 11.6-13.4 ms for columns x
+#: threads in {16, 32, 64} x {64, 128, 256} (6.3 / 25.5 ms at 8 x 64): the simple kernel stays
+STATES_KERNEL = "simple"
+STATES_COLUMNS = 32
+STATES_THREADS = 128
+
+
 def chunk_states(xp, U, Kx, a, S0t, W=None):
     r"""The recurrence alone (the simple kernel, no reads): every chunk's :math:`\Delta = U - W S^\top`
     and the transposed state before it, for the caller to form the reads as batched products
@@ -556,7 +585,11 @@ def chunk_states(xp, U, Kx, a, S0t, W=None):
     dt = U.dtype
     if N == 0 or not ENABLED or not array_api_compat.is_cupy_namespace(xp) or str(dt) not in _DTYPES:
         return None
-    lay = layout(0, C, dk, dv, False, W is not None, dt.itemsize, kernel="simple")
+    lay = layout(
+        0, C, dk, dv, False, W is not None, dt.itemsize, STATES_KERNEL, STATES_COLUMNS, STATES_THREADS
+    )
+    if lay is None or lay[3] > _shared_limit():
+        lay = layout(0, C, dk, dv, False, W is not None, dt.itemsize, kernel="simple")
     if lay is None or lay[3] > _shared_limit():
         return None
     import cupy
