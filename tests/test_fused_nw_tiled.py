@@ -62,6 +62,17 @@ def test_v2_shapes():
     for dt, shapes in F.SWEEP.items():
         for c in shapes:
             assert F._v2_shape(dt, 64, 64, big, config=c) is not None, (dt, c)
+    # a call's own default: half the rows a thread where the base shape's grid is small, from the shapes
+    BQ = F.CONFIGS["float32"][0] * F.CONFIGS["float32"][2]
+    few = F.SMALL_GRID_BLOCKS // 2  # sequences x query tiles below the limit
+    assert F.default_config("float32", few, BQ) == F.SMALL_CONFIGS["float32"]
+    assert F.default_config("float32", F.SMALL_GRID_BLOCKS, BQ) == F.CONFIGS["float32"]
+    assert F.default_config("float32", 128, 1024) == F.SMALL_CONFIGS["float32"]  # 1024 blocks
+    assert F.default_config("float32", 128, 2048) == F.CONFIGS["float32"]  # 2048 blocks
+    assert F.default_config("float64", 1, 64) == F.CONFIGS["float64"]  # no small shape for float64
+    assert F._v2_shape("float32", 64, 64, big, BH=128, Tq=1024)[0] == (16, 8, 4, 8, 8, 0)
+    assert F._v2_shape("float32", 64, 64, big, BH=128, Tq=4096)[0] == (16, 8, 8, 8, 8, 0)
+    assert F.SMALL_CONFIGS["float32"] in F.SWEEP["float32"]  # so the sweep tests run it on host and card
     with pytest.raises(ValueError, match="variant"):
         F.forward(np, *([None] * 5), 1.0, True, 0, variant="v3")
 

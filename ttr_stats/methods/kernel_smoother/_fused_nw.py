@@ -710,6 +710,15 @@ VARIANT = "v2"
 #: (more shared memory: fewer blocks per SM; default 0, one buffer, two blocks per SM in float32 at d = 64)
 CONFIGS = {"float32": (16, 8, 8, 8), "float64": (16, 8, 4, 4)}
 
+#: the shape where :data:`CONFIGS`' query tiles would give fewer than :data:`SMALL_GRID_BLOCKS` blocks a
+#: call (BH x query tiles): half as many rows a thread, twice the blocks, so the causal grid's uneven tiles
+#: balance over the SMs. One H200, B = 8, H = 16, d = 64, float32 kernel alone (``.dev`` sweep, median of 20):
+#: causal softmax 0.774 against 0.912 ms at T = 1024 (1024 blocks), 2.809 against 2.846 at 2048, 10.43
+#: against 9.96 at 4096; forgetting attention 1.155 against 1.235 ms at T = 1024. Causal softmax gives the
+#: same bits in both shapes; gated weights differ by rounding (7e-8: the gate sums group by query tile).
+SMALL_CONFIGS = {"float32": (16, 8, 4, 8)}
+SMALL_GRID_BLOCKS = 2048
+
 #: shapes ``benchmarks/gpu_fused_nw.py`` sweeps (each must satisfy the constraints of :data:`CONFIGS`)
 SWEEP = {
     "float32": (
@@ -760,14 +769,25 @@ def _shared_limit():
     return int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
 
 
-def _v2_shape(dtype_name, dk, dv, limit_bytes, config=None):
+def default_config(dtype_name, BH, Tq):
+    """The tile shape a call without ``config`` takes: :data:`SMALL_CONFIGS` where :data:`CONFIGS`' query
+    tiles would make fewer than :data:`SMALL_GRID_BLOCKS` blocks (from the shapes alone, never values)."""
+    base = CONFIGS[dtype_name]
+    small = SMALL_CONFIGS.get(dtype_name)
+    if small is not None and BH * -(-Tq // (base[0] * base[2])) < SMALL_GRID_BLOCKS:
+        return small
+    return base
+
+
+def _v2_shape(dtype_name, dk, dv, limit_bytes, config=None, BH=0, Tq=0):
     """v2's template arguments ``(NTY, NTX, RM, RN, DVT)`` and shared bytes for a call, or ``None`` where its
-    tiles do not fit ``limit_bytes`` (or ``dv > MAX_DV``)."""
+    tiles do not fit ``limit_bytes`` (or ``dv > MAX_DV``). Without ``config``: :func:`default_config` of
+    ``BH`` sequences of ``Tq`` queries (0, 0: :data:`CONFIGS`)."""
     if dtype_name not in _DTYPES or dv > MAX_DV or dk < 1 or dv < 1:
         return None
     itemsize = 4 if dtype_name == "float32" else 8
     W = 16 // itemsize
-    NTY, NTX, RM, RN, *rest = config or CONFIGS[dtype_name]
+    NTY, NTX, RM, RN, *rest = config or (default_config(dtype_name, BH, Tq) if BH else CONFIGS[dtype_name])
     DB = int(rest[0]) if rest else 0
     DVT = W * -(-dv // (NTX * W))
     if config is None:
@@ -988,7 +1008,7 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
     Tk, dv = V.shape[-2], V.shape[-1]
     dt = Q.dtype
     tname = _DTYPES[str(dt)]
-    got = _v2_shape(str(dt), dk, dv, _shared_limit(), config)
+    got = _v2_shape(str(dt), dk, dv, _shared_limit(), config, BH=BH, Tq=Tq)
     if got is None:
         return None
     shape, smem = got
