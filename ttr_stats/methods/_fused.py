@@ -652,7 +652,8 @@ def matmul_sum(xp, A1, B1, A2, B2):
     dimension), and the caller forms the products and the sum itself.
 
     A1 (..., m, k1), B1 (..., k1, n), A2 (..., m, k2), B2 (..., k2, n); the result (..., m, n). The
-    products run in the cuBLAS handle's math mode, as CuPy's own ``matmul``. The binding is checked once
+    products run on CuPy's cuBLAS handle in its math mode (cuBLAS's default: full float32 / float64, no
+    TF32; the GPU tests compare them with float64 at float32's tolerance). The binding is checked once
     per device on a small product with a known answer (the calling conventions of CuPy's low-level
     cuBLAS wrappers changed across releases); where it fails the check, this returns ``None`` from then
     on.
