@@ -25,8 +25,8 @@ from shared memory per ``TM^2`` multiply-adds). A non-causal call (every query r
 visits every key tile with the last step's per-key log-weights.
 
 Two variants (:data:`VARIANT`). ``"v1"`` is the above. ``"v2"`` (``nw_forward2``, the default) has query
-tiles longer than key tiles (float32: 128 queries x 64 keys, 128 threads; float64: 64 x 32; see
-:data:`CONFIGS`, :data:`SWEEP`), each thread owning ``RM`` rows x ``RN`` keys of the logits and ``RM`` rows x
+tiles longer than key tiles (float32: 128 queries x 64 keys, 128 threads, or 64 x 64 on small grids;
+float64: 64 x 32; see :data:`CONFIGS`, :data:`SMALL_CONFIGS`, :data:`SWEEP`), each thread owning ``RM`` rows x ``RN`` keys of the logits and ``RM`` rows x
 ``DVT`` columns of the accumulator (16 multiply-adds per 16-byte shared load, twice v1's; row-major tiles
 with conflict-free strides), logits in log2 units (log2 e folded into the scale, ``exp2``), the normaliser
 rescaled once per key tile and summed across threads once at the end, and the gate sums of key tiles
@@ -58,7 +58,8 @@ source itself (both variants) run on the host by ``tests/cuda_on_host.py`` equal
 GPU ``tests/test_fused_nw.py`` (v1, and the default through the layers) and ``tests/test_fused_nw_tiled.py``
 (v2, every shape of :data:`SWEEP`) compare the kernel with both; ``benchmarks/gpu_tiled.py`` times the
 layer against torch SDPA, ``benchmarks/gpu_fused_nw.py`` both variants and v2's tile shapes against torch
-SDPA and fla. v1 was measured on an H200 (docs/benchmarks.md); v2 not yet at the time of writing.
+SDPA and fla. Both variants were measured on an H200 (docs/benchmarks.md); v2 is the default, with the
+small-grid tile shape of :data:`SMALL_CONFIGS`.
 """
 
 from __future__ import annotations
