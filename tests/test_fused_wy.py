@@ -120,7 +120,7 @@ def emulated(args, n, dtype):
     K, V, Q, eta, gs, gr = args
     T = {np.float32: "float", np.float64: "double"}[dtype]
     kern = cuda_on_host.compile_kernel(
-        fw._SOURCE, f"wy_terms<{T}>", [f"const {T}*"] * 6 + [f"{T}*"] * 7 + ["int"] * 7
+        fw._SOURCE, f"wy_terms<{T}>", [f"const {T}*"] * 6 + [f"{T}*"] * 7 + ["int"] * 6
     )
     lead, (N, C, dk), dv, c = K.shape[:-3], K.shape[-3:], V.shape[-1], Q.shape[-2]
     BN = int(np.prod(lead)) * N
@@ -132,7 +132,7 @@ def emulated(args, n, dtype):
         for s in ((BN, C, dv), (BN, C, dk), (BN, C, dk), (BN, c, C), (BN, c), (BN,), (BN, c, dk))
     ]
     smem = fw.shared_bytes(C, dk, dv, np.dtype(dtype).itemsize)
-    kern((BN,), (fw.THREADS,), smem, *ins, *outs, C, c, n, dk, dv, int(gr is not None), 1)
+    kern((BN,), (fw.THREADS,), smem, *ins, *outs, C, c, n, dk, dv, int(gr is not None))
     U, W, DK, P, gam_r, gamC, Qg = outs
     r = lambda x, tail: x.reshape(lead + (N,) + tail)  # noqa: E731
     return _wy.ChunkTerms(U=r(U, (C, dv)), W=r(W, (C, dk)), DK=r(DK, (C, dk)), gamC=r(gamC, ()),
@@ -203,7 +203,7 @@ def test_call_site_with_the_reference_matches_the_loop(monkeypatch, rng, name, T
 def test_sources_compile_with_nvcc(tmp_path):
     inst = {
         "wy_terms": (fw._SOURCE, "(const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, const {t}*, "
-                     "{t}*, {t}*, {t}*, {t}*, {t}*, {t}*, {t}*, int, int, int, int, int, int, int)"),
+                     "{t}*, {t}*, {t}*, {t}*, {t}*, {t}*, {t}*, int, int, int, int, int, int)"),
     }  # fmt: skip
     for name, (src, sig) in inst.items():
         body = src + "".join(

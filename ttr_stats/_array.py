@@ -366,18 +366,18 @@ def constant(xp, shape, value, dtype, device=None):
     host's time is what a small call costs. Every other library gets a fresh ``xp.full`` (NumPy fills
     T values in well under a microsecond, and torch arrays may join an autograd graph).
     """
-    if not array_api_compat.is_cupy_namespace(xp):
-        return xp.full(shape, value, dtype=dtype, device=device)
-    import cupy  # pragma: no cover - needs a GPU
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import cupy
 
-    key = (cupy.cuda.runtime.getDevice(), tuple(shape), float(value), str(dtype))  # pragma: no cover
-    x = _CONSTANTS.pop(key, None)  # pragma: no cover
-    if x is None:  # pragma: no cover
-        x = xp.full(shape, value, dtype=dtype, device=device)
-        while len(_CONSTANTS) >= CONSTANT_CACHE_SIZE:
-            _CONSTANTS.pop(next(iter(_CONSTANTS)))
-    _CONSTANTS[key] = x  # pragma: no cover - (re)inserted last: the most recent
-    return x  # pragma: no cover
+        key = (cupy.cuda.runtime.getDevice(), tuple(shape), float(value), str(dtype))
+        x = _CONSTANTS.pop(key, None)
+        if x is None:
+            x = xp.full(shape, value, dtype=dtype, device=device)
+            while len(_CONSTANTS) >= CONSTANT_CACHE_SIZE:
+                _CONSTANTS.pop(next(iter(_CONSTANTS)))
+        _CONSTANTS[key] = x  # (re)inserted last: the most recent
+        return x
+    return xp.full(shape, value, dtype=dtype, device=device)
 
 
 #: seconds a driver reading of a device's free memory may be reused by ``free_device_bytes(max_age=...)``

@@ -67,7 +67,7 @@ __global__ void wy_terms(
     const T* __restrict__ eta, const T* __restrict__ gs, const T* __restrict__ gr,
     T* __restrict__ U, T* __restrict__ W, T* __restrict__ DK, T* __restrict__ P,
     T* __restrict__ gam_r, T* __restrict__ gamC, T* __restrict__ Qg,
-    const int C, const int c, const int n, const int dk, const int dv, const int has_gr, const int want_qg)
+    const int C, const int c, const int n, const int dk, const int dv, const int has_gr)
 {
     // row strides made odd so that threads walking a column of sK / sG / sN hit distinct banks
     const int ldk = dk | 1, ldc = C | 1, ncol = dv + dk;
@@ -166,12 +166,10 @@ __global__ void wy_terms(
     }
     for (int r = tid; r < c; r += nt) gam_r[ch * c + r] = sgam[r * n + n - 1];
     if (tid == 0) gamC[ch] = sgam[C - 1];
-    if (want_qg) {  // the decayed queries gam_r q_r of the reads (no separate pass over Q)
-        T* Qgc = Qg + ch * c * dk;
-        for (int e = tid; e < c * dk; e += nt) {
-            const int r = e / dk;
-            Qgc[e] = sgam[r * n + n - 1] * sX[r * ldk + e % dk];
-        }
+    T* Qgc = Qg + ch * c * dk;  // the decayed queries gam_r q_r of the reads (no separate pass over Q)
+    for (int e = tid; e < c * dk; e += nt) {
+        const int r = e / dk;
+        Qgc[e] = sgam[r * n + n - 1] * sX[r * ldk + e % dk];
     }
     __syncthreads();  // the queries in sX are read: the right-hand sides may overwrite them
     // 3. right-hand sides
@@ -274,7 +272,7 @@ def chunk_terms(xp, K, V, Q, eta, gs, gr, n, device=None):
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32
-    sizes = (C, c, n, dk, dv, int(gr is not None), 1)
+    sizes = (C, c, n, dk, dv, int(gr is not None))
     args = (Kf, Vf, Qf, ef, gf, rf, U, W, DK, P, gam_r, gamC, Qg) + tuple(i32(s) for s in sizes)
     kern((BN,), (THREADS,), args, shared_mem=smem)
     r = lambda x, tail: xp.reshape(x, lead + (N,) + tail)  # noqa: E731

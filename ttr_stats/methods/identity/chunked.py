@@ -276,7 +276,6 @@ def _kernel(xp, Q, K, V, g, b, M0, z0, C, need_den, host, dev, gated=True, flag=
         z0 = xp.zeros(lead + (dk,), dtype=dt, device=dev)
     N = -(-T // C)
     Cp = 1 << (C - 1).bit_length() if per_dim else C  # the halving needs a power of two
-    lead = Q.shape[:-2]
     Qc, Kc, Vc = (_chunks(xp, X, N, C, Cp, dev) for X in (Q, K, V))
     bc = _chunks(xp, b[..., None], N, C, Cp, dev)  # (..., N, Cp, 1)
     g64 = None

@@ -24,16 +24,16 @@ tile's logits and ``TM`` rows x ``DVT`` value columns of the accumulator (regist
 from shared memory per ``TM^2`` multiply-adds). A non-causal call (every query reads the last memory)
 visits every key tile with the last step's per-key log-weights.
 
-Two variants (:data:`VARIANT`). ``"v1"`` is the above. ``"v2"`` (``nw_forward2``, the default) has query
-tiles longer than key tiles (float32: 128 queries x 64 keys, 128 threads, or 64 x 64 on small grids;
-float64: 64 x 32; see :data:`CONFIGS`, :data:`SMALL_CONFIGS`, :data:`SWEEP`), each thread owning ``RM`` rows x ``RN`` keys of the logits and ``RM`` rows x
-``DVT`` columns of the accumulator (16 multiply-adds per 16-byte shared load, twice v1's; row-major tiles
-with conflict-free strides), logits in log2 units (log2 e folded into the scale, ``exp2``), the normaliser
-rescaled once per key tile and summed across threads once at the end, and the gate sums of key tiles
-before the query tile read from three block-local arrays computed once per call (:func:`tile_sums`:
-prefixes within query tiles, suffixes within key tiles, tile totals), so that per pair the log-weight is
-two adds; key tiles inside the query tile form running sums per key column as v1's diagonal does. v2 covers
-every case v1 does; where its tiles do not fit shared memory it falls back to v1.
+Two variants (:data:`VARIANT`). ``"v1"`` is the above. ``"v2"`` (``nw_forward2``, the default) has query tiles
+longer than key tiles (float32: 128 queries x 64 keys, 128 threads, or 64 x 64 on small grids; float64: 64 x
+32; see :data:`CONFIGS`, :data:`SMALL_CONFIGS`, :data:`SWEEP`), each thread owning ``RM`` rows x ``RN`` keys
+of the logits and ``RM`` rows x ``DVT`` columns of the accumulator (16 multiply-adds per 16-byte shared load,
+twice v1's; row-major tiles with conflict-free strides), logits in log2 units (log2 e folded into the scale,
+``exp2``), the normaliser rescaled once per key tile and summed across threads once at the end, and the gate
+sums of key tiles before the query tile read from three block-local arrays computed once per call
+(:func:`tile_sums`: prefixes within query tiles, suffixes within key tiles, tile totals), so that per pair the
+log-weight is two adds; key tiles inside the query tile form running sums per key column as v1's diagonal
+does. v2 covers every case v1 does; where its tiles do not fit shared memory it falls back to v1.
 
 Operands are prepared by :func:`operands` (the same for the kernel and :func:`fused_nw_reference`):
 ``Q, K, V`` as (BH, T, d), the log-gates ``g`` and the log write strengths ``logb`` as (BH, T_k), the logit
