@@ -210,3 +210,40 @@ def test_device_softmax_and_linear_layers_with_and_without_the_state(rng, dtype)
             assert rel_err(cp.asnumpy(y).astype(np.float64), ref) < tol, (type(layer.regressor).__name__, dtype)
         y, state = layer(*args, method=method, return_state=True)
         assert state is not None
+
+
+def test_delta_zero_start_is_cached_only_for_the_fused_kernels(rng):
+    """``delta.chunked._zero_start``: None off CuPy (the array forms may write their state), so the host
+    path keeps creating fresh zeros; the outputs and states there are the recurrent method's."""
+    from ttr_stats.methods.delta import chunked as dc
+
+    layer = tt.recipes.gated_deltanet()
+    Q, K, V = _qkv(rng, T=70, d=8)
+    P = layer._prepare(Q, K, V, None, None, None, None)
+    assert dc._zero_start(np, P, layer._solver()) is None
+    y, s = layer(Q, K, V, method="chunked", return_state=True)
+    y_ref, s_ref = layer(Q, K, V, method="recurrent", return_state=True)
+    assert rel_err(y, y_ref) < 1e-10 and rel_err(s.M, s_ref.M) < 1e-10  # float64 reference
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_device_gated_deltanet_zero_start_call_after_call(rng, dtype):
+    """On CuPy the delta rule's zero initial state is the cached read-only zeros: calls with and without
+    ``initial_state`` in any order give the float64 reference (nothing writes the cached zeros)."""
+    import cupy as cp
+
+    tol = 1e-5 if dtype == "float32" else 1e-10
+    layer = tt.recipes.gated_deltanet()
+    Q, K, V = _qkv(rng, T=130, d=16)
+    K = K / np.linalg.norm(K, axis=-1, keepdims=True)  # unit keys: the delta rule's stable regime
+    y_ref, s_ref = layer(Q, K, V, method="recurrent", return_state=True)
+    y2_ref = layer(Q, K, V, method="recurrent", initial_state=s_ref)
+    args = [cp.asarray(x, dtype=dtype) for x in (Q, K, V)]
+    for _ in range(2):
+        y, s = layer(*args, method="chunked", return_state=True)
+        assert rel_err(cp.asnumpy(y).astype(np.float64), y_ref) < tol
+        assert rel_err(cp.asnumpy(s.M).astype(np.float64), s_ref.M) < tol
+        y2 = layer(*args, method="chunked", initial_state=s)
+        assert rel_err(cp.asnumpy(y2).astype(np.float64), y2_ref) < 10 * tol  # two runs' rounding

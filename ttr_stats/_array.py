@@ -317,7 +317,8 @@ def pd_solve(xp, R, b):
 def solve_triangular(xp, L, b, *, lower=True):
     """Solve ``L x = b`` for triangular ``L`` (..., n, n), ``b`` (..., n, m), batch dims broadcast.
 
-    SciPy for NumPy, cupyx for CuPy; otherwise a general solve (correct, slower).
+    SciPy for NumPy, ``torch.linalg.solve_triangular`` for torch (batched, differentiable), cupyx for 2-D
+    CuPy; otherwise a general solve (correct, slower).
     """
     if array_api_compat.is_numpy_namespace(xp):
         import scipy.linalg
@@ -326,6 +327,10 @@ def solve_triangular(xp, L, b, *, lower=True):
         L_ = np.broadcast_to(L, batch + L.shape[-2:])
         b_ = np.broadcast_to(b, batch + b.shape[-2:])
         return scipy.linalg.solve_triangular(L_, b_, lower=lower, check_finite=False)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        return torch.linalg.solve_triangular(L, b, upper=not lower)
     if array_api_compat.is_cupy_namespace(xp) and L.ndim == 2 and b.ndim == 2:  # pragma: no cover - GPU
         import cupyx.scipy.linalg
 

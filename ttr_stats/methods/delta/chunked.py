@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import array_api_compat
 
+from ... import _array
+from ...optimizers import MemoryState
 from ...optimizers.gradient import DeltaRule
 from .. import _fused
 from ..problem import Problem, initial_state
@@ -133,9 +135,8 @@ def chunked(layer, P: Problem):
         ``M`` of shape (*batch_shape, d_v, d_k) after the last write.
     """
     xp, dev, opt = P.xp, P.device, layer._solver()
-    S0 = initial_state(opt, P)
     if P.T == 0:
-        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), S0
+        return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=dev), initial_state(opt, P)
     n = P.steps_per_token
     eta = opt.step_size(xp, P.b, P.K)  # (..., T n): per position, before any chunking
     leak = opt.leak(xp, P.b)
@@ -159,12 +160,16 @@ def chunked(layer, P: Problem):
     gr = None if leak is None else xp.reshape(_pad(xp, g_read, pad, -1, dev), bs + (N, C))
 
     scan = _on_device(xp, dev) if INTER_CHUNK == "auto" else INTER_CHUNK == "scan"
+    S0 = None
     if scan:  # the device: every chunk at once, the state recurrence as a scan
         # CuPy float32/float64: every chunk's terms in one kernel (_fused_wy.py), else the array form
         t = _fused_wy.chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
         if t is None:
             t = chunk_terms(xp, K, V, Q, eta, gs, gr, n, dev)
-        S0t = xp.matrix_transpose(S0.M)
+        S0t = _zero_start(xp, P, opt)  # the kernels' cached zeros (read only), or None
+        if S0t is None:
+            S0 = initial_state(opt, P)
+            S0t = xp.matrix_transpose(S0.M)
         kept = _fused.chunk_states(xp, t.U, t.DK, t.gamC[..., None], S0t, W=t.W) if SPLIT_READS else None
         fused = None
         if kept is None:
@@ -179,6 +184,7 @@ def chunked(layer, P: Problem):
             Y, St = fused
             S = xp.matrix_transpose(St)
         else:
+            S0 = initial_state(opt, P)  # the array form (_zero_start gave None: no kernels here)
             An = t.gamC[..., None, None] * xp.eye(P.d_k, dtype=P.dtype, device=dev)
             An = An - xp.matmul(xp.matrix_transpose(t.W), t.DK)
             Bn = xp.matmul(xp.matrix_transpose(t.U), t.DK)
@@ -187,6 +193,7 @@ def chunked(layer, P: Problem):
             Y = chunk_outputs(xp, t, St, t.U - xp.matmul(t.W, St))
     else:  # the host: groups of chunks small enough to stay in cache, the state carried in a loop
         G = _group(P, C)
+        S0 = initial_state(opt, P)
         St, Ys = transpose_copy(xp, S0.M), []  # the state carried as M^T: no transposed BLAS operand
         for a in range(0, N, G):
             sl = slice(a, min(a + G, N))
@@ -210,7 +217,18 @@ def chunked(layer, P: Problem):
         # norm in a denominator, no leak) they enter only products, sums and the unit triangular solve
         # (forward substitution), so a NaN or infinity in q_t, k_s or v_s reaches y_t for t >= s
         P.checks.vouch(Y)
-    return Y, type(S0)(S)
+    return Y, (MemoryState if S0 is None else type(S0))(S)
+
+
+def _zero_start(xp, P, opt):
+    """The transposed zero initial state (..., d_k, d_v) as cached read-only zeros (``_array.constant``)
+    where the fused kernels will read it: CuPy, no ``initial_state`` given and the delta rule's own zero
+    ``init``; else None. Saves the fill and the transposed copy of fresh zeros, two launches a call."""
+    if P.state0 is not None or type(opt).init is not DeltaRule.init or not _fused.ENABLED:
+        return None
+    if not array_api_compat.is_cupy_namespace(xp):
+        return None
+    return _array.constant(xp, P.batch_shape + (P.d_k, P.d_v), 0.0, P.dtype, P.device)
 
 
 def _group(P, C):
