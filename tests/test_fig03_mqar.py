@@ -371,3 +371,35 @@ def test_figure_draws_the_gpu_csv(tmp_path):
     f.main(tmp_path / "out", quick=True, trained_csv=src, live=False)
     assert (tmp_path / "out" / "mqar_trained.csv").read_bytes() == src.read_bytes()
     assert (tmp_path / "out" / "mqar.png").is_file()
+
+
+@needs_torch
+def test_deferred_losses_are_read_in_order_and_a_non_finite_one_names_its_step():
+    """The step losses stay on the device and are read back together (``LOSS_READ_EVERY``); they arrive
+    in step order, and a non-finite one is refused with the step it appeared at."""
+    import torch
+
+    from ttr_stats.train import MQARTrainConfig, _take_losses
+
+    cfg = MQARTrainConfig(n_pairs=4, seq_len=32, vocab=64, steps=1)
+    losses = [np.array([1.0])] * 16  # 16 steps already read
+    pending = [torch.tensor([2.0]), torch.tensor([3.0])]
+    _take_losses(pending, losses, cfg)
+    assert pending == [] and [float(x[0]) for x in losses[-2:]] == [2.0, 3.0] and len(losses) == 18
+    pending = [torch.tensor([4.0]), torch.tensor([float("nan")]), torch.tensor([5.0])]
+    with pytest.raises(FloatingPointError, match=r"at step 20 \(linear_attention, P=4, T=32\)"):
+        _take_losses(pending, losses, cfg)
+
+
+@needs_torch
+def test_a_run_longer_than_one_read_keeps_every_step_loss():
+    """A run of more steps than ``LOSS_READ_EVERY`` has one training loss a step, each finite, and the
+    history's losses are those steps' losses."""
+    from ttr_stats import train
+
+    cfg = _cfg(seeds=(0,), steps=train.LOSS_READ_EVERY + 5)
+    hist = []
+    _, (r,) = train.train_mqar(cfg, log=lambda s, e, lv: hist.append((s, float(lv[0]))))
+    assert r.steps == cfg.steps and np.isfinite(r.last_train_loss)
+    assert [h[0] for h in r.history] == [s for s, _ in hist]
+    assert [h[2] for h in r.history] == [loss for _, loss in hist]

@@ -394,22 +394,64 @@ class ReplicaAdamW:
                 p.grad = None
 
     def step(self, lr):
-        """One step with rates ``lr`` (tensor of shape (S,) on the parameters' device)."""
+        """One step with rates ``lr`` (tensor of shape (S,) on the parameters' device).
+
+        Each group is updated by ``torch._foreach_*`` operations (a handful of launches for all its
+        parameters, where a loop over them took ~10 a parameter: the models of Fig. 3 are launch-bound),
+        AdamW's update in the same elementwise operations.
+        """
         torch = require_torch()
         self.t += 1
         c1, c2 = 1 - self.b1**self.t, 1 - self.b2**self.t
         with torch.no_grad():
             for ps, wd in self.groups:
-                for p in ps:
-                    if p.grad is None:
-                        continue
-                    m, v = self.state[id(p)]
-                    r = lr.reshape((-1,) + (1,) * (p.ndim - 1)).to(p.dtype)
-                    if wd:
-                        p.mul_(1 - r * wd)
-                    m.mul_(self.b1).add_(p.grad, alpha=1 - self.b1)
-                    v.mul_(self.b2).addcmul_(p.grad, p.grad, value=1 - self.b2)
-                    p.sub_(r * (m / c1) / ((v / c2).sqrt() + self.eps))
+                ps = [p for p in ps if p.grad is not None]
+                if not ps:
+                    continue
+                grads = [p.grad for p in ps]
+                ms = [self.state[id(p)][0] for p in ps]
+                vs = [self.state[id(p)][1] for p in ps]
+                lr_t = lr.to(ps[0].dtype)  # one conversion; the per-parameter shapes below are views
+                shape = lambda x, p: x.reshape((-1,) + (1,) * (p.ndim - 1))  # noqa: E731
+                rs = [shape(lr_t, p) for p in ps]
+                if wd:
+                    keep = 1 - lr_t * wd
+                    torch._foreach_mul_(ps, [shape(keep, p) for p in ps])
+                torch._foreach_mul_(ms, self.b1)
+                torch._foreach_add_(ms, grads, alpha=1 - self.b1)
+                torch._foreach_mul_(vs, self.b2)
+                torch._foreach_addcmul_(vs, grads, grads, value=1 - self.b2)
+                den = torch._foreach_div(vs, c2)
+                torch._foreach_sqrt_(den)
+                torch._foreach_add_(den, self.eps)
+                upd = torch._foreach_div(ms, c1)
+                torch._foreach_div_(upd, den)
+                torch._foreach_mul_(upd, rs)
+                torch._foreach_sub_(ps, upd)
+
+
+#: training steps whose losses are read back to the host together (one synchronisation, not one a step,
+#: so the host queues the next steps while the device runs); a non-finite loss is still reported at the
+#: exact step it appeared
+LOSS_READ_EVERY = 16
+
+
+def _take_losses(pending, losses, cfg):
+    """Move the device losses of ``pending`` to ``losses`` (host arrays, one per step, in order), refusing
+    a non-finite one with the step it appeared at."""
+    if not pending:
+        return
+    torch = require_torch()
+    L = torch.stack(pending).cpu().numpy()
+    pending.clear()
+    bad = ~np.all(np.isfinite(L), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise FloatingPointError(
+            f"training loss is {L[i].tolist()} at step {len(losses) + i + 1} ({cfg.recipe}, "
+            f"P={cfg.n_pairs}, T={cfg.seq_len}); lower lr or, for rls, raise ridge"
+        )
+    losses.extend(L)
 
 
 def train_mqar(cfg, deadline=None, log=None):
@@ -451,7 +493,7 @@ def train_mqar(cfg, deadline=None, log=None):
     seconds = math.inf if cfg.seconds is None else float(cfg.seconds)
     if deadline is not None:
         seconds = min(seconds, deadline - time.time())
-    history, losses = [], []
+    history, losses, pending = [], [], []  # pending: the device's losses not yet read back
     log_every = max(1, cfg.steps // 20)
     # the next batch is drawn on a host thread while the device runs this step (NumPy releases the GIL
     # in its sorts and random fills), the replicas' parts on threads of their own (up to 4) when the
@@ -459,7 +501,12 @@ def train_mqar(cfg, deadline=None, log=None):
     pool = ThreadPoolExecutor(max_workers=1)
     n_draw = min(4, len(rngs)) if not str(cfg.device).startswith("cpu") else 1
     draw_pool = ThreadPoolExecutor(max_workers=n_draw) if n_draw > 1 else None
-    draw = lambda: _batch_host(cfg, rngs, cfg.batch_size, draw_pool)  # noqa: E731
+    on_gpu = str(cfg.device).startswith("cuda")
+
+    def draw():  # pinned host memory on a GPU: the copy below then does not block the host
+        arrays = (torch.from_numpy(a) for a in _batch_host(cfg, rngs, cfg.batch_size, draw_pool))
+        return tuple(a.pin_memory() for a in arrays) if on_gpu else tuple(arrays)
+
     nxt = pool.submit(draw)
     t0 = time.perf_counter()
     step, last_log = 0, 0.0
@@ -474,7 +521,7 @@ def train_mqar(cfg, deadline=None, log=None):
             break
         # the first step is taken at a small, not zero, rate: a zero step would waste it
         factor = max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
-        tokens, labels = (torch.from_numpy(a).to(cfg.device) for a in nxt.result())
+        tokens, labels = (a.to(cfg.device, non_blocking=True) for a in nxt.result())
         nxt = pool.submit(draw)
         opt.zero_grad()
         ce = torch.zeros(len(cfg.replicas), dtype=torch.float32, device=cfg.device)
@@ -486,19 +533,18 @@ def train_mqar(cfg, deadline=None, log=None):
         _clip_per_replica(params, 1.0)
         opt.step(peak * factor)
         step += 1
-        lv = ce.detach().cpu().numpy()
-        if not np.all(np.isfinite(lv)):
-            raise FloatingPointError(
-                f"training loss is {lv.tolist()} at step {step} ({cfg.recipe}, P={cfg.n_pairs}, "
-                f"T={cfg.seq_len}); lower lr or, for rls, raise ridge"
-            )
-        losses.append(lv)
+        pending.append(ce.detach())
         now = time.perf_counter() - t0
-        if step % log_every == 0 or step == 1 or now - last_log >= seconds / 40:  # ~20-40 points a run
+        logging = step % log_every == 0 or step == 1 or now - last_log >= seconds / 40  # ~20-40 points
+        if logging or len(pending) >= LOSS_READ_EVERY:
+            _take_losses(pending, losses, cfg)
+        if logging:
             last_log = now
+            lv = losses[-1]
             history.append((step, time.perf_counter() - t0, lv.tolist()))
             if log is not None:
                 log(step, time.perf_counter() - t0, lv)
+    _take_losses(pending, losses, cfg)
     train_s = time.perf_counter() - t0
     pool.shutdown(wait=True)
     if draw_pool is not None:
