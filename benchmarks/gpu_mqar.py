@@ -48,7 +48,10 @@ Output: ``--out`` (default ``$OUT/mqar_trained.csv`` if ``$OUT`` is set, else
 ``paper_figures/data/mqar_trained.csv``), one row per (cell, lr, seed): card (and gpu index), recipe,
 n_pairs, seq_len, seed, steps, seconds of training, seconds of the cell (with its evaluation), final
 held-out accuracy (argmax over the vocabulary at the query positions, ``--eval`` sequences) and loss, the
-paper's accuracy beside it, the settings (lr, batch, method, ...), torch version and the status / error.
+paper's accuracy beside it, the settings (lr, batch, method, ...), torch version, the code (``git``:
+``git describe --always --dirty``; ``source``: :func:`source_digest`, the same for the same sources on any
+machine) and the status / error. Beside it, ``<stem>_history.csv``: the training loss of every (cell, lr,
+seed) at ~20-40 steps of its run (step, seconds, loss), to tell a cell still learning from a converged one.
 
 Run (8 cards): ``python -m benchmarks.gpu_mqar --gpus all --budget-s 520 --out $OUT/mqar_trained.csv``;
 check the logic on a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, two fake cards,
@@ -59,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import math
 import os
 import platform
@@ -85,8 +89,11 @@ PAPER = {
 COLUMNS = [
     "card", "gpu", "recipe", "n_pairs", "seq_len", "seed", "steps", "train_seconds", "cell_seconds",
     "accuracy", "loss", "paper_accuracy", "first_loss", "last_train_loss", "lr", "batch_size", "vocab",
-    "d_model", "method", "ridge", "gpus", "workers", "budget_s", "torch", "git", "status", "error",
+    "d_model", "method", "ridge", "gpus", "workers", "budget_s", "torch", "git", "source", "status", "error",
 ]  # fmt: skip
+
+#: the training-loss curve of every (cell, lr, seed): ``<out stem>_history.csv`` beside the grid CSV
+HISTORY_COLUMNS = ["recipe", "n_pairs", "seq_len", "lr", "seed", "step", "seconds", "train_loss"]
 
 
 def paper_accuracy(recipe, P, T):
@@ -94,11 +101,27 @@ def paper_accuracy(recipe, P, T):
 
 
 def git_commit():
+    """``git describe --always --dirty``: the commit, marked ``-dirty`` when the tree differs from it (a
+    copy of a working tree can carry a stale HEAD: :func:`source_digest` names the code itself)."""
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True
+        )
         return out.stdout.decode().strip() or "?"
     except OSError:
         return "?"
+
+
+def source_digest(root=ROOT):
+    """The first 12 hex digits of a SHA-256 over the package's and this script's sources (path and bytes
+    of every ``ttr_stats/**/*.py`` and ``benchmarks/gpu_mqar.py``, sorted): the same code gives the same
+    digest on any machine, committed or not (``python -m benchmarks.gpu_mqar --source`` prints it)."""
+    root = Path(root)
+    files = sorted(root.glob("ttr_stats/**/*.py")) + [root / "benchmarks" / "gpu_mqar.py"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
 
 
 def card_name(device):
@@ -130,7 +153,10 @@ def run_cell(job):
         cfg = MQARTrainConfig(**cfg_kw)
         _, results = train_mqar(cfg, deadline=deadline)
         cell_s = time.time() - t0
-        return [{**base, **r.row(), "cell_seconds": cell_s, "status": "ok", "error": ""} for r in results]
+        return [
+            {**base, **r.row(), "cell_seconds": cell_s, "status": "ok", "error": "", "_history": r.history}
+            for r in results
+        ]
     except Exception as exc:  # one failed cell must not stop the grid
         tb = traceback.format_exc().strip().splitlines()
         msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300] + " | " + " / ".join(tb[-3:])[:300]
@@ -172,25 +198,41 @@ def cell_seconds(n_left, workers, time_left, overhead_s):
     return time_left / rounds - overhead_s
 
 
-class CSVSink:
-    """Appends rows as they come (header first), flushing each, so a killed run keeps its rows."""
+def history_path(path):
+    """Where the loss curves of the grid CSV ``path`` go: ``<stem>_history.csv`` beside it."""
+    path = Path(path)
+    return path.with_name(path.stem + "_history.csv")
 
-    def __init__(self, path):
+
+class CSVSink:
+    """Appends rows as they come (header first), flushing each, so a killed run keeps its rows; a row's
+    ``_history`` (the run's ``(step, seconds, train loss)`` points) goes to :func:`history_path`."""
+
+    def __init__(self, path, columns=None, history=True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.path, "w", newline="", encoding="utf-8")
-        self.w = csv.DictWriter(self.fh, COLUMNS, extrasaction="ignore")
+        self.w = csv.DictWriter(self.fh, columns or COLUMNS, extrasaction="ignore")
         self.w.writeheader()
         self.fh.flush()
+        self.history = CSVSink(history_path(path), HISTORY_COLUMNS, history=False) if history else None
 
     def write(self, rows):
+        points = []
         for r in rows:
             self.w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+            key = {k: r.get(k) for k in ("recipe", "n_pairs", "seq_len", "lr", "seed")}
+            points += [{**key, "step": st, "seconds": sec, "train_loss": loss}
+                       for st, sec, loss in r.get("_history") or ()]  # fmt: skip
         self.fh.flush()
         os.fsync(self.fh.fileno())
+        if self.history is not None and points:
+            self.history.write(points)
 
     def close(self):
         self.fh.close()
+        if self.history is not None:
+            self.history.close()
 
 
 def batch_of(args, T):
@@ -280,6 +322,7 @@ def parse(argv=None):
     ap.add_argument("--out", type=Path, default=default_out)
     ap.add_argument("--no-preflight", action="store_true", help="skip the 3-step check of each layer")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 fake cards: checks the logic")
+    ap.add_argument("--source", action="store_true", help="print the sources' digest (CSV column source)")
     args = ap.parse_args(argv)
     if args.dry_run:
         args.device, args.P, args.T, args.vocab, args.batch, args.eval = "cpu", [4], [32, 64], 128, 8, 16
@@ -322,6 +365,9 @@ def start_pools(ctx, gpus, workers, threads, barrier):
 def main(argv=None):
     t_start = time.time()
     args = parse(argv)
+    if args.source:
+        print(source_digest())
+        return 0
     deadline = t_start + args.budget_s - args.margin_s
     try:
         import torch
@@ -349,7 +395,10 @@ def main(argv=None):
     per_gpu = math.ceil(n_workers / len(gpus))
     if args.threads is None:
         args.threads = max(1, (os.cpu_count() or 1) // (per_gpu * len(gpus)))
-    extra = {"workers": per_gpu, "gpus": len(gpus), "budget_s": args.budget_s, "git": git_commit()}
+    extra = {
+        "workers": per_gpu, "gpus": len(gpus), "budget_s": args.budget_s, "git": git_commit(),
+        "source": source_digest(),
+    }  # fmt: skip
 
     def job(cell, seconds):
         recipe, P, T = cell

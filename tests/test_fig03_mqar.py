@@ -266,6 +266,7 @@ def test_grid_cell_seconds_and_sink(tmp_path):
 
     (row,) = read_csv(tmp_path / "x.csv")
     assert row["recipe"] == "rls" and float(row["accuracy"]) == 0.5 and list(row) == g.COLUMNS
+    assert read_csv(g.history_path(tmp_path / "x.csv")) == []  # no curve given: a header only
     assert g.paper_accuracy("linear_attention", 128, 4096) == 0.915
 
 
@@ -314,6 +315,31 @@ def test_grid_runs_on_two_fake_cards(tmp_path):
     assert {(r["recipe"], r["gpu"]) for r in rows} == {("linear_attention", "0"), ("rls", "1")}
     assert {r["gpus"] for r in rows} == {"2"} and {r["steps"] for r in rows} == {"5"}
     assert all(r["torch"] and r["card"].startswith("CPU") for r in rows)
+    assert {r["source"] for r in rows} == {g.source_digest()}
+    # the loss curves: every (cell, seed) from step 1 to its last step, finite losses
+    hist = read_csv(g.history_path(out))
+    curves = {}
+    for h in hist:
+        curves.setdefault((h["recipe"], h["seed"]), []).append(int(h["step"]))
+    assert set(curves) == {(r["recipe"], r["seed"]) for r in rows}
+    assert all(c[0] == 1 and c[-1] == 5 and c == sorted(c) for c in curves.values())
+    assert all(math.isfinite(float(h["train_loss"])) for h in hist)
+
+
+def test_source_digest_follows_the_sources(tmp_path):
+    """The digest changes with any package source and not with other files."""
+    from benchmarks import gpu_mqar as g
+
+    (tmp_path / "ttr_stats" / "sub").mkdir(parents=True)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "ttr_stats" / "a.py").write_text("x = 1\n")
+    (tmp_path / "ttr_stats" / "sub" / "b.py").write_text("y = 2\n")
+    (tmp_path / "benchmarks" / "gpu_mqar.py").write_text("z = 3\n")
+    d0 = g.source_digest(tmp_path)
+    (tmp_path / "README.md").write_text("notes")
+    assert g.source_digest(tmp_path) == d0 and len(d0) == 12
+    (tmp_path / "ttr_stats" / "sub" / "b.py").write_text("y = 3\n")
+    assert g.source_digest(tmp_path) != d0
 
 
 # ------------------------------------------------------------------------------------------------------
