@@ -429,3 +429,26 @@ def test_a_run_longer_than_one_read_keeps_every_step_loss():
     assert r.steps == cfg.steps and np.isfinite(r.last_train_loss)
     assert [h[0] for h in r.history] == [s for s, _ in hist]
     assert [h[2] for h in r.history] == [loss for _, loss in hist]
+
+
+@needs_torch
+def test_scored_positions_gather_the_rows_the_mask_selects():
+    """The training loop's gather by ``scored_positions`` gives the mask path's logits and labels, bit for
+    bit (the same rows in the same order); unequal counts fall back to the mask (None)."""
+    import torch
+
+    from ttr_stats import train
+
+    cfg = _cfg(seeds=(0, 1))
+    model = train.build_model(cfg)
+    tokens, labels = train._batch_host(cfg, train._rngs([0, 1], 0), 3)
+    pos = train.scored_positions(labels)
+    assert pos.shape == (2, 3, cfg.n_pairs) and np.all(np.diff(pos, axis=-1) > 0)
+    t, lab = torch.from_numpy(tokens), torch.from_numpy(labels)
+    with torch.no_grad():
+        a, ya = model(t, lab)
+        b, yb = model(t, lab, torch.from_numpy(pos))
+    assert torch.equal(ya, yb) and torch.equal(a, b)
+    uneven = labels.copy()
+    uneven[0, 0, pos[0, 0, 0]] = IGNORE
+    assert train.scored_positions(uneven) is None

@@ -261,16 +261,24 @@ def _model_class():
             y = self.layer(q, k, v, method=self.method)
             return self._norm(x + lin(self.wo, y), "norm_out")
 
-        def forward(self, tokens, labels=None):
+        def forward(self, tokens, labels=None, positions=None):
             """Logits (S, B, T, vocab), or with ``labels`` only at the scored positions: (S, N, vocab) and
             the (S, N) labels (every replica's batch has the same number N of scored positions; the
-            read-out of the ignored positions would be wasted work)."""
+            read-out of the ignored positions would be wasted work). ``positions`` (S, B, n), optional:
+            the scored positions of each sequence in ascending order (:func:`scored_positions`), read by
+            a gather; without them a boolean mask selects the same rows in the same order (a host
+            synchronisation on a GPU: the mask's count)."""
             H = self.hidden(tokens)
             E = self.embed.transpose(-1, -2)
             if labels is None:
                 return torch.matmul(H, E[:, None])
-            mask = labels != IGNORE
             S = self.n_replicas
+            if positions is not None:
+                d = H.shape[-1]
+                Hs = torch.gather(H, 2, positions[..., None].expand(*positions.shape, d))
+                ys = torch.gather(labels, 2, positions).reshape(S, -1)
+                return torch.matmul(Hs.reshape(S, -1, d), E), ys
+            mask = labels != IGNORE
             Hs = H[mask].reshape(S, -1, H.shape[-1])
             return torch.matmul(Hs, E), labels[mask].reshape(S, -1)
 
@@ -308,6 +316,16 @@ def _batch_host(cfg, rngs, n, pool=None):
 
     ds = list(pool.map(one, rngs)) if pool is not None else [one(rng) for rng in rngs]
     return np.stack([d.inputs for d in ds]), np.stack([d.labels for d in ds])
+
+
+def scored_positions(labels):
+    """(S, B, n) positions of the scored labels (``!= IGNORE``) of every sequence, ascending, from NumPy
+    labels (S, B, T); None when the sequences do not all score the same number n (the mask path then)."""
+    mask = labels != IGNORE
+    counts = mask.sum(axis=-1)
+    if not counts.size or not np.all(counts == counts.flat[0]):
+        return None
+    return np.nonzero(mask)[-1].reshape(labels.shape[:-1] + (int(counts.flat[0]),))
 
 
 def _rngs(seeds, stream):
@@ -504,7 +522,9 @@ def train_mqar(cfg, deadline=None, log=None):
     on_gpu = str(cfg.device).startswith("cuda")
 
     def draw():  # pinned host memory on a GPU: the copy below then does not block the host
-        arrays = (torch.from_numpy(a) for a in _batch_host(cfg, rngs, cfg.batch_size, draw_pool))
+        tokens, labels = _batch_host(cfg, rngs, cfg.batch_size, draw_pool)
+        pos = scored_positions(labels)  # a gather instead of a boolean mask: no sync in the forward
+        arrays = [torch.from_numpy(a) for a in (tokens, labels) + (() if pos is None else (pos,))]
         return tuple(a.pin_memory() for a in arrays) if on_gpu else tuple(arrays)
 
     nxt = pool.submit(draw)
@@ -521,12 +541,14 @@ def train_mqar(cfg, deadline=None, log=None):
             break
         # the first step is taken at a small, not zero, rate: a zero step would waste it
         factor = max(lr_factor(progress, cfg.warmup), 1.0 / max(cfg.steps, 1))
-        tokens, labels = (a.to(cfg.device, non_blocking=True) for a in nxt.result())
+        tokens, labels, *pos = (a.to(cfg.device, non_blocking=True) for a in nxt.result())
+        pos = pos[0] if pos else None
         nxt = pool.submit(draw)
         opt.zero_grad()
         ce = torch.zeros(len(cfg.replicas), dtype=torch.float32, device=cfg.device)
         for i in range(0, nb, mb):  # every sequence has P scored positions: equal weights are exact
-            logits, y = model(tokens[:, i : i + mb], labels[:, i : i + mb])
+            sub = None if pos is None else pos[:, i : i + mb]
+            logits, y = model(tokens[:, i : i + mb], labels[:, i : i + mb], sub)
             part = per_replica_ce(logits, y) * ((min(i + mb, nb) - i) / nb)
             part.sum().backward()
             ce = ce + part.detach()
