@@ -247,3 +247,26 @@ def test_device_gated_deltanet_zero_start_call_after_call(rng, dtype):
         assert rel_err(cp.asnumpy(s.M).astype(np.float64), s_ref.M) < tol
         y2 = layer(*args, method="chunked", initial_state=s)
         assert rel_err(cp.asnumpy(y2).astype(np.float64), y2_ref) < 10 * tol  # two runs' rounding
+
+
+def test_remembered_dtype_names_are_the_computed_ones():
+    """``_array.dtype_str`` and ``registry.dtype_name`` remember per dtype object what ``str(dtype)`` and
+    the name rule give: NumPy dtypes, scalar types (which compare equal to their dtypes but hash
+    differently: each keeps its own text) and an unhashable dtype-like object."""
+    from ttr_stats.methods import registry
+
+    for dt in (np.dtype("float32"), np.dtype("float64"), np.float32, np.float64, np.dtype(">f4")):
+        for _ in range(2):  # computed, then remembered
+            assert _array.dtype_str(dt) == str(dt)
+    assert registry.dtype_name(np.dtype("float32")) == "float32" == registry.dtype_name(np.float32)
+    assert _array.dtype_str(np.float32) == "<class 'numpy.float32'>"  # not the dtype's "float32"
+
+    class Unhashable:
+        __hash__ = None
+        name = "float64"
+
+        def __str__(self):
+            return "unhashable float64"
+
+    u = Unhashable()
+    assert _array.dtype_str(u) == "unhashable float64" and registry.dtype_name(u) == "float64"

@@ -358,6 +358,21 @@ def to_numpy(x):
         return np.asarray(x)
 
 
+_DTYPE_STR: dict = {}  # dtype (or scalar type) object -> str(dtype)
+
+
+def dtype_str(dtype) -> str:
+    """``str(dtype)``, remembered per dtype object: NumPy 2 builds the name anew on every call (~2-5 us,
+    several times a layer call on a device, where the host's time is what a small call costs)."""
+    try:
+        return _DTYPE_STR[dtype]
+    except KeyError:
+        name = _DTYPE_STR[dtype] = str(dtype)
+        return name
+    except TypeError:  # an unhashable dtype object
+        return str(dtype)
+
+
 #: CuPy constant arrays kept by :func:`constant` (a few per call signature; each is T values or fewer)
 CONSTANT_CACHE_SIZE = 32
 _CONSTANTS: dict = {}
@@ -374,7 +389,7 @@ def constant(xp, shape, value, dtype, device=None):
     if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
         import cupy
 
-        key = (cupy.cuda.runtime.getDevice(), tuple(shape), float(value), str(dtype))
+        key = (cupy.cuda.runtime.getDevice(), tuple(shape), float(value), dtype_str(dtype))
         x = _CONSTANTS.pop(key, None)
         if x is None:
             x = xp.full(shape, value, dtype=dtype, device=device)

@@ -44,6 +44,8 @@ import math
 
 import array_api_compat
 
+from .._array import dtype_str
+
 __all__ = ["ENABLED", "KERNEL", "state_pass", "chunk_states", "applies", "layout", "THREADS"]
 
 #: set False to run the array form on CuPy as well (the tests compare the two)
@@ -499,7 +501,7 @@ def applies(xp, dtype, R, C, dk, dv, has_A, has_W) -> bool:
     """Whether :func:`state_pass` runs for these sizes (CuPy, float32/float64, fits shared memory)."""
     if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
         return False
-    name = str(dtype)
+    name = dtype_str(dtype)
     if name not in _DTYPES:
         return False
     lay = layout(R, C, dk, dv, has_A, has_W, 4 if name == "float32" else 8)
@@ -547,7 +549,7 @@ def state_pass(xp, Qg, U, Kx, a, S0t, A=None, W=None):
     Y = cupy.empty((BH, N, R, dv), dtype=dt)
     St = cupy.empty((BH, dk, dv), dtype=dt)
     name, BV, threads, smem = layout(R, C, dk, dv, A is not None, W is not None, dt.itemsize)
-    kern = _module().get_function(f"{name}<{_DTYPES[str(dt)]}>")
+    kern = _module().get_function(f"{name}<{_DTYPES[dtype_str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32
@@ -583,7 +585,7 @@ def chunk_states(xp, U, Kx, a, S0t, W=None):
     N, C, dv = U.shape[-3:]
     dk = Kx.shape[-1]
     dt = U.dtype
-    if N == 0 or not ENABLED or not array_api_compat.is_cupy_namespace(xp) or str(dt) not in _DTYPES:
+    if N == 0 or not ENABLED or not array_api_compat.is_cupy_namespace(xp) or dtype_str(dt) not in _DTYPES:
         return None
     lay = layout(
         0, C, dk, dv, False, W is not None, dt.itemsize, STATES_KERNEL, STATES_COLUMNS, STATES_THREADS
@@ -606,7 +608,7 @@ def chunk_states(xp, U, Kx, a, S0t, W=None):
     S = cupy.empty((BH, N, dk, dv), dtype=dt)
     D = cupy.empty((BH, N, C, dv), dtype=dt)
     name, BV, threads, smem = lay
-    kern = _module().get_function(f"{name}<{_DTYPES[str(dt)]}>")
+    kern = _module().get_function(f"{name}<{_DTYPES[dtype_str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32
@@ -662,7 +664,7 @@ def matmul_sum(xp, A1, B1, A2, B2):
         return None
     dt = A1.dtype
     ops = (A1, B1, A2, B2)
-    if str(dt) not in _DTYPES or any(x.dtype != dt or x.ndim < 2 for x in ops):
+    if dtype_str(dt) not in _DTYPES or any(x.dtype != dt or x.ndim < 2 for x in ops):
         return None
     lead = A1.shape[:-2]
     (m, k1), (k2, n) = A1.shape[-2:], B2.shape[-2:]

@@ -247,10 +247,22 @@ def lookup(layer, name) -> Method:
     return registered[name]
 
 
+_DTYPE_NAMES: dict = {}  # dtype object -> dtype_name(dtype) (NumPy 2's dtype.name costs ~2 us a call)
+
+
 def dtype_name(dtype) -> str:
     """``"float32"`` for NumPy/CuPy dtypes and scalar types and for ``torch.float32`` alike."""
+    try:
+        return _DTYPE_NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
-    return str(name).split(".")[-1]
+    name = str(name).split(".")[-1]
+    try:
+        _DTYPE_NAMES[dtype] = name
+    except TypeError:  # an unhashable dtype object
+        pass
+    return name
 
 
 def check_dtype(layer, m: Method, P) -> None:

@@ -40,6 +40,7 @@ import math
 
 import array_api_compat
 
+from ..._array import dtype_str
 from ._wy import ChunkTerms
 
 __all__ = ["ENABLED", "THREADS", "applies", "chunk_terms", "wy_terms_reference", "shared_bytes"]
@@ -231,7 +232,7 @@ def applies(xp, dtype, C, dk, dv) -> bool:
     """Whether :func:`chunk_terms` runs for these sizes (CuPy, float32/float64, fits shared memory)."""
     if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
         return False
-    name = str(dtype)
+    name = dtype_str(dtype)
     if name not in _DTYPES:
         return False
     return shared_bytes(C, dk, dv, 4 if name == "float32" else 8) <= _shared_limit()
@@ -268,7 +269,7 @@ def chunk_terms(xp, K, V, Q, eta, gs, gr, n, device=None):
     gamC = cupy.empty((BN,), dtype=dt)
     Qg = cupy.empty((BN, c, dk), dtype=dt)
     smem = shared_bytes(C, dk, dv, dt.itemsize)
-    kern = _module().get_function(f"wy_terms<{_DTYPES[str(dt)]}>")
+    kern = _module().get_function(f"wy_terms<{_DTYPES[dtype_str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32

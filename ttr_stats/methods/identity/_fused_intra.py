@@ -26,6 +26,8 @@ import math
 
 import array_api_compat
 
+from ..._array import dtype_str
+
 __all__ = [
     "ENABLED",
     "THREADS",
@@ -207,7 +209,7 @@ def applies(xp, dtype, C, dk, per_dim=False) -> bool:
     float32/float64, fits shared memory)."""
     if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
         return False
-    name = str(dtype)
+    name = dtype_str(dtype)
     if name not in _DTYPES:
         return False
     size = per_dim_shared_bytes if per_dim else shared_bytes
@@ -238,7 +240,7 @@ def intra_scalar(xp, q, k, G, b):
     Qg = cupy.empty((BN, C, dk), dtype=dt)
     Kx = cupy.empty((BN, C, dk), dtype=dt)
     smem = shared_bytes(C, dk, dt.itemsize)
-    kern = _module().get_function(f"intra_scalar<{_DTYPES[str(dt)]}>")
+    kern = _module().get_function(f"intra_scalar<{_DTYPES[dtype_str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32
@@ -271,7 +273,7 @@ def intra_per_dim(xp, q, k, g64, b):
     Qg = cupy.empty((BN, C, dk), dtype=dt)
     Kx = cupy.empty((BN, C, dk), dtype=dt)
     smem = per_dim_shared_bytes(C, dk, dt.itemsize)
-    kern = _module().get_function(f"intra_per_dim<{_DTYPES[str(dt)]}>")
+    kern = _module().get_function(f"intra_per_dim<{_DTYPES[dtype_str(dt)]}>")
     if smem > 48 * 1024:
         kern.max_dynamic_shared_size_bytes = smem
     i32 = cupy.int32

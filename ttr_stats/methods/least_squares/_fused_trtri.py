@@ -28,6 +28,8 @@ import math
 
 import array_api_compat
 
+from ..._array import dtype_str
+
 __all__ = ["ENABLED", "applies", "tril_inverse", "shared_bytes"]
 
 #: set False to run the blocked array form on CuPy as well
@@ -81,13 +83,13 @@ def _shared_limit():
 
 def applies(xp, dtype, n) -> bool:
     """Whether :func:`tril_inverse` runs: CuPy, float32/float64, the block within shared memory."""
-    if not ENABLED or not array_api_compat.is_cupy_namespace(xp) or str(dtype) not in _DTYPES:
+    if not ENABLED or not array_api_compat.is_cupy_namespace(xp) or dtype_str(dtype) not in _DTYPES:
         return False
-    return 1 <= n and shared_bytes(n, 4 if str(dtype) == "float32" else 8) <= _shared_limit()
+    return 1 <= n and shared_bytes(n, 4 if dtype_str(dtype) == "float32" else 8) <= _shared_limit()
 
 
 def _function(dt):
-    name = f"tril_inv<{_DTYPES[str(dt)]}>"
+    name = f"tril_inv<{_DTYPES[dtype_str(dt)]}>"
     if name not in _FUNCTIONS:
         import cupy
 
