@@ -452,3 +452,31 @@ def test_scored_positions_gather_the_rows_the_mask_selects():
     uneven = labels.copy()
     uneven[0, 0, pos[0, 0, 0]] = IGNORE
     assert train.scored_positions(uneven) is None
+
+
+@needs_torch
+def test_replica_adamw_takes_parameters_of_several_dtypes():
+    """A group holding float32 and float64 parameters: each follows torch.optim.AdamW at its own precision
+    (float64 1e-12, float32 1e-6: the same operations in another order, 5 steps)."""
+    import torch
+
+    from ttr_stats.train import ReplicaAdamW
+
+    gen = torch.Generator().manual_seed(1)
+    p64 = torch.nn.Parameter(torch.randn(2, 3, generator=gen, dtype=torch.float64))
+    p32 = torch.nn.Parameter(torch.randn(2, 4, 2, generator=gen).float())
+    ref = [torch.nn.Parameter(p.detach()[s].clone()) for p in (p64, p32) for s in range(2)]
+    lrs = torch.tensor([1e-2, 3e-2], dtype=torch.float64)
+    opt = ReplicaAdamW([([p64, p32], 0.1)])
+    topts = [torch.optim.AdamW([r], lr=float(lrs[i % 2]), weight_decay=0.1) for i, r in enumerate(ref)]
+    for _ in range(5):
+        g64, g32 = torch.randn(2, 3, generator=gen, dtype=torch.float64), torch.randn(2, 4, 2, generator=gen)
+        p64.grad, p32.grad = g64.clone(), g32.clone()
+        opt.step(lrs)
+        for i, (r, t) in enumerate(zip(ref, topts, strict=True)):
+            r.grad = (g64 if i < 2 else g32)[i % 2].clone()
+            t.step()
+    for i, r in enumerate(ref):
+        ours = (p64 if i < 2 else p32)[i % 2]
+        assert ours.dtype == r.dtype
+        assert torch.allclose(ours, r, rtol=0, atol=1e-12 if i < 2 else 1e-6)

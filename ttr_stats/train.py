@@ -429,12 +429,13 @@ class ReplicaAdamW:
                 grads = [p.grad for p in ps]
                 ms = [self.state[id(p)][0] for p in ps]
                 vs = [self.state[id(p)][1] for p in ps]
-                lr_t = lr.to(ps[0].dtype)  # one conversion; the per-parameter shapes below are views
+                # one conversion a dtype; the per-parameter shapes below are views of it
+                lr_of = {dt: lr.to(dt) for dt in {p.dtype for p in ps}}
                 shape = lambda x, p: x.reshape((-1,) + (1,) * (p.ndim - 1))  # noqa: E731
-                rs = [shape(lr_t, p) for p in ps]
+                rs = [shape(lr_of[p.dtype], p) for p in ps]
                 if wd:
-                    keep = 1 - lr_t * wd
-                    torch._foreach_mul_(ps, [shape(keep, p) for p in ps])
+                    keep = {dt: 1 - r * wd for dt, r in lr_of.items()}
+                    torch._foreach_mul_(ps, [shape(keep[p.dtype], p) for p in ps])
                 torch._foreach_mul_(ms, self.b1)
                 torch._foreach_add_(ms, grads, alpha=1 - self.b1)
                 torch._foreach_mul_(vs, self.b2)
