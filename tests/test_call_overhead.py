@@ -270,3 +270,19 @@ def test_remembered_dtype_names_are_the_computed_ones():
 
     u = Unhashable()
     assert _array.dtype_str(u) == "unhashable float64" and registry.dtype_name(u) == "float64"
+
+
+def test_remembered_dtype_names_never_compare_libraries():
+    """array_api_strict's dtypes hash as NumPy's and warn when compared with them: the remembered names are
+    keyed by type as well, so asking for both in any order gives each its own text without a warning."""
+    import warnings
+
+    xps = pytest.importorskip("array_api_strict")
+    from ttr_stats.methods import registry
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dt, name in ((np.dtype("float64"), "float64"), (xps.float64, "float64"),
+                         (np.dtype("float32"), "float32"), (xps.float32, "float32")):  # fmt: skip
+            for _ in range(2):  # computed, then remembered
+                assert registry.dtype_name(dt) == name and _array.dtype_str(dt) == str(dt)

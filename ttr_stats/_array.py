@@ -358,16 +358,19 @@ def to_numpy(x):
         return np.asarray(x)
 
 
-_DTYPE_STR: dict = {}  # dtype (or scalar type) object -> str(dtype)
+#: (type, dtype) -> str(dtype); the type in the key keeps the dtypes of different libraries from ever being
+#: compared with each other (array_api_strict's dtypes hash as NumPy's and warn when compared with them)
+_DTYPE_STR: dict = {}
 
 
 def dtype_str(dtype) -> str:
     """``str(dtype)``, remembered per dtype object: NumPy 2 builds the name anew on every call (~2-5 us,
     several times a layer call on a device, where the host's time is what a small call costs)."""
+    key = (type(dtype), dtype)
     try:
-        return _DTYPE_STR[dtype]
+        return _DTYPE_STR[key]
     except KeyError:
-        name = _DTYPE_STR[dtype] = str(dtype)
+        name = _DTYPE_STR[key] = str(dtype)
         return name
     except TypeError:  # an unhashable dtype object
         return str(dtype)
