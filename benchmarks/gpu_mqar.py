@@ -54,6 +54,9 @@ machine) and the status / error. Beside it, ``<stem>_history.csv``: the training
 seed) at ~20-40 steps of its run (step, seconds, loss), to tell a cell still learning from a converged one.
 
 Run (8 cards): ``python -m benchmarks.gpu_mqar --gpus all --budget-s 520 --out $OUT/mqar_trained.csv``;
+one card, a length a call, adding to the committed cells: ``cp paper_figures/data/mqar_trained*.csv $OUT/ &&
+python -m benchmarks.gpu_mqar --P 64,128 --T 2048 --seeds 0 --lrs 1e-2,3e-2 --workers-per-gpu 4 --threads 4
+--budget-s 480 --out $OUT/mqar_trained.csv --append`` (copy both files back);
 check the logic on a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, two fake cards,
 about a minute). Without torch it says so and exits with status 2.
 """
@@ -206,16 +209,30 @@ def history_path(path):
 
 class CSVSink:
     """Appends rows as they come (header first), flushing each, so a killed run keeps its rows; a row's
-    ``_history`` (the run's ``(step, seconds, train loss)`` points) goes to :func:`history_path`."""
+    ``_history`` (the run's ``(step, seconds, train loss)`` points) goes to :func:`history_path`.
 
-    def __init__(self, path, columns=None, history=True):
+    ``append=True`` keeps the rows already in ``path`` (a grid built over several runs: the committed CSV
+    copied to the device's output folder, one length a run) and adds the new ones after them; rows of an
+    older header are rewritten under the current columns first (a column they lack stays empty).
+    """
+
+    def __init__(self, path, columns=None, history=True, append=False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        columns = columns or COLUMNS
+        old = []
+        if append and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                old = list(csv.DictReader(fh))
         self.fh = open(self.path, "w", newline="", encoding="utf-8")
-        self.w = csv.DictWriter(self.fh, columns or COLUMNS, extrasaction="ignore")
+        self.w = csv.DictWriter(self.fh, columns, extrasaction="ignore")
         self.w.writeheader()
+        for r in old:
+            self.w.writerow({k: r.get(k, "") for k in columns})
         self.fh.flush()
-        self.history = CSVSink(history_path(path), HISTORY_COLUMNS, history=False) if history else None
+        self.history = (
+            CSVSink(history_path(path), HISTORY_COLUMNS, history=False, append=append) if history else None
+        )
 
     def write(self, rows):
         points = []
@@ -320,6 +337,10 @@ def parse(argv=None):
     ap.add_argument("--margin-s", type=float, default=15.0, help="kept back for writing and shutdown")
     ap.add_argument("--overhead-s", type=float, default=20.0, help="per cell: model build, evaluation")
     ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument(
+        "--append", action="store_true",
+        help="keep the rows already in --out (and its _history.csv) and add this run's after them",
+    )  # fmt: skip
     ap.add_argument("--no-preflight", action="store_true", help="skip the 3-step check of each layer")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny cells, 2 fake cards: checks the logic")
     ap.add_argument("--source", action="store_true", help="print the sources' digest (CSV column source)")
@@ -411,7 +432,7 @@ def main(argv=None):
         )  # fmt: skip
         return kw, deadline, extra
 
-    sink = CSVSink(args.out)
+    sink = CSVSink(args.out, append=args.append)
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # CUDA cannot be forked

@@ -480,3 +480,33 @@ def test_replica_adamw_takes_parameters_of_several_dtypes():
         ours = (p64 if i < 2 else p32)[i % 2]
         assert ours.dtype == r.dtype
         assert torch.allclose(ours, r, rtol=0, atol=1e-12 if i < 2 else 1e-6)
+
+
+def test_grid_sink_appends_to_an_older_csv(tmp_path):
+    """``--append``: the rows already in the CSV stay, in order, under the current columns (a column the
+    old header lacked is empty), and the history file grows the same way; without it the file starts anew."""
+    import csv
+
+    from benchmarks import gpu_mqar as g
+    from paper_figures._common import read_csv
+
+    path = tmp_path / "grid.csv"
+    old_cols = [c for c in g.COLUMNS if c != "source"]  # a CSV written before the source column
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, old_cols)
+        w.writeheader()
+        w.writerow({"recipe": "rls", "n_pairs": 64, "seq_len": 512, "accuracy": 0.99, "status": "ok"})
+    hist = [(1, 0.5, 9.0), (2, 1.0, 8.0)]
+    sink = g.CSVSink(path, append=True)
+    sink.write([{"recipe": "linear_attention", "n_pairs": 64, "seq_len": 2048, "seed": 0, "accuracy": 0.5,
+                 "source": "abc", "status": "ok", "_history": hist}])  # fmt: skip
+    sink.close()
+    rows = read_csv(path)
+    assert list(rows[0]) == g.COLUMNS and [r["seq_len"] for r in rows] == ["512", "2048"]
+    assert rows[0]["source"] == "" and rows[0]["accuracy"] == "0.99" and rows[1]["source"] == "abc"
+    sink = g.CSVSink(path, append=True)  # a second run adds its curve after the first one's
+    sink.write([{"recipe": "rls", "n_pairs": 128, "seq_len": 2048, "seed": 0, "status": "ok", "_history": hist}])
+    sink.close()
+    assert [h["recipe"] for h in read_csv(g.history_path(path))] == ["linear_attention"] * 2 + ["rls"] * 2
+    g.CSVSink(path).close()  # no append: a fresh file
+    assert read_csv(path) == [] and read_csv(g.history_path(path)) == []
