@@ -510,3 +510,29 @@ def test_grid_sink_appends_to_an_older_csv(tmp_path):
     assert [h["recipe"] for h in read_csv(g.history_path(path))] == ["linear_attention"] * 2 + ["rls"] * 2
     g.CSVSink(path).close()  # no append: a fresh file
     assert read_csv(path) == [] and read_csv(g.history_path(path)) == []
+
+
+@needs_torch
+def test_per_replica_clipping_is_clip_grad_norm_of_each_replica():
+    """``_clip_per_replica`` scales replica s of every gradient as ``torch.nn.utils.clip_grad_norm_`` (max
+    norm 1, its eps 1e-6) scales the gradients of a model trained alone (float64: 1e-14); a replica below
+    the norm is left as it is."""
+    import torch
+
+    from ttr_stats.train import _clip_per_replica
+
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.zeros(3, *shape, dtype=torch.float64)) for shape in ((4, 5), (6,), (2, 2, 2))]
+    grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+    grads = [g * torch.tensor([3.0, 0.01, 1.5], dtype=torch.float64).reshape((3,) + (1,) * (g.ndim - 1)) for g in grads]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+    _clip_per_replica(params, 1.0)
+    for s in range(3):
+        alone = [torch.nn.Parameter(torch.zeros(g.shape[1:], dtype=torch.float64)) for g in grads]
+        for a, g in zip(alone, grads, strict=True):
+            a.grad = g[s].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        for a, p in zip(alone, params, strict=True):
+            assert torch.allclose(p.grad[s], a.grad, rtol=1e-14, atol=0)
+    assert torch.equal(params[0].grad[1], grads[0][1])  # norm < 1: unchanged

@@ -385,10 +385,12 @@ def _clip_per_replica(params, max_norm):
     parameter): what ``clip_grad_norm_`` does to a model trained alone."""
     torch = require_torch()
     grads = [p.grad for p in params if p.grad is not None]
-    sq = sum(g.reshape(g.shape[0], -1).pow(2).sum(dim=1) for g in grads)
+    if not grads:
+        return
+    squares = torch._foreach_mul(grads, grads)  # one launch for every gradient, then a sum per replica
+    sq = torch.stack([x.reshape(x.shape[0], -1).sum(dim=1) for x in squares]).sum(dim=0)
     scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(scale.reshape((-1,) + (1,) * (g.ndim - 1)))
+    torch._foreach_mul_(grads, [scale.reshape((-1,) + (1,) * (g.ndim - 1)) for g in grads])
 
 
 class ReplicaAdamW:
