@@ -358,22 +358,30 @@ def to_numpy(x):
         return np.asarray(x)
 
 
-#: (type, dtype) -> str(dtype); the type in the key keeps the dtypes of different libraries from ever being
-#: compared with each other (array_api_strict's dtypes hash as NumPy's and warn when compared with them)
+def remembered(table: dict, dtype, compute):
+    """``compute(dtype)``, kept in ``table`` per dtype object (an unhashable one is computed each time).
+
+    NumPy 2 builds a dtype's name anew on every ``str`` or ``.name`` (~2-5 us, several times a layer call
+    on a device, where the host's time is what a small call costs). The key is ``(type(dtype), dtype)``:
+    the dtypes of different libraries are never compared with each other (array_api_strict's hash as
+    NumPy's and warn when compared with them), nor a scalar type with its dtype (they compare equal).
+    """
+    key = (type(dtype), dtype)
+    try:
+        return table[key]
+    except KeyError:
+        out = table[key] = compute(dtype)
+        return out
+    except TypeError:  # an unhashable dtype object
+        return compute(dtype)
+
+
 _DTYPE_STR: dict = {}
 
 
 def dtype_str(dtype) -> str:
-    """``str(dtype)``, remembered per dtype object: NumPy 2 builds the name anew on every call (~2-5 us,
-    several times a layer call on a device, where the host's time is what a small call costs)."""
-    key = (type(dtype), dtype)
-    try:
-        return _DTYPE_STR[key]
-    except KeyError:
-        name = _DTYPE_STR[key] = str(dtype)
-        return name
-    except TypeError:  # an unhashable dtype object
-        return str(dtype)
+    """``str(dtype)``, :func:`remembered`."""
+    return remembered(_DTYPE_STR, dtype, str)
 
 
 #: CuPy constant arrays kept by :func:`constant` (a few per call signature; each is T values or fewer)

@@ -319,8 +319,19 @@ def _batch_host(cfg, rngs, n, pool=None):
 
 
 def scored_positions(labels):
-    """(S, B, n) positions of the scored labels (``!= IGNORE``) of every sequence, ascending, from NumPy
-    labels (S, B, T); None when the sequences do not all score the same number n (the mask path then)."""
+    """The positions of the scored labels of every sequence, for the model's gather.
+
+    Parameters
+    ----------
+    labels : ndarray of shape (S, B, T)
+        MQAR labels, ``IGNORE`` where a position is not scored.
+
+    Returns
+    -------
+    ndarray of shape (S, B, n) or None
+        The positions with ``labels != IGNORE`` of each sequence, ascending (the rows a boolean mask picks,
+        in its order); None when the sequences do not all score the same number n (the mask path then).
+    """
     mask = labels != IGNORE
     counts = mask.sum(axis=-1)
     if not counts.size or not np.all(counts == counts.flat[0]):

@@ -25,6 +25,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import _array
+
 __all__ = [
     "Method",
     "register",
@@ -247,25 +249,18 @@ def lookup(layer, name) -> Method:
     return registered[name]
 
 
-#: (type, dtype) -> dtype_name(dtype) (NumPy 2's dtype.name costs ~2 us a call); the type in the key keeps
-#: the dtypes of different libraries from ever being compared (array_api_strict's hash as NumPy's and warn)
 _DTYPE_NAMES: dict = {}
 
 
-def dtype_name(dtype) -> str:
-    """``"float32"`` for NumPy/CuPy dtypes and scalar types and for ``torch.float32`` alike."""
-    key = (type(dtype), dtype)
-    try:
-        return _DTYPE_NAMES[key]
-    except (KeyError, TypeError):
-        pass
+def _dtype_name(dtype) -> str:
     name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)
-    name = str(name).split(".")[-1]
-    try:
-        _DTYPE_NAMES[key] = name
-    except TypeError:  # an unhashable dtype object
-        pass
-    return name
+    return str(name).split(".")[-1]
+
+
+def dtype_name(dtype) -> str:
+    """``"float32"`` for NumPy/CuPy dtypes and scalar types and for ``torch.float32`` alike (remembered per
+    dtype object: ``_array.remembered``)."""
+    return _array.remembered(_DTYPE_NAMES, dtype, _dtype_name)
 
 
 def check_dtype(layer, m: Method, P) -> None:

@@ -69,7 +69,6 @@ import math
 import array_api_compat
 
 from ... import _array
-from ..._array import dtype_str
 
 __all__ = [
     "ENABLED",
@@ -872,7 +871,7 @@ def operands(xp, layer, P):
     sim = getattr(reg, "similarity", None)
     if int(getattr(reg, "order", -1)) != 0 or type(sim) not in (ExpDot, Gaussian):
         return None
-    if P.steps_per_token != 1 or dtype_str(P.dtype) not in _DTYPES:
+    if P.steps_per_token != 1 or _array.dtype_str(P.dtype) not in _DTYPES:
         return None
     Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
     if P.causal and Tq != Tk:
@@ -1009,8 +1008,8 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
     BH, Tq, dk = Q.shape
     Tk, dv = V.shape[-2], V.shape[-1]
     dt = Q.dtype
-    tname = _DTYPES[dtype_str(dt)]
-    got = _v2_shape(dtype_str(dt), dk, dv, _shared_limit(), config, BH=BH, Tq=Tq)
+    tname = _DTYPES[_array.dtype_str(dt)]
+    got = _v2_shape(_array.dtype_str(dt), dk, dv, _shared_limit(), config, BH=BH, Tq=Tq)
     if got is None:
         return None
     shape, smem = got
@@ -1044,9 +1043,9 @@ def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C):
 
     BH, Tq, dk = Q.shape
     Tk, dv = V.shape[-2], V.shape[-1]
-    tname = _DTYPES[dtype_str(Q.dtype)]
+    tname = _DTYPES[_array.dtype_str(Q.dtype)]
     limit = _shared_limit()
-    C = tile_length(dtype_str(Q.dtype), dk, dv, limit, C)
+    C = tile_length(_array.dtype_str(Q.dtype), dk, dv, limit, C)
     if C is None:
         return None
     TM, DVT = C // NT, _dvt(dv)
