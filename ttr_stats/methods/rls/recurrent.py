@@ -173,9 +173,12 @@ def _numpy_loop(opt, P, s0, R0, decayed):
     order and with the same roundings (tests check the outputs, the final state and the refusals bit for
     bit against the generic loop), but into one preallocated buffer: the outer products by ``einsum``
     (2x faster than a broadcast multiply, the same products), the updates in place (no fresh d x d arrays
-    a step). The guard is not thinned: every step's estimate and trace drift are computed, kept per token
-    and turned into the first failing position once, after the loop. Returns ``(Y, state, first)`` as the
-    generic path's ``(Y, state, guard.first)``.
+    a step). The guard is not thinned: every step reads its computed P_t (||P_t||^2, <R_c, P_t> and the
+    block's k_i^T P_t k_i), keeps the reads per token, and the estimate, the trace drift and the first
+    failing position are computed once after the loop, on whole (T, L) arrays, by the same elementwise
+    operations in the same order, so the same bits as doing it per step (B = 1, H = 16, T = 4096, d = 64,
+    2 CPU cores: 0.91-0.95 s a call against 1.01 s per step; a plain NumPy loop 0.64 s).
+    Returns ``(Y, state, first)`` as the generic path's ``(Y, state, guard.first)``.
     """
     lead, T, dk, dv = P.batch_shape, P.T, P.d_k, P.d_v
     L = math.prod(lead)
@@ -192,12 +195,13 @@ def _numpy_loop(opt, P, s0, R0, decayed):
     # (2 MB at 16 heads and d = 64, an L2 cache; a buffer each made the loop ~15% slower)
     buf = np.empty((L, max(dv, dk), dk))
     bufM, bufD = buf[:, :dv, :], buf[:, :dk, :]
-    est, drift = np.empty((T, L)), np.empty((T, L))
+    # the guard's per-step reads of the computed P_t, kept per token (T, L); its arithmetic (the estimate,
+    # the trace and the drift) runs once after the loop, on whole arrays, with the same roundings
+    nP2, RcP, quad = np.empty((T, L)), np.empty((T, L)), np.empty((T, L))
     Pf = np.reshape(Pm, (L, dk * dk))
     prec = _Precision(
-        R, Kf, bf, None if a_all is None else np.reshape(np.broadcast_to(P.g, lead + (T, 1)), (L, T))
+        R, Kf, bf, None if a_all is None else np.reshape(np.broadcast_to(P.g, lead + (T, 1)), (L, T)), T
     )
-    eps2 = float(np.finfo(np.float64).eps) ** 2
     for t in range(T):
         k, v, b = Kf[:, t], Vf[:, t], bf[:, t]
         # RecursiveLeastSquares.update, then Optimizer.read (each state array is updated and read while
@@ -218,15 +222,20 @@ def _numpy_loop(opt, P, s0, R0, decayed):
         Pm -= bufD
         if a_all is not None:
             Pm /= a[:, None, None]
-        # _Guarded.update's estimate and drift, from R_t = a_t R_{t-1} + b_t k_t k_t^T (_Precision)
+        # _Guarded.update's reads of P_t: ||P_t||^2, <R_c, P_t> and the block's k_i^T P_t k_i (_Precision)
         j = t - prec.start
         if j == prec.k:
             prec.advance()
             j = 0
-        nR2, tr = prec.at(j, Pm, Pf)
-        e = nR2 * np.vecdot(Pf, Pf) * eps2
-        est[t] = e if a_all is None else e / (a * a)
-        drift[t] = np.abs(tr - dk) / dk
+        np.vecdot(Pf, Pf, out=nP2[t])
+        prec.at(j, Pm, Pf, RcP[t], quad[t])
+    eps2 = float(np.finfo(np.float64).eps) ** 2
+    # est = ||R_t||^2 ||P_t||^2 eps^2 (/ a_t^2), tr(R_t P_t) = Gamma_j <R_c, P_t> + sum_i w_ji k_i^T P_t k_i
+    est = prec.nR2 * nP2 * eps2
+    if a_all is not None:
+        aT = np.ascontiguousarray(a_all.T)
+        est = est / (aT * aT)
+    drift = np.abs(prec.gam * RcP + quad - dk) / dk
     limit = DECAY_LIMIT if decayed else NO_DECAY_LIMIT
     ok = (est <= limit * limit) & (drift <= TRACE_LIMIT)  # NaN compares False: refused
     bad = ~ok
@@ -260,9 +269,12 @@ class _Precision:
     1e-5), and every step is checked: the guard is as strong as before.
     """
 
-    def __init__(self, R, Kf, bf, gf):
+    def __init__(self, R, Kf, bf, gf, T):
         self.R, self.Kf, self.bf, self.gf = R, Kf, bf, gf
-        self.T = Kf.shape[1]
+        self.T = T
+        L = Kf.shape[0]
+        #: (T, L): ||R_t||_F^2 and Gamma_j (the decay from the block's start) of every step
+        self.nR2, self.gam = np.empty((T, L)), np.empty((T, L))
         self.start, self.k = 0, 0
         self._block(0)
 
@@ -281,27 +293,32 @@ class _Precision:
         Rf = np.reshape(self.R, (L, -1))
         r = np.vecdot(np.matmul(Kb, self.R), Kb)  # k_i^T R_c k_i
         G2 = np.square(np.matmul(Kb, np.swapaxes(Kb, -1, -2)))
-        self.nR2 = (
+        nR2 = (
             gam * gam * np.vecdot(Rf, Rf)[:, None]
             + 2.0 * gam * np.vecdot(W, r[:, None, :])
             + np.einsum("lji,lim,ljm->lj", W, G2, W)
         )
-        self.Kb, self.W, self.gam, self.Rf = Kb, W, gam, Rf
+        self.nR2[c : c + k] = nR2.T
+        self.gam[c : c + k] = gam.T
+        self.Kb, self.W, self.gam_last, self.Rf = Kb, W, gam[:, -1], Rf
         self.X = np.empty(Kb.shape)
         self.start, self.k = c, k
 
     def advance(self):
         """Form R after the block (Gamma R_c + K^T diag(w_last) K) and start the next block."""
         Kb, w = self.Kb, self.W[:, -1, :]
-        self.R = self.gam[:, -1, None, None] * self.R + np.matmul(np.swapaxes(Kb, -1, -2), w[:, :, None] * Kb)
+        D = np.matmul(np.swapaxes(Kb, -1, -2), w[:, :, None] * Kb)
+        # Gamma = exp(0) = 1 exactly without decay: R + D is Gamma R + D to the bit
+        self.R = (self.R if self.gf is None else self.gam_last[:, None, None] * self.R) + D
         self._block(self.start + self.k)
 
-    def at(self, j, Pm, Pf):
-        """``(||R_t||_F^2, tr(R_t P_t))`` at step j of the block, for the step's computed P_t."""
+    def at(self, j, Pm, Pf, RcP, quad):
+        """Write ``<R_c, P_t>`` into ``RcP`` and ``sum_i w_ji k_i^T P_t k_i`` into ``quad`` (shape (L,)) for
+        step j of the block and the step's computed P_t (so that tr(R_t P_t) = Gamma_j RcP + quad)."""
         Kj = self.Kb[:, : j + 1]  # the block's pairs so far (w_ji = 0 for i > j)
         X = np.matmul(Kj, Pm, out=self.X[:, : j + 1])
-        quad = np.vecdot(self.W[:, j, : j + 1], np.vecdot(X, Kj))
-        return self.nR2[:, j], self.gam[:, j] * np.vecdot(self.Rf, Pf) + quad
+        np.vecdot(self.W[:, j, : j + 1], np.vecdot(X, Kj), out=quad)
+        np.vecdot(self.Rf, Pf, out=RcP)
 
 
 def _refusal(layer, t, decayed):
