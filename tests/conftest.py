@@ -27,12 +27,14 @@ def threads(monkeypatch):
     import threadpoolctl
 
     from ttr_stats.methods import _host_threads
+    from ttr_stats.methods.delta import chunked as delta_chunked
     from ttr_stats.methods.identity import chunked as identity_chunked
     from ttr_stats.methods.rls import chunked as rls_chunked
 
     # the small test problems are below the methods' break-even sizes: split them anyway
     monkeypatch.setattr(identity_chunked, "THREAD_MIN_WORK", 0)
     monkeypatch.setattr(rls_chunked, "THREAD_MIN_WORK", 0)
+    monkeypatch.setattr(delta_chunked, "THREAD_MIN_WORK", 0)
     splits = []
     real_split = _host_threads.split_rows
     monkeypatch.setattr(

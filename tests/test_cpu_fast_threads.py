@@ -2,7 +2,9 @@
 
 * ``methods/_host_threads``: a method whose batch rows are split over threads returns the very same bits
   as with one thread (each row gets the same calls on its slice), for the identity chunked host path (no
-  decay, scalar decay, denominators, a window) and the exact chunked RLS, including its refusals;
+  decay, scalar decay, denominators, a window), the delta family's chunked host path (DeltaNet, Gated
+  DeltaNet, DeltaProduct's two writes a token, a leak; on larger groups of chunks when split) and the exact
+  chunked RLS, including its refusals;
 * the NumPy in-place chunk loop of the identity family equals the generic host path (float64, 1e-12
   relative: the same sums, the state kept transposed);
 * the NumPy in-place RLS loop (``methods/rls/recurrent.py``) equals the generic guarded loop bit for bit:
@@ -20,6 +22,7 @@ import ttr_stats as tt
 from ttr_stats import optimizers as o
 from ttr_stats import weights as w
 from ttr_stats.methods import _host_threads
+from ttr_stats.methods.delta import chunked as delta_chunked
 from ttr_stats.methods.identity import chunked as ident
 from ttr_stats.methods.rls import recurrent as rls_rec
 
@@ -81,13 +84,16 @@ def test_small_layer_calls_stay_in_one_thread(monkeypatch):
     Q, K, V, _ = inputs((1, 4), 64, 8)
     tt.recipes.linear_attention()(Q, K, V, method="chunked")
     tt.recipes.rls(ridge=1e-2)(Q, K, V, method="chunked")
+    tt.recipes.deltanet()(Q, K, V, method="chunked")
     assert all(p == 1 for p in calls), calls
     monkeypatch.setattr(ident, "THREAD_MIN_WORK", 4 * 64 * 8 * 8)  # exactly this call's work: split
     monkeypatch.setattr(rls_chunked, "THREAD_MIN_WORK", 4 * 64 * 8 * 8)
+    monkeypatch.setattr(delta_chunked, "THREAD_MIN_WORK", 4 * 64 * 8 * 16)  # B H T d_k (d_k + d_v)
     calls.clear()
     tt.recipes.linear_attention()(Q, K, V, method="chunked")
     tt.recipes.rls(ridge=1e-2)(Q, K, V, method="chunked")
-    assert calls.count(2) == 2, calls
+    tt.recipes.deltanet()(Q, K, V, method="chunked")
+    assert calls.count(2) == 3, calls
 
 
 def test_run_split_reraises_and_does_not_nest(monkeypatch):
@@ -128,6 +134,38 @@ def test_identity_chunked_threads_change_no_bit(threads, n, name, kw):
         call["log_alpha"] = g
     if kw.get("beta"):
         call["beta"] = np.random.default_rng(1).uniform(0.1, 0.9, g.shape)
+    one, many = threads(lambda: layer(Q, K, V, **call), n)
+    assert same_bits(one[0], many[0]) and same_bits(tuple(one[1]), tuple(many[1]))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("deltanet", {}),
+        ("gated_deltanet", dict(gates=True)),
+        ("deltaproduct", dict(gates=True)),
+        ("leaky", dict(gates=True)),
+    ],
+)
+def test_delta_chunked_threads_change_no_bit(threads, monkeypatch, n, name, kw):
+    """Split rows (and, split, the larger groups of chunks) give the one-thread bits; T = 70 pads the last
+    chunk; the small split budget makes several groups of several chunks."""
+    monkeypatch.setattr(delta_chunked, "HOST_SPLIT_GROUP_BYTES", 6 * 16 * 16 * 8 * 3)
+    Q, K, V, g = inputs((2, 3), 70, 7, seed=9, dv=5)
+    rng = np.random.default_rng(4)
+    if name == "leaky":
+        layer = tt.TestTimeRegression(weights=w.Gated(), optimizer=o.LeakyLMS(beta=0.5, l2=0.1))
+    elif name == "deltaproduct":
+        layer = tt.recipes.delta_product(2)
+        K = unit_rows(rng.standard_normal((2, 3, 140, 7)))
+        V = rng.standard_normal((2, 3, 140, 5))
+    else:
+        layer = getattr(tt.recipes, name)()
+    call = dict(method="chunked", chunk_size=16, return_state=True)
+    if kw.get("gates"):
+        call["log_alpha"] = g
+    call["beta"] = rng.uniform(0.1, 0.9, K.shape[:-1])
     one, many = threads(lambda: layer(Q, K, V, **call), n)
     assert same_bits(one[0], many[0]) and same_bits(tuple(one[1]), tuple(many[1]))
 

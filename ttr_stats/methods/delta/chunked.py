@@ -57,11 +57,12 @@ the loop, whose outputs agree to rounding).
 from __future__ import annotations
 
 import array_api_compat
+import numpy as np
 
 from ... import _array
 from ...optimizers import MemoryState
 from ...optimizers.gradient import DeltaRule
-from .. import _fused
+from .. import _fused, _host_threads
 from ..problem import Problem, initial_state
 from ..recurrent import loop
 from ..registry import register
@@ -82,6 +83,17 @@ HOST_MIN_T = 16
 #: chunk's intermediates stay in cache (measured, 2 CPU cores: 10-25% faster than 0.5-8 MiB groups; small
 #: problems still batch many chunks a call)
 HOST_GROUP_BYTES = 2**17
+
+#: ... when the rows are split over threads: larger groups, fewer calls a thread makes under the GIL
+#: (measured, 2 CPU cores, Gated DeltaNet B = 1, H = 16, T = 4096, d = 64, float64: 161-204 ms at 128 KiB,
+#: 118-131 at 512 KiB, 126-134 at 1 MiB, 123-132 at 2 MiB; one thread is fastest at 128 KiB)
+HOST_SPLIT_GROUP_BYTES = 2**20
+
+#: the host splits the batch rows over threads from this many B H T n d_k (d_k + d_v) on (below, one
+#: thread: the pool's dispatch costs more than it saves). Measured as above, one thread / split, best
+#: of 3+: (1, 4, 256) 2.4 / 2.7 ms (8e6); (1, 16, 256) 9.4 / 7.1 (3e7); (1, 4, 1024) 10.1 / 8.1 (3e7);
+#: (1, 16, 1024) 37.3 / 26.9 (1.3e8); (1, 16, 4096) 181 / 130 (5.4e8)
+THREAD_MIN_WORK = 2 * 10**7
 
 #: the inter-chunk recurrence: ``"auto"`` (scan on a device, loop on the host), ``"scan"`` or ``"loop"``
 INTER_CHUNK = "auto"
@@ -192,24 +204,8 @@ def chunked(layer, P: Problem):
             St = xp.matrix_transpose(starts)
             Y = chunk_outputs(xp, t, St, t.U - xp.matmul(t.W, St))
     else:  # the host: groups of chunks small enough to stay in cache, the state carried in a loop
-        G = _group(P, C)
         S0 = initial_state(opt, P)
-        St, Ys = transpose_copy(xp, S0.M), []  # the state carried as M^T: no transposed BLAS operand
-        for a in range(0, N, G):
-            sl = slice(a, min(a + G, N))
-            t = chunk_terms(xp, K[..., sl, :, :], V[..., sl, :, :], Q[..., sl, :, :], eta[..., sl, :],
-                            gs[..., sl, :], None if gr is None else gr[..., sl, :], n, dev)  # fmt: skip
-            sts, deltas = [], []
-            for j in range(sl.stop - a):
-                D = t.U[..., j, :, :] - xp.matmul(t.W[..., j, :, :], St)
-                sts.append(St)
-                deltas.append(D)
-                St = t.gamC[..., j, None, None] * St + xp.matmul(xp.matrix_transpose(t.DK[..., j, :, :]), D)
-            if len(sts) == 1:  # a group of one chunk (the usual case): views, no copies
-                Ys.append(chunk_outputs(xp, t, sts[0][..., None, :, :], deltas[0][..., None, :, :]))
-            else:
-                Ys.append(chunk_outputs(xp, t, xp.stack(sts, axis=-3), xp.stack(deltas, axis=-3)))
-        Y = Ys[0] if len(Ys) == 1 else xp.concat(Ys, axis=-3)
+        Y, St = _host(xp, P, K, V, Q, eta, gs, gr, n, S0.M, _group(P, C))
         S = transpose_copy(xp, St)
     Y = xp.reshape(Y, bs + (N * c, P.d_v))[..., : P.T, :]
     if P.checks is not None and leak is None and type(opt).step_size is DeltaRule.step_size:
@@ -218,6 +214,66 @@ def chunked(layer, P: Problem):
         # (forward substitution), so a NaN or infinity in q_t, k_s or v_s reaches y_t for t >= s
         P.checks.vouch(Y)
     return Y, (MemoryState if S0 is None else type(S0))(S)
+
+
+def _host(xp, P, K, V, Q, eta, gs, gr, n, M0, G):
+    """The host loop over groups of ``G`` chunks: ``(Y (..., N, c, d_v), S^T (..., d_k, d_v))``.
+
+    NumPy arrays from :data:`THREAD_MIN_WORK` on: the batch rows are split over threads
+    (``_host_threads``), every slice on the whole call's chunk grid and groups, so that each row gets the
+    very same operations whatever the split (batched matmuls and elementwise work, per row) and the
+    result does not depend on the thread count, bit for bit (tests/test_cpu_fast_threads.py).
+    """
+    L, bs = P.n_batch, P.batch_shape
+    work = L * K.shape[-3] * K.shape[-2] * P.d_k * (P.d_k + P.d_v)
+    if (
+        not array_api_compat.is_numpy_namespace(xp)
+        or _host_threads.n_threads(L) == 1
+        or work < THREAD_MIN_WORK
+    ):
+        return _host_rows(xp, K, V, Q, eta, gs, gr, n, M0, G, P.device)
+    G = _group(P, K.shape[-2], HOST_SPLIT_GROUP_BYTES)
+
+    def flat(x, tail):  # (L, *the last `tail` axes), broadcast over the batch
+        return (
+            None
+            if x is None
+            else np.reshape(np.broadcast_to(x, bs + x.shape[-tail:]), (L,) + x.shape[-tail:])
+        )
+
+    Kf, Vf, Qf, Mf = flat(K, 3), flat(V, 3), flat(Q, 3), flat(M0, 2)
+    ef, gsf, grf = flat(eta, 2), flat(gs, 2), flat(gr, 2)
+
+    def rows(sl):
+        return _host_rows(
+            xp, Kf[sl], Vf[sl], Qf[sl], ef[sl], gsf[sl], None if grf is None else grf[sl], n, Mf[sl], G, None
+        )
+
+    parts = _host_threads.run_split(rows, L)
+    Y = np.concatenate([p[0] for p in parts])
+    St = np.concatenate([p[1] for p in parts])
+    return np.reshape(Y, bs + Y.shape[1:]), np.reshape(St, bs + St.shape[1:])
+
+
+def _host_rows(xp, K, V, Q, eta, gs, gr, n, M0, G, dev):
+    """:func:`_host` on the rows it is given, in the calling thread."""
+    N = K.shape[-3]
+    St, Ys = transpose_copy(xp, M0), []  # the state carried as M^T: no transposed BLAS operand
+    for a in range(0, N, G):
+        sl = slice(a, min(a + G, N))
+        t = chunk_terms(xp, K[..., sl, :, :], V[..., sl, :, :], Q[..., sl, :, :], eta[..., sl, :],
+                        gs[..., sl, :], None if gr is None else gr[..., sl, :], n, dev)  # fmt: skip
+        sts, deltas = [], []
+        for j in range(sl.stop - a):
+            D = t.U[..., j, :, :] - xp.matmul(t.W[..., j, :, :], St)
+            sts.append(St)
+            deltas.append(D)
+            St = t.gamC[..., j, None, None] * St + xp.matmul(xp.matrix_transpose(t.DK[..., j, :, :]), D)
+        if len(sts) == 1:  # a group of one chunk (the usual case): views, no copies
+            Ys.append(chunk_outputs(xp, t, sts[0][..., None, :, :], deltas[0][..., None, :, :]))
+        else:
+            Ys.append(chunk_outputs(xp, t, xp.stack(sts, axis=-3), xp.stack(deltas, axis=-3)))
+    return (Ys[0] if len(Ys) == 1 else xp.concat(Ys, axis=-3)), St
 
 
 def _zero_start(xp, P, opt):
@@ -231,10 +287,11 @@ def _zero_start(xp, P, opt):
     return _array.constant(xp, P.batch_shape + (P.d_k, P.d_v), 0.0, P.dtype, P.device)
 
 
-def _group(P, C):
-    """Chunks per host group: about ``HOST_GROUP_BYTES`` of C x C matrices (all batch elements)."""
+def _group(P, C, budget=None):
+    """Chunks per host group: about ``budget`` (``HOST_GROUP_BYTES``) of C x C matrices (all batch
+    elements)."""
     per_chunk = P.n_batch * C * C * P.itemsize
-    return max(1, HOST_GROUP_BYTES // per_chunk)
+    return max(1, (HOST_GROUP_BYTES if budget is None else budget) // per_chunk)
 
 
 def chunked_bytes(P: Problem) -> int:
