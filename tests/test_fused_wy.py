@@ -107,6 +107,8 @@ def test_chunk_outputs_read_the_decayed_queries_as_the_product_does(rng):
     St = rng.standard_normal((2, 3, 7, 4))
     D = rng.standard_normal((2, 3, 5, 4))
     assert _fused.matmul_sum(xp, t.Qg, St, t.P, D) is None
+    # ... and matmul_add forms them as written: the same bits as the explicit sum
+    assert np.array_equal(_fused.matmul_add(xp, t.Qg, St, t.P, D), t.Qg @ St + t.P @ D)
     with_qg = _wy.chunk_outputs(xp, t, St, D)
     without = _wy.chunk_outputs(xp, t._replace(Qg=None), St, D)
     assert rel_err(with_qg, without) < TOL_ORDER  # float64, the same terms summed in another order

@@ -647,6 +647,13 @@ GEMM_SUM = True
 _GEMM_CHECKED: dict = {}  # device id -> whether the binding computed a known product right
 
 
+def matmul_add(xp, A1, B1, A2, B2):
+    """``A1 @ B1 + A2 @ B2``: :func:`matmul_sum` where it applies, else the two products and their sum
+    (its reference)."""
+    Y = matmul_sum(xp, A1, B1, A2, B2)
+    return xp.matmul(A1, B1) + xp.matmul(A2, B2) if Y is None else Y
+
+
 def matmul_sum(xp, A1, B1, A2, B2):
     """``A1 @ B1 + A2 @ B2`` as two strided-batched cuBLAS products into one output, the second one
     accumulating (``beta = 1``): no pass over memory to add them. ``None`` where it does not apply (not

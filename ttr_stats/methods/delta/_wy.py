@@ -297,8 +297,5 @@ def chunk_outputs(xp, t: ChunkTerms, St, Delta):
     if t.Qg is not None:  # the decayed queries are there (the fused terms): one product, accumulated
         from .. import _fused
 
-        Y = _fused.matmul_sum(xp, t.Qg, St, t.P, Delta)
-        if Y is not None:
-            return Y
-        return xp.matmul(t.Qg, St) + xp.matmul(t.P, Delta)
+        return _fused.matmul_add(xp, t.Qg, St, t.P, Delta)
     return t.gam_r[..., None] * xp.matmul(t.Q, St) + xp.matmul(t.P, Delta)

@@ -656,9 +656,7 @@ def _inter_scan(xp, Qg, v, Kx, Gc, M, z, need_den, A, need_z=True):
     if res is None:
         return None
     S, St = res
-    Y = _fused.matmul_sum(xp, Qg, S, A, U)  # one output, the second product accumulated into it
-    if Y is None:
-        Y = Qg @ S + A @ U
+    Y = _fused.matmul_add(xp, Qg, S, A, U)  # one output, the second product accumulated into it
     M = xp.matrix_transpose(St[..., :dv])
     if need_den:
         return Y[..., :dv], Y[..., dv], M, St[..., dv]
