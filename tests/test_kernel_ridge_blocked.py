@@ -121,3 +121,26 @@ def test_memory_estimate_is_below_the_dense_form():
     Q, K, V = data(rng, 2048, 3, batch=(1,))
     P = layer()._prepare(Q, K, V, None, None, None, None)
     assert blocked_mod.blocked_bytes(P) < gram_bytes(P) / 2
+
+
+def test_host_call_runs_at_one_blas_thread_and_restores_it(rng, monkeypatch):
+    """NumPy calls longer than a block run with every BLAS library at one thread (SciPy's solves alternate
+    with NumPy's products: two spinning thread pools), and the thread counts are restored after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    seen = []
+    real = blocked_mod.blockedcholesky
+
+    def spy(*args, **kw):
+        seen.append([c["num_threads"] for c in threadpoolctl.threadpool_info() if c["user_api"] == "blas"])
+        return real(*args, **kw)
+
+    before = [c["num_threads"] for c in threadpoolctl.threadpool_info() if c["user_api"] == "blas"]
+    Q, K, V = data(rng, 40, 3)
+    L = layer()
+    ref = L(Q, K, V, method="recurrent")
+    monkeypatch.setattr(blocked_mod, "blockedcholesky", spy)
+    got = L(Q, K, V, method="blocked", chunk_size=16)
+    assert seen and all(n == 1 for n in seen[0]), seen
+    assert [c["num_threads"] for c in threadpoolctl.threadpool_info() if c["user_api"] == "blas"] == before
+    assert rel(got, ref) < F64
