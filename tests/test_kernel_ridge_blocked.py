@@ -144,3 +144,26 @@ def test_host_call_runs_at_one_blas_thread_and_restores_it(rng, monkeypatch):
     assert seen and all(n == 1 for n in seen[0]), seen
     assert [c["num_threads"] for c in threadpoolctl.threadpool_info() if c["user_api"] == "blas"] == before
     assert rel(got, ref) < F64
+
+
+def test_parallel_host_call_in_the_spinning_range_runs_at_one_blas_thread(rng, monkeypatch):
+    """``"parallel"`` limits the BLAS libraries inside ``ONE_BLAS_THREAD_T`` only (below it the limit costs
+    more than it saves; above it the whole-factor solve gains from the threads)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from ttr_stats.methods.kernel_ridge import parallel as par
+
+    seen = []
+    real = par._parallel
+
+    def spy(*args, **kw):
+        seen.append(max(c["num_threads"] for c in threadpoolctl.threadpool_info() if c["user_api"] == "blas"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(par, "_parallel", spy)
+    monkeypatch.setattr(par, "ONE_BLAS_THREAD_T", (30, 50))
+    L = layer()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        for T in (20, 40, 60):
+            Q, K, V = data(rng, T, 3)
+            assert rel(L(Q, K, V, method="parallel"), L(Q, K, V, method="recurrent")) < F64
+    assert seen[1] == 1 and seen[0] == seen[2] == 2, seen
