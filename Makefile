@@ -25,8 +25,13 @@ test: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m pytest -q --doctest-modules ttr_stats \
 		--doctest-glob="*.md" docs/getting_started.md
 
+# the CPU targets of the fast linear-memory and nonparametric issues: the linear families against their
+# loops and plain NumPy; NW / local linear against statsmodels KernelReg; causal kernel ridge against
+# scikit-learn KernelRidge refitted on every prefix (~4 minutes on 2 cores)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.cpu_fast
+	$(BIN)/python -m benchmarks.cpu_tiled
+	$(BIN)/python -m benchmarks.cpu_kernel_ridge
 
 lint: $(STAMP)
 	$(BIN)/ruff check ttr_stats tests paper_figures benchmarks experiments
