@@ -13,6 +13,7 @@ The thread count follows the BLAS: the smallest thread count of the loaded BLAS 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -108,14 +109,17 @@ def run_split(fn, rows: int, work=None, min_work=0):
     return [first] + rest
 
 
-def one_blas_thread():
-    """Context: the loaded BLAS libraries at one thread each, restored after (``threadpoolctl``).
+def one_blas_thread(when=True):
+    """Context: the loaded BLAS libraries at one thread each, restored after (``threadpoolctl``); with
+    ``when`` false, a context that changes nothing.
 
     For host loops that alternate small products between NumPy's and SciPy's BLAS (each wheel bundles its
     own OpenBLAS, each with a thread pool): the idle threads of one library spin while the other works, and
     on the 2-core host they took most of the cores. Kernel ridge ``"blocked"`` (T = 1000, d = 8): 0.10 s
     with two threads a library against 0.040 s with one.
     """
+    if not when:
+        return contextlib.nullcontext()
     _blas_threads()  # the controller, made on first use
     return _one_blas_thread()
 
@@ -125,6 +129,4 @@ def _one_blas_thread():
     try:
         return _controller.limit(limits=1, user_api="blas")
     except Exception:  # pragma: no cover - no controller: nothing to limit
-        import contextlib
-
         return contextlib.nullcontext()

@@ -69,8 +69,9 @@ class Problem(NamedTuple):
         place of reading ``b`` (known from the call, never from values).
     want_state : bool
         Whether the caller reads the final state (``return_state=True``, ``memorize``). ``False`` lets a
-        method whose final state is extra work (a nonparametric cache's last log-weights) return ``None``
-        in its place; a state that falls out of the computation (the linear family's) is returned anyway.
+        method whose final state is extra work return ``None`` in its place (a nonparametric cache's last
+        log-weights; the identity family's chunked method, whose final z takes passes of its own on a
+        device); others return the state that falls out of their computation anyway.
     """
 
     xp: object

@@ -246,8 +246,9 @@ def _host(xp, P, K, V, Q, eta, gs, gr, n, M0, G):
 
     def rows(sl):
         return _host_rows(
-            xp, Kf[sl], Vf[sl], Qf[sl], ef[sl], gsf[sl], None if grf is None else grf[sl], n, Mf[sl], G, None
-        )
+            xp, Kf[sl], Vf[sl], Qf[sl], ef[sl], gsf[sl], None if grf is None else grf[sl], n, Mf[sl], G,
+            P.device,
+        )  # fmt: skip
 
     parts = _host_threads.run_split(rows, L)
     Y = np.concatenate([p[0] for p in parts])

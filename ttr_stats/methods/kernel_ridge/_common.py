@@ -3,16 +3,7 @@
 from __future__ import annotations
 
 from ... import _array
-from ...regressors.nonparametric import CacheState, last_log_weights
-
-
-def final_cache(xp, P, *, always=False):
-    """Every pair with its log-weight: 0 (weight 1, uniform weights only), ``-inf`` for a pair written
-    with strength 0 (the padding of ``lengths``), which :meth:`KernelRidge.read` leaves out. ``None`` when
-    the caller drops the state (``P.want_state`` false), unless ``always`` (the cache is read here)."""
-    if not (always or P.want_state):
-        return None
-    return CacheState(P.K, P.V, last_log_weights(xp, P))
+from ..kernel_smoother._common import final_cache  # noqa: F401 - every pair with its last log-weight
 
 
 def empty(xp, P):

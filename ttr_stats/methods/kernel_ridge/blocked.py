@@ -32,6 +32,7 @@ from __future__ import annotations
 import array_api_compat
 
 from ... import _array
+from .._host_threads import one_blas_thread
 from ..registry import register
 from ._common import cholesky, empty, final_cache
 
@@ -87,15 +88,11 @@ def blocked(layer, P):
     if not P.causal:
         return reg.read(xp, final_cache(xp, P, always=True), P.Q), final_cache(xp, P)
     c = BLOCK if P.chunk_size is None else int(P.chunk_size)
-    if array_api_compat.is_numpy_namespace(xp) and P.T > c:
-        # SciPy's triangular solves alternate with NumPy's products and Cholesky factors, each library
-        # with its own BLAS threads: at one thread each, 2.5x faster on the 2-core host (T = 1000;
-        # _host_threads.one_blas_thread), the same operations
-        from .._host_threads import one_blas_thread
-
-        with one_blas_thread():
-            return blockedcholesky(xp, reg, P, c), final_cache(xp, P)
-    return blockedcholesky(xp, reg, P, c), final_cache(xp, P)
+    # SciPy's triangular solves alternate with NumPy's products and Cholesky factors, each library with
+    # its own BLAS threads: at one thread each, 2.5x faster on the 2-core host (T = 1000;
+    # _host_threads.one_blas_thread), the same operations
+    with one_blas_thread(array_api_compat.is_numpy_namespace(xp) and P.T > c):
+        return blockedcholesky(xp, reg, P, c), final_cache(xp, P)
 
 
 def blocked_bytes(P):

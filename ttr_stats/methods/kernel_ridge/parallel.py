@@ -10,6 +10,7 @@ from __future__ import annotations
 import array_api_compat
 
 from ... import _array
+from .._host_threads import one_blas_thread
 from ..registry import register
 from ._common import cholesky, empty, final_cache, gram_bytes
 
@@ -22,14 +23,9 @@ ONE_BLAS_THREAD_T = (96, 1024)
 
 def parallel(layer, P):
     """Return ``(Y, CacheState)``."""
-    xp = P.xp
     lo, hi = ONE_BLAS_THREAD_T
-    if array_api_compat.is_numpy_namespace(xp) and P.causal and lo <= P.T < hi:
-        from .._host_threads import one_blas_thread
-
-        with one_blas_thread():
-            return _parallel(layer, P)
-    return _parallel(layer, P)
+    with one_blas_thread(array_api_compat.is_numpy_namespace(P.xp) and P.causal and lo <= P.T < hi):
+        return _parallel(layer, P)
 
 
 def _parallel(layer, P):

@@ -200,7 +200,7 @@ def _numpy_loop(opt, P, s0, R0, decayed):
     nP2, RcP, quad = np.empty((T, L)), np.empty((T, L)), np.empty((T, L))
     Pf = np.reshape(Pm, (L, dk * dk))
     prec = _Precision(
-        R, Kf, bf, None if a_all is None else np.reshape(np.broadcast_to(P.g, lead + (T, 1)), (L, T)), T
+        R, Kf, bf, None if a_all is None else np.reshape(np.broadcast_to(P.g, lead + (T, 1)), (L, T))
     )
     for t in range(T):
         k, v, b = Kf[:, t], Vf[:, t], bf[:, t]
@@ -269,12 +269,11 @@ class _Precision:
     1e-5), and every step is checked: the guard is as strong as before.
     """
 
-    def __init__(self, R, Kf, bf, gf, T):
+    def __init__(self, R, Kf, bf, gf):
         self.R, self.Kf, self.bf, self.gf = R, Kf, bf, gf
-        self.T = T
-        L = Kf.shape[0]
+        L, self.T = Kf.shape[:2]
         #: (T, L): ||R_t||_F^2 and Gamma_j (the decay from the block's start) of every step
-        self.nR2, self.gam = np.empty((T, L)), np.empty((T, L))
+        self.nR2, self.gam = np.empty((self.T, L)), np.empty((self.T, L))
         self.start, self.k = 0, 0
         self._block(0)
 
