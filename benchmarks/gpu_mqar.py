@@ -54,7 +54,8 @@ machine) and the status / error. Beside it, ``<stem>_history.csv``: the training
 seed) at ~20-40 steps of its run (step, seconds, loss), to tell a cell still learning from a converged one.
 
 Run (8 cards): ``python -m benchmarks.gpu_mqar --gpus all --budget-s 520 --out $OUT/mqar_trained.csv``;
-one card, a length a call, adding to the committed cells: ``cp paper_figures/data/mqar_trained*.csv $OUT/ &&
+one card, a length a call, adding to the committed cells (``source benchmarks/device_env.sh || exit 3`` first,
+with ``.whl`` carried): ``cp paper_figures/data/mqar_trained*.csv $OUT/ &&
 python -m benchmarks.gpu_mqar --P 64,128 --T 2048 --seeds 0 --lrs 1e-2,3e-2 --workers-per-gpu 4 --threads 4
 --budget-s 480 --out $OUT/mqar_trained.csv --append`` (copy both files back);
 check the logic on a CPU with ``python -m benchmarks.gpu_mqar --dry-run`` (tiny cells, two fake cards,
@@ -146,6 +147,8 @@ def run_cell(job):
         "paper_accuracy": paper_accuracy(cfg_kw["recipe"], cfg_kw["n_pairs"], cfg_kw["seq_len"]),
     }  # fmt: skip
     try:
+        if _INIT_ERROR is not None:
+            raise RuntimeError(_INIT_ERROR)
         import torch
 
         from ttr_stats.train import MQARTrainConfig, train_mqar
@@ -171,17 +174,30 @@ def run_cell(job):
         ]
 
 
+#: why this worker process could not start (set by :func:`_init_worker`; every cell it takes then fails
+#: at once with this message instead of training)
+_INIT_ERROR = None
+
+
 def _init_worker(threads, barrier):
     """Import everything before the first cell (so that the cells' seconds are training seconds), then
     wait at ``barrier`` until every worker has. Up to sixteen processes share a card: expandable segments
     keep each one's cached blocks from fragmenting (the T = 4096 cells hold a few GB each). The card is the
-    one ``CUDA_VISIBLE_DEVICES`` names, set by :func:`start_pools` before this process was spawned."""
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    import torch
+    one ``CUDA_VISIBLE_DEVICES`` names, set by :func:`start_pools` before this process was spawned.
 
-    import ttr_stats.train  # noqa: F401
+    Never raises: a pool whose initializer raises restarts the process, which raises again, without end
+    (a missing package cost a whole 9-minute GPU call that way); the error is kept in :data:`_INIT_ERROR`
+    and reported by the first cell the worker takes (the preflight's, seconds after the start)."""
+    global _INIT_ERROR
+    try:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        import torch
 
-    torch.set_num_threads(threads)
+        import ttr_stats.train  # noqa: F401
+
+        torch.set_num_threads(threads)
+    except Exception as exc:
+        _INIT_ERROR = f"worker start-up failed: {type(exc).__name__}: {exc}".replace("\n", " ")[:300]
     try:
         barrier.wait()
     except Exception:  # the parent gave up waiting: start anyway
@@ -403,6 +419,14 @@ def main(argv=None):
         return 2
     if on_gpu and args.device != "cuda":
         print("gpu_mqar: pick cards with --gpus; --device is 'cuda' or 'cpu'", file=sys.stderr)
+        return 2
+    try:  # what every worker imports, checked here first: a broken install fails now, not at the deadline
+        import ttr_stats.train  # noqa: F401
+    except Exception as exc:
+        print(
+            f"gpu_mqar: cannot import ttr_stats.train ({type(exc).__name__}: {exc}); nothing run",
+            file=sys.stderr,
+        )
         return 2
     try:
         gpus = gpu_list(args.gpus, args.device, torch.cuda.device_count() if on_gpu else None)
