@@ -48,8 +48,12 @@ class Deferred:
     raises :meth:`input_error` instead where there is one, so that a bad input is reported as itself
     and not as whatever it broke downstream.
 
-    Off CuPy (NumPy, torch, array_api_strict), and with :data:`FUSED_FINITE` off, every check runs at
-    once, as :func:`check_finite_all` and a plain ``if`` would.
+    torch tensors on a device of :data:`LAZY_TORCH_DEVICES` (CUDA) defer their checks the same way, by
+    torch reductions instead of the CuPy kernel: each immediate check there is a host sync (``bool`` of a
+    device tensor), four to nine a layer call, which stalls the host's launches (a training step of the
+    Fig. 3 model makes one call a step). Elsewhere (NumPy, CPU tensors, array_api_strict), and with
+    :data:`FUSED_FINITE` off, every check runs at once, as :func:`check_finite_all` and a plain ``if``
+    would.
     """
 
     def __init__(self, xp=None, lazy=True):
@@ -68,7 +72,11 @@ class Deferred:
         import array_api_compat
 
         self.xp = xp
-        self.lazy = lazy and FUSED_FINITE and array_api_compat.is_cupy_namespace(xp)
+        self.lazy = (
+            lazy
+            and FUSED_FINITE
+            and (array_api_compat.is_cupy_namespace(xp) or array_api_compat.is_torch_namespace(xp))
+        )  # torch: which arrays defer is _fusable's (their device), the rest are checked at once
 
     def finite(self, named, vouchable=False) -> None:
         """:func:`check_finite_all` of ``named`` (name -> array or None), its verdicts kept on the card.
@@ -127,8 +135,9 @@ class Deferred:
             self._vouched = (Y, flag)
 
     def when(self, bad, make_error) -> None:
-        """Raise ``make_error()`` if the 0-d device boolean ``bad`` holds (at the read; at once off CuPy)."""
-        if not self.lazy:
+        """Raise ``make_error()`` if the 0-d device boolean ``bad`` holds (at the read on the deferred path,
+        else at once)."""
+        if not self.lazy or (_is_torch_tensor(bad) and bad.device.type not in LAZY_TORCH_DEVICES):
             if bool(bad):
                 raise make_error()
             return
@@ -207,8 +216,12 @@ class Deferred:
 
     def new_flag(self):
         """A zeroed device int32 array of one entry for a method's own output verdict (:meth:`vouch`), or
-        None off the deferred path."""
-        return self.xp.zeros(1, dtype=self.xp.int32) if self.lazy else None
+        None off the deferred path (and on torch, whose methods write no flags: their output is tested)."""
+        import array_api_compat
+
+        if not self.lazy or array_api_compat.is_torch_namespace(self.xp):
+            return None
+        return self.xp.zeros(1, dtype=self.xp.int32)
 
 
 def all_finite(xp, x) -> bool:
@@ -327,10 +340,27 @@ def _finite_flags(xp, arrays):
     return flags
 
 
-def _fusable(x) -> bool:
-    """Whether the one-pass kernel checks ``x``: a C-contiguous float32/float64 CuPy array."""
+#: torch devices (``tensor.device.type``) whose checks :class:`Deferred` keeps on the device until the
+#: output is read; CPU tensors are checked at once (no sync to save there). The tests add ``"cpu"`` to run
+#: the deferred bookkeeping of torch on the host.
+LAZY_TORCH_DEVICES = ("cuda",)
+
+
+def _is_torch_tensor(x) -> bool:
     import sys
 
+    torch = sys.modules.get("torch")  # never imported here: a tensor means torch is loaded
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _fusable(x) -> bool:
+    """Whether ``x``'s check can wait on its device: a C-contiguous float32/float64 CuPy array (the
+    one-pass kernel) or a float32/float64 torch tensor on a device of :data:`LAZY_TORCH_DEVICES`."""
+    import sys
+
+    if _is_torch_tensor(x):
+        torch = sys.modules["torch"]
+        return x.dtype in (torch.float32, torch.float64) and x.device.type in LAZY_TORCH_DEVICES
     cupy = sys.modules.get("cupy")  # never imported here: a CuPy array means CuPy is loaded
     return (
         cupy is not None
@@ -340,9 +370,21 @@ def _fusable(x) -> bool:
     )
 
 
+def _torch_flags(bads):
+    """0-d boolean tensors (True: failed) as one int32 tensor of flags on their device, no sync."""
+    import torch
+
+    return torch.stack([b.reshape(()) for b in bads]).to(torch.int32)
+
+
 def _launch_finite(arrays):
     """Launch the one-pass test of every (fusable, non-empty) array; their flags (nonzero: not all
     finite) as a device int32 array, not yet read."""
+    if _is_torch_tensor(arrays[0]):
+        import torch
+
+        with torch.no_grad():
+            return _torch_flags([~torch.isfinite(x).all() for x in arrays])
     import cupy
 
     out = cupy.zeros(len(arrays), dtype=cupy.int32)
@@ -361,6 +403,13 @@ def _launch_finite(arrays):
 def _launch_within(x, lo, hi, lo_open, hi_open):
     """Launch the one-pass finiteness and range test of ``x`` (fusable, non-empty); its two flags (not
     finite, outside the interval) as a device int32 array, not yet read."""
+    if _is_torch_tensor(x):
+        import torch
+
+        with torch.no_grad():  # compared in float64, as the kernel does (a bound float32 cannot hold)
+            xd = x.to(torch.float64)
+            inside = ((xd > lo) if lo_open else (xd >= lo)) & ((xd < hi) if hi_open else (xd <= hi))
+            return _torch_flags([~torch.isfinite(x).all(), ~inside.all()])  # a NaN is outside too
     import cupy
 
     out = cupy.zeros(2, dtype=cupy.int32)

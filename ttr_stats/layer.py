@@ -357,7 +357,7 @@ class TestTimeRegression(BaseEstimator):
         # whether any gate can decay, from the layer and the call's arguments, never from gate values: a
         # method that picks its algorithm from this stays exactly causal
         gated = la is not None or bool(lf) or self.weights.constant_log_decay() != 0.0
-        if opt.needs_positive_decay and bool(xp.any(g == -math.inf)):
+        if opt.needs_positive_decay and gated and bool(xp.any(g == -math.inf)):  # ungated: g has no -inf
             raise ValueError(f"{gate_name}: {type(opt).__name__} divides by the decay; alpha must be > 0")
 
         b = check_beta(xp, a["beta"], checks)

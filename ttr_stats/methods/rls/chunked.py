@@ -79,7 +79,8 @@ def layout(P):
     8e-10 -> 4e-11 relative to the recurrent loop).
     """
     C = int(P.chunk_size or DEFAULT_CHUNK)
-    steepest = float(P.xp.max(-P.g)) if P.T else 0.0  # one host synchronisation
+    # one host synchronisation where a gate can decay (an ungated call's log-gates are all 0)
+    steepest = float(P.xp.max(-P.g)) if P.T and P.gated else 0.0
     if steepest > 0:
         C = max(1, min(C, int(DECAY_PER_CHUNK / steepest)))
     return Layout(P, C, first=min(C, P.d_k))
@@ -99,7 +100,8 @@ def chunked(layer, P):
     if not P.T:
         return xp.zeros(P.batch_shape + (0, P.d_v), dtype=P.dtype, device=P.device), s0
     wd = work_dtype(P)
-    check_decay_representable(xp, P.g, type(opt).__name__, dtype=wd)
+    if P.gated:  # (an ungated call's log-gates are all 0: nothing to underflow, no sync)
+        check_decay_representable(xp, P.g, type(opt).__name__, dtype=wd)
     lay = layout(P)
     L = P.n_batch
     small = L * P.T * P.d_k * P.d_k < THREAD_MIN_WORK
@@ -193,7 +195,7 @@ def _check(layer, xp, lay, cond, cond_end, Y):
     starts = too_ill(xp, cond)  # (..., n); the first chunk's start is the given prior
     starts = xp.any(starts, axis=tuple(range(starts.ndim - 1))) if starts.ndim > 1 else starts
     flags = flags | xp.concat([xp.zeros((1,), dtype=xp.bool, device=_dev(flags)), starts[1:]])
-    if not (bool(xp.any(flags)) or bool(xp.any(ill))):
+    if not bool(xp.any(flags) | xp.any(ill)):  # one read of both verdicts
         return
     for i in range(lay.n):
         if bool(flags[i]):
