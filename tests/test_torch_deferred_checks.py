@@ -203,6 +203,14 @@ def test_on_cuda_a_good_call_reads_at_most_its_verdicts(scalar_reads, recipe, al
     y = make()(Q, K, V, method="chunked", **{k: t.to(dev) for k, t in _gates(kw).items()})
     assert y.device.type == "cuda"
     assert len(scalar_reads) <= allowed, scalar_reads
+    Q, K, V = (x.requires_grad_(True) for x in (Q, K, V))
+
+    def step():
+        y = make()(Q, K, V, method="chunked", **{k: t.to(dev) for k, t in _gates(kw).items()})
+        y.square().sum().backward()
+
+    syncs = _sync_ops(step)  # the factorisations' error checks too, which no scalar read shows
+    assert len(syncs) <= allowed - 1, syncs  # the verdicts' one read is a copy to the host, not listed
 
 
 @pytest.mark.gpu
@@ -243,3 +251,74 @@ def test_on_cuda_outputs_and_gradients_equal_the_eager_path(monkeypatch):
         results.append([y.detach(), Q.grad, K.grad, V.grad])
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)  # deferring the checks changes no arithmetic on the device either
+
+
+#: torch operations that read the device's state back to the host (a sync on CUDA)
+SYNC_OPS = ("_local_scalar_dense", "_linalg_check_errors", "nonzero", "masked_select", "is_nonzero")
+
+
+def _sync_ops(fn):
+    """The host-reading torch operations ``fn()`` dispatches (those the scalar-read count cannot see: a
+    factorisation's error check, for one)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in SYNC_OPS:
+                seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize(("recipe", "allowed"), [("linear_attention", 0), ("rls", 1)])
+def test_a_training_step_reads_the_device_only_for_its_verdicts(lazy_cpu, recipe, allowed):
+    """Forward and backward: RLS's factorisations (the prior's solve, the chunk starts', the chunk
+    systems', the final one) check nothing at once; four host syncs a call before."""
+    make, kw = CASES[recipe]
+    Q, K, V = (x.requires_grad_(True) for x in _qkv(T=70))
+
+    def step():
+        y = make()(Q, K, V, method="chunked", chunk_size=16, **_gates(kw, T=70))
+        y.square().sum().backward()
+
+    assert len(_sync_ops(step)) <= allowed
+
+
+def _rls_state(P):
+    import torch
+
+    from ttr_stats.optimizers import RLSState
+
+    return RLSState(torch.zeros(2, 5, 5, dtype=torch.float64), P)
+
+
+def test_a_singular_prior_is_named_as_the_immediate_solve_names_it(monkeypatch):
+    import torch
+
+    errors = []
+    for lazy in (False, True):
+        monkeypatch.setattr(v, "LAZY_TORCH_DEVICES", ("cuda", "cpu") if lazy else ("cuda",))
+        Q, K, V = _qkv()
+        with pytest.raises(ValueError, match="initial_state: its P") as exc:
+            tt.recipes.rls(ridge=1.0)(
+                Q, K, V, method="chunked", initial_state=_rls_state(torch.zeros(2, 5, 5, dtype=torch.float64))
+            )
+        errors.append(str(exc.value))
+    assert errors[0] == errors[1]
+
+
+def test_a_prior_that_does_not_factor_is_refused_not_a_finite_answer(lazy_cpu):
+    """P_0 = -I: the first chunk's system I - K K^T has no Cholesky factor. Deferred, the factor is NaN
+    and the call refuses it with the first chunk's position (the immediate path names the first chunk
+    start that fails, t = 5 here: both are errors, never outputs)."""
+    import torch
+
+    Q, K, V = _qkv()
+    neg = -torch.eye(5, dtype=torch.float64).expand(2, 5, 5).clone()
+    with pytest.raises(FloatingPointError, match=r"prefix system R_t near t = 0 is numerically singular"):
+        tt.recipes.rls(ridge=1.0)(Q, K, V, method="chunked", chunk_size=8, initial_state=_rls_state(neg))

@@ -353,6 +353,13 @@ def _is_torch_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+def defers(x) -> bool:
+    """Whether ``x`` is a torch tensor on a device of :data:`LAZY_TORCH_DEVICES`: its checks wait on the
+    device, and so may a method's (a factorisation that does not succeed gives NaN, refused with the
+    outputs, instead of an error that would read the device's status at once)."""
+    return _is_torch_tensor(x) and x.device.type in LAZY_TORCH_DEVICES
+
+
 def _fusable(x) -> bool:
     """Whether ``x``'s check can wait on its device: a C-contiguous float32/float64 CuPy array (the
     one-pass kernel) or a float32/float64 torch tensor on a device of :data:`LAZY_TORCH_DEVICES`."""

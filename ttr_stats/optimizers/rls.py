@@ -2,7 +2,9 @@ r"""Recursive least squares (Sherman-Morrison), the sequential form of the exact
 
 from __future__ import annotations
 
-from .. import _array
+import math
+
+from .. import _array, _validation
 from .._validation import check_scalar
 from .base import Optimizer, RLSState, matvec, outer
 
@@ -111,9 +113,32 @@ class RecursiveLeastSquares(Optimizer):
     def memory(self, state):
         return state.M
 
-    def prior_precision(self, state):
-        """R_0 = P_0^{-1} (the prior in closed form), shape (..., d_k, d_k)."""
+    def prior_precision(self, state, deferred=False):
+        """R_0 = P_0^{-1} (the prior in closed form), shape (..., d_k, d_k).
+
+        ``deferred``: on a torch device whose checks wait (:func:`ttr_stats._validation.defers`), solve
+        without the library's error check (a host synchronisation on CUDA); a singular P_0 gives NaN, which
+        the caller refuses with its outputs.
+        """
         xp = _array.namespace(state.P)
         d = state.P.shape[-1]
-        eye = xp.eye(d, dtype=state.P.dtype, device=_array.device(state.P))
-        return xp.linalg.solve(state.P, xp.broadcast_to(eye, state.P.shape))
+        eye = xp.broadcast_to(xp.eye(d, dtype=state.P.dtype, device=_array.device(state.P)), state.P.shape)
+        if deferred and _validation.defers(state.P):
+            import torch
+
+            R, info = torch.linalg.solve_ex(state.P, eye)
+            return torch.where((info == 0)[..., None, None], R, math.nan)
+        try:
+            return xp.linalg.solve(state.P, eye)
+        except Exception as exc:
+            if "LinAlgError" in type(exc).__name__:  # NumPy's, torch's and CuPy's all carry the name
+                raise singular_prior_error() from None
+            raise
+
+
+def singular_prior_error():
+    """The error of a singular prior covariance (``initial_state``'s P has no inverse)."""
+    return ValueError(
+        "initial_state: its P (the prior covariance P_0) is singular, so the prior precision P_0^{-1} does "
+        "not exist; pass a symmetric positive definite P (the default is I / ridge)"
+    )

@@ -26,10 +26,12 @@ not change, bit for bit, when anything at s or later does.
 
 from __future__ import annotations
 
+import math
+
 import array_api_compat
 import numpy as np
 
-from ... import _array
+from ... import _array, _validation
 from . import _fused_prefix, _fused_trtri
 
 __all__ = [
@@ -313,8 +315,18 @@ def _trtri(L, upper_zero=False):
     return out if upper_zero else np.tril(out)  # trtri leaves the strict upper triangle as it found it
 
 
-def cholesky(xp, A):
-    """Lower Cholesky factor; :class:`Singular` where the library reports a failed factorisation."""
+def cholesky(xp, A, deferred=False):
+    """Lower Cholesky factor; :class:`Singular` where the library reports a failed factorisation.
+
+    ``deferred``: a torch tensor on a device whose checks wait (:func:`_validation.defers`) is factored
+    without the library's error check, a host synchronisation on CUDA; a matrix that does not factor gets
+    a NaN factor instead, and the caller must refuse non-finite results (as RLS's chunked method does).
+    """
+    if deferred and _validation.defers(A):
+        import torch
+
+        L, info = torch.linalg.cholesky_ex(A)
+        return torch.where((info == 0)[..., None, None], L, math.nan)
     try:
         return _array.cholesky(xp, A)
     except Exception as exc:
@@ -330,7 +342,7 @@ def cholesky(xp, A):
 HOST_LEAF = 32
 
 
-def cholesky_inverse(xp, A):
+def cholesky_inverse(xp, A, deferred=False):
     r"""The inverse :math:`L^{-1}` of the lower Cholesky factor of symmetric positive definite A (..., n, n).
 
     Reads the lower triangle of A only. :class:`Singular` where A is not numerically positive definite.
@@ -344,7 +356,7 @@ def cholesky_inverse(xp, A):
     combines rows ``<= i`` of A only, as the unblocked factor and inverse do (causal).
     """
     if not (array_api_compat.is_numpy_array(A) and A.dtype in (np.float32, np.float64)):
-        return tril_inverse(xp, cholesky(xp, A))
+        return tril_inverse(xp, cholesky(xp, A, deferred))
     return _cholesky_inverse_host(A)[1]
 
 
@@ -368,13 +380,13 @@ def _cholesky_inverse_host(A):
     return L, Li
 
 
-def pd_inverse(xp, R):
+def pd_inverse(xp, R, deferred=False):
     r"""``(R^{-1}, cond)`` of symmetric positive definite R (..., d, d) by Cholesky.
 
     ``cond`` (...,) is :math:`\|R\|_F \|R^{-1}\|_F`, an upper bound of the 2-norm condition number (large
-    exactly when R is numerically singular).
+    exactly when R is numerically singular; NaN where a ``deferred`` factor failed, see :func:`cholesky`).
     """
-    Li = cholesky_inverse(xp, R)
+    Li = cholesky_inverse(xp, R, deferred)
     Pm = xp.matmul(xp.matrix_transpose(Li), Li)
     return Pm, xp.linalg.matrix_norm(R) * xp.linalg.matrix_norm(Pm)
 
@@ -385,7 +397,7 @@ def too_ill(xp, cond):
     return ~(cond * eps <= COND_LIMIT)
 
 
-def woodbury_chunk(xp, P0, M0, K, V, Q, b, E):
+def woodbury_chunk(xp, P0, M0, K, V, Q, b, E, deferred=False):
     r"""Exact outputs of chunks whose prefix systems share a decaying base.
 
     For :math:`A_t = c_t A_0 + \sum_{j \le t} W_{tj} k_j k_j^\top` with :math:`A_0^{-1} = P_0` and
@@ -409,6 +421,8 @@ def woodbury_chunk(xp, P0, M0, K, V, Q, b, E):
         Write strengths.
     E : array of shape (..., C)
         :math:`e^{G_j}` relative to the chunk start (``c`` of :func:`chunk_weights`).
+    deferred : bool
+        Factor as :func:`cholesky` does with it: NaN outputs, not an error, where a system does not factor.
 
     Returns
     -------
@@ -416,10 +430,10 @@ def woodbury_chunk(xp, P0, M0, K, V, Q, b, E):
     """
     if array_api_compat.is_numpy_array(K) and K.dtype in (np.float32, np.float64):
         return _woodbury_chunk_host(P0, M0, K, V, Q, b, E)
-    return _woodbury_chunk_array(xp, P0, M0, K, V, Q, b, E)
+    return _woodbury_chunk_array(xp, P0, M0, K, V, Q, b, E, deferred)
 
 
-def _woodbury_chunk_array(xp, P0, M0, K, V, Q, b, E):
+def _woodbury_chunk_array(xp, P0, M0, K, V, Q, b, E, deferred=False):
     """:func:`woodbury_chunk` by array-API operations (every library; the reference of the host path)."""
     dev = _array.device(K)
     zero = xp.zeros((), dtype=K.dtype, device=dev)
@@ -435,7 +449,7 @@ def _woodbury_chunk_array(xp, P0, M0, K, V, Q, b, E):
     A = 0.5 * (A + xp.matrix_transpose(A))  # exactly symmetric for the factorisation
     idx = xp.arange(K.shape[-2], device=dev)
     A = A + xp.where(idx[:, None] == idx[None, :], Ediag[..., :, None], zero)
-    Li = cholesky_inverse(xp, A)
+    Li = cholesky_inverse(xp, A, deferred)
     B = xp.matmul(Li, F)
     Vt = xp.matmul(Li, V - xp.matmul(Kf, M0t))
     scores = xp.matmul(Q, xp.matrix_transpose(B))

@@ -26,8 +26,10 @@ from __future__ import annotations
 import array_api_compat
 import numpy as np
 
+from ... import _validation
 from ..._gates import check_decay_representable
 from ...optimizers import RLSState
+from ...optimizers.rls import singular_prior_error
 from .. import _host_threads
 from ..least_squares._prefix import (
     Layout,
@@ -153,7 +155,10 @@ def _run(layer, P, s0, lay, wd):
     b = lay.split(xp, as_work(xp, P.b, wd), time_axis_last=True)
     c, w = chunk_weights(xp, g, b, full=False)
     M0, P0 = as_work(xp, s0.M, wd), as_work(xp, s0.P, wd)
-    R0 = as_work(xp, opt.prior_precision(s0), wd)
+    # torch on CUDA: no factorisation reads its status at once (four host syncs a call); one that fails
+    # gives NaN outputs, refused by _check with the rest (a chunk's position, as an immediate error names)
+    dfr = _validation.defers(P.Q)
+    R0 = as_work(xp, opt.prior_precision(s0, deferred=dfr), wd)
     per_chunk = P.n_batch * lay.C * (lay.C + 2 * P.d_k + P.d_v) * 8
     ys, conds = [], []
     R, S = R0, xp.matmul(M0, R0)  # the statistics at the current chunk start
@@ -166,37 +171,41 @@ def _run(layer, P, s0, lay, wd):
             # P and M at each chunk start: the given state for the first chunk, S R^{-1} from the
             # accumulated statistics after (cond(R) * eps, where updating M by Woodbury would cancel terms
             # of size |P_0|)
-            Pg, cond = pd_inverse(xp, Rs)
+            Pg, cond = pd_inverse(xp, Rs, dfr)
             Mg = xp.matmul(Ss, Pg)
             if sl.start == 0:
                 Pg = xp.concat([P0[..., None, :, :], Pg[..., 1:, :, :]], axis=-3)
                 Mg = xp.concat([M0[..., None, :, :], Mg[..., 1:, :, :]], axis=-3)
             conds.append(cond)
-            ys.append(woodbury_chunk(xp, Pg, Mg, Kg, Vg, Q[..., sl, :, :], b[..., sl, :], c[..., sl, :]))
+            ys.append(woodbury_chunk(xp, Pg, Mg, Kg, Vg, Q[..., sl, :, :], b[..., sl, :], c[..., sl, :], dfr))
         R_end, S_end = R, S
-        P_end, cond_end = pd_inverse(xp, R_end)
+        P_end, cond_end = pd_inverse(xp, R_end, dfr)
     except Singular as exc:  # the error path: every chunk start, for the first one that does not factor
         Rs, _, R_end, _ = chunk_starts(xp, R0, xp.matmul(M0, R0), c[..., -1], *chunk_sums(xp, w, K, V))
         raise singular_error(layer, _first_failure(xp, lay, Rs, R_end), exc.detail, REMEDY) from None
     Y = xp.concat(ys, axis=-3)
     cond = xp.concat(conds, axis=-1)
-    _check(layer, xp, lay, cond, cond_end, Y)
+    _check(layer, xp, lay, cond, cond_end, Y, ~xp.all(xp.isfinite(R0)) if dfr else None)
     M_end = xp.matmul(S_end, P_end)
     Y = as_work(xp, lay.join(xp, Y), P.dtype)
     return Y, RLSState(as_work(xp, M_end, P.dtype), as_work(xp, P_end, P.dtype))
 
 
-def _check(layer, xp, lay, cond, cond_end, Y):
+def _check(layer, xp, lay, cond, cond_end, Y, bad_prior=None):
     """One host synchronisation: refuse if a chunk-start or the final precision is numerically singular
-    or an output is not finite (a backend whose Cholesky returns NaN instead of raising)."""
+    or an output is not finite (a backend whose Cholesky returns NaN instead of raising); ``bad_prior``
+    (a deferred prior solve): whether R_0 came back NaN, refused as the immediate solve refuses it."""
     ill = too_ill(xp, cond_end)
     bad_y = ~xp.all(xp.isfinite(Y), axis=(-2, -1))  # (..., n)
     flags = xp.any(bad_y, axis=tuple(range(bad_y.ndim - 1))) if bad_y.ndim > 1 else bad_y
     starts = too_ill(xp, cond)  # (..., n); the first chunk's start is the given prior
     starts = xp.any(starts, axis=tuple(range(starts.ndim - 1))) if starts.ndim > 1 else starts
     flags = flags | xp.concat([xp.zeros((1,), dtype=xp.bool, device=_dev(flags)), starts[1:]])
-    if not bool(xp.any(flags) | xp.any(ill)):  # one read of both verdicts
+    verdict = xp.any(flags) | xp.any(ill)
+    if not bool(verdict if bad_prior is None else verdict | bad_prior):  # one read of every verdict
         return
+    if bad_prior is not None and bool(bad_prior):
+        raise singular_prior_error()
     for i in range(lay.n):
         if bool(flags[i]):
             t = lay.chunk_of(i)[0]
