@@ -185,16 +185,18 @@ def _run(layer, P, s0, lay, wd):
         raise singular_error(layer, _first_failure(xp, lay, Rs, R_end), exc.detail, REMEDY) from None
     Y = xp.concat(ys, axis=-3)
     cond = xp.concat(conds, axis=-1)
-    _check(layer, xp, lay, cond, cond_end, Y, ~xp.all(xp.isfinite(R0)) if dfr else None)
+    _check(layer, xp, lay, cond, cond_end, Y, ~xp.all(xp.isfinite(R0)) if dfr else None, P.checks)
     M_end = xp.matmul(S_end, P_end)
     Y = as_work(xp, lay.join(xp, Y), P.dtype)
     return Y, RLSState(as_work(xp, M_end, P.dtype), as_work(xp, P_end, P.dtype))
 
 
-def _check(layer, xp, lay, cond, cond_end, Y, bad_prior=None):
-    """One host synchronisation: refuse if a chunk-start or the final precision is numerically singular
-    or an output is not finite (a backend whose Cholesky returns NaN instead of raising); ``bad_prior``
-    (a deferred prior solve): whether R_0 came back NaN, refused as the immediate solve refuses it."""
+def _check(layer, xp, lay, cond, cond_end, Y, bad_prior=None, checks=None):
+    """Refuse if a chunk-start or the final precision is numerically singular or an output is not finite
+    (a backend whose Cholesky returns NaN instead of raising); ``bad_prior`` (a deferred prior solve):
+    whether R_0 came back NaN, refused as the immediate solve refuses it. With the call's deferred
+    ``checks`` (CuPy, torch CUDA) the verdict waits on the device and is read with the input checks' and
+    the output's in their one transfer; otherwise it is read here, once."""
     ill = too_ill(xp, cond_end)
     bad_y = ~xp.all(xp.isfinite(Y), axis=(-2, -1))  # (..., n)
     flags = xp.any(bad_y, axis=tuple(range(bad_y.ndim - 1))) if bad_y.ndim > 1 else bad_y
@@ -202,15 +204,22 @@ def _check(layer, xp, lay, cond, cond_end, Y, bad_prior=None):
     starts = xp.any(starts, axis=tuple(range(starts.ndim - 1))) if starts.ndim > 1 else starts
     flags = flags | xp.concat([xp.zeros((1,), dtype=xp.bool, device=_dev(flags)), starts[1:]])
     verdict = xp.any(flags) | xp.any(ill)
-    if not bool(verdict if bad_prior is None else verdict | bad_prior):  # one read of every verdict
-        return
-    if bad_prior is not None and bool(bad_prior):
-        raise singular_prior_error()
-    for i in range(lay.n):
-        if bool(flags[i]):
-            t = lay.chunk_of(i)[0]
-            raise singular_error(layer, t, "cond(R_t) * eps > 1e-3, or non-finite outputs", REMEDY)
-    raise singular_error(layer, lay.T, "cond(R_T) * eps > 1e-3", REMEDY)
+    if bad_prior is not None:
+        verdict = verdict | bad_prior
+
+    def error():  # the failure path only: it reads the flags to name the position
+        if bad_prior is not None and bool(bad_prior):
+            return singular_prior_error()
+        for i in range(lay.n):
+            if bool(flags[i]):
+                t = lay.chunk_of(i)[0]
+                return singular_error(layer, t, "cond(R_t) * eps > 1e-3, or non-finite outputs", REMEDY)
+        return singular_error(layer, lay.T, "cond(R_T) * eps > 1e-3", REMEDY)
+
+    if checks is not None and checks.lazy:
+        checks.when(verdict, error)
+    elif bool(verdict):  # one read of every verdict
+        raise error()
 
 
 def _dev(x):
