@@ -277,16 +277,24 @@ def _sync_ops(fn):
     return seen
 
 
-@pytest.mark.parametrize("recipe", ["linear_attention", "rls"])
+STEP_CASES = {
+    **CASES,
+    "mesa": (tt.recipes.mesa, {}),  # its Woodbury factors, as RLS's
+    "local_linear_attention": (tt.recipes.local_linear_attention, {}),  # its blocks' checks in one read
+}
+
+
+@pytest.mark.parametrize("recipe", list(STEP_CASES))
 def test_a_training_step_reads_the_device_only_for_its_verdicts(lazy_cpu, recipe):
     """Forward and backward: RLS's factorisations (the prior's solve, the chunk starts', the chunk
     systems', the final one) check nothing at once (four host syncs a call before), and its conditioning
     verdict is read with the input checks' (one more before): the call's one read is a copy to the host."""
-    make, kw = CASES[recipe]
+    make, kw = STEP_CASES[recipe]
     Q, K, V = (x.requires_grad_(True) for x in _qkv(T=70))
+    method = "tiled" if recipe == "local_linear_attention" else "chunked"
 
     def step():
-        y = make()(Q, K, V, method="chunked", chunk_size=16, **_gates(kw, T=70))
+        y = make()(Q, K, V, method=method, chunk_size=16, **_gates(kw, T=70))
         y.square().sum().backward()
 
     assert _sync_ops(step) == []

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ... import _array
 from ...regressors.local_polynomial import n_coefficients
 from . import _tiled_moments
@@ -145,15 +147,18 @@ def _moments_group(xp, reg, plan, blocks, P):
     S, cen = _tiled_moments.accumulate(xp, plan, blocks, P.d_k, P.d_v)
     per_block = max(1, P.n_batch) * plan.c * (_tiled_moments.n_features(P.d_k, P.d_v) + 4 * P.d_k * P.d_k)
     m = max(1, int(_tiled_moments.SOLVE_BYTES // (per_block * P.itemsize)))  # blocks a batched solve takes
-    out = []
+    out, oks = [], []
     for j in range(*blocks):
         if (j - blocks[0]) % m == 0:
             j0 = j
             Y, OK = _tiled_moments.solve(xp, reg, plan, S, cen, (j, min(blocks[1], j + m)), P.d_k, P.d_v)
         at = (slice(None),) * plan.nbatch + (j - j0, ...)
-        y, ok = Y[at], OK[at]
-        if not bool(xp.all(ok)):
-            exact = _group(xp, reg, plan, (j, j + 1), P, P.d_k)[0]
-            y = xp.where(ok[..., None], y, exact)
-        out.append(y)
+        out.append(Y[at])
+        oks.append(OK[at])
+    # which blocks passed, in one read for the group (a read a block was a device sync each on a GPU)
+    passed = _array.to_numpy(xp.stack([xp.all(ok) for ok in oks]))
+    for i in np.flatnonzero(~passed.astype(bool)):
+        j = blocks[0] + int(i)
+        exact = _group(xp, reg, plan, (j, j + 1), P, P.d_k)[0]
+        out[i] = xp.where(oks[i][..., None], out[i], exact)
     return out

@@ -24,6 +24,7 @@ Computed in float64 (float32 inputs too, cast back at the end). See docs/derivat
 
 from __future__ import annotations
 
+from ... import _validation
 from ...optimizers import SufficientStatistics
 from ...optimizers.closed_form import conjugate_gradient
 from ..problem import initial_state
@@ -86,13 +87,16 @@ def chunked(layer, P):
     w = W[..., -1, :] if full else W
     Rs, Ss, R_end, S_end = chunk_starts(xp, R0, S0, c[..., -1], *chunk_sums(xp, w, K, V))
     ys = []
+    dfr = _validation.defers(P.Q)
     for sl in groups(lay.n, _chunk_bytes(P, path, C), group_bytes(xp)):
         Kg, Vg, Qg = K[..., sl, :, :], V[..., sl, :, :], Q[..., sl, :, :]
         Rg, Sg, cg = Rs[..., sl, :, :], Ss[..., sl, :, :], c[..., sl, :]
         if path == "woodbury":
             eye = xp.eye(P.d_k, dtype=wd, device=P.device)
-            Pg, _ = pd_inverse(xp, Rg + rho * eye)  # definite: the ridge bounds it below
-            ys.append(woodbury_chunk(xp, Pg, xp.matmul(Sg, Pg), Kg, Vg, Qg, b[..., sl, :], cg))
+            # definite: the ridge bounds it below. On a lazy torch device no factor reads its status at
+            # once (a host sync each); one that failed all the same gives NaN, refused with the output
+            Pg, _ = pd_inverse(xp, Rg + rho * eye, dfr)
+            ys.append(woodbury_chunk(xp, Pg, xp.matmul(Sg, Pg), Kg, Vg, Qg, b[..., sl, :], cg, dfr))
             continue
         Wg = W[..., sl, :, :]
         if path == "fused":
