@@ -59,7 +59,6 @@ def main(argv=None):
                 eager = rate(recipe, T, a.P, a.steps, a.warmup, False, a.device, a.vocab)[0]
                 row = f"{recipe:18s} {T:5d} {lazy * 1e3:17.2f} {eager * 1e3:18.2f} {eager / lazy:6.2f}"
                 print(row, flush=True)
-
     finally:
         v.LAZY_TORCH_DEVICES = saved
 

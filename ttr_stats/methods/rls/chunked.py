@@ -185,7 +185,7 @@ def _run(layer, P, s0, lay, wd):
         raise singular_error(layer, _first_failure(xp, lay, Rs, R_end), exc.detail, REMEDY) from None
     Y = xp.concat(ys, axis=-3)
     cond = xp.concat(conds, axis=-1)
-    _check(layer, xp, lay, cond, cond_end, Y, ~xp.all(xp.isfinite(R0)) if dfr else None, P.checks)
+    _check(layer, xp, lay, cond, cond_end, Y, ~xp.all(xp.isfinite(R0)), P.checks)
     M_end = xp.matmul(S_end, P_end)
     Y = as_work(xp, lay.join(xp, Y), P.dtype)
     return Y, RLSState(as_work(xp, M_end, P.dtype), as_work(xp, P_end, P.dtype))
@@ -193,10 +193,10 @@ def _run(layer, P, s0, lay, wd):
 
 def _check(layer, xp, lay, cond, cond_end, Y, bad_prior=None, checks=None):
     """Refuse if a chunk-start or the final precision is numerically singular or an output is not finite
-    (a backend whose Cholesky returns NaN instead of raising); ``bad_prior`` (a deferred prior solve):
-    whether R_0 came back NaN, refused as the immediate solve refuses it. With the call's deferred
-    ``checks`` (CuPy, torch CUDA) the verdict waits on the device and is read with the input checks' and
-    the output's in their one transfer; otherwise it is read here, once."""
+    (a backend whose Cholesky returns NaN instead of raising); ``bad_prior``: whether R_0 = P_0^{-1} is
+    not finite (a deferred solve's NaN, CuPy's inf), refused as the immediate solve refuses it. With the
+    call's deferred ``checks`` (CuPy, torch CUDA) the verdict waits on the device and is read with the
+    input checks' and the output's in their one transfer; otherwise it is read here, once."""
     ill = too_ill(xp, cond_end)
     bad_y = ~xp.all(xp.isfinite(Y), axis=(-2, -1))  # (..., n)
     flags = xp.any(bad_y, axis=tuple(range(bad_y.ndim - 1))) if bad_y.ndim > 1 else bad_y
