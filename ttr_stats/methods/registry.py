@@ -191,9 +191,15 @@ def register(name, family, *, run=None, **kwargs):
     return deco(run) if run is not None else deco
 
 
+_LOADED = []
+
+
 def _load():
     """Import every method module once (each registers itself)."""
-    from . import _catalogue  # noqa: F401
+    if not _LOADED:  # an import statement costs microseconds even when the module is loaded
+        from . import _catalogue  # noqa: F401
+
+        _LOADED.append(True)
 
 
 def family_of(layer) -> str:
@@ -232,15 +238,16 @@ def reference(family) -> Method:
 
 def lookup(layer, name) -> Method:
     """The method ``name`` for ``layer``, or a ValueError that says why not and lists what is."""
-    names = method_names()
-    if name not in names:
-        raise ValueError(f"method must be one of {names}, got {name!r}")
     family = family_of(layer)
     registered = {m.name: m for m in methods_for(family)}
-    ok = supported(layer)
-    owner = type(layer.regressor if layer.regressor.nonparametric else layer.optimizer).__name__
-    if name not in registered or registered[name] not in ok:
-        why = registered[name].check(layer) if name in registered else None
+    if not isinstance(name, str) or name not in registered:  # every family's names: only on this path
+        names = method_names()
+        if name not in names:
+            raise ValueError(f"method must be one of {names}, got {name!r}")
+    why = registered[name].check(layer) if name in registered else None
+    if name not in registered or why is not None:  # the requested method alone is checked on success
+        ok = supported(layer)
+        owner = type(layer.regressor if layer.regressor.nonparametric else layer.optimizer).__name__
         raise ValueError(
             f"method={name!r} is not supported by {owner}"
             + (f" ({why})" if why else "")

@@ -901,7 +901,10 @@ def operands(xp, layer, P):
         tau = sim.resolved_scale(P.d_k)
 
     def flat(x, tail):
-        return xp.reshape(xp.broadcast_to(x, P.batch_shape + tail), (BH,) + tail)
+        full = P.batch_shape + tail
+        if tuple(x.shape) != full:  # the usual call's arrays have their full shape: no broadcast view
+            x = xp.broadcast_to(x, full)
+        return xp.reshape(x, (BH,) + tail)
 
     w = P.window
     window = 0 if (w is None or not P.causal or w >= Tk) else int(w)

@@ -1,0 +1,120 @@
+"""Where the host time of one short layer call goes (issue 10: causal softmax at T = 1024 is bound by the
+host, not its kernel), on one GPU with CuPy, beside torch SDPA.
+
+Per case (causal softmax ``tiled``, linear attention and Mamba-2 ``chunked``; B = 8, H = 16, d = 64,
+float32, ``--T`` 1024): the call's median wall time over ``--runs`` synchronised calls after warm-ups, the
+same for torch SDPA (``is_causal=True``, zero-copy DLPack views of the same numbers), then cProfile over
+``--runs`` calls: the functions with the most own time, so that the host's part (validation, layout,
+launches, the one read-back) is named, not guessed. The read-back's wait on the kernel shows up as the own
+time of the function that reads (CuPy's ``get``), which is the kernel's time, not the host's.
+
+Run: ``python -m benchmarks.gpu_host_profile`` on a GPU machine; ``--device cpu`` runs the same code on
+NumPy (no peer; checks the script). Prints; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import time
+
+import numpy as np
+
+import ttr_stats as tt
+from ttr_stats.regressors import LocalPolynomial
+from ttr_stats.similarity import ExpDot
+
+
+def cases():
+    softmax = tt.TestTimeRegression(weights=tt.weights.Uniform(), regressor=LocalPolynomial(0, ExpDot(), 0.0))
+    return [
+        ("causal softmax", softmax, "tiled", False),
+        ("linear attention", tt.recipes.linear_attention(), "chunked", False),
+        ("mamba2", tt.recipes.mamba2(), "chunked", True),
+    ]
+
+
+def median_ms(fn, sync, runs):
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=1024)
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--top", type=int, default=14, help="functions listed per case")
+    ap.add_argument("--device", default="gpu", choices=("gpu", "cpu"))
+    a = ap.parse_args(argv)
+    if a.device == "gpu":
+        import cupy as xp
+
+        def sync():
+            xp.cuda.Device().synchronize()
+
+        print(f"device: {xp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, cupy {xp.__version__}")
+    else:
+        xp = np
+
+        def sync():
+            return None
+
+        print("device: cpu (NumPy; no peer)")
+    rng = np.random.default_rng(0)
+    shape = (a.B, a.H, a.T, a.d)
+    Q, K, V = (xp.asarray(rng.standard_normal(shape).astype(np.float32) / a.d**0.25) for _ in range(3))
+    log_alpha = xp.asarray(-rng.uniform(0.01, 0.5, (a.B, a.H, a.T)).astype(np.float32))
+    if a.device == "gpu":
+        try:
+            import torch
+            import torch.nn.functional as F
+
+            q, k, v = (torch.from_dlpack(x) for x in (Q, K, V))
+            F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            sdpa = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), sync, a.runs)
+            print(f"torch SDPA causal: {sdpa:.3f} ms")
+        except Exception as exc:  # the profile is still worth printing
+            sdpa = None
+            print(f"torch SDPA: not run ({type(exc).__name__}: {exc})")
+    else:
+        sdpa = None
+    for name, layer, method, gated in cases():
+        kw = {"log_alpha": log_alpha} if gated else {}
+
+        def call(layer=layer, method=method, kw=kw):
+            return layer(Q, K, V, method=method, **kw)
+
+        for _ in range(3):
+            call()
+        ms = median_ms(call, sync, a.runs)
+        ratio = f", {ms / sdpa:.2f}x SDPA" if sdpa else ""
+        print(f"\n== {name} ({method}): {ms:.3f} ms a call{ratio}")
+        prof = cProfile.Profile()
+        sync()
+        prof.enable()
+        for _ in range(a.runs):
+            call()
+        sync()
+        prof.disable()
+        st = pstats.Stats(prof)
+        total = st.total_tt / a.runs * 1e6
+        print(f"profiled: {total:.0f} us a call (profiler overhead included); own and cumulative us a call:")
+        rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[: a.top]
+        for (file, line, func), (_cc, nc, tt_, ct, _callers) in rows:
+            where = f"{file.split('site-packages/')[-1].split('ttr_stats/')[-1]}:{line}({func})"
+            print(f"  {tt_ / a.runs * 1e6:8.1f} {ct / a.runs * 1e6:8.1f} {nc // a.runs:4d}x  {where}")
+
+
+if __name__ == "__main__":
+    main()
