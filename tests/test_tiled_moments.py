@@ -120,3 +120,23 @@ def test_causality_when_later_queries_fail_the_check(rng, checks, s):
     assert np.array_equal(y[:, :s], y2[:, :s])
     ref = L(Q2, K2, V, alpha=a2, method="parallel")
     assert rel(y2, ref) < 1e-10
+
+
+@pytest.mark.parametrize(
+    "lead, d, dv", [((2, 3, 17), 1, 1), ((4, 130), 7, 5), ((2, 1, 33), 16, 12), ((5,), 3, 9)]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_in_place_features_equal_the_concatenated_columns(rng, lead, d, dv, dtype):
+    """NumPy / CuPy write F in place (``_features_into``), the other namespaces concatenate its columns
+    (``_features``' portable path, run here on plain NumPy arrays as the reference): the same products in
+    the same column order, so the same bits (exact equality, no tolerance)."""
+    import array_api_compat.numpy as xnp
+    import array_api_strict
+
+    E = rng.standard_normal(lead + (d,)).astype(dtype)
+    U = rng.standard_normal(lead + (dv,)).astype(dtype)
+    F = _tiled_moments._features(xnp, E, U)
+    ref = _tiled_moments._features(array_api_strict, array_api_strict.asarray(E), array_api_strict.asarray(U))
+    ref = np.asarray(ref)
+    assert F.dtype == dtype and F.shape == lead + (_tiled_moments.n_features(d, dv),)
+    assert np.array_equal(F, ref)

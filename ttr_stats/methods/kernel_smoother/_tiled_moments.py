@@ -143,16 +143,47 @@ def _nearest_to_mean(xp, K, V):
     return xp.take_along_axis(K, idx, axis=-2), xp.take_along_axis(V, jdx, axis=-2)
 
 
+def _native(xp):
+    """NumPy or CuPy itself (ufuncs with ``out=``), else None."""
+    if array_api_compat.is_numpy_namespace(xp):
+        return np
+    if array_api_compat.is_cupy_namespace(xp):  # pragma: no cover - needs a GPU
+        import cupy
+
+        return cupy
+    return None
+
+
+def _features_into(mod, E, U):
+    """:func:`_features` written in place into one array of module ``mod`` (NumPy or CuPy: the same calls):
+    each column group once, no concatenation and no gathered copies of E (the triangle of e (x) e and
+    e (x) u row by row). The same products, so the same bits."""
+    d, dv = E.shape[-1], U.shape[-1]
+    F = mod.empty_like(E, shape=E.shape[:-1] + (n_features(d, dv),))  # (E's device)
+    F[..., 0] = 1
+    F[..., 1 : 1 + d] = E
+    F[..., 1 + d : 1 + d + dv] = U
+    o = 1 + d + dv
+    for a in range(d):  # row a of the upper triangle: e_a * e_b for b >= a
+        mod.multiply(E[..., a : a + 1], E[..., a:], out=F[..., o : o + d - a])
+        o += d - a
+    for a in range(d):  # e_a * u, the row-major e (x) u
+        mod.multiply(E[..., a : a + 1], U, out=F[..., o : o + dv])
+        o += dv
+    mod.multiply(U, U, out=F[..., o:])
+    return F
+
+
 def _features(xp, E, U):
     """F of keys E (..., n, d_k) and values U (..., n, d_v) around the centre: (..., n, nf)."""
+    mod = _native(xp)
+    if mod is not None:
+        return _features_into(mod, E, U)
     d, dv = E.shape[-1], U.shape[-1]
     ones = xp.ones(E.shape[:-1] + (1,), dtype=E.dtype, device=_array.device(E))
     ia, ib, _ = _triangle(d)
-    if array_api_compat.is_numpy_namespace(xp):
-        ee = np.take(E, ia, axis=-1) * np.take(E, ib, axis=-1)
-    else:
-        dev = _array.device(E)
-        ee = xp.take(E, xp.asarray(ia, device=dev), axis=-1) * xp.take(E, xp.asarray(ib, device=dev), axis=-1)
+    dev = _array.device(E)
+    ee = xp.take(E, xp.asarray(ia, device=dev), axis=-1) * xp.take(E, xp.asarray(ib, device=dev), axis=-1)
     eu = xp.reshape(E[..., :, None] * U[..., None, :], E.shape[:-1] + (d * dv,))
     uu = U * U
     return xp.concat([ones, E, U, ee, eu, uu], axis=-1)
