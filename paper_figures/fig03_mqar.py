@@ -37,7 +37,11 @@ r"""Figure 3 of the paper: multi-query associative recall (MQAR), untrained and 
     below the paper's number, most likely from the short budget: the same linear-attention cell (P = 64,
     T = 512) trained for 112 s had 0.937, and 0.951 in 434 s. At rate 3e-2 RLS stayed on the loss plateau
     (ln 4096: chance) in three of the four cells, so per cell the figure keeps the better rate, as Zoology
-    does. T = 2048 and 4096 are still to run.
+    does. T = 2048 and 4096 are not in the grid yet: one try (2026-12-07, one H100, seeds 0 and 1, rate
+    1e-2, all eight cells on the card at once for 297 s each: 3.2 thousand steps at T = 2048 and 1.0-2.5
+    thousand at T = 4096) left every cell on the plateau (loss 8.32 = ln 4096, accuracy 0.000); its rows
+    and loss curves are kept apart in ``paper_figures/data/mqar_partial_2026-12-07*.csv``. These lengths
+    need ~10x the steps of that try (several GPUs or one cell a card).
 (c) **Live**: the same model and training code, small enough for a CPU (P = 16, T = 128, vocab 256,
     lr 1e-2, at most 400 steps or 25 s per layer: the number of steps depends on the machine), so that the
     code path runs wherever the figures are drawn: training loss vs step and the held-out accuracy. Without
