@@ -128,7 +128,7 @@ def test_causality_when_later_queries_fail_the_check(rng, checks, s):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_in_place_features_equal_the_concatenated_columns(rng, lead, d, dv, dtype):
     """NumPy / CuPy write F in place (``_features_into``), the other namespaces concatenate its columns
-    (``_features``' portable path, run here on plain NumPy arrays as the reference): the same products in
+    (``_features``' portable path, run here on array-api-strict arrays as the reference): the same products in
     the same column order, so the same bits (exact equality, no tolerance)."""
     import array_api_compat.numpy as xnp
     import array_api_strict

@@ -159,7 +159,7 @@ def _features_into(mod, E, U):
     each column group once, no concatenation and no gathered copies of E (the triangle of e (x) e and
     e (x) u row by row). The same products, so the same bits."""
     d, dv = E.shape[-1], U.shape[-1]
-    F = mod.empty_like(E, shape=E.shape[:-1] + (n_features(d, dv),))  # (E's device)
+    F = mod.empty_like(E, shape=E.shape[:-1] + (n_features(d, dv),))  # CuPy: the current device, E's
     F[..., 0] = 1
     F[..., 1 : 1 + d] = E
     F[..., 1 + d : 1 + d + dv] = U
