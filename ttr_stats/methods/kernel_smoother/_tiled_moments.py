@@ -43,6 +43,7 @@ import array_api_compat
 import numpy as np
 
 from ... import _array
+from . import _fused_solve
 from ._tiles import unshifted_ok
 
 #: block length (queries and keys) when the call gives no ``chunk_size``, and the bytes of one step's
@@ -244,6 +245,13 @@ def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
     moments, in one batched solve, and whether each query passed the cancellation check (*batch, n, c)."""
     j0, j1 = blocks
     nb = plan.nbatch
+    if _ridge_kind(reg) and _fused_solve.applies(xp, S[j0].dtype, d_k, d_v, reg.ridge):
+        # CuPy with a ridge: one fused kernel a query block, from its moment rows (no stacked copy) to its
+        # outputs and flags (a failed pivot or check sends the query to the exact path, as below)
+        at = (slice(None),) * nb
+        done = [_fused_solve.output(xp, S[j], cen[j][0], cen[j][1], plan.Qb[at + (j, ...)], reg.ridge,
+                                    MAX_CANCELLATION) for j in range(j0, j1)]  # fmt: skip
+        return xp.stack([y for y, _ in done], axis=nb), xp.stack([ok for _, ok in done], axis=nb)
     Sj = xp.stack(S[j0:j1], axis=nb)
     s0 = Sj[..., 0]
     some = s0 > 0
@@ -279,6 +287,14 @@ def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
     fv = _factor(xp, Suu, Suu - ubar * ubar)
     M = MAX_CANCELLATION
     return y, ((fk <= M) & (fk * fv <= M * M)) | ~some
+
+
+def _ridge_kind(reg):
+    """Whether ``reg``'s coefficient solve is the plain ``(C + ridge I)^{-1}`` of ``LocalPolynomial`` with a
+    positive ridge (the fused kernel's system), not a subclass's own."""
+    from ...regressors.local_polynomial import LocalPolynomial
+
+    return type(reg)._coef_solve is LocalPolynomial._coef_solve and float(reg.ridge) > 0
 
 
 def _factor(xp, raw, centred):
