@@ -764,10 +764,11 @@ def tile_length(dtype_name, dk, dv, limit_bytes, prefer=None):
 
 
 def _shared_limit():
-    import cupy
+    """The opt-in shared memory of a block on the current device, cached per device (reading
+    ``Device.attributes`` queries every attribute: tens of microseconds before every launch)."""
+    from .._fused import device_attribute
 
-    dev = cupy.cuda.Device()
-    return int(dev.attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+    return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
 def default_config(dtype_name, BH, Tq):

@@ -70,21 +70,24 @@ __device__ __forceinline__ bool gj_eliminate(T (&a)[RR][CC], T* prow0, T* pcol0,
     for (int j = 0; j < d; ++j) {
         T* prow = prow0 + (j & 1) * (NT * CC);
         T* pcol = pcol0 + (j & 1) * (NT * RR);
+        const int jr = j / NT;  // selects, not an index: a dynamic a[jr] would put a in local memory
         if (ty == j % NT) {
 #pragma unroll
-            for (int r = 0; r < RR; ++r)
-                if (r == j / NT) {
+            for (int s = 0; s < CC; ++s) {
+                T v = a[0][s];
 #pragma unroll
-                    for (int s = 0; s < CC; ++s) prow[tx + NT * s] = a[r][s];
-                }
+                for (int r = 1; r < RR; ++r) v = r == jr ? a[r][s] : v;
+                prow[tx + NT * s] = v;
+            }
         }
         if (tx == j % NT) {
 #pragma unroll
-            for (int s = 0; s < CC; ++s)
-                if (s == j / NT) {
+            for (int r = 0; r < RR; ++r) {
+                T v = a[r][0];
 #pragma unroll
-                    for (int r = 0; r < RR; ++r) pcol[ty + NT * r] = a[r][s];
-                }
+                for (int s = 1; s < CC; ++s) v = s == jr ? a[r][s] : v;
+                pcol[ty + NT * r] = v;
+            }
         }
         __syncthreads();  // (the other buffer is rewritten only after the next step's barrier)
         const T p = prow[j];
