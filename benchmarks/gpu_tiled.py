@@ -4,8 +4,11 @@ At B = 8, H = 16 (128 heads), T in {1024, 4096}, d_k = d_v = 64 (``--T``, ``--B`
 
 * ``fused``: ``layer(Q, K, V, method="tiled")`` on CuPy, which runs the fused kernel of
   ``ttr_stats/methods/kernel_smoother/_fused_nw.py``;
-* ``fused kernel only, C=...``: the kernel alone on operands prepared outside the timed call (no input
-  checks, no final cache), at each tile length of ``_fused_nw.TILES`` (128: float32 only);
+* ``kernel only, v2 default``: the kernel the layer runs (its variant and tile shape for the size) alone on
+  operands prepared outside the timed call (no input checks, no output check): the layer's row minus this
+  one is its host time before the launch and after the kernel;
+* ``fused kernel only, C=...``: v1 alone the same way, at each tile length of ``_fused_nw.TILES`` (128:
+  float32 only);
 * ``tiled (array)``: the same call with the kernel switched off (``_fused_nw.ENABLED = False``): the
   array-API tiled path, batched CuPy matrix products;
 * ``parallel``: the dense T x T form, where its ~4 B H T^2 itemsize bytes fit a quarter of free memory;
@@ -305,6 +308,15 @@ class Runner:
                 P = L._prepare(dQ, dK, dV, None, dla if gates else None, None, None)
                 ops = _fused_nw.operands(dev.xp, L, P)
                 shape = P.batch_shape + (T, P.d_v)
+
+                def kernel2():  # the layer's own variant and tiles (v2, its default config for this size)
+                    y = _fused_nw.forward(dev.xp, **ops)
+                    if y is None:
+                        raise RuntimeError("does not fit shared memory")
+                    return dev.xp.reshape(y, shape)
+
+                label = f"kernel only, {_fused_nw.VARIANT} default"
+                self.row(name, T, dname, label, kernel2, ref, pairs, flop, peer_ms=peer_ms)
                 for C in _fused_nw.TILES:
                     if C == 128 and dtype == np.float64:
                         continue

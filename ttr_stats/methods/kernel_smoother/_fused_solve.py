@@ -30,7 +30,7 @@ passes of :mod:`._tiled_poly` with the library solve), so no wrong finite value 
 
 Register indices are compile-time constants (``RR``, ``CC`` template parameters; the runtime ``j`` only
 selects among unrolled branches). :func:`output` returns ``None`` wherever the kernel does not apply (not
-CuPy, a dtype other than float32 / float64, ``d > 64`` or ``d + m > 128``, lambda <= 0), and the caller runs
+CuPy, moments other than float64, ``d > 64`` or ``d + m > 128``, lambda <= 0), and the caller runs
 the array route. Trust: ``tests/test_fused_solve.py`` runs this very source on the host
 (``tests/cuda_on_host.py``) against the array route of ``solve`` on NumPy, and on a GPU compares the layer
 with the kernel on and off; timings are in ``docs/benchmarks.md``.
@@ -219,7 +219,9 @@ __global__ void __launch_bounds__(NT * NT) ll_output(
 }
 """
 
-_DTYPES = {"float32": "float", "float64": "double"}
+#: float64 only: the moments of a float32 call are float64 too (:mod:`._precision`), so a float instance
+#: would never run (and on the H100's CuPy 14.2 NVRTC it kept a local array where NVRTC 12.9's did not)
+_DTYPES = {"float64": "double"}
 _FUNCTIONS: dict = {}
 
 
@@ -241,7 +243,7 @@ def shared_bytes(rr, cc, itemsize):
 
 
 def applies(xp, dtype, d, m, ridge) -> bool:
-    """Whether :func:`output` runs: CuPy, float32 / float64, :func:`shape`, ``ridge > 0``."""
+    """Whether :func:`output` runs: CuPy, float64 moments, :func:`shape`, ``ridge > 0``."""
     if not ENABLED or not array_api_compat.is_cupy_namespace(xp):
         return False
     return _array.dtype_str(dtype) in _DTYPES and shape(d, m) is not None and float(ridge) > 0
@@ -302,7 +304,7 @@ def output(xp, S, ck, cv, Qr, ridge, max_cancellation):
     V0 = cupy.ascontiguousarray(cupy.broadcast_to(cv, batch + (1, m)), dtype=dt)
     rr, cc = shape(d, m)
     fn = _function(_DTYPES[_array.dtype_str(dt)], rr, cc)
-    scal = cupy.float32 if dt == cupy.float32 else cupy.float64
+    scal = cupy.float64
     i32 = cupy.int32
     args = (S3, i32(s_batch), Q3, i32(q_batch), K0, V0, Y, info, i32(c), i32(d), i32(m), scal(ridge))
     args += (scal(max_cancellation),)

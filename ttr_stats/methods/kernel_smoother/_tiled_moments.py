@@ -233,11 +233,35 @@ def accumulate(xp, plan, blocks, d_k, d_v):
         new = xp.matmul(p, F)
         if not first:  # (a first visit's scale is exp(-inf) = 0 on S = 0: new is the sum)
             scale = xp.exp(m0 - sh)  # 0 while the row had no pair
-            new = plan.gather(S, st) * scale[..., None] + new
+            if not _scaled_add_into(xp, new, S, st, scale, plan.nbatch):
+                new = plan.gather(S, st) * scale[..., None] + new
         plan.scatter(S, st, new)
         plan.scatter(m, st, m1)
         seen[st.q0 : st.q1] = [True] * (st.q1 - st.q0)
     return S, cen
+
+
+#: CuPy: add the rescaled old moments into the step's product in one elementwise pass a block (False: the
+#: stacked copy, the product by the scales and the sum, three passes over S's size and two temporaries)
+SCALED_ADD = True
+_SCALED_ADD = []  # the CuPy kernel, made at first use
+
+
+def _scaled_add_into(xp, new, S, st, scale, nb):
+    """``new[..., j, :, :] = S[q0 + j] * scale[..., j, :, None] + new[..., j, :, :]`` in place for the step's
+    query blocks (one read of each S block and of ``new``, one write), or False where this does not apply
+    (not CuPy, :data:`SCALED_ADD` off): the caller forms the sum itself."""
+    if not SCALED_ADD or not array_api_compat.is_cupy_namespace(xp):
+        return False
+    import cupy  # pragma: no cover - needs a GPU
+
+    if not _SCALED_ADD:  # (CuPy compiles it per device and dtype at first call)
+        _SCALED_ADD.append(cupy.ElementwiseKernel("T s, T f", "T y", "y = s * f + y", "ttr_scaled_add"))
+    kern = _SCALED_ADD[0]
+    at = (slice(None),) * nb
+    for j in range(st.q1 - st.q0):
+        kern(S[st.q0 + j], scale[at + (j, slice(None), None)], new[at + (j, Ellipsis)])
+    return True
 
 
 def solve(xp, reg, plan, S, cen, blocks, d_k, d_v):
