@@ -473,6 +473,22 @@ def device_attribute(name, default=None):
     return _ATTRIBUTES[key]
 
 
+_COMPILED = {}
+
+
+def compiled(source, name, options=("-std=c++17",)):
+    """The kernel ``name`` (a template instance such as ``"ll_output<double, 4, 8>"``) of the CUDA
+    ``source``, compiled by NVRTC at first use on the current device and kept per device (a CuPy function
+    is loaded into one device's context)."""
+    import cupy
+
+    key = (cupy.cuda.runtime.getDevice(), source, name, tuple(options))
+    if key not in _COMPILED:
+        mod = cupy.RawModule(code=source, options=tuple(options), name_expressions=[name])
+        _COMPILED[key] = mod.get_function(name)
+    return _COMPILED[key]
+
+
 def _shared_limit():
     return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 

@@ -697,7 +697,6 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
 """
 
 _DTYPES = {"float32": "float", "float64": "double"}
-_MODULES: dict = {}
 
 #: which kernel :func:`forward` runs by default: ``"v2"`` (register tiles of ``RM`` x ``RN``, query tiles
 #: longer than key tiles, exp2 with log2 e folded in, precomputed gate sums) or ``"v1"`` (square ``C``-long
@@ -831,25 +830,15 @@ def tile_sums(xp, g, BQ, BK, Tq):
 
 
 def _kernel(tname, TM, DVT):
-    key = (tname, TM, DVT)
-    if key not in _MODULES:
-        import cupy
+    from .._fused import compiled
 
-        name = f"nw_forward<{tname}, {TM}, {DVT}>"
-        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
-        _MODULES[key] = mod.get_function(name)
-    return _MODULES[key]
+    return compiled(_SOURCE, f"nw_forward<{tname}, {TM}, {DVT}>")
 
 
 def _kernel2(tname, shape):
-    key = (tname,) + tuple(shape)
-    if key not in _MODULES:
-        import cupy
+    from .._fused import compiled
 
-        name = f"nw_forward2<{tname}, {', '.join(str(x) for x in shape)}>"
-        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
-        _MODULES[key] = mod.get_function(name)
-    return _MODULES[key]
+    return compiled(_SOURCE, f"nw_forward2<{tname}, {', '.join(str(x) for x in shape)}>")
 
 
 def _on_device(xp):

@@ -222,7 +222,6 @@ __global__ void __launch_bounds__(NT * NT) ll_output(
 #: float64 only: the moments of a float32 call are float64 too (:mod:`._precision`), so a float instance
 #: would never run (and on the H100's CuPy 14.2 NVRTC it kept a local array where NVRTC 12.9's did not)
 _DTYPES = {"float64": "double"}
-_FUNCTIONS: dict = {}
 
 
 def shape(d, m):
@@ -250,14 +249,9 @@ def applies(xp, dtype, d, m, ridge) -> bool:
 
 
 def _function(tname, rr, cc):
-    key = (tname, rr, cc)
-    if key not in _FUNCTIONS:
-        import cupy
+    from .._fused import compiled
 
-        name = f"ll_output<{tname}, {rr}, {cc}>"
-        mod = cupy.RawModule(code=_SOURCE, options=("-std=c++17",), name_expressions=[name])
-        _FUNCTIONS[key] = mod.get_function(name)
-    return _FUNCTIONS[key]
+    return compiled(_SOURCE, f"ll_output<{tname}, {rr}, {cc}>")
 
 
 def _rows(cupy, x, batch, rows, cols, dt):
