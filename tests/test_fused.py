@@ -242,7 +242,9 @@ def test_chunk_states_matches_the_loop_in_every_layout(
     U, Kx, S0 = g(N, C, dv), g(N, C, dk), g(dk, dv)
     a = rng.uniform(0.0, 1.0, lead + (N, dk if per_dim else 1)).astype(dtype)
     W = g(N, C, dk) if has_W else None
-    got = _fused.chunk_states(cp, *(cp.asarray(x) for x in (U, Kx, a, S0)), W=None if W is None else cp.asarray(W))
+    got = _fused.chunk_states(
+        cp, *(cp.asarray(x) for x in (U, Kx, a, S0)), W=None if W is None else cp.asarray(W)
+    )
     assert got is not None
     ref = chunk_states_reference(*(x.astype(np.float64) for x in (U, Kx, a, S0)),
                                  W=None if W is None else W.astype(np.float64))  # fmt: skip
@@ -527,3 +529,36 @@ def test_sources_compile_with_nvcc(tmp_path):
     assert len(blocks) == 2, res.stderr[-3000:]
     for b in blocks:  # the accumulators stay in registers: no stack frame, nothing spilled
         assert "0 bytes stack frame, 0 bytes spill stores" in b, b
+
+
+def test_compiled_kernels_are_kept_per_device_source_and_name(monkeypatch):
+    """``_fused.compiled`` compiles a (source, name, options) once per device and hands the same function
+    out again; another device, name or source compiles anew (a CuPy stand-in records the compilations)."""
+    import sys
+    import types
+
+    from ttr_stats.methods import _fused as FU
+
+    made, current = [], [0]
+
+    class Module:
+        def __init__(self, code, options, name_expressions):
+            made.append((current[0], code, tuple(name_expressions), options))
+
+        def get_function(self, name):
+            return ("function", current[0], name, len(made))
+
+    cupy = types.SimpleNamespace(
+        RawModule=Module,
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: current[0])),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(FU, "_COMPILED", {})
+    a = FU.compiled("src", "k<float>")
+    assert FU.compiled("src", "k<float>") is a and len(made) == 1
+    assert FU.compiled("src", "k<double>") != a and len(made) == 2
+    assert FU.compiled("other", "k<float>") != a and len(made) == 3
+    current[0] = 1
+    b = FU.compiled("src", "k<float>")
+    assert b[1] == 1 and len(made) == 4  # the other device's own copy
+    assert made[0] == (0, "src", ("k<float>",), ("-std=c++17",))
