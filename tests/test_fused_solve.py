@@ -60,7 +60,16 @@ def _host(dtype, d, m):
         pytest.skip("no g++")
     t = "float" if dtype == np.float32 else "double"
     rr, cc = FS.shape(d, m)
-    types = [f"const {t}*", "int", f"const {t}*", "int", f"const {t}*", f"const {t}*", f"{t}*", "int*"]
+    types = [
+        f"const {t}*",
+        "long long",
+        f"const {t}*",
+        "long long",
+        f"const {t}*",
+        f"const {t}*",
+        f"{t}*",
+        "int*",
+    ]
     kern = cuda_on_host.compile_kernel(
         FS._SOURCE, f"ll_output<{t}, {rr}, {cc}>", types + ["int"] * 3 + [t, t]
     )

@@ -121,7 +121,7 @@ __device__ __forceinline__ bool gj_eliminate(T (&a)[RR][CC], T* prow0, T* pcol0,
 // s0 <= 0 (no pair of positive weight): Y = 0, info = 0.
 template <typename T, int RR, int CC>
 __global__ void __launch_bounds__(NT * NT) ll_output(
-    const T* __restrict__ S, const int s_batch, const T* __restrict__ Qr, const int q_batch,
+    const T* __restrict__ S, const long long s_batch, const T* __restrict__ Qr, const long long q_batch,
     const T* __restrict__ Ck, const T* __restrict__ Cv, T* __restrict__ Y, int* __restrict__ info,
     const int c, const int d, const int m, const T lambda, const T max_c)
 {
@@ -262,13 +262,10 @@ def _rows(cupy, x, batch, rows, cols, dt):
     nb = math.prod(batch)
     x = cupy.reshape(x, (nb, rows, cols))  # a view where the strides allow it
     item = dt.itemsize
-    if x.dtype != dt or x.strides[2] != item or (rows > 1 and x.strides[1] != cols * item):
+    inner = x.strides[2] == item and (rows == 1 or x.strides[1] == cols * item)
+    if x.dtype != dt or not inner or x.strides[0] < 0:
         x = cupy.ascontiguousarray(x, dtype=dt)
-    stride = x.strides[0] // item if nb > 1 else 0
-    if stride < 0 or stride >= 2**31 or x.strides[0] % item:
-        x = cupy.ascontiguousarray(x)
-        stride = rows * cols if nb > 1 else 0
-    return x, stride
+    return x, (x.strides[0] // item if nb > 1 else 0)
 
 
 def output(xp, S, ck, cv, Qr, ridge, max_cancellation):
@@ -300,7 +297,8 @@ def output(xp, S, ck, cv, Qr, ridge, max_cancellation):
     fn = _function(_DTYPES[_array.dtype_str(dt)], rr, cc)
     scal = cupy.float64
     i32 = cupy.int32
-    args = (S3, i32(s_batch), Q3, i32(q_batch), K0, V0, Y, info, i32(c), i32(d), i32(m), scal(ridge))
+    i64 = cupy.int64
+    args = (S3, i64(s_batch), Q3, i64(q_batch), K0, V0, Y, info, i32(c), i32(d), i32(m), scal(ridge))
     args += (scal(max_cancellation),)
     fn((n,), (NT * NT,), args, shared_mem=shared_bytes(rr, cc, dt.itemsize))
     return Y, info == 0
