@@ -60,8 +60,9 @@ def _broadcast(xp, x, shape):
 def broadcast_shapes(named):
     """Broadcast batch shapes given as ``{name: shape}``; the error names every argument."""
     shapes = [tuple(s) for s in named.values()]
-    if shapes and all(s == shapes[0] for s in shapes):  # the usual call: one batch shape
-        return shapes[0]
+    longest = max(shapes, key=len, default=())
+    if all(s == longest or not s for s in shapes):  # the usual call: one batch shape (or none: a default)
+        return longest
     out = ()
     for shape in named.values():
         n = max(len(out), len(shape))
