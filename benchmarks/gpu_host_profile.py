@@ -1,7 +1,9 @@
 """Where the host time of one short layer call goes (issue 10: causal softmax at T = 1024 is bound by the
 host, not its kernel), on one GPU with CuPy, beside torch SDPA.
 
-Per case (causal softmax ``tiled``, linear attention and Mamba-2 ``chunked``; B = 8, H = 16, d = 64,
+Per case (causal softmax and forgetting attention ``tiled``, each also with the kernel's finiteness flag
+off (``_fused_nw.VOUCH``: Q, K, V and the output then have passes of their own), linear attention and
+Mamba-2 ``chunked``; B = 8, H = 16, d = 64,
 float32, ``--T`` 1024): the call's median wall time over ``--runs`` synchronised calls after warm-ups, the
 same for torch SDPA (``is_causal=True``, zero-copy DLPack views of the same numbers), then cProfile over
 ``--runs`` calls: the functions with the most own time, so that the host's part (validation, layout,
@@ -28,11 +30,16 @@ from ttr_stats.similarity import ExpDot
 
 
 def cases():
-    softmax = tt.TestTimeRegression(weights=tt.weights.Uniform(), regressor=LocalPolynomial(0, ExpDot(), 0.0))
-    return [
-        ("causal softmax", softmax, "tiled", False),
-        ("linear attention", tt.recipes.linear_attention(), "chunked", False),
-        ("mamba2", tt.recipes.mamba2(), "chunked", True),
+    nw = LocalPolynomial(0, ExpDot(), 0.0)
+    softmax = tt.TestTimeRegression(weights=tt.weights.Uniform(), regressor=nw)
+    forgetting = tt.TestTimeRegression(weights=tt.weights.Gated(), regressor=nw)
+    return [  # name, layer, method, gated, the softmax kernel's flag vouches (_fused_nw.VOUCH)
+        ("causal softmax", softmax, "tiled", False, True),
+        ("causal softmax, Q, K, V and Y tested by passes", softmax, "tiled", False, False),
+        ("forgetting attention", forgetting, "tiled", True, True),
+        ("forgetting attention, tested by passes", forgetting, "tiled", True, False),
+        ("linear attention", tt.recipes.linear_attention(), "chunked", False, True),
+        ("mamba2", tt.recipes.mamba2(), "chunked", True, True),
     ]
 
 
@@ -89,11 +96,17 @@ def main(argv=None):
             print(f"torch SDPA: not run ({type(exc).__name__}: {exc})")
     else:
         sdpa = None
-    for name, layer, method, gated in cases():
+    from ttr_stats.methods.kernel_smoother import _fused_nw
+
+    for name, layer, method, gated, vouch in cases():
         kw = {"log_alpha": log_alpha} if gated else {}
 
-        def call(layer=layer, method=method, kw=kw):
-            return layer(Q, K, V, method=method, **kw)
+        def call(layer=layer, method=method, kw=kw, vouch=vouch):
+            _fused_nw.VOUCH = vouch
+            try:
+                return layer(Q, K, V, method=method, **kw)
+            finally:
+                _fused_nw.VOUCH = True
 
         for _ in range(3):
             call()

@@ -261,11 +261,12 @@ def _host_kernel(tname, TM, DVT):
     cuda_on_host = pytest.importorskip("cuda_on_host")
     if not cuda_on_host.available():
         pytest.skip("no g++")
-    types = [f"const {tname}*"] * 6 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 4
+    types = [f"const {tname}*"] * 6 + [f"{tname}*", "int*"] + ["int"] * 5 + [tname] + ["int"] * 4
     return cuda_on_host.compile_kernel(F._SOURCE, f"nw_forward<{tname}, {TM}, {DVT}>", types, _HOST_SHIM)
 
 
-def _run_host(ops, TM):
+def _run_host(ops, TM, flag=None):
+    """v1 run on the host; ``flag``: a zeroed int32 array of one entry for the kernel's finiteness flag."""
     BH, Tq, dk = ops["Q"].shape
     Tk, dv = ops["V"].shape[1:]
     dt = ops["Q"].dtype
@@ -279,7 +280,8 @@ def _run_host(ops, TM):
     grid = (BH * -(-Tq // C),)
     sizes = (BH, Tq, Tk, dk, dv)
     flags = (int(ops["causal"]), ops["window"], int(ops["gated"]), ops.get("sinks", 0))
-    kern(grid, (F.NT * F.NT,), smem, *arrs, Y, *sizes, ops["tau"], *flags)
+    flag = np.zeros(1, np.int32) if flag is None else flag
+    kern(grid, (F.NT * F.NT,), smem, *arrs, Y, flag, *sizes, ops["tau"], *flags)
     return Y
 
 

@@ -82,7 +82,7 @@ def _host_kernel2(tname, shape):
     cuda_on_host = pytest.importorskip("cuda_on_host")
     if not cuda_on_host.available():
         pytest.skip("no g++")
-    types = [f"const {tname}*"] * 8 + [f"{tname}*"] + ["int"] * 5 + [tname] + ["int"] * 5
+    types = [f"const {tname}*"] * 8 + [f"{tname}*", "int*"] + ["int"] * 5 + [tname] + ["int"] * 5
     name = f"nw_forward2<{tname}, {', '.join(map(str, shape))}>"
     return cuda_on_host.compile_kernel(F._SOURCE, name, types, _HOST_SHIM)
 
@@ -99,8 +99,9 @@ def _aligned(x, dt):
     return x
 
 
-def run_host_v2(ops, config=None):
-    """``forward(variant="v2")`` with the kernel run on the host: the same operands and launch."""
+def run_host_v2(ops, config=None, flag=None):
+    """``forward(variant="v2")`` with the kernel run on the host: the same operands and launch; ``flag``: a
+    zeroed int32 array of one entry for the kernel's finiteness flag."""
     BH, Tq, dk = ops["Q"].shape
     Tk, dv = ops["V"].shape[1:]
     dt = ops["Q"].dtype
@@ -115,7 +116,8 @@ def run_host_v2(ops, config=None):
     vec = (1 if dk % W == 0 else 0) | (2 if dv % W == 0 else 0)
     flags = (int(ops["causal"]), ops["window"], int(ops["gated"]), ops.get("sinks", 0), vec)
     grid = (BH * -(-Tq // (NTY * RM)),)
-    kern(grid, (NTY * NTX,), smem, *arrs, Y, BH, Tq, Tk, dk, dv, ops["tau"] * F._LOG2E, *flags)
+    flag = np.zeros(1, np.int32) if flag is None else flag
+    kern(grid, (NTY * NTX,), smem, *arrs, Y, flag, BH, Tq, Tk, dk, dv, ops["tau"] * F._LOG2E, *flags)
     return Y
 
 

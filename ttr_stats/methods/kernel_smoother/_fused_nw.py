@@ -192,7 +192,7 @@ template <typename T, int TM, int DVT>
 __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
     const T* __restrict__ G, const T* __restrict__ LB, const T* __restrict__ TOT, T* __restrict__ Y,
-    const int BH, const int Tq, const int Tk, const int dk, const int dv,
+    int* __restrict__ FLAG, const int BH, const int Tq, const int Tk, const int dk, const int dv,
     const T tau, const int causal, const int window, const int gated, const int sinks)
 {
     constexpr int C = NT * TM;            // tile length, queries and keys
@@ -227,9 +227,14 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
     const T* LBb = LB + (size_t)bh * Tk;
 
     // tiles are loaded a row per warp (coalesced), transposed into shared memory
+    int bad = 0;  // a non-finite entry read or written (FLAG: the output vouches for Q, K, V; see v2)
     for (int r = warp; r < C; r += NTHREADS / 32) {
         const int t = q0 + r;
-        for (int k = lane; k < dk; k += 32) Qs[k * LD + r] = (t < Tq) ? Qb[(size_t)t * dk + k] : T(0);
+        for (int k = lane; k < dk; k += 32) {
+            const T x = (t < Tq) ? Qb[(size_t)t * dk + k] : T(0);
+            bad |= !isfinite(x);
+            Qs[k * LD + r] = x;
+        }
     }
     if (gsum && tid < C) {
         T s = T(0);
@@ -268,11 +273,19 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
         const int k0 = kt * C;
         if (gsum && kt < qt && mid == NEG) break;  // behind a hard reset: every earlier weight is 0
         __syncthreads();  // the previous tile's Ks / Vs / Ps / gk reads are done
+        const bool chk = causal ? kt == qt : qt == 0;  // every key tile is checked by one block, once
         for (int r = warp; r < C; r += NTHREADS / 32) {
             const int t = k0 + r;
-            for (int k = lane; k < dk; k += 32) Ks[k * LD + r] = (t < Tk) ? Kb[(size_t)t * dk + k] : T(0);
-            for (int c = lane; c < DVP; c += 32)
-                Vs[r * DVP + c] = (t < Tk && c < dv) ? Vb[(size_t)t * dv + c] : T(0);
+            for (int k = lane; k < dk; k += 32) {
+                const T x = (t < Tk) ? Kb[(size_t)t * dk + k] : T(0);
+                if (chk) bad |= !isfinite(x);
+                Ks[k * LD + r] = x;
+            }
+            for (int c = lane; c < DVP; c += 32) {
+                const T x = (t < Tk && c < dv) ? Vb[(size_t)t * dv + c] : T(0);
+                if (chk) bad |= !isfinite(x);
+                Vs[r * DVP + c] = x;
+            }
         }
         if (tid < C) {
             const int t = k0 + tid;
@@ -387,9 +400,14 @@ __global__ void __launch_bounds__(NTHREADS) nw_forward(
 #pragma unroll
         for (int j = 0; j < DVT; ++j) {
             const int c = tx * DVT + j;
-            if (c < dv) Yb[(size_t)t * dv + c] = acc[a][j] / den;
+            if (c < dv) {
+                const T y = acc[a][j] / den;
+                bad |= !isfinite(y);
+                Yb[(size_t)t * dv + c] = y;
+            }
         }
     }
+    if (bad) *FLAG = 1;  // a plain store: every writer writes the same value
 }
 
 // ---- variant "v2": register tiles of RM query rows x RN keys, key tiles of BK = NTX * RN, query tiles of
@@ -455,7 +473,7 @@ template <typename T, int NTY, int NTX, int RM, int RN, int DVT, int DB>
 __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     const T* __restrict__ Q, const T* __restrict__ K, const T* __restrict__ V,
     const T* __restrict__ G, const T* __restrict__ LB, const T* __restrict__ PRE,
-    const T* __restrict__ SUF, const T* __restrict__ TOT, T* __restrict__ Y,
+    const T* __restrict__ SUF, const T* __restrict__ TOT, T* __restrict__ Y, int* __restrict__ FLAG,
     const int BH, const int Tq, const int Tk, const int dk, const int dv,
     const T tau2, const int causal, const int window, const int gated, const int sinks, const int vec)
 {
@@ -496,11 +514,18 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     const T* LBb = LB + (size_t)bh * Tk;
     const int nch = dkp / W, nvc = DVP / W;  // 16-byte chunks of a query / key row, of a value row
 
+    // FLAG (the output's vouch for Q, K, V: Deferred.vouch): set where an entry of Q, K or V this call
+    // reads, or an output it writes, is not finite. Each block tests its query rows; each key / value tile
+    // is tested once, by the block that meets it inside its query tile (causal: every block visits those
+    // first, before any skip or stop) or by the first query tile's block (non-causal: all tiles)
+    int bad = 0;
     for (int e = tid; e < BQ * nch; e += NTH) {
         const int r = e / nch, c = (e - r * nch) * W;
         const int t = q0 + r;
         T v[W];
         load_row<T, W>(Qb + (size_t)t * dk + c, (t < Tq) ? dk - c : 0, vqk, v);
+#pragma unroll
+        for (int w = 0; w < W; ++w) bad |= !isfinite(v[w]);  // zero past the row and the sequence
         Vec<T, W>::store(Qs + r * LDK + c, v);
     }
     if (gsum)
@@ -582,6 +607,16 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
             }
         }
         __syncthreads();
+        if (causal ? diag : qt == 0) {  // this tile's keys and values, as they landed (zero past Tk)
+            for (int e = tid; e < BK * dk; e += NTH) {
+                const int r = e / dk;
+                bad |= !isfinite(Ks[r * LDK + (e - r * dk)]);
+            }
+            for (int e = tid; e < BK * dv; e += NTH) {
+                const int r = e / dv;
+                bad |= !isfinite(Vs[r * DVP + (e - r * dv)]);
+            }
+        }
 
         T s[RM][RN];
 #pragma unroll
@@ -690,13 +725,23 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
 #pragma unroll
             for (int j = 0; j < W; ++j) {
                 const int col = tx * W + NTX * W * c + j;
-                if (col < dv) Yb[(size_t)t * dv + col] = acc[a][c * W + j] / den;
+                if (col < dv) {
+                    const T y = acc[a][c * W + j] / den;
+                    bad |= !isfinite(y);
+                    Yb[(size_t)t * dv + col] = y;
+                }
             }
     }
+    if (bad) *FLAG = 1;  // a plain store: every writer writes the same value
 }
 """
 
 _DTYPES = {"float32": "float", "float64": "double"}
+
+#: whether a layer call's output vouches for Q, K and V by the kernels' flag (``Deferred.vouch``: no
+#: finiteness pass over Q, K, V or the output); off, they are tested by passes of their own, as before
+#: (``benchmarks/gpu_host_profile.py`` times both)
+VOUCH = True
 
 #: which kernel :func:`forward` runs by default: ``"v2"`` (register tiles of ``RM`` x ``RN``, query tiles
 #: longer than key tiles, exp2 with log2 e folded in, precomputed gate sums) or ``"v1"`` (square ``C``-long
@@ -870,7 +915,7 @@ def operands(xp, layer, P):
     Q, K, V = P.Q, P.K, P.V
     if P.causal and type(sim) is ExpDot and P.b_constant is not None and P.b_constant > 0:
         # strengths fixed by the call (no beta, no padding): (BH, T_k) constants, no launch on a repeat
-        shape = tuple(P.batch_shape) + (Tk,)
+        shape = (BH, Tk)  # the kernel's own shape: no reshape a call
         logb = _array.constant(xp, shape, math.log(P.b_constant), P.dtype, P.device)
         g = P.g[..., 0] if P.gated else _array.constant(xp, shape, 0.0, P.dtype, P.device)
     elif P.causal:
@@ -891,8 +936,11 @@ def operands(xp, layer, P):
         tau = sim.resolved_scale(P.d_k)
 
     def flat(x, tail):
+        shape = tuple(x.shape)
+        if shape == (BH,) + tail:  # a constant made in this shape (or a batch of one dimension)
+            return x
         full = P.batch_shape + tail
-        if tuple(x.shape) != full:  # the usual call's arrays have their full shape: no broadcast view
+        if shape != full:  # the usual call's arrays have their full shape: no broadcast view
             x = xp.broadcast_to(x, full)
         return xp.reshape(x, (BH,) + tail)
 
@@ -923,6 +971,12 @@ def nadaraya_watson(layer, P):
     ops = operands(xp, layer, P)
     if ops is None:
         return None
+    # the output vouches for Q, K and V (Deferred.vouch): the kernel tests every entry of them it reads, and
+    # it reads all of them (every key / value tile lies inside some query tile), whatever the weights do
+    # to them (an infinite query's row of -inf logits reads a finite 0; a window drops keys from a row)
+    flag = P.checks.new_flag() if (VOUCH and P.checks is not None) else None
+    if flag is not None:
+        ops["flag"] = flag
     try:
         Y = forward(xp, **ops)
     except Exception as exc:
@@ -932,7 +986,10 @@ def nadaraya_watson(layer, P):
         return None
     if Y is None:
         return None
-    return xp.reshape(Y, P.batch_shape + (P.Q.shape[-2], P.d_v))
+    Y = xp.reshape(Y, P.batch_shape + (P.Q.shape[-2], P.d_v))
+    if flag is not None:
+        P.checks.vouch(Y, flag)
+    return Y
 
 
 def _disable(exc):
@@ -952,18 +1009,21 @@ def _disable(exc):
 
 
 def forward(
-    xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=None, variant=None, config=None
-):
+    xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=None, variant=None, config=None,
+    flag=None,
+):  # fmt: skip
     """Run the kernel on the operands of :func:`operands` (CuPy); ``(BH, T_q, d_v)`` or ``None`` where the
     tile does not fit shared memory. ``variant``: ``"v1"`` or ``"v2"`` (default :data:`VARIANT`); v1's
     ``C``: a tile length of :data:`TILES` to prefer (default 64); v2's ``config``: ``(NTY, NTX, RM, RN)``
-    (default :data:`CONFIGS`). Passing ``C`` alone selects v1."""
+    (default :data:`CONFIGS`). Passing ``C`` alone selects v1. ``flag``: a zeroed device int32 array of one
+    entry that both variants set to 1 where an entry of ``Q``, ``K`` or ``V`` or an output is not finite
+    (every entry of the three is read and tested once; by default a fresh one, not returned)."""
     variant = variant or ("v1" if C is not None else VARIANT)
     if variant not in ("v1", "v2"):
         raise ValueError(f"variant must be 'v1' or 'v2', not {variant!r}")
     if variant == "v2":
         try:
-            Y = _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config)
+            Y = _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config, flag)
         except Exception as exc:
             if type(exc).__name__ != "CompileException" or config is not None:
                 raise
@@ -971,7 +1031,7 @@ def forward(
             Y = None
         if Y is not None or config is not None:
             return Y
-    return _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C)
+    return _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C, flag)
 
 
 def _demote(exc):
@@ -991,11 +1051,16 @@ def _demote(exc):
 
 def _aligned(cupy, x, dt):
     """C-contiguous, of dtype ``dt``, its data 16-byte aligned (a view into another array may not be)."""
-    x = cupy.ascontiguousarray(x, dtype=dt)
+    if not (x.dtype == dt and x.flags.c_contiguous):  # (the usual operand is already: no call into CuPy)
+        x = cupy.ascontiguousarray(x, dtype=dt)
     return x if x.data.ptr % 16 == 0 else x.copy()
 
 
-def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
+def _flag(cupy, flag):
+    return cupy.zeros(1, dtype=cupy.int32) if flag is None else flag
+
+
+def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config, flag=None):
     import cupy
 
     BH, Tq, dk = Q.shape
@@ -1021,7 +1086,8 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
     nqt = -(-Tq // (NTY * RM))
     i32 = cupy.int32
     scal = cupy.float32 if tname == "float" else cupy.float64
-    args = (Qf, Kf, Vf, gf, lf, pre, suf, tot, Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
+    args = (Qf, Kf, Vf, gf, lf, pre, suf, tot, Y, _flag(cupy, flag))
+    args += (i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
     flags = (i32(int(causal)), i32(int(window)), i32(int(gated)), i32(int(sinks)), i32(vec))
     args += (scal(tau * _LOG2E),) + flags
     kern((BH * nqt,), (NTY * NTX,), args, shared_mem=smem)
@@ -1031,7 +1097,7 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config):
 _LOG2E = 1.4426950408889634
 
 
-def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C):
+def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C, flag=None):
     import cupy
 
     BH, Tq, dk = Q.shape
@@ -1054,7 +1120,8 @@ def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C):
     nqt = -(-Tq // C)
     i32 = cupy.int32
     scal = cupy.float32 if tname == "float" else cupy.float64
-    args = (Qf, Kf, Vf, gf, lf, cupy.ascontiguousarray(tot), Y, i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
+    args = (Qf, Kf, Vf, gf, lf, cupy.ascontiguousarray(tot), Y, _flag(cupy, flag))
+    args += (i32(BH), i32(Tq), i32(Tk), i32(dk), i32(dv))
     args += (scal(tau), i32(int(causal)), i32(int(window)), i32(int(gated)), i32(int(sinks)))
     kern((BH * nqt,), (NT * NT,), args, shared_mem=smem)
     return Y
@@ -1072,12 +1139,14 @@ def _tile_totals(xp, g, C):
 
 
 # --- the reference: the kernel's tile order in array operations ------------------------------------------
-def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=64):
+def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, sinks=0, C=64, flag=None):
     """:func:`forward` as array operations in the kernel's order (any namespace): per query tile the key
     tiles from the diagonal backwards, the same gate sums (diagonal: running sums in ``segsum``'s order;
     earlier tiles: ``((pre + mid) + suf) + logb``), the same skips and the same online normaliser. Vectorised
     over the sequences ``BH`` only, so it is slow: it is what the kernel is tested against. ``gated=False``
-    (every log-gate 0, which the kernel then never sums) changes nothing here: sums of zeros are 0."""
+    (every log-gate 0, which the kernel then never sums) changes nothing here: sums of zeros are 0.
+    ``flag``: as the kernel's (set to 1 where an entry of ``Q``, ``K``, ``V`` or of the output is not
+    finite)."""
     BH, Tq, dk = Q.shape
     Tk, dv = V.shape[-2], V.shape[-1]
     dt = Q.dtype
@@ -1152,4 +1221,7 @@ def fused_nw_reference(xp, Q, K, V, g, logb, tau, causal, window, gated=True, si
         one = xp.ones((), dtype=dt, device=dev)
         out.append(acc / xp.where(ell > 0, ell, one)[..., None])
     Y = xp.concat(out, axis=1) if out else xp.zeros((BH, 0, dv), dtype=dt, device=dev)
-    return Y[:, :Tq, :]
+    Y = Y[:, :Tq, :]
+    if flag is not None and not all(bool(xp.all(xp.isfinite(x))) for x in (Q, K, V, Y)):
+        flag[0] = 1
+    return Y
