@@ -177,6 +177,45 @@ def test_cupy_constants_are_kept_per_key_and_bounded():
     assert float(cp.max(cp.abs(_array.constant(cxp, (5,), 1.0, cp.float32) - 1.0))) == 0.0
 
 
+def test_broadcast_to_on_the_host_is_the_namespaces_view():
+    x = np.arange(3.0)
+    assert _array.broadcast_to(np, x, (3,)) is x
+    y = _array.broadcast_to(np, x, (2, 3))
+    assert y.shape == (2, 3) and np.shares_memory(x, y) and np.array_equal(y[1], x)
+
+
+@gpu
+@pytest.mark.gpu
+def test_cupy_broadcast_constants_are_cached_constants_of_the_full_shape(rng):
+    """A default gate / strength broadcast over the batch is the cached constant of that shape (same values,
+    no view made a call); a large target, or an array that is not a cached constant, stays a view; the
+    id registry follows the bounded cache."""
+    import array_api_compat.cupy as cxp
+    import cupy as cp
+
+    c = _array.constant(cxp, (7, 1), -0.25, cp.float32)
+    full = _array.broadcast_to(cxp, c, (2, 3, 7, 1))
+    assert full.shape == (2, 3, 7, 1) and full.strides[0] != 0  # a real array, not a stride-0 view
+    assert _array.broadcast_to(cxp, c, (2, 3, 7, 1)) is full  # the same cached array next call
+    assert float(cp.max(cp.abs(full + 0.25))) == 0.0 and full.dtype == cp.float32
+    big = (_array.BROADCAST_CONSTANT_MAX + 1, 7, 1)
+    assert _array.broadcast_to(cxp, c, big).strides[0] == 0  # too big to keep: a view
+    other = cp.full((7, 1), -0.25, dtype=cp.float32)  # equal values, but not a cached constant
+    assert _array.broadcast_to(cxp, other, (2, 3, 7, 1)).strides[0] == 0
+    for i in range(_array.CONSTANT_CACHE_SIZE + 3):
+        _array.constant(cxp, (i + 1,), 3.0, cp.float32)
+    assert len(_array._CONSTANT_OF) <= len(_array._CONSTANTS) <= _array.CONSTANT_CACHE_SIZE
+    assert all(x is _array._CONSTANT_OF[id(x)][0] for x in _array._CONSTANTS.values())
+    # a layer call with default gates and strengths: the same outputs, call after call
+    Q, K, V = _qkv(rng, T=50, d=8)
+    L = tt.recipes.retnet()  # a constant decay: a default gate that is not 0
+    ref = L(Q, K, V, method="recurrent")
+    dQ, dK, dV = (cp.asarray(np.broadcast_to(x, (2, 3) + x.shape[-2:]).copy()) for x in (Q[0], K[0], V[0]))
+    for _ in range(3):
+        y = cp.asnumpy(L(dQ, dK, dV, method="chunked"))
+        assert rel_err(y[1, 2], ref[0]) < 1e-10  # float64
+
+
 @gpu
 @pytest.mark.gpu
 def test_free_device_bytes_reuses_a_fresh_reading_only_within_max_age():

@@ -405,10 +405,31 @@ def constant(xp, shape, value, dtype, device=None):
         if x is None:
             x = xp.full(shape, value, dtype=dtype, device=device)
             while len(_CONSTANTS) >= CONSTANT_CACHE_SIZE:
-                _CONSTANTS.pop(next(iter(_CONSTANTS)))
+                _CONSTANT_OF.pop(id(_CONSTANTS.pop(next(iter(_CONSTANTS)))), None)
+            _CONSTANT_OF[id(x)] = (x, float(value))
         _CONSTANTS[key] = x  # (re)inserted last: the most recent
         return x
     return xp.full(shape, value, dtype=dtype, device=device)
+
+
+_CONSTANT_OF: dict = {}  # id -> (array, value) of each array in _CONSTANTS (the array keeps its id valid)
+
+#: most entries a broadcast constant is made with (:func:`broadcast_to`); a larger one stays a view
+BROADCAST_CONSTANT_MAX = 1 << 20
+
+
+def broadcast_to(xp, x, shape):
+    """``xp.broadcast_to(x, shape)`` (``x`` itself where the shape matches). A small constant of
+    :func:`constant` (a layer's default gates and strengths) is handed out as the cached constant of
+    ``shape`` instead: the same values, read-only as the view, and no broadcast on repeated calls (a few
+    microseconds of CuPy's host time each)."""
+    shape = tuple(shape)
+    if tuple(x.shape) == shape:
+        return x
+    got = _CONSTANT_OF.get(id(x))
+    if got is not None and got[0] is x and math.prod(shape) <= BROADCAST_CONSTANT_MAX:
+        return constant(xp, shape, got[1], x.dtype, device(x))
+    return xp.broadcast_to(x, shape)
 
 
 #: seconds a driver reading of a device's free memory may be reused by ``free_device_bytes(max_age=...)``

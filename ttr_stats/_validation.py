@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
+from . import _array
+
 
 def check_finite(xp, name: str, x) -> None:
     """Raise ``ValueError`` naming ``name`` if ``x`` holds NaN or an infinity."""
@@ -493,10 +497,6 @@ def check_not_text(name: str, value) -> None:
 
     ``TypeError`` naming ``name`` for a ``str``/``bytes`` or an array-like of strings or objects; arrays of
     an array library and numbers pass (their dtype is checked later)."""
-    import numpy as np
-
-    from . import _array
-
     if value is None or _array.is_array(value):
         if isinstance(value, np.ndarray) and value.dtype.kind in "USO":
             raise TypeError(

@@ -54,7 +54,7 @@ def _check_inputs(named):
 def _broadcast(xp, x, shape):
     """``xp.broadcast_to(x, shape)``, or ``x`` itself where it has that shape already (the usual case:
     a call's arrays share their batch shape; a broadcast is a few microseconds of host time each)."""
-    return x if tuple(x.shape) == tuple(shape) else xp.broadcast_to(x, shape)
+    return _array.broadcast_to(xp, x, shape)  # (a default gate's cached constant: no view a call)
 
 
 def broadcast_shapes(named):

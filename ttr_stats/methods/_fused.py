@@ -493,6 +493,17 @@ def _shared_limit():
     return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
+_SHARED_OPTED: dict = {}  # id of a compiled function (kept in _COMPILED) -> the dynamic shared bytes allowed
+
+
+def allow_shared(fn, smem):
+    """Let ``fn`` (a function of :func:`compiled`) launch with ``smem`` bytes of dynamic shared memory:
+    above 48 KiB a function must opt in (a driver call); done once per function and size, not per launch."""
+    if smem > 48 * 1024 and _SHARED_OPTED.get(id(fn), 0) < smem:
+        fn.max_dynamic_shared_size_bytes = smem
+        _SHARED_OPTED[id(fn)] = smem
+
+
 def layout(R, C, dk, dv, has_A, has_W, itemsize, kernel=None, columns=None, threads=None):
     """``(kernel name, value columns a block, threads a block, shared bytes)`` of a launch, from the
     module settings (or the arguments); ``None`` where no launch is possible (too many rows for the

@@ -69,6 +69,7 @@ import math
 import array_api_compat
 
 from ... import _array
+from .._fused import allow_shared, compiled, device_attribute
 
 __all__ = [
     "ENABLED",
@@ -810,8 +811,6 @@ def tile_length(dtype_name, dk, dv, limit_bytes, prefer=None):
 def _shared_limit():
     """The opt-in shared memory of a block on the current device, cached per device (reading
     ``Device.attributes`` queries every attribute: tens of microseconds before every launch)."""
-    from .._fused import device_attribute
-
     return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
@@ -875,14 +874,10 @@ def tile_sums(xp, g, BQ, BK, Tq):
 
 
 def _kernel(tname, TM, DVT):
-    from .._fused import compiled
-
     return compiled(_SOURCE, f"nw_forward<{tname}, {TM}, {DVT}>")
 
 
 def _kernel2(tname, shape):
-    from .._fused import compiled
-
     return compiled(_SOURCE, f"nw_forward2<{tname}, {', '.join(str(x) for x in shape)}>")
 
 
@@ -1079,8 +1074,7 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config, flag=
         pre = suf = tot = gf  # never read
     Y = cupy.empty((BH, Tq, dv), dtype=dt)
     kern = _kernel2(tname, shape)
-    if smem > 48 * 1024:
-        kern.max_dynamic_shared_size_bytes = smem
+    allow_shared(kern, smem)
     W = 16 // dt.itemsize
     vec = (1 if dk % W == 0 else 0) | (2 if dv % W == 0 else 0)
     nqt = -(-Tq // (NTY * RM))
@@ -1115,8 +1109,7 @@ def _forward1(Q, K, V, g, logb, tau, causal, window, gated, sinks, C, flag=None)
     Y = cupy.empty((BH, Tq, dv), dtype=dt)
     smem = _shared_words(C, dk, dv, dt.itemsize) * dt.itemsize
     kern = _kernel(tname, TM, DVT)
-    if smem > 48 * 1024:
-        kern.max_dynamic_shared_size_bytes = smem
+    allow_shared(kern, smem)
     nqt = -(-Tq // C)
     i32 = cupy.int32
     scal = cupy.float32 if tname == "float" else cupy.float64
