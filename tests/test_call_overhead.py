@@ -177,6 +177,38 @@ def test_cupy_constants_are_kept_per_key_and_bounded():
     assert float(cp.max(cp.abs(_array.constant(cxp, (5,), 1.0, cp.float32) - 1.0))) == 0.0
 
 
+def _libraries():
+    """NumPy, and torch / CuPy (a GPU) where they are installed: the arrays device() and namespace() see."""
+    import importlib.util
+
+    out = [np.ones(3)]
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        out += [torch.ones(3), torch.nn.Parameter(torch.ones(3))]
+    if _cupy_available():
+        import cupy
+
+        out.append(cupy.ones(3))
+    return out
+
+
+def test_device_and_namespace_fast_paths_equal_array_api_compat():
+    """``_array.device`` / ``namespace`` look the answer up once per array type for CuPy and torch; it is
+    the answer array-api-compat gives, call after call, and mixed libraries are still refused."""
+    import array_api_compat
+
+    for x in _libraries():
+        for _ in range(2):  # the first call fills the per-type tables, the second reads them
+            assert _array.device(x) == array_api_compat.device(x), type(x)
+            assert _array.namespace(x) is array_api_compat.array_namespace(x), type(x)
+            assert _array.namespace(x, None, 2.0, x) is array_api_compat.array_namespace(x), type(x)
+    arrays = _libraries()
+    if len(arrays) > 2:
+        with pytest.raises(TypeError, match="one array library"):
+            _array.namespace(arrays[0], arrays[-1])
+
+
 def test_broadcast_to_on_the_host_is_the_namespaces_view():
     x = np.arange(3.0)
     assert _array.broadcast_to(np, x, (3,)) is x
