@@ -297,16 +297,21 @@ def test_gpu_bad_entries_at_random_positions_are_named(rng, recipe, dtype, monke
     ref = layer(*(arrays[n].astype(np.float64) for n in "QKV"), method="recurrent",
                 **{n: x.astype(np.float64) for n, x in kw.items()})  # fmt: skip
     assert rel_err(cupy.asnumpy(y), ref) < (1e-5 if dtype == np.float32 else 1e-10)
-    for _ in range(12):
+    assert_bad_entries_are_named(rng, layer, dev, "chunked", dkw)
+
+
+def assert_bad_entries_are_named(rng, layer, dev, method, kw, n=12):
+    """A NaN, +inf or -inf at ``n`` random positions of the device arrays ``dev`` (Q, K, V) is named."""
+    for _ in range(n):
         where = "QKV"[int(rng.integers(3))]
         bad = BAD[int(rng.integers(3))]
-        idx = tuple(int(rng.integers(s)) for s in (B, H, T, d))
+        idx = tuple(int(rng.integers(s)) for s in dev[where].shape)
         x = dev[where].copy()
         x[idx] = bad
         args = {**dev, where: x}
         kind = "NaN" if np.isnan(bad) else "infinite values"
         with pytest.raises(ValueError, match=f"{where} contains {kind}"):
-            layer(args["Q"], args["K"], args["V"], method="chunked", **dkw)
+            layer(args["Q"], args["K"], args["V"], method=method, **kw)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

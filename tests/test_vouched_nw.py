@@ -29,7 +29,10 @@ from conftest import _cupy_available, rel_err
 from conftest import host_cuda as needs_gxx
 from test_fused_nw import _run_host
 from test_fused_nw_tiled import operands, run_host_v2
-from test_vouched_checks import simulated  # noqa: F401  (a fixture)
+from test_vouched_checks import (
+    assert_bad_entries_are_named,
+    simulated,  # noqa: F401  (a fixture)
+)
 
 import ttr_stats as tt
 from ttr_stats import _validation as v
@@ -243,13 +246,4 @@ def test_gpu_a_good_call_launches_no_test_and_bad_entries_are_named(rng, name, d
     assert not [s for launch in launched for s in launch if s == (B, H, T, d)], launched
     ref = layer(*(arrays[n].astype(np.float64) for n in "QKV"), method="parallel", **kw)
     assert rel_err(cupy.asnumpy(y), ref) < (1e-5 if dtype == np.float32 else 1e-10)
-    for _ in range(12):
-        where = "QKV"[int(rng.integers(3))]
-        bad = BAD[int(rng.integers(3))]
-        idx = tuple(int(rng.integers(s)) for s in (B, H, T, d))
-        x = dev[where].copy()
-        x[idx] = bad
-        args = {**dev, where: x}
-        kind = "NaN" if np.isnan(bad) else "infinite values"
-        with pytest.raises(ValueError, match=f"{where} contains {kind}"):
-            layer(args["Q"], args["K"], args["V"], method="tiled", **dkw)
+    assert_bad_entries_are_named(rng, layer, dev, "tiled", dkw)
