@@ -116,6 +116,8 @@ def _input_arrays(layer, inputs):
     against what the components declare: every declared name present, no other name."""
     declared = _declared_inputs(layer)
     if inputs is None:
+        if not declared:  # the usual call: nothing declared, nothing given
+            return {}
         inputs = {}
     if not isinstance(inputs, dict):
         raise TypeError(f"inputs must be a dict of per-token arrays (name -> array), got {type(inputs)}")
