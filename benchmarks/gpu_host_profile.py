@@ -54,6 +54,29 @@ def median_ms(fn, sync, runs):
     return 1e3 * statistics.median(times)
 
 
+def paired_ratios(fn, peer, sync, runs):
+    """Ours over the peer, call by call: each of ``runs`` pairs times one synchronised call of each, the
+    order alternating, so that the host's drift over the run (other processes, clocks) meets both sides
+    alike. Returns the sorted ratios."""
+    ratios = []
+    for i in range(runs):
+        pair = {}
+        for name in ("ours", "peer") if i % 2 == 0 else ("peer", "ours"):
+            f = fn if name == "ours" else peer
+            sync()
+            t0 = time.perf_counter()
+            f()
+            sync()
+            pair[name] = time.perf_counter() - t0
+        ratios.append(pair["ours"] / pair["peer"])
+    return sorted(ratios)
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=1024)
@@ -89,13 +112,19 @@ def main(argv=None):
 
             q, k, v = (torch.from_dlpack(x) for x in (Q, K, V))
             F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            sdpa = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), sync, a.runs)
+
+            def peer():
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            sdpa = median_ms(peer, sync, a.runs)
             print(f"torch SDPA causal: {sdpa:.3f} ms")
         except Exception as exc:  # the profile is still worth printing
-            sdpa = None
+            sdpa = peer = None
             print(f"torch SDPA: not run ({type(exc).__name__}: {exc})")
     else:
         sdpa = None
+    if sdpa is None:
+        peer = None
     from ttr_stats.methods.kernel_smoother import _fused_nw
 
     for name, layer, method, gated, vouch in cases():
@@ -113,6 +142,12 @@ def main(argv=None):
         ms = median_ms(call, sync, a.runs)
         ratio = f", {ms / sdpa:.2f}x SDPA" if sdpa else ""
         print(f"\n== {name} ({method}): {ms:.3f} ms a call{ratio}")
+        if peer is not None:
+            q1, med, q3 = quartiles(paired_ratios(call, peer, sync, a.runs))
+            print(
+                f"   paired with SDPA call by call ({a.runs} pairs): ratio median {med:.3f}x, "
+                f"quartiles {q1:.3f}-{q3:.3f}"
+            )
         prof = cProfile.Profile()
         sync()
         prof.enable()
