@@ -87,6 +87,37 @@ def _host_kernel2(tname, shape):
     return cuda_on_host.compile_kernel(F._SOURCE, name, types, _HOST_SHIM)
 
 
+def run_host_tile_sums(g, BQ, BK, Tq):
+    """``device_tile_sums`` with its kernel (``gate_tile_sums``) run on the host: the same launch."""
+    cuda_on_host = pytest.importorskip("cuda_on_host")
+    if not cuda_on_host.available():
+        pytest.skip("no g++")
+    tname = "float" if g.dtype == np.float32 else "double"
+    types = [f"const {tname}*"] + [f"{tname}*"] * 3 + ["int"] * 5
+    kern = cuda_on_host.compile_kernel(F._SOURCE, f"gate_tile_sums<{tname}>", types, _HOST_SHIM)
+    BH, Tk = g.shape
+    nqt, nkt = -(-Tq // BQ), -(-Tk // BK)
+    pre, suf, tot = (np.full(shape, np.nan, dtype=g.dtype) for shape in ((BH, Tq), (BH, Tk), (BH, nkt)))
+    n = BH * (nqt + nkt)
+    kern((-(-n // 128),), (128,), 0, np.ascontiguousarray(g), pre, suf, tot, BH, Tq, Tk, BQ, BK)
+    return pre, suf, tot
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    ("T", "BQ", "BK"), [(1, 64, 64), (63, 64, 32), (200, 128, 64), (129, 64, 64), (300, 128, 8)]
+)
+def test_the_tile_sums_kernel_gives_the_bits_of_the_array_form(rng, dtype, T, BQ, BK):
+    """One launch in NumPy's cumsum order: equal bit for bit to ``tile_sums`` on the host (float32 and
+    float64, gates down to -50 with resets, partial tiles at the end), every entry written."""
+    g = log_gates(rng, (3, T), strength=50.0, p=0.05).astype(dtype)
+    got = run_host_tile_sums(g, BQ, BK, T)
+    want = F.tile_sums(np, g, BQ, BK, T)
+    for name, a, b in zip(("PRE", "SUF", "TOT"), got, want, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        assert np.array_equal(a, b), (name, np.nanmax(np.abs(a - b)))  # no NaN either: every entry written
+
+
 def _aligned(x, dt):
     x = np.ascontiguousarray(x, dtype=dt)
     if x.ctypes.data % 16:
@@ -205,6 +236,19 @@ def test_v2_source_on_the_host_skips_tiles_behind_a_reset(rng):
 
 # --- 3. on a GPU ---------------------------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_tile_sums_kernel_on_the_card_gives_the_bits_of_numpy(rng, dtype):
+    import cupy as cp
+
+    for T, BQ, BK in ((1, 64, 64), (63, 64, 32), (1000, 128, 64), (4097, 64, 64)):
+        g = log_gates(rng, (5, T), strength=50.0, p=0.05).astype(dtype)
+        got = F.device_tile_sums(cp.asarray(g), BQ, BK, T)
+        for name, a, b in zip(("PRE", "SUF", "TOT"), got, F.tile_sums(np, g, BQ, BK, T), strict=True):
+            assert np.array_equal(cp.asnumpy(a), b), (name, T, BQ, BK)
 
 
 @gpu

@@ -735,6 +735,45 @@ __global__ void __launch_bounds__(NTY * NTX) nw_forward2(
     }
     if (bad) *FLAG = 1;  // a plain store: every writer writes the same value
 }
+
+// v2's gate sums (tile_sums) in one launch: thread i < BH * nqt sums query tile i % nqt of sequence
+// i / nqt from its start (PRE, inclusive); the next BH * nkt threads sum a key tile from its end (SUF, the
+// exclusive suffix; TOT, the total). Sequential in each tile: NumPy's cumsum order, so the bits of
+// tile_sums on the host; zero past the sequence, as the padded tiles there
+template <typename T>
+__global__ void gate_tile_sums(const T* __restrict__ G, T* __restrict__ PRE, T* __restrict__ SUF,
+                               T* __restrict__ TOT, const int BH, const int Tq, const int Tk, const int BQ,
+                               const int BK)
+{
+    const int nqt = (Tq + BQ - 1) / BQ, nkt = (Tk + BK - 1) / BK;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long nq = (long long)BH * nqt;
+    if (i < nq) {
+        const int bh = (int)(i / nqt), t0 = (int)(i % nqt) * BQ;
+        const T* g = G + (size_t)bh * Tk;
+        T* pre = PRE + (size_t)bh * Tq;
+        T s = T(0);
+        for (int t = t0; t < t0 + BQ && t < Tq; ++t) {
+            s += (t < Tk) ? g[t] : T(0);
+            pre[t] = s;
+        }
+    } else if (i < nq + (long long)BH * nkt) {
+        const long long j = i - nq;
+        const int bh = (int)(j / nkt), kt = (int)(j % nkt);
+        const T* g = G + (size_t)bh * Tk;
+        T* suf = SUF + (size_t)bh * Tk;
+        T s = T(0);
+        for (int t = kt * BK + BK - 1; t >= kt * BK; --t) {
+            if (t < Tk) {
+                suf[t] = s;  // sum_{j = t + 1}^{end of the tile}
+                s += g[t];
+            } else {
+                s += T(0);  // (the padding's zeros, added as the array form adds them)
+            }
+        }
+        TOT[(size_t)bh * nkt + kt] = s;
+    }
+}
 """
 
 _DTYPES = {"float32": "float", "float64": "double"}
@@ -871,6 +910,24 @@ def tile_sums(xp, g, BQ, BK, Tq):
     zero = xp.zeros(incl.shape[:2] + (1,), dtype=g.dtype, device=dev)
     suf = xp.reshape(xp.concat([incl[..., 1:], zero], axis=-1), (BH, -1))[:, :Tk]
     return pre, suf, incl[..., 0]
+
+
+def device_tile_sums(g, BQ, BK, Tq):
+    """:func:`tile_sums` of a C-contiguous CuPy ``g`` (BH, T_k) by one launch (``gate_tile_sums``): the
+    same sums in the same order as NumPy's, where the array form took two scans, two concatenations and
+    their copies (~200 us of host time before a forgetting-attention launch at T = 1024)."""
+    import cupy
+
+    BH, Tk = g.shape
+    nqt, nkt = -(-Tq // BQ), -(-Tk // BK)
+    pre = cupy.empty((BH, Tq), dtype=g.dtype)
+    suf = cupy.empty((BH, Tk), dtype=g.dtype)
+    tot = cupy.empty((BH, nkt), dtype=g.dtype)
+    n = BH * (nqt + nkt)
+    fn = compiled(_SOURCE, f"gate_tile_sums<{_DTYPES[_array.dtype_str(g.dtype)]}>")
+    i32 = cupy.int32
+    fn((-(-n // 128),), (128,), (g, pre, suf, tot, i32(BH), i32(Tq), i32(Tk), i32(BQ), i32(BK)))
+    return pre, suf, tot
 
 
 def _kernel(tname, TM, DVT):
@@ -1069,7 +1126,7 @@ def _forward2(Q, K, V, g, logb, tau, causal, window, gated, sinks, config, flag=
     NTY, NTX, RM, RN, DVT, _ = shape
     Qf, Kf, Vf, gf, lf = (_aligned(cupy, x, dt) for x in (Q, K, V, g, logb))
     if causal and gated:
-        pre, suf, tot = (cupy.ascontiguousarray(x) for x in tile_sums(cupy, gf, NTY * RM, NTX * RN, Tq))
+        pre, suf, tot = device_tile_sums(gf, NTY * RM, NTX * RN, Tq)
     else:
         pre = suf = tot = gf  # never read
     Y = cupy.empty((BH, Tq, dv), dtype=dt)
