@@ -35,3 +35,16 @@ def test_paired_ratios_pair_each_call_with_the_peers_and_alternate(monkeypatch):
     q1, med, q3 = ghp.quartiles(ratios)
     assert q1 <= med <= q3 and med == pytest.approx((5 / 3 + 2) / 2, rel=1e-12)
     assert ghp.quartiles([1.5]) == (1.5, 1.5, 1.5)
+
+
+def test_the_prelaunch_proxy_runs_and_restores_what_it_patched(capsys):
+    """``benchmarks/cpu_prelaunch_proxy.py``: a short run prints its median, and the deferred checks and the
+    fused path are the library's own again afterwards (other tests run in the same process)."""
+    from benchmarks import cpu_prelaunch_proxy as proxy
+    from ttr_stats import _validation as v
+    from ttr_stats.methods.kernel_smoother import _fused_nw as nw
+
+    before = (v.Deferred.bind, v._fusable, v._launch_finite, nw._on_device, nw.forward)
+    proxy.main(["--runs", "6"])
+    assert "median" in capsys.readouterr().out
+    assert (v.Deferred.bind, v._fusable, v._launch_finite, nw._on_device, nw.forward) == before
