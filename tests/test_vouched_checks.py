@@ -266,6 +266,28 @@ def test_deferred_vouch_unit(simulated):
     assert isinstance(d.input_error(), ValueError)  # an exception path tests what waited
 
 
+def test_a_range_check_is_launched_at_the_read_in_its_place(simulated, rng):
+    """``finite_within`` on the deferred path launches its pass when the verdicts are read, after the
+    call's kernels (its host time then overlaps them), and its verdicts keep their place in the order."""
+    d = v.Deferred()
+    d.bind(np)
+    gate = -rng.uniform(0, 1, (2, 7))
+    d.finite({"A": np.ones(3)})
+    d.finite_within("log_alpha", gate, hi=0.0, error=lambda: ValueError("log_alpha must be <= 0"))
+    assert simulated == [[(3,)]]  # A's pass only: the gate's waits for the read
+    assert d.outputs_finite(np.ones(4))
+    assert simulated == [[(3,)], [(2, 7)], [(4,)]]  # at the read: the gate's pass, then the output's
+    d = v.Deferred()
+    d.bind(np)
+    d.finite_within("log_alpha", np.abs(gate), hi=0.0, error=lambda: ValueError("log_alpha must be <= 0"))
+    d.finite({"B": np.array([np.nan])})
+    with pytest.raises(ValueError, match="log_alpha must be <= 0"):  # the earlier check's error first
+        d.outputs_finite(np.ones(4))
+    Q, K, V = _qkv(rng)
+    with pytest.raises(ValueError, match="log_alpha must be <= 0"):  # through a layer call
+        tt.recipes.mamba2()(Q, K, V, log_alpha=np.full((2, 12), 0.5), method="chunked")
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
