@@ -562,3 +562,34 @@ def test_compiled_kernels_are_kept_per_device_source_and_name(monkeypatch):
     b = FU.compiled("src", "k<float>")
     assert b[1] == 1 and len(made) == 4  # the other device's own copy
     assert made[0] == (0, "src", ("k<float>",), ("-std=c++17",))
+
+
+def test_allow_shared_opts_in_once_per_function_and_size():
+    """``_fused.allow_shared``: the driver call (the attribute's setter) is made the first time a function
+    needs more than 48 KiB and again only for a larger size; a new function object is never taken for an
+    old one, even where the old one is gone (the table holds the functions it has seen)."""
+    from ttr_stats.methods import _fused as FU
+
+    class Fn:
+        def __init__(self):
+            self.sets = []
+
+        @property
+        def max_dynamic_shared_size_bytes(self):
+            return self.sets[-1] if self.sets else 0
+
+        @max_dynamic_shared_size_bytes.setter
+        def max_dynamic_shared_size_bytes(self, v):
+            self.sets.append(v)
+
+    f = Fn()
+    FU.allow_shared(f, 40 * 1024)  # under the default limit: no opt-in
+    FU.allow_shared(f, 70_000)
+    FU.allow_shared(f, 70_000)
+    FU.allow_shared(f, 60_000)
+    FU.allow_shared(f, 90_000)
+    assert f.sets == [70_000, 90_000]
+    for _ in range(50):  # short-lived functions: each new one opts in itself
+        g = Fn()
+        FU.allow_shared(g, 70_000)
+        assert g.sets == [70_000]

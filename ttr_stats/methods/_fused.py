@@ -493,15 +493,20 @@ def _shared_limit():
     return device_attribute("MaxSharedMemoryPerBlockOptin", 48 * 1024)
 
 
-_SHARED_OPTED: dict = {}  # id of a compiled function (kept in _COMPILED) -> the dynamic shared bytes allowed
+# id of a function -> (the function, the dynamic shared bytes it may use); the entry holds the function, so
+# its id is never another's (a dropped cache, as tests make, would otherwise hand its ids to new functions)
+_SHARED_OPTED: dict = {}
 
 
 def allow_shared(fn, smem):
     """Let ``fn`` (a function of :func:`compiled`) launch with ``smem`` bytes of dynamic shared memory:
     above 48 KiB a function must opt in (a driver call); done once per function and size, not per launch."""
-    if smem > 48 * 1024 and _SHARED_OPTED.get(id(fn), 0) < smem:
+    if smem <= 48 * 1024:
+        return
+    got = _SHARED_OPTED.get(id(fn))
+    if got is None or got[0] is not fn or got[1] < smem:
         fn.max_dynamic_shared_size_bytes = smem
-        _SHARED_OPTED[id(fn)] = smem
+        _SHARED_OPTED[id(fn)] = (fn, smem)
 
 
 def layout(R, C, dk, dv, has_A, has_W, itemsize, kernel=None, columns=None, threads=None):
