@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 import ttr_stats as tt
+from ttr_stats import _plans
 from ttr_stats.regressors import LocalPolynomial
 from ttr_stats.similarity import ExpDot
 
@@ -33,8 +34,11 @@ def cases():
     nw = LocalPolynomial(0, ExpDot(), 0.0)
     softmax = tt.TestTimeRegression(weights=tt.weights.Uniform(), regressor=nw)
     forgetting = tt.TestTimeRegression(weights=tt.weights.Gated(), regressor=nw)
-    return [  # name, layer, method, gated, the softmax kernel's flag vouches (_fused_nw.VOUCH)
+    # name, layer, method, gated, the softmax kernel's flag vouches (_fused_nw.VOUCH; None: it does, and
+    # call plans are off: ttr_stats._plans)
+    return [
         ("causal softmax", softmax, "tiled", False, True),
+        ("causal softmax, no call plan (the full path each call)", softmax, "tiled", False, None),
         ("causal softmax, Q, K, V and Y tested by passes", softmax, "tiled", False, False),
         ("forgetting attention", forgetting, "tiled", True, True),
         ("forgetting attention, tested by passes", forgetting, "tiled", True, False),
@@ -131,11 +135,13 @@ def main(argv=None):
         kw = {"log_alpha": log_alpha} if gated else {}
 
         def call(layer=layer, method=method, kw=kw, vouch=vouch):
-            _fused_nw.VOUCH = vouch
+            _fused_nw.VOUCH = vouch is not False
+            _plans.ENABLED = vouch is not None  # None: the flag on, the call plans off
             try:
                 return layer(Q, K, V, method=method, **kw)
             finally:
                 _fused_nw.VOUCH = True
+                _plans.ENABLED = True
 
         for _ in range(3):
             call()

@@ -78,6 +78,10 @@ def _never(P, free):
     return False
 
 
+def _no_plan(layer, P):
+    return None
+
+
 def _no_memory(P):
     return 0
 
@@ -116,6 +120,10 @@ class Method:
         factorise, and regressors or optimizers that declare ``dtypes``, refuse it with a clear error).
     summary : str
         One line for the tables.
+    plan : callable ``(layer, P) -> launch | None``
+        Where the method can repeat this call on new arrays of the same signature without the layer's
+        set-up (:mod:`ttr_stats._plans`): ``launch(Q, K, V)`` returns the output, bit for bit what
+        ``run`` gives, or ``None`` where it declines (the full call then runs). ``None``: no plan.
     """
 
     name: str
@@ -132,6 +140,7 @@ class Method:
     multi_write: bool = False
     dtypes: tuple = ("float16", "float32", "float64")
     summary: str = ""
+    plan: Callable = field(default=_no_plan, compare=False)
     module: str = field(default="", compare=False)
 
     def check(self, layer):

@@ -1044,6 +1044,62 @@ def nadaraya_watson(layer, P):
     return Y
 
 
+#: zeroed device flags (int32, one entry) for planned calls, per device: a flag read back as 0 is handed
+#: out again, so a planned call allocates and clears none (a fill is a launch: host time)
+_FREE_FLAGS: dict = {}
+
+
+def _take_flag(xp, dev):
+    free = _FREE_FLAGS.get(dev)
+    return free.pop() if free else xp.zeros(1, dtype=xp.int32)
+
+
+def plan(layer, P):
+    """The launch of :mod:`ttr_stats._plans` for calls after this one with the same signature: the kernel
+    on the new Q, K and V with this call's other operands (the same constants, scale and mode, so the
+    same bits), or ``None`` where a call's operands would depend on more than Q, K and V (gates,
+    strengths, padding, a Gaussian similarity's shifted keys) or the kernel does not run it.
+
+    The launch tests nothing itself: its kernel's flag covers every entry of Q, K, V and the output, and
+    where it is set, or a switch of this module is off, the launch declines and the full call runs
+    (which names the bad argument)."""
+    from ... import _validation
+    from ...similarity import ExpDot
+
+    xp = P.xp
+    if not (ENABLED and VOUCH and _on_device(xp)) or P.checks is None or not P.checks.lazy:
+        return None
+    if not P.causal or P.gated or P.lengths is not None or P.inputs is not None or P.b_constant is None:
+        return None
+    if type(getattr(layer.regressor, "similarity", None)) is not ExpDot or P.d_v > MAX_DV:
+        return None
+    Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
+    if Tq == 0 or Tk == 0:
+        return None
+    ops = operands(xp, layer, P)
+    if ops is None:
+        return None
+    BH, dt, dv = P.n_batch, P.dtype, P.d_v
+    shapes = ((BH, Tq, P.d_k), (BH, Tk, P.d_k), (BH, Tk, dv))
+    out_shape = P.batch_shape + (Tq, dv)
+    rest = {k: v for k, v in ops.items() if k not in ("Q", "K", "V")}
+    dev = _array.device(P.K)
+    dev = getattr(dev, "id", dev)
+
+    def launch(Q, K, V):
+        if not (ENABLED and VOUCH and _validation.FUSED_FINITE):
+            return None
+        flag = _take_flag(xp, dev)
+        Q3, K3, V3 = (xp.reshape(x, s) for x, s in zip((Q, K, V), shapes, strict=True))
+        Y = forward(xp, Q=Q3, K=K3, V=V3, flag=flag, **rest)
+        if Y is None or int(_array.to_numpy(flag)[0]):  # (the one read: it waits for the kernel)
+            return None  # a non-finite entry: the full call names it
+        _FREE_FLAGS.setdefault(dev, []).append(flag)
+        return xp.reshape(Y, out_shape)
+
+    return launch
+
+
 def _disable(exc):
     """NVRTC could not build the kernel on this installation: say so once and run the array form from now
     on (the same outputs, slower), rather than failing every ``method="tiled"`` call."""

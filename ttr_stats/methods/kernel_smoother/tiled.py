@@ -173,10 +173,20 @@ def _auto(P, free):
     return is_host(P) and not fits_host(P, dense_bytes)
 
 
+def _plan(layer, P):
+    """The fused kernel's launch for repeated calls (:func:`._fused_nw.plan`); ``None`` elsewhere."""
+    if int(getattr(layer.regressor, "order", -1)) != 0:
+        return None
+    from . import _fused_nw
+
+    return _fused_nw.plan(layer, P)
+
+
 register(
     "tiled",
     "kernel_smoother",
     run=tiled,
+    plan=_plan,
     supports=_supports,
     memory=tiled_bytes,
     auto=_auto,
