@@ -25,7 +25,8 @@ import time
 import numpy as np
 
 import ttr_stats as tt
-from ttr_stats import _array, _plans, _validation, layer as layer_mod
+from ttr_stats import _array, _plans, _validation
+from ttr_stats import layer as layer_mod
 from ttr_stats.methods.kernel_smoother import _fused_nw
 
 #: (owner, attribute, label): the stages stamped; each is looked up through its owner at call time
@@ -177,7 +178,9 @@ def main(argv=None):
     finally:
         _plans.ENABLED = True
     print(f"\nB={a.B} H={a.H} T={a.T} d={a.d} float32, median of {a.runs} synchronised calls:")
-    print(f"  layer call (tiled), planned:  {whole:9.1f} us" + (f"   {whole / sdpa:.3f}x SDPA" if sdpa else ""))
+    print(
+        f"  layer call (tiled), planned:  {whole:9.1f} us" + (f"   {whole / sdpa:.3f}x SDPA" if sdpa else "")
+    )
     print(
         f"  layer call (tiled), no plan:  {unplanned:9.1f} us"
         + (f"   {unplanned / sdpa:.3f}x SDPA" if sdpa else "")

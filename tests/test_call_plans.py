@@ -22,8 +22,10 @@ import pytest
 from conftest import _cupy_available, rel_err
 from conftest import host_cuda as needs_gxx
 from test_fused_nw_tiled import run_host_v2
-from test_vouched_checks import assert_bad_entries_are_named
-from test_vouched_checks import simulated  # noqa: F401  (a fixture)
+from test_vouched_checks import (
+    assert_bad_entries_are_named,
+    simulated,  # noqa: F401  (a fixture)
+)
 
 import ttr_stats as tt
 from ttr_stats import _plans
@@ -153,7 +155,9 @@ def test_other_signatures_and_arguments_take_the_full_path(planned, rng):
 
 def test_layers_whose_operands_are_not_q_k_v_alone_leave_no_launch(planned, rng):
     gauss = tt.TestTimeRegression(regressor=tt.regressors.LocalPolynomial(0, tt.similarity.Gaussian(2.0)))
-    qkn = tt.TestTimeRegression(regressor=tt.regressors.LocalPolynomial(0, tt.similarity.ExpDot(qk_norm=True)))
+    qkn = tt.TestTimeRegression(
+        regressor=tt.regressors.LocalPolynomial(0, tt.similarity.ExpDot(qk_norm=True))
+    )
     for layer in (gauss, qkn):
         args = _qkv(rng)
         for _ in range(2):

@@ -1079,7 +1079,7 @@ def plan(layer, P):
     ops = operands(xp, layer, P)
     if ops is None:
         return None
-    BH, dt, dv = P.n_batch, P.dtype, P.d_v
+    BH, dv = P.n_batch, P.d_v
     shapes = ((BH, Tq, P.d_k), (BH, Tk, P.d_k), (BH, Tk, dv))
     out_shape = P.batch_shape + (Tq, dv)
     rest = {k: v for k, v in ops.items() if k not in ("Q", "K", "V")}
