@@ -317,7 +317,7 @@ class Runner:
 
                 label = f"kernel only, {_fused_nw.VARIANT} default"
                 self.row(name, T, dname, label, kernel2, ref, pairs, flop, peer_ms=peer_ms)
-                for C in _fused_nw.TILES:
+                for C in _fused_nw.TILES if a.rows == "all" else ():
                     if C == 128 and dtype == np.float64:
                         continue
 
@@ -337,7 +337,9 @@ class Runner:
             left = a.budget_s - (time.perf_counter() - self.t0)
             known = [(t, ms) for (c, t), ms in self.ll.items() if c == name and ms]
             predicted = max((3 * ms / 1e3 * (T / t) ** 2 for t, ms in known), default=0.0)
-            if order == 1 and (T > a.ll_max_T or predicted > left):
+            if order == 0 and a.rows != "all":
+                pass  # (--rows issue: the fused layer, its kernel and the peers only)
+            elif order == 1 and (T > a.ll_max_T or predicted > left):
                 why = f"T > --ll-max-T {a.ll_max_T}" if T > a.ll_max_T else f"predicted ~{predicted:.0f} s"
                 why = "time budget" if left <= 0 else why
                 rec = {"case": name, "T": T, "dtype": dname, "variant": "tiled (array)"}
@@ -351,7 +353,12 @@ class Runner:
             _fused_nw.ENABLED = True
         itemsize = 4 if dtype == np.float32 else 8
         dense = 4 * B * H * T * T * itemsize
-        if order == 0 and dense < dev.free_bytes() / 4 and (T <= 1024 or dtype == np.float32):
+        if (
+            order == 0
+            and a.rows == "all"
+            and dense < dev.free_bytes() / 4
+            and (T <= 1024 or dtype == np.float32)
+        ):
             self.row(name, T, dname, "parallel", ours("parallel"), ref, pairs, flop, peer_ms=peer_ms)
         dev.free()
 
@@ -384,6 +391,13 @@ def main(argv=None):
     ap.add_argument("--ll-max-T", type=int, default=4096, help="local linear only up to this T")
     ap.add_argument("--budget-s", type=float, default=150.0)
     ap.add_argument("--float64", default="1", help="0: skip the float64 NW rows")
+    ap.add_argument(
+        "--rows",
+        default="all",
+        choices=("all", "issue"),
+        help="issue: the peers, the fused layer and its kernel alone, float64, local linear (no v1 tile "
+        "lengths, no array or dense softmax rows)",
+    )
     ap.add_argument("--cpu-dry-run", action="store_true")
     a = ap.parse_args(argv)
     if a.cpu_dry_run:
