@@ -29,6 +29,8 @@ from ttr_stats import _array, _plans, _validation
 from ttr_stats import layer as layer_mod
 from ttr_stats.methods.kernel_smoother import _fused_nw
 
+from .gpu_host_profile import median_ms
+
 #: (owner, attribute, label): the stages stamped; each is looked up through its owner at call time
 STAGES = (
     (layer_mod.TestTimeRegression, "__call__", "call"),
@@ -84,14 +86,8 @@ class Stamps:
 
 
 def median_us(fn, sync, runs):
-    times = []
-    for _ in range(runs):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * statistics.median(times)
+    """Median microseconds of ``runs`` synchronised calls (``gpu_host_profile.median_ms``)."""
+    return 1e3 * median_ms(fn, sync, runs)
 
 
 def op_costs(xp, sync, runs, Y_shape, dtype):
