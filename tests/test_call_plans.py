@@ -277,6 +277,22 @@ def test_plans_go_with_their_layer_and_are_bounded(planned, rng, monkeypatch):
     assert len(_plans._PLANS) == n - 1
 
 
+def test_a_plan_keeps_no_array_of_the_call_that_made_it(planned, rng):
+    import weakref
+
+    layer = tt.recipes.softmax_attention()
+    Q, K, V = _qkv(rng)
+    layer(Q, K, V, method="tiled")
+    assert list(_plans.plans_of(layer).values()) == ["tiled"]
+    refs = [weakref.ref(x) for x in (Q, K, V)]
+    del Q, K, V
+    gc.collect()
+    assert [r() for r in refs] == [None] * 3  # the first call's inputs are not held by its plan
+    del planned[:]
+    layer(*_qkv(rng), method="tiled")
+    assert planned == []
+
+
 @needs_gxx
 def test_the_plan_runs_the_cuda_source_on_the_host_with_the_full_paths_bits(planned, rng, monkeypatch):
     def forward(xp, flag=None, **ops):
