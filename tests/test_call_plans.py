@@ -16,6 +16,7 @@ the full call would raise (it declines and the full call runs). What is tested h
 """
 
 import gc
+import re
 
 import numpy as np
 import pytest
@@ -145,6 +146,15 @@ def test_other_signatures_and_arguments_take_the_full_path(planned, rng):
         del planned[:]
         call()
         assert planned == [1], name
+    with pytest.raises(Exception) as planned_error:  # an unhashable method: the full call's own error
+        layer(Q, K, V, method=["tiled"])
+    _plans.ENABLED = False
+    try:
+        with pytest.raises(type(planned_error.value), match=re.escape(str(planned_error.value))):
+            layer(Q, K, V, method=["tiled"])
+    finally:
+        _plans.ENABLED = True
+    assert not isinstance(planned_error.value, TypeError) or "unhashable" not in str(planned_error.value)
     gated = tt.TestTimeRegression(weights=tt.weights.Gated(), regressor=tt.regressors.LocalPolynomial(0))
     la = -rng.uniform(0, 0.5, Q.shape[:-1])
     for _ in range(2):

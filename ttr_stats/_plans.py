@@ -108,8 +108,8 @@ def signature(method, Q, K, V):
     """What a plan is keyed by: the method asked for and the arrays' type, shapes, dtypes, strides and
     devices; ``None`` for arrays of a library that is not planned."""
     t = type(Q)
-    if not (_plannable(t) and type(K) is t and type(V) is t):
-        return None
+    if not (type(method) is str and _plannable(t) and type(K) is t and type(V) is t):
+        return None  # (a method that is not a string: the full call says what it should be)
     return (
         method, t, Q.shape, K.shape, V.shape, Q.dtype, K.dtype, V.dtype,
         Q.strides, K.strides, V.strides, _device_key(Q), _device_key(K), _device_key(V),
