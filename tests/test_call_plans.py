@@ -78,8 +78,8 @@ LAYERS = {
         weights=tt.weights.SinkWindow(9, sinks=2), regressor=tt.regressors.LocalPolynomial(0)
     ),
     "scaled": lambda: tt.TestTimeRegression(
-        regressor=tt.regressors.LocalPolynomial(0, tt.similarity.ExpDot(scale=0.7))
-    ),
+        regressor=tt.regressors.LocalPolynomial(0, tt.similarity.ExpDot(scale=np.float32(0.7)))
+    ),  # (a NumPy scalar parameter: a value the snapshot compares)
 }
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
+
 #: set False to run every call through the full path (the tests compare the two)
 ENABLED = True
 
@@ -60,7 +62,7 @@ class _Unplannable(Exception):
 
 def _value(v, depth):
     t = type(v)
-    if t in _PLAIN:
+    if t in _PLAIN or isinstance(v, np.generic):  # (NumPy scalars are immutable values too)
         return v
     if t is tuple:
         return tuple(_value(e, depth) for e in v)
@@ -163,6 +165,7 @@ def make(layer, method, m, P, Q, K, V):
             choose_auto(layer, P, 0).name == m.name and choose_auto(layer, P, 1 << 62).name == m.name
         )
         launch = m.plan(layer, P) if stable else None
+    plans.pop(key, None)  # (a stale plan of this signature is replaced, not counted)
     while len(plans) >= MAX_PLANS:
         plans.pop(next(iter(plans)))
     plans[key] = Plan(snap, m.name, launch)
