@@ -101,6 +101,77 @@ def test_a_repeat_runs_its_plan_and_gives_the_full_paths_bits(planned, rng, name
     assert rel_err(y, ref) < (1e-5 if dtype == np.float32 else 1e-10)  # float32 rounding / float64
 
 
+def _forgetting():
+    return tt.TestTimeRegression(weights=tt.weights.Gated(), regressor=tt.regressors.LocalPolynomial(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forgetting_attention_plans_its_gates_as_the_calls_inputs(planned, rng, dtype):
+    layer = _forgetting()
+    shape = (2, 3, 70, 5)
+
+    def gates():
+        la = -rng.uniform(0, 0.5, shape[:-1]).astype(dtype)
+        la[..., 7] = -40.0  # (a near-reset inside the sequence)
+        return la
+
+    layer(*_qkv(rng, shape, dtype), method="tiled", log_alpha=gates())
+    assert list(_plans.plans_of(layer).values()) == ["tiled"]
+    for _ in range(2):
+        args, la = _qkv(rng, shape, dtype), gates()
+        del planned[:]
+        y = layer(*args, method="tiled", log_alpha=la)
+        assert planned == []
+        assert np.array_equal(y, _full(layer, *args, method="tiled", log_alpha=la))
+    ref = layer(*(x.astype(np.float64) for x in args), method="parallel", log_alpha=la.astype(np.float64))
+    assert rel_err(y, ref) < (1e-5 if dtype == np.float32 else 1e-10)  # float32 rounding / float64
+    # bad gates after the plan: the full call's errors, and the plan goes on
+    for bad, match in ((0.5, "log_alpha must be <= 0"), (np.nan, "log_alpha contains NaN"),
+                       (-np.inf, "log_alpha contains infinite")):  # fmt: skip
+        la2 = la.copy()
+        la2[1, 2, 33] = bad
+        with pytest.raises(ValueError, match=match):
+            layer(*args, method="tiled", log_alpha=la2)
+    del planned[:]
+    layer(*args, method="tiled", log_alpha=la)
+    assert planned == []
+
+
+def test_gates_that_reach_the_kernel_transformed_are_not_planned(planned, rng):
+    shape = (2, 3, 70, 5)
+    Q, K, V = _qkv(rng, shape)
+    la = -rng.uniform(0, 0.5, shape[:-1])
+    cases = {
+        "alpha": (_forgetting(), {"alpha": np.exp(la)}),  # (a log of the call's alpha: not its input)
+        "broadcast gates": (_forgetting(), {"log_alpha": la[0, 0]}),
+        "float32 gates, float64 Q": (_forgetting(), {"log_alpha": la.astype(np.float32)}),
+        "strided gates": (_forgetting(), {"log_alpha": np.asfortranarray(la)}),
+    }
+    for name, (layer, kw) in cases.items():
+        for _ in range(2):
+            del planned[:]
+            y = layer(Q, K, V, method="tiled", **kw)
+            assert planned == [1], name
+        assert list(_plans.plans_of(layer).values()) in ([None], []), name
+        assert rel_err(y, layer(Q, K, V, method="parallel", **kw)) < 1e-10, name
+
+
+def test_a_constant_decay_is_planned_with_its_gates(planned, rng):
+    layer = tt.TestTimeRegression(
+        weights=tt.weights.ExponentialDecay(0.8), regressor=tt.regressors.LocalPolynomial(0)
+    )
+    layer(*_qkv(rng), method="tiled")
+    args = _qkv(rng)
+    del planned[:]
+    y = layer(*args, method="tiled")
+    assert planned == [] and np.array_equal(y, _full(layer, *args, method="tiled"))
+    assert rel_err(y, layer(*args, method="parallel")) < 1e-10
+    layer.weights.gamma = 0.5  # a changed decay: the full path, with the new gates
+    del planned[:]
+    y = layer(*args, method="tiled")
+    assert planned == [1] and rel_err(y, layer(*args, method="parallel")) < 1e-10
+
+
 def _set_scale(layer):
     layer.regressor.similarity.scale = 0.3
 
@@ -155,12 +226,10 @@ def test_other_signatures_and_arguments_take_the_full_path(planned, rng):
     finally:
         _plans.ENABLED = True
     assert not isinstance(planned_error.value, TypeError) or "unhashable" not in str(planned_error.value)
-    gated = tt.TestTimeRegression(weights=tt.weights.Gated(), regressor=tt.regressors.LocalPolynomial(0))
     la = -rng.uniform(0, 0.5, Q.shape[:-1])
-    for _ in range(2):
-        del planned[:]
-        gated(Q, K, V, method="tiled", log_alpha=la)
-        assert planned == [1]  # gates are per-call operands: never planned
+    del planned[:]
+    layer(Q, K, V, method="tiled", log_alpha=la)  # (gates: another signature than the ungated plan's)
+    assert planned == [1]
 
 
 def test_layers_whose_operands_are_not_q_k_v_alone_leave_no_launch(planned, rng):
@@ -347,3 +416,46 @@ def test_gpu_a_repeat_runs_its_plan_with_the_full_paths_bits(rng, name, dtype, m
     del prepared[:]
     layer(*dev, method="tiled")
     assert prepared == []  # the plan outlives the bad calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cupy_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_forgetting_attention_plans_its_gates(rng, dtype, monkeypatch):
+    import cupy
+
+    prepared = []
+    real = TestTimeRegression._prepare
+    monkeypatch.setattr(
+        TestTimeRegression, "_prepare", lambda self, *a, **kw: prepared.append(1) or real(self, *a, **kw)
+    )
+    layer = _forgetting()
+    shape = (2, 3, 300, 16)
+
+    def gates():
+        return cupy.asarray(-rng.uniform(0, 0.5, shape[:-1]).astype(dtype))
+
+    layer(*(cupy.asarray(x) for x in _qkv(rng, shape, dtype)), method="tiled", log_alpha=gates())
+    assert list(_plans.plans_of(layer).values()) == ["tiled"]
+    host = _qkv(rng, shape, dtype)
+    dev, la = [cupy.asarray(x) for x in host], gates()
+    del prepared[:]
+    y = layer(*dev, method="tiled", log_alpha=la)
+    assert prepared == []
+    assert bool(cupy.array_equal(y, _full(layer, *dev, method="tiled", log_alpha=la)))
+    ref = layer(
+        *(x.astype(np.float64) for x in host),
+        method="parallel",
+        log_alpha=cupy.asnumpy(la).astype(np.float64),
+    )
+    assert rel_err(cupy.asnumpy(y), ref) < (1e-5 if dtype == np.float32 else 1e-10)
+    assert_bad_entries_are_named(
+        rng, layer, dict(zip("QKV", dev, strict=True)), "tiled", {"log_alpha": la}, n=4
+    )
+    la2 = la.copy()
+    la2[0, 1, 5] = 0.5
+    with pytest.raises(ValueError, match="log_alpha must be <= 0"):
+        layer(*dev, method="tiled", log_alpha=la2)
+    del prepared[:]
+    layer(*dev, method="tiled", log_alpha=la)
+    assert prepared == []

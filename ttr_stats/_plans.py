@@ -5,10 +5,13 @@ A short layer call on a GPU is bound by the host: at B = 8, H = 16, T = 1024 a c
 weights and strengths, building the :class:`~ttr_stats.methods.problem.Problem`, choosing the method,
 the memory check, the kernel's operands), against a 0.8 ms kernel. None of that depends on the numbers
 in Q, K and V: it depends on the layer's configuration and the arrays' signature (library, shapes,
-dtypes, strides, device). So after a plain call (``causal=True``, no gates, strengths, lengths, state or
-extra inputs) that succeeded, a method that can (:attr:`Method.plan`) leaves a *launch*: a function of
-the next call's Q, K and V that gives the same output, bit for bit, by the same kernel on the same
-operands. The next call with the same signature, on a layer whose configuration is unchanged, runs it.
+dtypes, strides, device). So after a plain call (``causal=True``; ``log_alpha`` at most: no ``alpha``,
+strengths, lengths, state or extra inputs) that succeeded, a method that can (:attr:`Method.plan`)
+leaves a *launch*: a function of the next call's Q, K, V (and log-gates) that gives the same output,
+bit for bit, by the same kernel on the same operands. The next call with the same signature, on a layer
+whose configuration is unchanged, runs it. Planned now: ``method="tiled"``'s fused softmax kernel
+(softmax, sliding-window, sink-window and forgetting attention with ``ExpDot``); the call's log-gates,
+where it passes them, are tested there by the one-pass kernel the full call uses.
 
 Trust:
 
@@ -17,11 +20,11 @@ Trust:
   it was made under. A component holding anything but plain values (numbers, strings, ``None``,
   tuples of them, other components) is never planned.
 * A launch never reports an error itself. It declines (returns ``None``) wherever its promise could fail:
-  a switch of the kernel module turned off, an input not aligned as the plan's, or the kernel's own
-  finiteness flag set (a NaN or infinity in Q, K, V or the output). The full call then runs from the
-  start and does what it always does: the same output, or the error that names the argument. An
-  exception inside a launch declines too (an out-of-memory error then comes from the full call, with
-  its advice).
+  a switch of the kernel module turned off, an input not aligned as the plan's, the kernel's own
+  finiteness flag set (a NaN or infinity in Q, K, V or the output), or a log-gate not finite or above
+  0. The full call then runs from the start and does what it always does: the same output, or the error
+  that names the argument. An exception inside a launch declines too (an out-of-memory error then comes
+  from the full call, with its advice).
 * ``method="auto"`` is planned only where its choice does not depend on free device memory (the same
   method with none free and with all of it).
 
@@ -106,25 +109,30 @@ def _device_key(x):
     return (dev, cupy.cuda.runtime.getDevice())  # (a launch goes to the current device)
 
 
-def signature(method, Q, K, V):
+def signature(method, Q, K, V, log_alpha=None):
     """What a plan is keyed by: the method asked for and the arrays' type, shapes, dtypes, strides and
-    devices; ``None`` for arrays of a library that is not planned."""
+    devices (``log_alpha``'s too, or ``None``); ``None`` for arrays of a library that is not planned."""
     t = type(Q)
     if not (type(method) is str and _plannable(t) and type(K) is t and type(V) is t):
         return None  # (a method that is not a string: the full call says what it should be)
-    return (
+    key = (
         method, t, Q.shape, K.shape, V.shape, Q.dtype, K.dtype, V.dtype,
         Q.strides, K.strides, V.strides, _device_key(Q), _device_key(K), _device_key(V),
     )  # fmt: skip
+    if log_alpha is None:
+        return key
+    if type(log_alpha) is not t:
+        return None
+    return key + (log_alpha.shape, log_alpha.dtype, log_alpha.strides, _device_key(log_alpha))
 
 
-def run(layer, method, Q, K, V):
+def run(layer, method, Q, K, V, log_alpha=None):
     """The output of a planned call, or ``None``: no plan for this signature, the layer's configuration
     changed since, or the launch declined (the caller then runs the full call)."""
     plans = _PLANS.get(layer) if ENABLED else None
     if not plans:
         return None
-    key = signature(method, Q, K, V)
+    key = signature(method, Q, K, V, log_alpha)
     plan = plans.get(key) if key is not None else None
     if plan is None or plan.launch is None:
         return None
@@ -132,7 +140,7 @@ def run(layer, method, Q, K, V):
         del plans[key]
         return None
     try:
-        Y = plan.launch(Q, K, V)
+        Y = plan.launch(Q, K, V, log_alpha)
     except Exception:  # noqa: BLE001 - the full call runs and reports whatever this was
         return None
     if Y is not None:
@@ -140,15 +148,16 @@ def run(layer, method, Q, K, V):
     return Y
 
 
-def make(layer, method, m, P, Q, K, V):
+def make(layer, method, m, P, Q, K, V, log_alpha=None):
     """After a plain call of ``layer`` with ``method`` (the user's word) that ran registered method ``m``
-    on problem ``P`` from the user's ``Q, K, V``: keep ``m``'s launch for the next call of this signature
-    (or remember that there is none, so that the next call does not ask again)."""
+    on problem ``P`` from the user's ``Q, K, V`` (and ``log_alpha``, or ``None``): keep ``m``'s launch
+    for the next call of this signature (or remember that there is none, so that the next call does not
+    ask again)."""
     from .methods.registry import _no_plan, choose_auto
 
     if not ENABLED or m.plan is _no_plan:
         return
-    key = signature(method, Q, K, V)
+    key = signature(method, Q, K, V, log_alpha)
     if key is None:
         return
     try:
@@ -164,7 +173,7 @@ def make(layer, method, m, P, Q, K, V):
         stable = method != "auto" or (
             choose_auto(layer, P, 0).name == m.name and choose_auto(layer, P, 1 << 62).name == m.name
         )
-        launch = m.plan(layer, P) if stable else None
+        launch = m.plan(layer, P, log_alpha) if stable else None
     plans.pop(key, None)  # (a stale plan of this signature is replaced, not counted)
     while len(plans) >= MAX_PLANS:
         plans.pop(next(iter(plans)))

@@ -556,9 +556,10 @@ class TestTimeRegression(BaseEstimator):
 
         Notes
         -----
-        A plain call (causal, no gates, strengths, lengths, state or extra inputs) on CuPy arrays that a
-        method can repeat leaves a *plan* (:mod:`ttr_stats._plans`; softmax, sliding-window and sink
-        attention with ``method="tiled"``): the next call with arrays of the same shapes, dtypes,
+        A plain call (causal; ``log_alpha`` at most: no ``alpha``, strengths, lengths, state or extra
+        inputs) on CuPy arrays that a method can repeat leaves a *plan* (:mod:`ttr_stats._plans`;
+        softmax, sliding-window, sink and forgetting attention with ``method="tiled"``): the next call
+        with arrays of the same shapes, dtypes,
         strides and device, on a layer whose configuration is unchanged, launches the same kernel on
         the same operands without the set-up (the same bits; ~0.2 ms less host time a call on an H100).
         Any failure there, a NaN in Q for one, runs the full call, which raises its usual error.
@@ -576,11 +577,11 @@ class TestTimeRegression(BaseEstimator):
             self.method_ = "recurrent"
             return (Y, state) if return_state else Y
         plain = (
-            alpha is None and log_alpha is None and beta is None and initial_state is None
-            and not return_state and causal and lengths is None and chunk_size is None and inputs is None
+            alpha is None and beta is None and initial_state is None and not return_state and causal
+            and lengths is None and chunk_size is None and inputs is None
         )  # fmt: skip
         if plain and _plans.ENABLED:  # a repeat of a plain call's signature: its plan, where one was left
-            Y = _plans.run(self, method, Q, K, V)
+            Y = _plans.run(self, method, Q, K, V, log_alpha)
             if Y is not None:
                 return Y
         checks = Deferred()  # the input checks' verdicts are read with the output's: one sync a call
@@ -598,7 +599,7 @@ class TestTimeRegression(BaseEstimator):
             raise
         self.method_ = m.name
         if plain and _plans.ENABLED:
-            _plans.make(self, method, m, P, Q, K, V)  # (nothing where the method leaves no plan)
+            _plans.make(self, method, m, P, Q, K, V, log_alpha)  # (nothing where the method leaves none)
         return (Y, state) if return_state else Y
 
     def _run(self, m, P, checks=None):

@@ -78,7 +78,7 @@ def _never(P, free):
     return False
 
 
-def _no_plan(layer, P):
+def _no_plan(layer, P, log_alpha=None):
     return None
 
 
@@ -120,10 +120,11 @@ class Method:
         factorise, and regressors or optimizers that declare ``dtypes``, refuse it with a clear error).
     summary : str
         One line for the tables.
-    plan : callable ``(layer, P) -> launch | None``
+    plan : callable ``(layer, P, log_alpha) -> launch | None``
         Where the method can repeat this call on new arrays of the same signature without the layer's
-        set-up (:mod:`ttr_stats._plans`): ``launch(Q, K, V)`` returns the output, bit for bit what
-        ``run`` gives, or ``None`` where it declines (the full call then runs). ``None``: no plan.
+        set-up (:mod:`ttr_stats._plans`; ``log_alpha``: the call's own, or ``None``):
+        ``launch(Q, K, V, log_alpha)`` returns the output, bit for bit what ``run`` gives, or ``None``
+        where it declines (the full call then runs). ``None``: no plan.
     """
 
     name: str

@@ -1054,25 +1054,40 @@ def _take_flag(xp, dev):
     return free.pop() if free else xp.zeros(1, dtype=xp.int32)
 
 
-def plan(layer, P):
-    """The launch of :mod:`ttr_stats._plans` for calls after this one with the same signature: the kernel
-    on the new Q, K and V with this call's other operands (the same constants, scale and mode, so the
-    same bits), or ``None`` where a call's operands would depend on more than Q, K and V (gates,
-    strengths, padding, a Gaussian similarity's shifted keys) or the kernel does not run it.
+def plan(layer, P, log_alpha=None):
+    """The launch of :mod:`ttr_stats._plans` for calls after this one with the same signature:
+    ``launch(Q, K, V, log_alpha)``, the kernel on the new arrays with this call's other operands (the same
+    constants, scale and mode, so the same bits), or ``None`` where a call's operands would depend on
+    more than those arrays (strengths, padding, a Gaussian similarity's shifted keys, gates a component
+    transforms) or the kernel does not run it.
 
-    The launch tests nothing itself: its kernel's flag covers every entry of Q, K, V and the output, and
-    where it is set, or a switch of this module is off, the launch declines and the full call runs
-    (which names the bad argument)."""
+    ``log_alpha``: the call's own log-gates (forgetting attention), or ``None``. They are the kernel's
+    ``g`` as they are (``Weights.resolve`` of scalar decay adds an axis; the optimizer adds no
+    forgetting), so a planned call passes the new ones and tests them for finiteness and ``<= 0`` with
+    the one-pass kernel the full call uses (``_validation._launch_within``). Weights with a constant
+    decay (no ``log_alpha``) keep their gate constants in the plan.
+
+    The launch reports nothing itself: its kernel's flag covers every entry of Q, K, V and the output,
+    and where a flag is set, or a switch of this module is off, the launch declines and the full call
+    runs (which names the bad argument)."""
     from ... import _validation
     from ...similarity import ExpDot
+    from ...weights import Weights
 
     xp = P.xp
     if not (ENABLED and VOUCH and _on_device(xp)) or P.checks is None or not P.checks.lazy:
         return None
-    if not P.causal or P.gated or P.lengths is not None or P.inputs is not None or P.b_constant is None:
+    if not P.causal or P.lengths is not None or P.inputs is not None or P.b_constant is None:
         return None
     if type(getattr(layer.regressor, "similarity", None)) is not ExpDot or P.d_v > MAX_DV:
         return None
+    w, opt = layer.weights, layer.optimizer
+    if log_alpha is not None and (
+        type(w).resolve is not Weights.resolve or w.per_dimension or opt.log_forgetting()
+        or opt.needs_positive_decay or log_alpha.dtype != P.dtype or not log_alpha.flags.c_contiguous
+        or tuple(log_alpha.shape) != tuple(P.batch_shape) + (P.T,)
+    ):  # fmt: skip
+        return None  # (gates that reach the kernel other than as they are)
     Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
     if Tq == 0 or Tk == 0:
         return None
@@ -1082,35 +1097,49 @@ def plan(layer, P):
     BH, dv = P.n_batch, P.d_v
     shapes = ((BH, Tq, P.d_k), (BH, Tk, P.d_k), (BH, Tk, dv))
     out_shape = P.batch_shape + (Tq, dv)
-    rest = {k: v for k, v in ops.items() if k not in ("Q", "K", "V")}
+    gates = log_alpha is not None
+    rest = {k: v for k, v in ops.items() if k not in ("Q", "K", "V") + (("g",) if gates else ())}
     dev = _array.device(P.K)
     dev = getattr(dev, "id", dev)
     dt = P.dtype
-    g, lb = rest["g"], rest["logb"]
+    g = None if gates else rest["g"]  # (the call's own gates are never kept: they are its inputs)
+    lb = rest["logb"]
+    gated = bool(rest["gated"])
     go = None
     if forward is _FORWARD and VARIANT == "v2" and P.Q.flags.c_contiguous:  # (the key holds the strides)
-        if g.flags.c_contiguous and lb.flags.c_contiguous and g.dtype == lb.dtype == dt:
-            go = _launch2(BH, Tq, Tk, P.d_k, dv, dt, rest["tau"], True, rest["window"], False,
+        ok = gates or (g.flags.c_contiguous and g.dtype == dt)
+        if ok and lb.flags.c_contiguous and lb.dtype == dt:
+            go = _launch2(BH, Tq, Tk, P.d_k, dv, dt, rest["tau"], True, rest["window"], gated,
                           rest["sinks"], None)  # fmt: skip
     settings = _settings(dt)
     # (the launch holds signature-sized constants only: never P, whose arrays are the first call's inputs)
 
-    def launch(Q, K, V):
-        if not (ENABLED and VOUCH and _validation.FUSED_FINITE):
+    def launch(Q, K, V, log_alpha=None):
+        if not (ENABLED and VOUCH and _validation.FUSED_FINITE) or (log_alpha is not None) != gates:
             return None
         direct = go is not None and settings == _settings(dt) and forward is _FORWARD
         if direct and (Q.data.ptr % 16 or K.data.ptr % 16 or V.data.ptr % 16):
             return None  # (the kernel's 16-byte loads; the full call copies)
+        if direct and gates and log_alpha.data.ptr % 16:
+            return None  # (the full call copies such gates too: _aligned)
+        if gates:  # finite and <= 0, as the full call tests them (its verdicts: read below)
+            within = _validation._launch_within(log_alpha, -math.inf, 0.0, False, False)
+            gf = xp.reshape(log_alpha, (BH, Tk))
+        else:
+            gf = g
         flag = _take_flag(xp, dev)
         if direct:
-            Y = go(Q, K, V, g, lb, flag, out_shape)  # no reshape: the kernel reads the pointers
+            Y = go(Q, K, V, gf, lb, flag, out_shape)  # no reshape: the kernel reads the pointers
         else:  # the module's forward (another variant, or the tests' host kernel)
             Q3, K3, V3 = (xp.reshape(x, s) for x, s in zip((Q, K, V), shapes, strict=True))
-            Y = forward(xp, Q=Q3, K=K3, V=V3, flag=flag, **rest)
+            extra = {"g": gf} if gates else {}
+            Y = forward(xp, Q=Q3, K=K3, V=V3, flag=flag, **extra, **rest)
             Y = None if Y is None else xp.reshape(Y, out_shape)
         if Y is None or int(_array.to_numpy(flag)[0]):  # (the one read: it waits for the kernel)
             return None  # a non-finite entry: the full call names it
         _FREE_FLAGS.setdefault(dev, []).append(flag)
+        if gates and _array.to_numpy(within).any():
+            return None  # a gate out of range or not finite: the full call names it
         return Y
 
     return launch

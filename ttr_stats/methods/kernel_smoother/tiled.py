@@ -173,13 +173,13 @@ def _auto(P, free):
     return is_host(P) and not fits_host(P, dense_bytes)
 
 
-def _plan(layer, P):
+def _plan(layer, P, log_alpha=None):
     """The fused kernel's launch for repeated calls (:func:`._fused_nw.plan`); ``None`` elsewhere."""
     if int(getattr(layer.regressor, "order", -1)) != 0:
         return None
     from . import _fused_nw
 
-    return _fused_nw.plan(layer, P)
+    return _fused_nw.plan(layer, P, log_alpha)
 
 
 register(
