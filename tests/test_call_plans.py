@@ -247,6 +247,21 @@ def test_layers_whose_operands_are_not_q_k_v_alone_leave_no_launch(planned, rng)
         assert rel_err(y, layer(*args, method="parallel")) < 1e-10
 
 
+def test_strided_operands_of_the_plans_shape_leave_no_launch(planned, rng):
+    """K and V as views of wider arrays: the shapes of a contiguous call, other strides. The full path
+    copies them; a launch, which passes pointers, is never made for them."""
+    layer = tt.recipes.softmax_attention()
+    Q = rng.standard_normal((2, 3, 70, 5))
+    K, V = (rng.standard_normal((2, 3, 70, 9))[..., :5] for _ in range(2))
+    assert not K.flags.c_contiguous
+    for _ in range(2):
+        del planned[:]
+        y = layer(Q, K, V, method="tiled")
+        assert planned == [1]
+    assert list(_plans.plans_of(layer).values()) == [None]
+    assert rel_err(y, layer(Q, K, V, method="parallel")) < 1e-10  # float64
+
+
 def test_a_configuration_holding_an_array_is_not_planned(planned, rng):
     layer = tt.recipes.softmax_attention()
     layer.regressor.similarity.extra_ = np.ones(3)  # (not a parameter: what snapshot() cannot compare)

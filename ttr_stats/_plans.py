@@ -53,6 +53,9 @@ _PLAIN = (int, float, bool, str, type(None), complex)
 
 
 class Plan:
+    """One signature's plan: the configuration it was made under (:func:`snapshot`), the registered
+    method's name, and its launch (``None``: the method leaves none for this signature)."""
+
     __slots__ = ("snapshot", "method", "launch")
 
     def __init__(self, snapshot, method, launch):

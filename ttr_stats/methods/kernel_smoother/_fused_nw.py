@@ -1089,8 +1089,8 @@ def plan(layer, P, log_alpha=None):
     ):  # fmt: skip
         return None  # (gates that reach the kernel other than as they are)
     Tq, Tk = P.Q.shape[-2], P.K.shape[-2]
-    if Tq == 0 or Tk == 0:
-        return None
+    if Tq == 0 or Tk == 0 or not all(x.flags.c_contiguous for x in (P.Q, P.K, P.V)):
+        return None  # (the full call copies a strided operand; the launch passes pointers as they are)
     ops = operands(xp, layer, P)
     if ops is None:
         return None
@@ -1106,7 +1106,7 @@ def plan(layer, P, log_alpha=None):
     lb = rest["logb"]
     gated = bool(rest["gated"])
     go = None
-    if forward is _FORWARD and VARIANT == "v2" and P.Q.flags.c_contiguous:  # (the key holds the strides)
+    if forward is _FORWARD and VARIANT == "v2":  # (the key holds the strides: contiguous in every call)
         ok = gates or (g.flags.c_contiguous and g.dtype == dt)
         if ok and lb.flags.c_contiguous and lb.dtype == dt:
             go = _launch2(BH, Tq, Tk, P.d_k, dv, dt, rest["tau"], True, rest["window"], gated,
